@@ -1,0 +1,37 @@
+"""Instance passphrases, hashed the way cozy-stack's clients expect.
+
+Clients never send the passphrase itself: they send PBKDF2-SHA256 of it,
+salted with ``me@<host>`` (the Bitwarden convention cozy-stack follows), and
+the server stores a slow scrypt hash of that value.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from cozyd import adminpass
+
+DEFAULT_KDF_ITERATIONS = 650_000
+MIN_KDF_ITERATIONS = 50_000
+MAX_KDF_ITERATIONS = 5_000_000
+
+
+def salt_for(domain: str) -> bytes:
+    host = domain.rsplit(":", 1)[0] if ":" in domain else domain
+    return f"me@{host}".encode("utf-8")
+
+
+def client_side_hash(passphrase: str, domain: str, iterations: int) -> str:
+    """What a browser sends instead of the passphrase (base64)."""
+    key = hashlib.pbkdf2_hmac("sha256", passphrase.encode("utf-8"), salt_for(domain),
+                              iterations, dklen=32)
+    return base64.b64encode(key).decode("ascii")
+
+
+def server_hash(client_hash: str) -> bytes:
+    return adminpass.hash_passphrase(client_hash).encode("ascii")
+
+
+def check_server_hash(client_hash: str, stored: bytes) -> bool:
+    return adminpass.verify_passphrase(client_hash, stored.decode("ascii"))

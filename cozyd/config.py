@@ -1,0 +1,283 @@
+"""Load and validate ``cozyd.conf`` into a frozen ``Config``.
+
+The file is INI. Every key has a type and a default; a value comes, from
+strongest to weakest, from a command-line flag, a ``COZYD_<SECTION>_<KEY>``
+environment variable, the file, the default. Unknown sections or keys and
+bad values are all collected and reported together: the daemon refuses to
+start with the whole list instead of failing on the first one.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from cozyd import adminpass
+
+
+class ConfigError(Exception):
+    """Every problem found, one ``file: [section] key: why`` line each."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# -- value parsers: str -> value, raising ValueError with a reason ----------
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number between 0 and 65535")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+    return parse
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+def _http_url(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+    return text
+
+
+def _file_url(text: str) -> str:
+    text = text.strip()
+    if text and not text.startswith("file://"):
+        raise ValueError("must be a file:// URL (other stores are not supported yet)")
+    return text
+
+
+# (section, key) -> (parser, default as text)
+SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
+    "server": {
+        "host": (_text, "127.0.0.1"),
+        "port": (_port, "8080"),
+    },
+    "admin": {
+        "host": (_text, "127.0.0.1"),
+        "port": (_port, "6060"),
+        "secret_filename": (_text, "cozy-admin-passphrase"),
+        "allow_remote": (_bool, "false"),
+    },
+    "storage": {
+        "engine": (_choice("embedded", "couchdb"), "embedded"),
+        "data_dir": (_text, "/var/lib/cozyd"),
+        "idle_timeout": (_positive_float, "30"),
+        "max_open_files": (_positive_int, "64"),
+    },
+    "couchdb": {
+        "url": (_http_url, "http://127.0.0.1:5984/"),
+        "timeout": (_positive_float, "30"),
+    },
+    "fs": {
+        "url": (_file_url, ""),
+    },
+    "instances": {
+        "cache_ttl": (_positive_float, "5"),
+        "kdf_iterations": (_positive_int, "650000"),
+    },
+}
+
+#: Command-line flags of ``twistd cozyd`` and the keys they set.
+FLAG_KEYS = {
+    "host": ("server", "host"),
+    "port": ("server", "port"),
+    "admin-host": ("admin", "host"),
+    "admin-port": ("admin", "port"),
+    "couchdb-url": ("couchdb", "url"),
+    "fs-url": ("fs", "url"),
+    "data-dir": ("storage", "data_dir"),
+}
+
+
+@attrs.frozen
+class Config:
+    source: str
+    values: Mapping[tuple[str, str], Any]
+    #: The admin passphrase hash line, read at load time.
+    admin_passphrase_hash: str
+
+    def get(self, section: str, key: str) -> Any:
+        return self.values[(section, key)]
+
+    @property
+    def data_dir(self) -> str:
+        return self.get("storage", "data_dir")
+
+    @property
+    def fs_root(self) -> str:
+        """Directory under which each instance has its files directory."""
+        url = self.get("fs", "url")
+        if url:
+            return url[len("file://"):]
+        return os.path.join(self.data_dir, "files")
+
+    @property
+    def db_dir(self) -> str:
+        return os.path.join(self.data_dir, "db")
+
+
+def load_config(path: str | None, *, env: Mapping[str, str] | None = None,
+                flags: Mapping[str, str | None] | None = None) -> Config:
+    """Read ``path`` (may be None: defaults only), apply env and flags."""
+    env = os.environ if env is None else env
+    flags = flags or {}
+    problems: list[str] = []
+    raw: dict[tuple[str, str], tuple[str, str]] = {}  # key -> (text, origin)
+    base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+    source = path or "(defaults)"
+
+    if path is not None:
+        _read_file(path, raw, problems)
+    for (section, key) in _all_keys():
+        name = f"COZYD_{section.upper()}_{key.upper()}"
+        if name in env:
+            raw[(section, key)] = (env[name], f"environment {name}")
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        if flag not in FLAG_KEYS:
+            problems.append(f"--{flag}: unknown option")
+            continue
+        raw[FLAG_KEYS[flag]] = (str(value), f"option --{flag}")
+        if flag == "couchdb-url":
+            # Naming a CouchDB server selects the CouchDB engine.
+            raw[("storage", "engine")] = ("couchdb", f"option --{flag}")
+
+    values: dict[tuple[str, str], Any] = {}
+    for (section, key) in _all_keys():
+        parser, default = SCHEMA[section][key]
+        text, origin = raw.get((section, key), (default, "default"))
+        try:
+            values[(section, key)] = parser(text)
+        except ValueError as exc:
+            reason = str(exc) if "must" in str(exc) else f"invalid value {text!r}"
+            problems.append(f"{_where(source, origin)}[{section}] {key}: {reason}")
+
+    for key in ("data_dir",):
+        if ("storage", key) in values:
+            values[("storage", key)] = _resolve(base_dir, values[("storage", key)])
+    if values.get(("fs", "url")):
+        values[("fs", "url")] = "file://" + _resolve(base_dir, values[("fs", "url")][7:])
+
+    _check_admin_host(values, source, problems)
+    hash_line = _read_admin_secret(values, base_dir, source, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(source=source, values=values, admin_passphrase_hash=hash_line)
+
+
+def _all_keys():
+    for section, keys in SCHEMA.items():
+        for key in keys:
+            yield section, key
+
+
+def _where(source: str, origin: str) -> str:
+    return f"{source}: " if origin == "file" else f"{origin}: "
+
+
+def _resolve(base_dir: str, path: str) -> str:
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(path)))
+
+
+def _read_file(path: str, raw: dict, problems: list[str]) -> None:
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f, source=path)
+    except OSError as exc:
+        problems.append(f"{path}: cannot read the configuration file: {exc.strerror}")
+        return
+    except configparser.Error as exc:
+        problems.append(f"{path}: {' '.join(str(exc).split())}")
+        return
+    for section in parser.sections():
+        if section not in SCHEMA:
+            problems.append(f"{path}: [{section}]: unknown section")
+            continue
+        for key, value in parser.items(section):
+            if key not in SCHEMA[section]:
+                problems.append(f"{path}: [{section}] {key}: unknown key")
+            else:
+                raw[(section, key)] = (value, "file")
+
+
+def _check_admin_host(values: dict, source: str, problems: list[str]) -> None:
+    host = values.get(("admin", "host"))
+    if host is None or values.get(("admin", "allow_remote")):
+        return
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        problems.append(
+            f"{source}: [admin] host: {host!r} is not a loopback address; the admin "
+            "API must stay on loopback unless [admin] allow_remote = true")
+
+
+def _read_admin_secret(values: dict, base_dir: str, source: str,
+                       problems: list[str]) -> str:
+    name = values.get(("admin", "secret_filename"))
+    if not name:
+        return ""
+    path = _resolve(base_dir, name)
+    values[("admin", "secret_filename")] = path
+    try:
+        return adminpass.read_hash_file(path)
+    except FileNotFoundError:
+        problems.append(
+            f"{source}: [admin] secret_filename: {path} does not exist; create it "
+            f"with `cozyctl config passwd {path}`")
+    except OSError as exc:
+        problems.append(f"{source}: [admin] secret_filename: cannot read {path}: "
+                        f"{exc.strerror}")
+    except adminpass.InvalidHashFile as exc:
+        problems.append(f"{source}: [admin] secret_filename: {path}: {exc}")
+    return ""

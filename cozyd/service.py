@@ -1,0 +1,147 @@
+"""Builds the object graph and runs it as a Twisted service.
+
+``build_stack`` wires storage, instances and the web apps; it is used both
+by the daemon (``CozydService``) and by the in-memory test stack
+(``cozyd.testing``). Start order: storage, then the listeners; stop order is
+the reverse.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import defer, endpoints
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from cozyd.adminpass import PassphraseChecker
+from cozyd.config import Config
+from cozyd.instance.lifecycle import InstanceManager
+from cozyd.instance.registry import InstanceRegistry
+from cozyd.storage.interface import DocumentStore
+from cozyd.web.admin import AdminService
+from cozyd.web.root import PublicRoot
+from cozyd.web.status import StatusService
+
+log = Logger()
+
+
+@attrs.define
+class Stack:
+    config: Config
+    store: DocumentStore
+    instances: InstanceManager
+    registry: InstanceRegistry
+    public: Any  # IResource
+    admin: Any  # IResource
+
+
+def thread_runner(reactor) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
+    def run_blocking(function):
+        return deferToThreadPool(reactor, reactor.getThreadPool(), function)
+    return run_blocking
+
+
+def build_store(config: Config, reactor) -> DocumentStore:
+    if config.get("storage", "engine") == "couchdb":
+        from cozyd.storage.couchdb import CouchDBStore
+
+        return CouchDBStore(config.get("couchdb", "url"), reactor=reactor,
+                            timeout=config.get("couchdb", "timeout"))
+    from cozyd.storage.sqlite import EmbeddedStore
+
+    return EmbeddedStore(config.db_dir, reactor=reactor, threadpool=reactor.getThreadPool(),
+                         idle_timeout=config.get("storage", "idle_timeout"),
+                         max_open=config.get("storage", "max_open_files"))
+
+
+def build_stack(config: Config, *, store: DocumentStore,
+                run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]],
+                seconds: Callable[[], float] = time.time) -> Stack:
+    registry_box: list[InstanceRegistry] = []
+    instances = InstanceManager(
+        store, config.fs_root, run_blocking=run_blocking,
+        kdf_iterations=config.get("instances", "kdf_iterations"),
+        on_change=lambda domain: registry_box[0].invalidate(domain))
+    registry = InstanceRegistry(instances.find_by_host, seconds=seconds,
+                                ttl=config.get("instances", "cache_ttl"))
+    registry_box.append(registry)
+    status = StatusService(store, config.fs_root)
+    public = PublicRoot(registry, status, services={}).resource()
+    checker = PassphraseChecker(config.admin_passphrase_hash)
+    admin = AdminService(instances, checker.check).resource()
+    return Stack(config, store, instances, registry, public, admin)
+
+
+def access_log_line(timestamp: str, request) -> str:
+    """One access-log line without the query string: query strings can
+    carry secrets (tokens, passphrases, register tokens)."""
+    path = request.uri.split(b"?", 1)[0].decode("utf-8", "replace")
+    method = request.method.decode("ascii", "replace")
+    return f'"{method} {path}" {request.code} {request.sentLength or "-"}'
+
+
+class CozydService(Service):
+    """Storage first, then the public and admin listeners."""
+
+    def __init__(self, config: Config, reactor):
+        self._config = config
+        self._reactor = reactor
+        self._ports: list = []
+        self.stack: Stack | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        d = defer.Deferred.fromCoroutine(self._start())
+
+        def failed(failure):
+            log.failure("cozyd could not start", failure)
+            self._reactor.stop()
+        d.addErrback(failed)
+
+    async def _start(self) -> None:
+        config = self._config
+        for path in (config.data_dir, config.fs_root):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        store = build_store(config, self._reactor)
+        await store.start()
+        self.stack = build_stack(config, store=store,
+                                 run_blocking=thread_runner(self._reactor))
+        await self.stack.instances.setup()
+        log.info("storage ready: {engine} engine", engine=store.engine)
+        await self._listen("public API", self.stack.public,
+                           config.get("server", "host"), config.get("server", "port"))
+        await self._listen("admin API", self.stack.admin,
+                           config.get("admin", "host"), config.get("admin", "port"))
+
+    async def _listen(self, name: str, resource, host: str, port: int) -> None:
+        site = Site(resource, logFormatter=access_log_line)
+        site.displayTracebacks = False
+        if ":" in host:
+            endpoint = endpoints.TCP6ServerEndpoint(self._reactor, port, interface=host)
+        else:
+            endpoint = endpoints.TCP4ServerEndpoint(self._reactor, port, interface=host)
+        listening = await endpoint.listen(site)
+        self._ports.append(listening)
+        address = listening.getHost()
+        shown = f"[{address.host}]" if ":" in address.host else address.host
+        log.info("{name} listening on http://{address}:{port}/", name=name,
+                 address=shown, port=address.port)
+
+    def stopService(self):
+        super().stopService()
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        for port in self._ports:
+            await port.stopListening()
+        self._ports.clear()
+        if self.stack is not None:
+            await self.stack.store.close()
+        log.info("cozyd stopped")

@@ -1,0 +1,54 @@
+"""``twistd cozyd``: command-line options and the service maker.
+
+This is the only module that touches the global reactor.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.python import usage
+
+from cozyd.config import FLAG_KEYS, ConfigError, load_config
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the cozyd personal-cloud server: the public API, served for every "
+        "instance by its Host header, and the admin API used by cozyctl. Flags beat "
+        "COZYD_<SECTION>_<KEY> environment variables, which beat the config file.")
+    optParameters = [
+        ["config", "c", None, "Configuration file (INI), e.g. /etc/cozyd/cozyd.conf."],
+        ["host", None, None, "Address of the public API ([server] host)."],
+        ["port", "p", None, "Port of the public API ([server] port), 0 for any."],
+        ["admin-host", None, None, "Address of the admin API ([admin] host)."],
+        ["admin-port", None, None, "Port of the admin API ([admin] port), 0 for any."],
+        ["couchdb-url", None, None,
+         "Use the CouchDB engine at this URL ([couchdb] url, selects the engine)."],
+        ["fs-url", None, None, "Where file contents live, file:///path ([fs] url)."],
+        ["data-dir", None, None, "Data directory of the embedded engine "
+         "([storage] data_dir)."],
+    ]
+
+    def postOptions(self) -> None:
+        flags = {flag: self[flag] for flag in FLAG_KEYS}
+        try:
+            self["loaded"] = load_config(self["config"], flags=flags)
+        except ConfigError as exc:
+            # All problems at once; the config is not usable, so refuse to start.
+            lines = "\n".join(f"  - {p}" for p in exc.problems)
+            raise usage.UsageError(
+                f"cozyd cannot start, the configuration has problems:\n{lines}") from None
+
+
+def makeService(options: Options):
+    from twisted.internet import reactor
+
+    from cozyd.service import CozydService
+
+    return CozydService(options["loaded"], reactor)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run me with: twistd -n cozyd -c cozyd.conf")

@@ -1,0 +1,139 @@
+"""The admin API (loopback port 6060 by default), used by ``cozyctl``.
+
+Every route is behind HTTP Basic auth whose password is the admin
+passphrase (any user name), as cozy-stack does. Parameters come in the
+query string, as cozy-stack's admin API takes them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from urllib.parse import unquote
+
+from klein import Klein
+from twisted.web.iweb import IRequest
+
+from cozyd.errors import Unauthorized, Unprocessable
+from cozyd.instance.lifecycle import (CreateOptions, InstanceManager, ModifyOptions,
+                                      parse_settings)
+from cozyd.web.common import (JSONAPI, install_error_handlers, json_response,
+                              not_found, query_bool, query_int, query_list, query_text)
+
+
+class AdminService:
+    app = Klein()
+    install_error_handlers(app)
+
+    def __init__(self, instances: InstanceManager, check_passphrase: Callable[[str], bool]):
+        self._instances = instances
+        self._check_passphrase = check_passphrase
+
+    def resource(self):
+        return self.app.resource()
+
+    def _authenticate(self, request: IRequest) -> None:
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, encoded = header.partition(b" ")
+        password = None
+        if scheme.lower() == b"basic":
+            try:
+                decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+                password = decoded.partition(":")[2]
+            except (binascii.Error, UnicodeDecodeError):
+                password = None
+        if not password or not self._check_passphrase(password):
+            request.setHeader(b"WWW-Authenticate", b'Basic realm="cozyd admin"')
+            raise Unauthorized("the admin passphrase is required (HTTP Basic auth)")
+
+    # -- instances ----------------------------------------------------------
+    @app.route("/instances", methods=["POST"])
+    async def create_instance(self, request: IRequest):
+        self._authenticate(request)
+        domain = query_text(request, "Domain")
+        if not domain:
+            raise Unprocessable("the Domain parameter is required", code="illegal_domain")
+        options = CreateOptions(
+            domain=domain,
+            locale=query_text(request, "Locale") or "en",
+            email=query_text(request, "Email") or "",
+            public_name=query_text(request, "PublicName") or "",
+            phone=query_text(request, "Phone") or "",
+            timezone=query_text(request, "Timezone") or "",
+            context=query_text(request, "ContextName") or "",
+            settings=parse_settings(query_text(request, "Settings") or ""),
+            passphrase=query_text(request, "Passphrase") or "",
+            kdf_iterations=query_int(request, "KdfIterations", minimum=0) or 0,
+            disk_quota=query_int(request, "DiskQuota", minimum=0) or 0,
+            domain_aliases=query_list(request, "DomainAliases") or (),
+            uuid=query_text(request, "UUID") or "",
+            tos=query_text(request, "TOSSigned") or "",
+            apps=query_list(request, "Apps") or (),
+        )
+        instance = await self._instances.create(options)
+        return json_response(request, {"data": instance.jsonapi()}, status=201,
+                             content_type=JSONAPI)
+
+    @app.route("/instances", methods=["GET"])
+    async def list_instances(self, request: IRequest):
+        self._authenticate(request)
+        instances = await self._instances.list()
+        skip = query_int(request, "page[skip]", minimum=0) or 0
+        limit = query_int(request, "page[limit]", minimum=1)
+        page = instances[skip:skip + limit] if limit else instances[skip:]
+        body: dict = {"data": [i.jsonapi() for i in page],
+                      "meta": {"count": len(instances)}}
+        if limit and skip + limit < len(instances):
+            body["links"] = {"next": f"/instances?page[limit]={limit}"
+                                     f"&page[skip]={skip + limit}"}
+        return json_response(request, body, content_type=JSONAPI)
+
+    @app.route("/instances/count", methods=["GET"])
+    async def count_instances(self, request: IRequest):
+        self._authenticate(request)
+        return json_response(request, {"count": len(await self._instances.list())})
+
+    @app.route("/instances/<string:domain>", methods=["GET"])
+    async def show_instance(self, request: IRequest, domain: str):
+        self._authenticate(request)
+        instance = await self._instances.get(unquote(domain))
+        return json_response(request, {"data": instance.jsonapi()}, content_type=JSONAPI)
+
+    @app.route("/instances/<string:domain>", methods=["PATCH"])
+    async def modify_instance(self, request: IRequest, domain: str):
+        self._authenticate(request)
+        settings = query_text(request, "Settings")
+        changes = ModifyOptions(
+            locale=query_text(request, "Locale"),
+            email=query_text(request, "Email"),
+            public_name=query_text(request, "PublicName"),
+            phone=query_text(request, "Phone"),
+            timezone=query_text(request, "Timezone"),
+            context=query_text(request, "ContextName"),
+            settings=parse_settings(settings) if settings is not None else None,
+            disk_quota=query_int(request, "DiskQuota", minimum=0),
+            domain_aliases=query_list(request, "DomainAliases"),
+            uuid=query_text(request, "UUID"),
+            tos=query_text(request, "TOSSigned"),
+            tos_latest=query_text(request, "TOSLatest"),
+            onboarding_finished=query_bool(request, "OnboardingFinished"),
+            blocked=query_bool(request, "Blocked"),
+            blocking_reason=query_text(request, "BlockingReason"),
+            deleting=query_bool(request, "Deleting"),
+        )
+        instance = await self._instances.modify(unquote(domain), changes)
+        return json_response(request, {"data": instance.jsonapi()}, content_type=JSONAPI)
+
+    @app.route("/instances/<string:domain>", methods=["DELETE"])
+    async def destroy_instance(self, request: IRequest, domain: str):
+        self._authenticate(request)
+        await self._instances.destroy(unquote(domain))
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/", branch=True)
+    def unknown(self, request: IRequest):
+        self._authenticate(request)
+        return not_found(request)
+

@@ -1,0 +1,76 @@
+"""The public site: find the instance from ``Host``, then hand over to the
+service app that owns the first path segment (``/data`` → DataService…).
+
+Order of checks, as cozy-stack's middlewares: unknown host or instance
+being deleted → 404; blocked instance → 503 (402 for PAYMENT_FAILED) with
+the blocking reason as error code, except on the routes a blocked user
+still needs (settings, apps…).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from klein import Klein
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+
+from cozyd.errors import CozyError, NotFound, PaymentRequired, ServiceUnavailable
+from cozyd.instance.model import Instance
+from cozyd.instance.registry import InstanceRegistry
+from cozyd.web.common import error_response, install_error_handlers, not_found
+from cozyd.web.status import StatusService
+
+#: First path segments still served when the instance is blocked.
+SERVED_WHEN_BLOCKED = frozenset({"apps", "konnectors", "settings", "compat"})
+
+
+def instance_of(request: IRequest) -> Instance:
+    """The instance the root resolved for this request."""
+    return request.cozy_instance  # type: ignore[attr-defined]
+
+
+def blocked_error(instance: Instance) -> CozyError:
+    reason = instance.blocking_reason or "UNKNOWN"
+    if reason == "PAYMENT_FAILED":
+        return PaymentRequired("this instance is blocked until a payment is made",
+                               code=reason)
+    return ServiceUnavailable("this instance is blocked", code=reason)
+
+
+class PublicRoot:
+    app = Klein()
+    install_error_handlers(app)
+
+    def __init__(self, registry: InstanceRegistry, status: StatusService,
+                 services: Mapping[str, IResource]):
+        self._registry = registry
+        self._status = status
+        self._services = dict(services)
+
+    def resource(self) -> IResource:
+        return self.app.resource()
+
+    @app.route("/version", methods=["GET", "HEAD"])
+    def version(self, request: IRequest):
+        return self._status.version(request)
+
+    @app.route("/status", methods=["GET", "HEAD"])
+    async def status(self, request: IRequest):
+        return await self._status.status(request)
+
+    @app.route("/", branch=True)
+    async def dispatch(self, request: IRequest):
+        host = (request.getHeader(b"host") or b"").decode("utf-8", "replace")
+        instance = await self._registry.resolve(host) if host else None
+        if instance is None or instance.deleting:
+            return error_response(request, NotFound("no instance is served at this "
+                                                    "address", code="instance_not_found"))
+        segment = request.postpath[0].decode("utf-8", "replace") if request.postpath else ""
+        if instance.blocked and segment not in SERVED_WHEN_BLOCKED:
+            return error_response(request, blocked_error(instance))
+        request.cozy_instance = instance
+        service = self._services.get(segment)
+        if service is None:
+            return not_found(request)
+        return service
