@@ -1,0 +1,33 @@
+import os
+import stat
+
+import pytest
+
+from cozyd import adminpass
+
+
+def test_hash_verify_and_file_mode(tmp_path):
+    line = adminpass.hash_passphrase("s3cret", n=1024)
+    assert line.startswith("scrypt$1024$8$1$")
+    assert "s3cret" not in line
+    assert adminpass.verify_passphrase("s3cret", line)
+    assert not adminpass.verify_passphrase("s3cret ", line)
+    path = str(tmp_path / "cozy-admin-passphrase")
+    adminpass.write_hash_file(path, line)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert adminpass.read_hash_file(path) == line
+
+
+@pytest.mark.parametrize("line", ["", "scrypt$1$8$1$00$00", "bcrypt$x", "scrypt$1000$8$1$00$00",
+                                  "scrypt$1024$8$1$zz$00", "scrypt$1024$8$1$00$"])
+def test_malformed_hash_lines_are_refused(line):
+    with pytest.raises(adminpass.InvalidHashFile):
+        adminpass.parse_hash(line)
+
+
+def test_checker_caches_only_the_right_passphrase():
+    checker = adminpass.PassphraseChecker(adminpass.hash_passphrase("good", n=1024))
+    assert not checker.check("bad")
+    assert checker.check("good")
+    assert checker.check("good")
+    assert not checker.check("bad")
