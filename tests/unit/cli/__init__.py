@@ -1,6 +1,7 @@
 """Test support for cozyctl: a fake admin API in a thread, and a runner.
 
-Test modules import the fixtures ``admin`` and ``cli`` from here.
+Test modules import ``admin_fixture`` and ``cli_fixture`` from here; they
+register the fixtures ``admin`` and ``cli``.
 """
 
 from __future__ import annotations
@@ -56,20 +57,43 @@ class FakeAdmin:
     port: int = 0
     requests: list[Seen] = field(default_factory=list)
     replies: dict[tuple[str, str], Reply | Callable[[Seen], Reply]] = field(
-        default_factory=dict)
+        default_factory=dict
+    )
 
-    def reply(self, method: str, path: str, status: int = 200, body: Any = None, *,
-              text: str | None = None, delay: float = 0.0) -> None:
+    def reply(
+        self,
+        method: str,
+        path: str,
+        status: int = 200,
+        body: Any = None,
+        *,
+        text: str | None = None,
+        delay: float = 0.0,
+    ) -> None:
         if text is not None:
-            self.replies[(method, path)] = Reply(status, text.encode(), "text/plain",
-                                                 delay)
+            self.replies[(method, path)] = Reply(
+                status, text.encode(), "text/plain", delay
+            )
         else:
             raw = b"" if body is None else json.dumps(body).encode()
             self.replies[(method, path)] = Reply(status, raw, delay=delay)
 
     def error(self, method: str, path: str, status: int, detail: str) -> None:
-        self.reply(method, path, status, {"errors": [{
-            "status": str(status), "title": "Error", "code": "error", "detail": detail}]})
+        self.reply(
+            method,
+            path,
+            status,
+            {
+                "errors": [
+                    {
+                        "status": str(status),
+                        "title": "Error",
+                        "code": "error",
+                        "detail": detail,
+                    }
+                ]
+            },
+        )
 
     @property
     def last(self) -> Seen:
@@ -80,9 +104,20 @@ class FakeAdmin:
         self.requests.append(seen)
         reply = self.replies.get((seen.method, seen.path))
         if reply is None:
-            return Reply(404, json.dumps({"errors": [{
-                "status": "404", "title": "Not Found",
-                "detail": f"no route {seen.method} {seen.path}"}]}).encode())
+            return Reply(
+                404,
+                json.dumps(
+                    {
+                        "errors": [
+                            {
+                                "status": "404",
+                                "title": "Not Found",
+                                "detail": f"no route {seen.method} {seen.path}",
+                            }
+                        ]
+                    }
+                ).encode(),
+            )
         return reply(seen) if callable(reply) else reply
 
 
@@ -90,9 +125,12 @@ def _handler_for(fake: FakeAdmin) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def _serve(self) -> None:
             path, _, query = self.path.partition("?")
-            seen = Seen(self.command, path,
-                        urllib.parse.parse_qsl(query, keep_blank_values=True),
-                        self.headers.get("Authorization"))
+            seen = Seen(
+                self.command,
+                path,
+                urllib.parse.parse_qsl(query, keep_blank_values=True),
+                self.headers.get("Authorization"),
+            )
             reply = fake.handle(seen)
             if reply.delay:
                 time.sleep(reply.delay)
@@ -115,14 +153,15 @@ def _handler_for(fake: FakeAdmin) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def admin():
+@pytest.fixture(name="admin")
+def admin_fixture():
     fake = FakeAdmin()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(fake))
     server.daemon_threads = True
     fake.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield fake
@@ -139,12 +178,19 @@ class Result:
     err: str
 
 
-@pytest.fixture
-def cli(admin, capsys, monkeypatch):
+@pytest.fixture(name="cli")
+def cli_fixture(admin, capsys, monkeypatch):
     """``cli("instances", "ls")`` runs main() against the fake admin API."""
-    for var in ("COZY_ADMIN_PASSPHRASE", "COZY_ADMIN_PASSWORD", "COZY_ADMIN_HOST",
-                "COZY_ADMIN_PORT", "COZY_HOST", "COZY_PORT", "COZY_ADMIN_TIMEOUT",
-                "COZY_DISABLE_INSTANCES_ADD_RM"):
+    for var in (
+        "COZY_ADMIN_PASSPHRASE",
+        "COZY_ADMIN_PASSWORD",
+        "COZY_ADMIN_HOST",
+        "COZY_ADMIN_PORT",
+        "COZY_HOST",
+        "COZY_PORT",
+        "COZY_ADMIN_TIMEOUT",
+        "COZY_DISABLE_INSTANCES_ADD_RM",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("COZY_ADMIN_PASSPHRASE", PASSPHRASE)
     monkeypatch.setenv("COZY_ADMIN_PORT", str(admin.port))
@@ -161,12 +207,21 @@ def cli(admin, capsys, monkeypatch):
 
 
 def instance_data(domain: str = DOMAIN, **attrs: Any) -> dict[str, Any]:
-    attributes = {"domain": domain, "prefix": "cozy0123456789abcdef0123456789abcd",
-                  "locale": "en", "onboarding_finished": False, "indexes_version": 31}
+    attributes = {
+        "domain": domain,
+        "prefix": "cozy0123456789abcdef0123456789abcd",
+        "locale": "en",
+        "onboarding_finished": False,
+        "indexes_version": 31,
+    }
     attributes.update(attrs)
-    return {"type": "instances", "id": "0dc76ad9b1cf3a979b916b3155001830",
-            "attributes": attributes, "meta": {"rev": "1-abc"},
-            "links": {"self": "/instances/0dc76ad9b1cf3a979b916b3155001830"}}
+    return {
+        "type": "instances",
+        "id": "0dc76ad9b1cf3a979b916b3155001830",
+        "attributes": attributes,
+        "meta": {"rev": "1-abc"},
+        "links": {"self": "/instances/0dc76ad9b1cf3a979b916b3155001830"},
+    }
 
 
 def quoted(domain: str = DOMAIN) -> str:
