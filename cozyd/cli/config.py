@@ -1,0 +1,76 @@
+"""``cozyctl config …``: local configuration helpers (no server needed)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+
+from cozyd import adminpass
+from cozyd.cli.client import Context, has_terminal
+from cozyd.cli.output import CLIError, info, out
+
+# The name the daemon looks for in its configuration directory.
+ADMIN_PASSPHRASE_FILE = "cozy-admin-passphrase"
+
+
+def _ask_passphrase() -> str:
+    if not has_terminal():
+        raise CLIError(
+            "no passphrase: set COZY_ADMIN_PASSPHRASE or run from a terminal"
+        )
+    try:
+        first = getpass.getpass("Passphrase: ", stream=sys.stderr)
+        second = getpass.getpass("Confirmation: ", stream=sys.stderr)
+    except EOFError:
+        raise CLIError("no passphrase given") from None
+    if first != second:
+        raise CLIError("Passphrase mismatch")
+    if not first:
+        raise CLIError("Empty passphrase is forbidden")
+    return first
+
+
+def cmd_passwd(args: argparse.Namespace, ctx: Context) -> int:
+    path = None
+    if args.file:
+        path = os.path.abspath(os.path.expanduser(args.file))
+        if os.path.isdir(path):
+            path = os.path.join(path, ADMIN_PASSPHRASE_FILE)
+        info(f"Hashed passphrase will be written in {path}")
+    passphrase = ctx.env.get("COZY_ADMIN_PASSPHRASE") or _ask_passphrase()
+    line = adminpass.hash_passphrase(passphrase)
+    if path is None:
+        out(line)
+        return 0
+    try:
+        adminpass.write_hash_file(path, line)
+    except OSError as exc:
+        raise CLIError(f"could not write {path}: {exc.strerror or exc}") from None
+    info(f"Hashed passphrase written in {path}")
+    return 0
+
+
+def register(
+    nouns: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> None:
+    """Add the ``config`` noun and its commands to cozyctl's parser."""
+    noun = nouns.add_parser(
+        "config",
+        parents=[common],
+        allow_abbrev=False,
+        help="show and manage configuration elements",
+    )
+    commands = noun.add_subparsers(dest="command", metavar="<command>", required=True)
+    p = commands.add_parser(
+        "passwd",
+        aliases=["password", "passphrase", "pass"],
+        parents=[common],
+        allow_abbrev=False,
+        help="hash the admin passphrase into a file",
+        description="Hash the admin passphrase (COZY_ADMIN_PASSPHRASE, or asked) "
+        "and write it to FILE (mode 0600), or print it if no FILE.",
+    )
+    p.add_argument("file", nargs="?", metavar="FILE")
+    p.set_defaults(handler=cmd_passwd)
