@@ -9,6 +9,7 @@ the reverse.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -61,14 +62,28 @@ def build_store(config: Config, reactor) -> DocumentStore:
                          max_open=config.get("storage", "max_open_files"))
 
 
+def node_id(data_dir: str) -> str:
+    """This node's identity, kept across restarts in the data directory."""
+    path = os.path.join(data_dir, "node-id")
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        value = secrets.token_hex(8)
+        with open(path, "w", encoding="ascii") as f:
+            f.write(value + "\n")
+        return value
+
+
 def build_stack(config: Config, *, store: DocumentStore,
                 run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]],
-                seconds: Callable[[], float] = time.time) -> Stack:
+                seconds: Callable[[], float] = time.time, node: str = "") -> Stack:
     registry_box: list[InstanceRegistry] = []
     instances = InstanceManager(
         store, config.fs_root, run_blocking=run_blocking,
         kdf_iterations=config.get("instances", "kdf_iterations"),
-        on_change=lambda domain: registry_box[0].invalidate(domain))
+        on_change=lambda domain: registry_box[0].invalidate(domain),
+        node_id=node, seconds=seconds)
     registry = InstanceRegistry(instances.find_by_host, seconds=seconds,
                                 ttl=config.get("instances", "cache_ttl"))
     registry_box.append(registry)
@@ -107,12 +122,12 @@ class CozydService(Service):
 
     async def _start(self) -> None:
         config = self._config
-        for path in (config.data_dir, config.fs_root):
-            os.makedirs(path, mode=0o700, exist_ok=True)
+        os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
         store = build_store(config, self._reactor)
         await store.start()
         self.stack = build_stack(config, store=store,
-                                 run_blocking=thread_runner(self._reactor))
+                                 run_blocking=thread_runner(self._reactor),
+                                 node=node_id(config.data_dir))
         await self.stack.instances.setup()
         log.info("storage ready: {engine} engine", engine=store.engine)
         await self._listen("public API", self.stack.public,

@@ -6,6 +6,11 @@ databases, indexes, settings and directory tree, and finally marks the
 instance ready. A creation that died half-way (kill -9) leaves a claim in
 the ``creating`` state that no running creation owns: a new ``add`` of the
 same domain, or a ``destroy``, clears the leftovers and carries on.
+
+A claim says which node made it. This node knows which creations it is
+running, so its own claims that it is not running are abandoned (the
+process that made them died). Another node's claim is only taken over once
+``creation_lease`` seconds have passed, as that node may still be working.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import secrets
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -116,7 +123,9 @@ class InstanceManager:
                  run_blocking: Callable[[Callable[[], T]], Awaitable[T]],
                  now: Callable[[], datetime.datetime] | None = None,
                  kdf_iterations: int = passphrases.DEFAULT_KDF_ITERATIONS,
-                 on_change: Callable[[str], None] | None = None):
+                 on_change: Callable[[str], None] | None = None,
+                 node_id: str = "", seconds: Callable[[], float] = time.time,
+                 creation_lease: float = 600.0):
         self._store = store
         self._fs_root = fs_root
         self._run_blocking = run_blocking
@@ -124,8 +133,13 @@ class InstanceManager:
         self._kdf_iterations = kdf_iterations
         self._on_change = on_change or (lambda domain: None)
         self._creating: set[str] = set()
+        self._node_id = node_id or secrets.token_hex(8)
+        self._seconds = seconds
+        self._creation_lease = creation_lease
 
     async def setup(self) -> None:
+        await self._run_blocking(lambda: os.makedirs(self._fs_root, mode=0o700,
+                                                     exist_ok=True))
         await self._store.ensure_db(INSTANCES_DB)
         await self._store.ensure_db(ALIASES_DB)
 
@@ -237,6 +251,8 @@ class InstanceManager:
             disk_quota=options.disk_quota,
             domain_aliases=list(aliases),
             state=CREATING,
+            creation_node=self._node_id,
+            creation_started=self._seconds(),
         )
         for attempt in range(2):
             try:
@@ -247,11 +263,18 @@ class InstanceManager:
                 existing = await self._load(domain)
                 if existing.state != CREATING or attempt:
                     raise InstanceExists(f"instance {domain} already exists") from None
+                if not self._abandoned(existing):
+                    raise InstanceExists(f"instance {domain} is being created") from None
                 # A creation that died half-way: nobody here owns it any more.
                 log.warn("repairing the interrupted creation of instance {domain}",
                          domain=domain)
                 await self._remove_everything(existing)
         raise InstanceExists(f"instance {domain} already exists")
+
+    def _abandoned(self, claim: Instance) -> bool:
+        if claim.creation_node == self._node_id:
+            return True  # ours, and not in self._creating: its process died
+        return self._seconds() - claim.creation_started >= self._creation_lease
 
     async def _build(self, instance: Instance, options: CreateOptions,
                      iterations: int) -> None:
@@ -272,6 +295,7 @@ class InstanceManager:
         if options.passphrase:
             await self._register_passphrase(instance, options.passphrase, iterations)
         instance.state = READY
+        instance.creation_node, instance.creation_started = "", 0.0
         result = await self._store.put_doc(INSTANCES_DB, instance.to_doc())
         instance.rev = result["rev"]
 
@@ -468,6 +492,8 @@ class InstanceManager:
         if domain in self._creating:
             raise Conflict(f"instance {domain} is being created; try again later")
         instance = await self._load(domain)
+        if instance.state == CREATING and not self._abandoned(instance):
+            raise Conflict(f"instance {domain} is being created; try again later")
         if instance.deleting:
             raise InstanceBeingDeleted(
                 f"instance {domain} is already being deleted. If an earlier deletion "

@@ -25,6 +25,9 @@ KNOWN_BLOCKING_REASONS = ("LOGIN_FAILED", "PAYMENT_FAILED", "UNKNOWN", "IMPORTIN
 #: Fields never shown by the admin API (cozy-stack blanks them too).
 SECRET_FIELDS = ("session_secret", "oauth_secret", "cli_secret", "passphrase_hash")
 
+#: Bookkeeping of the creation, not shown either.
+INTERNAL_FIELDS = ("state", "creation_node", "creation_started")
+
 #: States of the creation, stored in the document (not shown).
 CREATING = "creating"
 READY = "ready"
@@ -65,6 +68,9 @@ class Instance:
     oauth_secret: bytes = b""
     cli_secret: bytes = b""
     state: str = READY
+    #: Which node claimed the domain and when (epoch seconds), while creating.
+    creation_node: str = ""
+    creation_started: float = 0.0
     #: Fields of the stored document this version does not know: kept as is.
     extra: dict[str, Any] = attrs.field(factory=dict)
     rev: str | None = None
@@ -130,7 +136,7 @@ class Instance:
     def attributes(self) -> dict[str, Any]:
         """What the admin API shows: everything but the secrets."""
         doc = self.to_doc()
-        for key in ("_id", "_rev", "state", *SECRET_FIELDS):
+        for key in ("_id", "_rev", *INTERNAL_FIELDS, *SECRET_FIELDS):
             doc.pop(key, None)
         return doc
 

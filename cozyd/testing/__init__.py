@@ -77,7 +77,6 @@ def memory_stack(directory: str, **sections: dict[str, Any]) -> Stack:
     sync(store.start())
     stack = build_stack(config, store=store, run_blocking=run_now, seconds=clock.seconds)
     sync(stack.instances.setup())
-    stack.clock = clock  # type: ignore[attr-defined]
     return stack
 
 

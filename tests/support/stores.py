@@ -36,7 +36,7 @@ async def open_store(engine, tmp_path, request):
     return store
 
 
-@pytest_twisted.async_fixture
+@pytest_twisted.async_yield_fixture
 async def store(engine, tmp_path, request):
     store = await open_store(engine, tmp_path, request)
     try:
