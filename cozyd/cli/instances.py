@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cozyd.instance.domain import InvalidDomain, validate_domain
 from cozyd.cli.client import LONG_TIMEOUT, Context, go_duration, instance_path
 from cozyd.cli.output import (
     CLIError,
@@ -58,7 +59,6 @@ AVAILABLE_FIELDS = (
     "db_prefix",
 )
 
-_FORBIDDEN_IN_DOMAIN = set(" /?#@\t\r\n")
 _ONBOARDING_PARTS = ("secret", "app", "permissions", "state")
 
 
@@ -105,9 +105,12 @@ def duration_arg(text: str) -> str:
 
 
 def check_domain(domain: str) -> str:
-    if not domain or _FORBIDDEN_IN_DOMAIN & set(domain):
-        raise CLIError(f"Invalid domain: {domain}")
-    return domain
+    """The domain as the server will see it; the same rules as the server,
+    so a bad domain is refused before anything is sent."""
+    try:
+        return validate_domain(domain)
+    except InvalidDomain as exc:
+        raise CLIError(f"Invalid domain {domain!r}: {exc.detail}") from None
 
 
 # --- flags that become query parameters --------------------------------------

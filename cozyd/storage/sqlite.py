@@ -728,6 +728,13 @@ class _FindRun:
         # The index order: its columns' collation keys, then the id.
         self.order_sql = ["id"] if self.index.is_special else \
             [*(self.indexes.key_sql(c) for c in self.index.columns), "id"]
+        # Leading columns fixed by the selector ($eq) are left out of ORDER BY
+        # and bookmarks: SQLite only sees the index order without them.
+        self.fixed = 0
+        for column in self.index.columns if not self.index.is_special else ():
+            if not mango.is_constant_field(query.selector, column):
+                break
+            self.fixed += 1
 
     def execute(self) -> Doc:
         started = time.perf_counter()
@@ -798,13 +805,16 @@ class _FindRun:
             params = []
         where += [selector.sql, partial.sql]
         params += [*selector.params, *partial.params]
+        sort_sql = self.order_sql[self.fixed:]
         if query.bookmark is not None:
-            after = self._resume_after(query.bookmark)
-            where.append(f"({', '.join(self.order_sql)}) {'<' if query.descending else '>'}"
-                         f" ({', '.join('?' * len(after))})")
-            params += after
+            after = self._resume_after(query.bookmark)[self.fixed:]
+            after_op, bound_op = ("<", "<=") if query.descending else (">", ">=")
+            # The bound on the first key alone lets SQLite seek the index.
+            where.append(f"{sort_sql[0]} {bound_op} ?")
+            where.append(f"({', '.join(sort_sql)}) {after_op} ({', '.join('?' * len(after))})")
+            params += [after[0], *after]
         direction = "DESC" if query.descending else "ASC"
-        order = ", ".join(f"{key} {direction}" for key in self.order_sql)
+        order = ", ".join(f"{key} {direction}" for key in sort_sql)
         columns = ", ".join(["id", "rev", "body", "conflicts", *self.order_sql[:-1]])
         sql = f"SELECT {columns} FROM {source} WHERE {' AND '.join(where)} ORDER BY {order}"
         if exact:

@@ -28,14 +28,17 @@ def test_starts_logs_ports_serves_and_stops_on_sigterm(make_daemon):
     assert len(lines) == 2
     assert http("GET", daemon.public_url + "/version").json()["version"]
     assert http("GET", daemon.public_url + "/status", host="x.test").json()["status"] == "OK"
-    assert daemon.stop(signal.SIGTERM) == 0
+    # twistd shuts down, then re-raises the signal so the exit status says
+    # what stopped it (systemd counts SIGTERM as a clean stop).
+    assert daemon.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
     assert "cozyd stopped" in daemon.output
+    assert "Main loop terminated" in daemon.output
     assert "Traceback" not in daemon.output
 
 
 def test_python_m_twisted_runs_it_too(make_daemon):
     daemon = make_daemon(start=False)
-    daemon.command = lambda: [sys.executable, "-m", "twisted", "cozyd", "-c",
+    daemon.command = lambda: [sys.executable, "-m", "twisted", "--log-format=text", "cozyd", "-c",
                               daemon.config_path, "--port", "0", "--admin-port", "0"]
     daemon.start()
     assert http("GET", daemon.public_url + "/version").status == 200

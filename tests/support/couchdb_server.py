@@ -177,8 +177,13 @@ class _Server:
 
 
 def _spawn(node: str, script: Path, workdir: Path, port: int,
-           log_path: Path) -> _Server:
-    log_file = open(log_path, "ab")
+           log_path: Path, server_uuid: str) -> _Server:
+    # A fresh configuration each time: no admin yet (so ours can be made),
+    # quiet logs from the start, and a uuid of our own, by which we know
+    # that whoever answers on the port is this very process.
+    config = {"couchdb": {"uuid": server_uuid}, "log": {"level": "error"}}
+    (workdir / "config.json").write_text(json.dumps(config))
+    log_file = open(log_path, "ab")  # noqa: SIM115 (closed by _Server.stop)
     command = [node, "--unhandled-rejections=warn", str(script),
                "--host", "127.0.0.1", "--port", str(port),
                "--dir", str(workdir), "--config", str(workdir / "config.json"),
@@ -189,8 +194,10 @@ def _spawn(node: str, script: Path, workdir: Path, port: int,
     return _Server(process, log_file)
 
 
-def _wait_ready(server: _Server, base: str, deadline: float) -> bool:
-    """True once the server answers and is still alive; False if it exited."""
+def _wait_ready(server: _Server, base: str, server_uuid: str,
+                deadline: float) -> bool:
+    """True once our server answers; False if it exited (port taken: it
+    exits with status 0 then, while someone else may answer on the port)."""
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             return False
@@ -199,14 +206,9 @@ def _wait_ready(server: _Server, base: str, deadline: float) -> bool:
         except OSError:
             time.sleep(0.05)
             continue
-        # It exits (status 0) when the port is taken, possibly after
-        # someone else answered on it: make sure it is still running.
-        time.sleep(0.2)
-        if server.process.poll() is not None:
-            return False
-        if status == 200 and isinstance(body, dict):
-            return True
-        time.sleep(0.05)
+        if status == 200 and isinstance(body, dict) and body.get("uuid") == server_uuid:
+            return server.process.poll() is None
+        time.sleep(0.1)
     raise CouchDBServerError(
         f"pouchdb-server did not answer on {base} within {_START_TIMEOUT:g}s")
 
@@ -230,9 +232,11 @@ def start_pouchdb_server(workdir: Path, *, admin: str = ADMIN_NAME,
     for _attempt in range(_PORT_ATTEMPTS):
         port = _free_port()
         base = f"http://127.0.0.1:{port}/"
-        server = _spawn(node, script, workdir, port, log_path)
+        server_uuid = secrets.token_hex(16)
+        server = _spawn(node, script, workdir, port, log_path, server_uuid)
         try:
-            ready = _wait_ready(server, base, time.monotonic() + _START_TIMEOUT)
+            ready = _wait_ready(server, base, server_uuid,
+                                time.monotonic() + _START_TIMEOUT)
         except BaseException:
             server.stop()
             raise
@@ -288,10 +292,13 @@ def couchdb_url(tmp_path_factory):
     if url:
         yield url
         return
+    problem = None
     try:
         url, stop = start_pouchdb_server(tmp_path_factory.mktemp("pouchdb-server"))
     except CouchDBServerError as e:
-        pytest.fail(f"cannot start the test CouchDB server: {e}", pytrace=False)
+        problem = str(e)
+    if problem is not None:  # an error, never a skip: the suite must not go quiet
+        pytest.fail(f"cannot start the test CouchDB server: {problem}", pytrace=False)
     try:
         yield url
     finally:
