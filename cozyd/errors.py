@@ -93,3 +93,42 @@ class ServiceUnavailable(CozyError):
 class BadGateway(CozyError):
     status = 502
     code = "bad_gateway"
+
+
+class EchoError(CozyError):
+    """Errors cozy-stack raises from its middlewares (token checks, …): sent
+    as plain text, or ``{"error": message}`` when the client accepts JSON."""
+
+
+class NoToken(EchoError):
+    status = 401
+    code = "no_token"
+
+    def __init__(self, detail: str = "No token in request"):
+        super().__init__(detail)
+
+
+class InvalidToken(EchoError):
+    status = 400
+    code = "invalid_token"
+    www_authenticate = 'Bearer error="invalid_token"'
+
+    def __init__(self, detail: str = "Invalid JWT token"):
+        super().__init__(detail)
+
+
+class ExpiredToken(InvalidToken):
+    code = "expired_token"
+    www_authenticate = ('Bearer error="invalid_token" '
+                        'error_description="The access token expired"')
+
+    def __init__(self, detail: str = "Expired token"):
+        super().__init__(detail)
+
+
+class PermissionDenied(EchoError):
+    status = 403
+    code = "forbidden"
+
+    def __init__(self, detail: str = "Forbidden"):
+        super().__init__(detail)

@@ -26,7 +26,11 @@ from cozyd.config import Config
 from cozyd.instance.lifecycle import InstanceManager
 from cozyd.instance.registry import InstanceRegistry
 from cozyd.storage.interface import DocumentStore
+from cozyd.auth.clients import OAuthClients
+from cozyd.permissions.resolver import PermissionResolver
 from cozyd.web.admin import AdminService
+from cozyd.web.guard import Guard
+from cozyd.web.permissions import PermissionsService
 from cozyd.web.root import PublicRoot
 from cozyd.web.status import StatusService
 
@@ -88,9 +92,17 @@ def build_stack(config: Config, *, store: DocumentStore,
                                 ttl=config.get("instances", "cache_ttl"))
     registry_box.append(registry)
     status = StatusService(store, config.fs_root)
-    public = PublicRoot(registry, status, services={}).resource()
+    resolver = PermissionResolver(store, seconds=seconds,
+                                  ttl=config.get("instances", "cache_ttl"))
+    clients = OAuthClients(store, resolver)
+    guard = Guard(resolver, seconds=seconds)
+    services = {
+        "permissions": PermissionsService(guard).resource(),
+    }
+    public = PublicRoot(registry, status, services=services, seconds=seconds).resource()
     checker = PassphraseChecker(config.admin_passphrase_hash)
-    admin = AdminService(instances, checker.check).resource()
+    admin = AdminService(instances, checker.check, clients=clients,
+                         seconds=seconds).resource()
     return Stack(config, store, instances, registry, public, admin)
 
 

@@ -68,11 +68,16 @@ def sync(coroutine: Coroutine) -> Any:
     return results[0]
 
 
-def memory_stack(directory: str, **sections: dict[str, Any]) -> Stack:
+def memory_stack(directory: str, *, clock: Clock | None = None,
+                 **sections: dict[str, Any]) -> Stack:
+    """The daemon's graph in memory; ``clock`` drives its time (token
+    expiry, caches), starting at a realistic date."""
     from cozyd.storage.sqlite import EmbeddedStore
 
     config = load_config(write_config(directory, **sections), env={})
-    clock = Clock()
+    if clock is None:
+        clock = Clock()
+        clock.advance(1_800_000_000)
     store = EmbeddedStore(None, reactor=clock)
     sync(store.start())
     stack = build_stack(config, store=store, run_blocking=run_now, seconds=clock.seconds)

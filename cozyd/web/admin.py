@@ -10,12 +10,15 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote
 
 from klein import Klein
 from twisted.web.iweb import IRequest
 
-from cozyd.errors import Unauthorized, Unprocessable
+from cozyd.auth import tokens
+from cozyd.durations import parse_duration
+from cozyd.errors import BadRequest, Unauthorized, Unprocessable
 from cozyd.instance.lifecycle import (CreateOptions, InstanceManager, ModifyOptions,
                                       parse_settings)
 from cozyd.web.common import (JSONAPI, install_error_handlers, json_response,
@@ -26,9 +29,12 @@ class AdminService:
     app = Klein()
     install_error_handlers(app)
 
-    def __init__(self, instances: InstanceManager, check_passphrase: Callable[[str], bool]):
+    def __init__(self, instances: InstanceManager, check_passphrase: Callable[[str], bool],
+                 *, clients: Any, seconds: Callable[[], float]):
         self._instances = instances
         self._check_passphrase = check_passphrase
+        self._clients = clients
+        self._seconds = seconds
 
     def resource(self):
         return self.app.resource()
@@ -131,6 +137,38 @@ class AdminService:
         await self._instances.destroy(unquote(domain))
         request.setResponseCode(204)
         return b""
+
+    @app.route("/instances/token", methods=["POST"])
+    async def issue_token(self, request: IRequest):
+        self._authenticate(request)
+        instance = await self._instances.get(query_text(request, "Domain") or "")
+        name = query_text(request, "Audience") or ""
+        audience = tokens.AUDIENCE_NAMES.get(name)
+        if audience is None:
+            raise BadRequest(f"unknown audience {name!r}")
+        subject = query_text(request, "Subject") or ""
+        scope = query_text(request, "Scope") or ""
+        now = self._seconds()
+        issued_at = now
+        expire = query_text(request, "Expire")
+        if expire:
+            try:
+                wanted = parse_duration(expire)
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+            lifetime = tokens.validity(audience)
+            if lifetime is not None:
+                # cozy-stack shifts iat so that the token lives ``Expire``.
+                issued_at = now + wanted - lifetime
+        if audience in (tokens.ACCESS, tokens.REFRESH):
+            await self._clients.confirm_exists(instance, subject)
+        elif audience == tokens.CLI and not scope:
+            raise BadRequest("a CLI token needs a scope")
+        if audience == tokens.CLI:
+            subject = subject or "CLI"
+        token = tokens.issue(instance, audience, subject, issued_at=issued_at, scope=scope)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return token.encode("ascii")
 
     @app.route("/", branch=True)
     def unknown(self, request: IRequest):

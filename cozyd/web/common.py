@@ -8,19 +8,27 @@ logged traceback, never a traceback sent to the client.
 
 from __future__ import annotations
 
+import html
 import json
 from typing import Any
 
 from klein import Klein
+from werkzeug.exceptions import HTTPException
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from cozyd.errors import BadRequest, CozyError, NotFound
+from cozyd.instance.model import Instance
+from cozyd.errors import BadRequest, CozyError, EchoError, NotFound
 
 JSONAPI = "application/vnd.api+json"
 JSON = "application/json"
 
 log = Logger()
+
+
+def instance_of(request: IRequest) -> Instance:
+    """The instance the public root resolved for this request."""
+    return request.cozy_instance  # type: ignore[attr-defined]
 
 
 def json_response(request: IRequest, body: Any, *, status: int = 200,
@@ -31,10 +39,31 @@ def json_response(request: IRequest, body: Any, *, status: int = 200,
 
 
 def error_response(request: IRequest, error: CozyError, style: str = "jsonapi") -> bytes:
+    www_authenticate = getattr(error, "www_authenticate", None)
+    if www_authenticate:
+        request.setHeader(b"WWW-Authenticate", www_authenticate.encode("ascii"))
+    if isinstance(error, EchoError):
+        return echo_response(request, error)
     if style == "couchdb":
         return json_response(request, error.couchdb(), status=error.status)
     return json_response(request, {"errors": [error.jsonapi()]}, status=error.status,
                          content_type=JSONAPI)
+
+
+def echo_response(request: IRequest, error: CozyError) -> bytes:
+    """Plain text, or ``{"error": …}`` for JSON clients, or a small page."""
+    accept = (request.getHeader(b"accept") or b"").decode("ascii", "replace")
+    if "application/json" in accept or "application/vnd.api+json" in accept:
+        return json_response(request, {"error": error.detail}, status=error.status)
+    request.setResponseCode(error.status)
+    if "text/html" in accept:
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        text = html.escape(error.detail)
+        return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{text}</title>"
+                f"</head><body><h1>{error.status}</h1><p>{text}</p></body></html>"
+                ).encode("utf-8")
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    return error.detail.encode("utf-8")
 
 
 def install_error_handlers(app: Klein, style: str = "jsonapi") -> None:
@@ -43,6 +72,15 @@ def install_error_handlers(app: Klein, style: str = "jsonapi") -> None:
     def cozy_error(*args: Any) -> bytes:
         request, failure = args[-2:]
         return error_response(request, failure.value, style)
+
+    @app.handle_errors(HTTPException)
+    def routing(*args: Any) -> bytes:
+        request, failure = args[-2:]
+        exc = failure.value
+        if exc.code == 405:
+            return error_response(request, CozyError("method not allowed", status=405,
+                                                     code="method_not_allowed"), style)
+        return error_response(request, NotFound("no such route"), style)
 
     @app.handle_errors(Exception)
     def unexpected(*args: Any) -> bytes:

@@ -9,25 +9,22 @@ still needs (settings, apps…).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from klein import Klein
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
+from cozyd.auth import tokens
 from cozyd.errors import CozyError, NotFound, PaymentRequired, ServiceUnavailable
 from cozyd.instance.model import Instance
 from cozyd.instance.registry import InstanceRegistry
 from cozyd.web.common import error_response, install_error_handlers, not_found
+from cozyd.web.guard import request_token
 from cozyd.web.status import StatusService
 
 #: First path segments still served when the instance is blocked.
 SERVED_WHEN_BLOCKED = frozenset({"apps", "konnectors", "settings", "compat"})
-
-
-def instance_of(request: IRequest) -> Instance:
-    """The instance the root resolved for this request."""
-    return request.cozy_instance  # type: ignore[attr-defined]
 
 
 def blocked_error(instance: Instance) -> CozyError:
@@ -43,10 +40,11 @@ class PublicRoot:
     install_error_handlers(app)
 
     def __init__(self, registry: InstanceRegistry, status: StatusService,
-                 services: Mapping[str, IResource]):
+                 services: Mapping[str, IResource], *, seconds: Callable[[], float]):
         self._registry = registry
         self._status = status
         self._services = dict(services)
+        self._seconds = seconds
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -59,6 +57,17 @@ class PublicRoot:
     async def status(self, request: IRequest):
         return await self._status.status(request)
 
+    def _holds_cli_token(self, request: IRequest, instance: Instance) -> bool:
+        """CLI tokens (the operator's tools) still work on a blocked instance."""
+        token = request_token(request)
+        if not token:
+            return False
+        try:
+            tokens.parse(instance, token, now=self._seconds(), audiences=(tokens.CLI,))
+        except CozyError:
+            return False
+        return True
+
     @app.route("/", branch=True)
     async def dispatch(self, request: IRequest):
         host = (request.getHeader(b"host") or b"").decode("utf-8", "replace")
@@ -67,10 +76,13 @@ class PublicRoot:
             return error_response(request, NotFound("no instance is served at this "
                                                     "address", code="instance_not_found"))
         segment = request.postpath[0].decode("utf-8", "replace") if request.postpath else ""
-        if instance.blocked and segment not in SERVED_WHEN_BLOCKED:
+        if (instance.blocked and segment not in SERVED_WHEN_BLOCKED
+                and not self._holds_cli_token(request, instance)):
             return error_response(request, blocked_error(instance))
         request.cozy_instance = instance
         service = self._services.get(segment)
         if service is None:
             return not_found(request)
+        # The service app sees the path below its prefix.
+        request.prepath.append(request.postpath.pop(0))
         return service

@@ -1,0 +1,133 @@
+"""Who is calling, and may they: the one place routes check permissions.
+
+``Guard.permissions(request)`` finds the caller's token (``Authorization:
+Bearer``, the password of Basic auth, or ``?bearer_token=``), verifies it
+against the request's instance and resolves its permission set (cached on
+the request). A ``?registerToken=`` of an instance still onboarding grants
+the tiny "register" set, as cozy-stack does.
+
+Routes declare what they need with one decorator::
+
+    @app.route("/<doctype>/_find", methods=["POST"])
+    @requires(doctype=lambda request, doctype, **_: doctype)
+    async def find(self, request, doctype): ...
+
+It checks the verb of the request method on the whole doctype (collection
+routes). Routes about one document use ``requires(...,
+collection=False)`` and then call ``authorize_document(request, doctype,
+doc_id, doc)`` once they have read the document.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+from twisted.web.iweb import IRequest
+
+from cozyd.auth import tokens
+from cozyd.errors import InvalidToken, NoToken, PermissionDenied
+from cozyd.instance.model import Instance
+from cozyd.permissions.resolver import PermissionResolver
+from cozyd.permissions.rules import PermissionSet, Rule, document_field, verb_of
+from cozyd.web.common import instance_of
+
+_PERMISSIONS = "cozy_permissions"
+
+
+def request_token(request: IRequest) -> str | None:
+    header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+    if header.startswith("Bearer "):
+        return header[7:].strip() or None
+    if header.startswith("Basic "):
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
+    values = request.args.get(b"bearer_token")
+    return values[-1].decode("latin-1") if values else None
+
+
+def register_token_matches(request: IRequest, instance: Instance) -> bool:
+    values = request.args.get(b"registerToken")
+    if not values or not instance.register_token:
+        return False
+    try:
+        given = bytes.fromhex(values[-1].decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return hmac.compare_digest(given, instance.register_token)
+
+
+REGISTER_SET = PermissionSet(type="register", rules=(("register", Rule(
+    type="io.cozy.settings", verbs=frozenset({"GET"}),
+    values=("io.cozy.settings.instance",))),))
+
+
+class Guard:
+    def __init__(self, resolver: PermissionResolver, *, seconds: Callable[[], float],
+                 session_id_of: Callable[[IRequest, Instance], Any] | None = None):
+        self._resolver = resolver
+        self._seconds = seconds
+        self._session_id_of = session_id_of
+
+    async def permissions(self, request: IRequest) -> PermissionSet:
+        cached = getattr(request, _PERMISSIONS, None)
+        if cached is not None:
+            return cached
+        instance = instance_of(request)
+        token = request_token(request)
+        if token is None:
+            if register_token_matches(request, instance):
+                result = REGISTER_SET
+            else:
+                raise NoToken()
+        else:
+            claims = tokens.parse(instance, token, now=self._seconds(), audiences=(
+                tokens.APP, tokens.KONNECTOR, tokens.CLI, tokens.ACCESS))
+            if claims.session_id:
+                session_id = None
+                if self._session_id_of is not None:
+                    session_id = await self._session_id_of(request, instance)
+                if session_id != claims.session_id:
+                    raise InvalidToken()
+            result = await self._resolver.for_claims(instance, claims)
+        setattr(request, _PERMISSIONS, result)
+        return result
+
+
+def requires(doctype: str | Callable[..., str] | None = None, *,
+             collection: bool = True, verb: str | None = None):
+    """Decorate a service method: a valid token, and (when ``doctype`` is
+    given) a rule on it for the request's verb — on the whole doctype for
+    collection routes. The service must have a ``guard`` attribute."""
+    def decorate(handler):
+        @functools.wraps(handler)
+        async def checked(service, request, *args, **kwargs):
+            permissions = await service.guard.permissions(request)
+            if doctype is not None and collection:
+                name = doctype(request, *args, **kwargs) if callable(doctype) else doctype
+                wanted = verb or verb_of(request.method.decode("ascii"))
+                if not permissions.allows_collection(wanted, name):
+                    raise PermissionDenied()
+            return await handler(service, request, *args, **kwargs)
+        return checked
+    return decorate
+
+
+def permissions_of(request: IRequest) -> PermissionSet:
+    """The set the decorator resolved for this request."""
+    return getattr(request, _PERMISSIONS)
+
+
+def authorize_document(request: IRequest, doctype: str, doc_id: str,
+                       doc: dict[str, Any] | None = None, *, verb: str | None = None) -> None:
+    wanted = verb or verb_of(request.method.decode("ascii"))
+    field = document_field(doc) if doc is not None else None
+    if not permissions_of(request).allows_document(wanted, doctype, doc_id, field):
+        raise PermissionDenied()
