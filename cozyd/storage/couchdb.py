@@ -358,10 +358,17 @@ class CouchDBStore:
 
     async def db_info(self, db: str) -> Doc:
         info = await self._call("GET", couchdb_db_path(db), db_call=True)
+        deleted = info.get("doc_del_count")
+        if deleted is None and self._emulate:
+            # Not counted by pouchdb-server: count the tombstones in the
+            # feed, where each document shows once with its winner's state.
+            feed = await self._call("GET", f"{couchdb_db_path(db)}/_changes",
+                                    db_call=True)
+            deleted = sum(1 for row in feed.get("results", []) if row.get("deleted"))
         return {
             "db_name": db,
             "doc_count": info.get("doc_count", 0),
-            "doc_del_count": info.get("doc_del_count", 0),
+            "doc_del_count": deleted or 0,
             "update_seq": _seq(info.get("update_seq")),
         }
 
@@ -481,6 +488,10 @@ class CouchDBStore:
                       deleted_conflicts: bool = False,
                       revs_info: bool = False, latest: bool = False) -> Doc:
         query: list[tuple[str, str]] = []
+        if latest and self._emulate:
+            # CouchDB 3 reads the winner when latest=true, whatever the rev;
+            # pouchdb-server ignores latest.
+            rev, latest = None, False
         if rev is not None:
             query.append(("rev", rev))
         for key, flag in (("revs", revs), ("conflicts", conflicts),
@@ -490,21 +501,51 @@ class CouchDBStore:
                 query.append((key, "true"))
         path = f"{couchdb_db_path(db)}/{_doc_path(doc_id)}"
         try:
-            return await self._call("GET", path, query=query)
+            doc = await self._call("GET", path, query=query)
         except DocNotFound as e:
             if (self._emulate and rev is None and e.detail == "missing"
                     and not doc_id.startswith("_local/")
                     and await self._winner_is_deleted(db, doc_id)):
                 raise DocNotFound("deleted") from None
             raise
+        if (self._emulate and deleted_conflicts and rev is None
+                and "_deleted_conflicts" not in doc
+                and not doc_id.startswith("_local/")):
+            leaves = await self._leaves(db, doc_id)
+            gone = [r for r, is_deleted in leaves[1:] if is_deleted]
+            if gone:
+                doc["_deleted_conflicts"] = gone
+        return doc
+
+    async def _leaves(self, db: str, doc_id: str) -> list[tuple[str, bool]]:
+        """``(rev, deleted)`` of every leaf, winner first, in CouchDB's order."""
+        leaves, _ = await self._revision_tree(db, doc_id, revs=False)
+        return leaves
+
+    async def _revision_tree(self, db: str, doc_id: str, *, revs: bool = True
+                             ) -> tuple[list[tuple[str, bool]], set[str]]:
+        """The leaves (as ``_leaves``) and, with ``revs``, every revision
+        their histories name."""
+        try:
+            found = await self.get_open_revs(db, doc_id, "all", revs=revs)
+        except DocNotFound:
+            return [], set()
+        leaves: list[tuple[str, bool]] = []
+        known: set[str] = set()
+        for leaf in found:
+            doc = leaf.get("ok") or {}
+            if "_rev" not in doc:
+                continue
+            leaves.append((doc["_rev"], bool(doc.get("_deleted"))))
+            history = doc.get("_revisions") or {}
+            start = history.get("start", 0)
+            known.update(f"{start - i}-{rev_id}"
+                         for i, rev_id in enumerate(history.get("ids", [])))
+        return sorted(leaves, key=_winner_order, reverse=True), known
 
     async def _winner_is_deleted(self, db: str, doc_id: str) -> bool:
-        try:
-            leaves = await self.get_open_revs(db, doc_id, "all")
-        except DocNotFound:
-            return False
-        docs = [leaf["ok"] for leaf in leaves if "ok" in leaf]
-        return bool(docs) and all(doc.get("_deleted") for doc in docs)
+        leaves = await self._leaves(db, doc_id)
+        return bool(leaves) and leaves[0][1]  # a deleted winner: all are
 
     async def get_open_revs(self, db: str, doc_id: str, open_revs: list[str] | str,
                             *, revs: bool = False,
@@ -551,6 +592,8 @@ class CouchDBStore:
         if not new_edits:
             # CouchDB lists only the documents it could not store.
             return [r for r in result if "error" in r]
+        if self._emulate:
+            result = _in_input_order(docs, result)
         return result
 
     async def bulk_get(self, db: str, requests: list[Doc], *,
@@ -600,33 +643,27 @@ class CouchDBStore:
     async def revs_diff(self, db: str, revs: dict[str, list[str]]) -> Doc:
         result = await self._call("POST", f"{couchdb_db_path(db)}/_revs_diff",
                                   body=revs, db_call=True)
-        if self._emulate:
-            for doc_id, entry in result.items():
-                if "possible_ancestors" not in entry:
-                    ancestors = await self._possible_ancestors(
-                        db, doc_id, entry.get("missing", []))
-                    if ancestors:
-                        entry["possible_ancestors"] = ancestors
-        return result
-
-    async def _possible_ancestors(self, db: str, doc_id: str,
-                                  missing: list[str]) -> list[str]:
-        """CouchDB's ``possible_ancestors``: the document's leaf revisions
-        older than one of the missing ones."""
-        try:
-            leaves = await self.get_open_revs(db, doc_id, "all")
-        except (DocNotFound, InvalidRequest):
-            return []
-        newest = max((_generation(rev) for rev in missing), default=0)
-        found = []
-        for leaf in leaves:
-            doc = leaf.get("ok") or {}
-            rev = doc.get("_rev")
-            if rev and _generation(rev) < newest:
-                found.append((not doc.get("_deleted"), _generation(rev),
-                              rev.partition("-")[2], rev))
-        # In the order CouchDB lists them: its leaf order, reversed.
-        return [rev for *_, rev in sorted(found)]
+        if not self._emulate:
+            return result
+        # pouchdb-server counts the revisions known only from a history as
+        # missing and gives no possible_ancestors; CouchDB lists only the ids
+        # with missing revisions, these sorted.
+        completed: Doc = {}
+        for doc_id, entry in result.items():
+            if not entry.get("missing"):
+                continue
+            leaves, known = await self._revision_tree(db, doc_id)
+            missing = sorted((rev for rev in entry["missing"] if rev not in known),
+                             key=lambda rev: (_generation(rev), rev))
+            if not missing:
+                continue
+            completed[doc_id] = {"missing": missing}
+            newest = max(_generation(rev) for rev in missing)
+            # CouchDB's order: its leaf order, reversed.
+            ancestors = [rev for rev, _ in reversed(leaves) if _generation(rev) < newest]
+            if ancestors:
+                completed[doc_id]["possible_ancestors"] = ancestors
+        return completed
 
     async def all_docs(self, db: str, *, keys: list[str] | None = None,
                        start_key: str | None = None, end_key: str | None = None,
@@ -634,6 +671,11 @@ class CouchDBStore:
                        limit: int | None = None, skip: int = 0,
                        include_docs: bool = False, conflicts: bool = False,
                        update_seq: bool = False) -> Doc:
+        for name, value in (("limit", limit), ("skip", skip)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise InvalidRequest(
+                    f"Invalid value for positive integer: \"{value}\"",
+                    code="query_parse_error")
         query: list[tuple[str, str]] = []
         if start_key is not None:
             query.append(("startkey", json.dumps(start_key)))
@@ -697,6 +739,12 @@ class CouchDBStore:
         for row in results:
             if "seq" in row:
                 row["seq"] = _seq(row["seq"])
+            if self._emulate and len(row.get("changes", [])) > 1:
+                # CouchDB lists the leaves winner first; pouchdb-server in
+                # no particular order.
+                order = [rev for rev, _ in await self._leaves(db, row["id"])]
+                row["changes"].sort(key=lambda c: order.index(c["rev"])
+                                    if c.get("rev") in order else len(order))
         result["last_seq"] = _seq(result.get("last_seq"))
         if "pending" not in result:
             result["pending"] = await self._pending(db, result, limit,
@@ -742,7 +790,8 @@ class CouchDBStore:
             index["partial_filter_selector"] = partial_filter_selector
         body: Doc = {"index": index, "type": "json"}
         if ddoc is not None:
-            body["ddoc"] = ddoc
+            # CouchDB takes "x" and "_design/x" alike; not every server does.
+            body["ddoc"] = ddoc.removeprefix("_design/")
         if name is not None:
             body["name"] = name
         result = await self._call("POST", f"{couchdb_db_path(db)}/_index",
@@ -761,7 +810,8 @@ class CouchDBStore:
             return await self._call("POST", f"{couchdb_db_path(db)}/_find",
                                     body=query, db_call=True)
         except InvalidRequest as e:
-            if self._emulate and e.detail.startswith("Cannot sort on field(s)"):
+            if (self._emulate and e.detail.startswith("Cannot sort on field(s)")
+                    and len(_sort_directions(query.get("sort"))) == 1):
                 # pouchdb-server's words for CouchDB's no_usable_index
                 raise InvalidRequest(_NO_USABLE_INDEX, code="no_usable_index") \
                     from None
@@ -775,6 +825,39 @@ def _describe(e: BaseException) -> str:
         inner = ", ".join(r.getErrorMessage() for r in e.reasons)
         return f"{type(e).__name__} ({inner})" if inner else type(e).__name__
     return f"{type(e).__name__}: {e}"
+
+
+def _sort_directions(sort: Any) -> set[str]:
+    if not isinstance(sort, list):
+        return set()
+    return {next(iter(field.values()), "asc") if isinstance(field, dict) else "asc"
+            for field in sort}
+
+
+def _winner_order(leaf: tuple[str, bool]) -> tuple[bool, int, str]:
+    """Sort key of a ``(rev, deleted)`` leaf: the greatest is CouchDB's
+    winner (live before deleted, then generation, then hash)."""
+    rev, deleted = leaf
+    return (not deleted, _generation(rev), rev.partition("-")[2])
+
+
+def _in_input_order(docs: list[Any], results: list[Doc]) -> list[Doc]:
+    """``_bulk_docs`` results put back in the order of the documents."""
+    if len(docs) != len(results):
+        return results
+    pending = list(results)
+    given = {doc.get("_id") for doc in docs if isinstance(doc, dict)}
+    ordered: list[Doc] = []
+    for doc in docs:
+        doc_id = doc.get("_id") if isinstance(doc, dict) else None
+        for i, res in enumerate(pending):
+            if (res.get("id") == doc_id if doc_id is not None
+                    else res.get("id") not in given):
+                ordered.append(pending.pop(i))
+                break
+        else:
+            return results
+    return ordered
 
 
 def _generation(rev: str) -> int:
@@ -812,7 +895,8 @@ def _error_for(status: int, body: Any, *, db_call: bool = False) -> StorageError
         return DocConflict(reason or "Document update conflict.")
     if status == 412 and error in (None, "file_exists"):
         return DatabaseExists(reason) if reason else DatabaseExists()
-    if status == 400:
+    if status == 400 or error == "doc_validation":
+        # (doc_validation is a 400 in CouchDB; pouchdb-server says 500)
         return InvalidRequest(reason or "Bad request", code=error or "bad_request")
     if status == 503:
         return StorageUnavailable(reason or "CouchDB is unavailable",

@@ -273,13 +273,15 @@ def stem(tree: RevTree, revs_limit: int = DEFAULT_REVS_LIMIT) -> RevTree:
 def missing_revs(tree: RevTree | None, revs: Iterable[str]) -> tuple[list[str], list[str]]:
     """``_revs_diff`` for one document: the revisions not in ``tree`` and
     the leaves that may be their ancestors (leaves of a lower generation
-    than one of the missing revisions), as CouchDB answers them."""
+    than one of the missing revisions), as CouchDB answers them: for a
+    known document, missing revisions come sorted (CouchDB sorts them to
+    walk its tree), else as given."""
     wanted = list(dict.fromkeys(revs))
     for rev in wanted:
         parse_rev(rev)
     if tree is None:
         return wanted, []
-    missing = [rev for rev in wanted if rev not in tree]
+    missing = sorted((rev for rev in wanted if rev not in tree), key=rev_sort_key)
     if not missing:
         return [], []
     highest = max(generation(rev) for rev in missing)

@@ -41,6 +41,10 @@ class PublicRoot:
 
     def __init__(self, registry: InstanceRegistry, status: StatusService,
                  services: Mapping[str, IResource], *, seconds: Callable[[], float]):
+        """``services`` maps a first path segment (``"data"``) to the resource
+        serving below it, or ``"auth/register"``-style keys to let another
+        service own some sub-paths of a prefix (it still sees paths below
+        the first segment, e.g. ``/register``)."""
         self._registry = registry
         self._status = status
         self._services = dict(services)
@@ -80,7 +84,9 @@ class PublicRoot:
                 and not self._holds_cli_token(request, instance)):
             return error_response(request, blocked_error(instance))
         request.cozy_instance = instance
-        service = self._services.get(segment)
+        second = request.postpath[1].decode("utf-8", "replace") \
+            if len(request.postpath) > 1 else ""
+        service = self._services.get(f"{segment}/{second}") or self._services.get(segment)
         if service is None:
             return not_found(request)
         # The service app sees the path below its prefix.

@@ -78,7 +78,6 @@ async def test_database_names_on_the_server_are_cozy_stack_names(couch, couchdb_
         await couch.delete_prefix(prefix)
 
 
-@pytest.mark.realcouchdb
 @pytest_twisted.ensureDeferred
 async def test_sequences_are_opaque_strings_from_the_server(couch, prefix):
     db = f"{prefix}/io-cozy-notes"

@@ -669,17 +669,21 @@ def test_a_missing_doc_stays_missing_on_other_servers():
 def test_revs_diff_possible_ancestors_on_other_servers():
     def route(method, path, query, body):
         if path.endswith("/_revs_diff"):
-            return 200, {"a": {"missing": ["3-x", "2-y"]}, "new": {"missing": ["1-z"]}}
+            return 200, {"a": {"missing": ["3-x", "2-y", "1-a"]},
+                         "new": {"missing": ["1-z"]}, "known": {"missing": []}}
         if path.endswith("/a"):
-            return 200, [{"ok": {"_id": "a", "_rev": "2-b"}},
+            assert "revs=true" in query
+            return 200, [{"ok": {"_id": "a", "_rev": "2-b",
+                                 "_revisions": {"start": 2, "ids": ["b", "a"]}}},
                          {"ok": {"_id": "a", "_rev": "2-c", "_deleted": True}},
                          {"ok": {"_id": "a", "_rev": "3-d"}},
                          {"ok": {"_id": "a", "_rev": "1-e"}}]
         return 404, {"error": "not_found", "reason": "missing"}
 
     store, _ = started_store(WELCOME_POUCHDB, route)
-    result = result_of(store.revs_diff(DB, {"a": ["3-x", "2-y"], "new": ["1-z"]}))
-    assert result == {"a": {"missing": ["3-x", "2-y"],
+    result = result_of(store.revs_diff(DB, {"a": ["3-x", "2-y", "1-a"], "new": ["1-z"],
+                                            "known": []}))
+    assert result == {"a": {"missing": ["2-y", "3-x"],
                             "possible_ancestors": ["2-c", "1-e", "2-b"]},
                       "new": {"missing": ["1-z"]}}
 
@@ -689,3 +693,96 @@ def test_delete_of_a_missing_db_on_other_servers_asks_first():
     with pytest.raises(DatabaseNotFound):
         result_of(store.delete_db(DB))
     assert [r["method"] for r in fake.requests] == ["HEAD"]
+
+
+def test_doc_del_count_is_counted_on_other_servers():
+    def route(method, path, query, body):
+        if path.endswith("/_changes"):
+            return 200, {"results": [{"id": "a", "seq": 1, "changes": []},
+                                     {"id": "b", "seq": 3, "deleted": True,
+                                      "changes": []}], "last_seq": 3}
+        return 200, {"doc_count": 1, "update_seq": 3}
+
+    store, _ = started_store(WELCOME_POUCHDB, route)
+    assert result_of(store.db_info(DB))["doc_del_count"] == 1
+
+
+def test_get_doc_latest_and_deleted_conflicts_on_other_servers():
+    def route(method, path, query, body):
+        if "open_revs=all" in query:
+            return 200, [{"ok": {"_id": "x", "_rev": "2-c"}},
+                         {"ok": {"_id": "x", "_rev": "3-a", "_deleted": True}},
+                         {"ok": {"_id": "x", "_rev": "3-b", "_deleted": True}}]
+        return 200, {"_id": "x", "_rev": "2-c"}
+
+    store, fake = started_store(WELCOME_POUCHDB, route)
+    doc = result_of(store.get_doc(DB, "x", rev="1-z", latest=True,
+                                  deleted_conflicts=True))
+    assert doc == {"_id": "x", "_rev": "2-c", "_deleted_conflicts": ["3-b", "3-a"]}
+    assert fake.requests[0]["query"] == "deleted_conflicts=true"
+
+
+def test_bulk_docs_results_in_input_order_on_other_servers():
+    answer = [{"id": "b", "ok": True, "rev": "2-b"},
+              {"id": "b", "error": "conflict", "reason": "Document update conflict"},
+              {"id": "0123", "ok": True, "rev": "1-n"},
+              {"id": "a", "ok": True, "rev": "1-a"}]
+    store, _ = started_store(WELCOME_POUCHDB, lambda *a: (201, answer))
+    results = result_of(store.bulk_docs(DB, [{"_id": "a"}, {"_id": "b", "_rev": "1-b"},
+                                             {"_id": "b"}, {"v": "no id"}]))
+    assert [r["id"] for r in results] == ["a", "b", "b", "0123"]
+    assert results[1]["ok"] and results[2]["error"] == "conflict"
+
+
+def test_changes_lists_the_winner_first_on_other_servers():
+    def route(method, path, query, body):
+        if "open_revs=all" in query:
+            return 200, [{"ok": {"_id": "d", "_rev": "2-b"}},
+                         {"ok": {"_id": "d", "_rev": "2-c"}}]
+        return 200, {"results": [{"id": "d", "seq": 2,
+                                  "changes": [{"rev": "2-b"}, {"rev": "2-c"}]}],
+                     "last_seq": 2}
+
+    store, _ = started_store(WELCOME_POUCHDB, route)
+    result = result_of(store.changes(DB, style="all_docs"))
+    assert result["results"][0]["changes"] == [{"rev": "2-c"}, {"rev": "2-b"}]
+
+
+def test_sort_errors_on_other_servers():
+    def route(method, path, query, body):
+        return 400, {"error": "bad_request",
+                     "reason": "Cannot sort on field(s) \"a\" when using the "
+                               "default index"}
+
+    store, _ = started_store(WELCOME_POUCHDB, route)
+    with pytest.raises(InvalidRequest) as info:
+        result_of(store.find(DB, {"selector": {}, "sort": [{"a": "desc"}]}))
+    assert info.value.code == "no_usable_index"
+    with pytest.raises(InvalidRequest) as info:
+        result_of(store.find(DB, {"selector": {}, "sort": ["a", {"b": "desc"}]}))
+    assert info.value.code == "bad_request"  # CouchDB: unsupported_mixed_sort
+
+
+def test_index_ddoc_may_be_given_with_its_prefix():
+    store, fake, _ = make_store(lambda *a: (200, {"result": "exists",
+                                                  "id": "_design/x", "name": "x"}))
+    result_of(store.create_index(DB, ["a"], ddoc="_design/x"))
+    assert fake.requests[-1]["body"]["ddoc"] == "x"
+
+
+@pytest.mark.parametrize("arguments", [{"limit": -1}, {"skip": -1}, {"limit": "3"}])
+def test_all_docs_refuses_bad_limits(arguments):
+    store, fake, _ = make_store()
+    with pytest.raises(InvalidRequest) as info:
+        result_of(store.all_docs(DB, **arguments))
+    assert info.value.code == "query_parse_error"
+    assert fake.requests == []
+
+
+def test_doc_validation_is_a_bad_request():
+    store, _, _ = make_store(lambda *a: (500, {
+        "error": "doc_validation",
+        "reason": "Bad special document member: _unknown"}))
+    with pytest.raises(InvalidRequest) as info:
+        result_of(store.put_doc(DB, {"_id": "x", "_unknown": 1}))
+    assert (info.value.status, info.value.code) == (400, "doc_validation")
