@@ -50,7 +50,7 @@ def _check_type(doctype: Any) -> str:
                 f"invalid wildcard type {doctype!r}: it needs at least three dots "
                 "(io.cozy.bank.* is fine, io.cozy.* is not)")
         return doctype
-    if not _DOCTYPE_RE.match(doctype.lower()):
+    if not _DOCTYPE_RE.match(doctype):
         raise InvalidPermission(f"invalid permission type {doctype!r}")
     return doctype
 
