@@ -17,6 +17,15 @@ already gone, so a half-done ``delete_prefix`` can simply be run again.
 Credentials in the server URL are taken out of it and sent as an
 ``Authorization`` header; the URL the engine keeps, logs and puts into
 error messages has none.
+
+Against Apache CouchDB the engine passes answers through. Against another
+server (the tests' pouchdb-server, recognised by its welcome at ``start``)
+it completes, with extra requests, the answers that server gets wrong
+where CouchDB's answer can be worked out: ``deleted`` for a deleted
+winner, ``doc_del_count``, ``_deleted_conflicts``, ``latest``, every leaf
+and CouchDB's error entries in ``_bulk_get``, ``_revs_diff``'s
+``possible_ancestors``, the order of leaves and of ``_bulk_docs`` results.
+Sequences are made strings and a missing ``pending`` is counted on both.
 """
 
 from __future__ import annotations
