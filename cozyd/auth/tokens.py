@@ -9,6 +9,8 @@ instance's domain, so a token of one instance is refused by every other
 
 from __future__ import annotations
 
+import hmac
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -87,12 +89,57 @@ def issue(instance: Instance, audience: str, subject: str, *, issued_at: float,
     return jwt.encode(claims, key_for(instance, audience), algorithm=_ALGORITHM)
 
 
+class VerifiedTokens:
+    """Tokens already verified, with the key that verified them.
+
+    Decoding a JWT costs far more than the request it authorises; a token
+    seen again is accepted from here only if the instance would pick the
+    very same key for it today (a rotated secret invalidates it) and its
+    lifetime is re-checked on every use.
+    """
+
+    def __init__(self, size: int = 10_000):
+        self._size = size
+        self._entries: OrderedDict[str, tuple[bytes, Claims]] = OrderedDict()
+
+    def get(self, instance: Instance, token: str) -> Claims | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        key, claims = entry
+        if claims.issuer != instance.domain or not hmac.compare_digest(
+                key, key_for(instance, claims.audience)):
+            return None
+        self._entries.move_to_end(token)
+        return claims
+
+    def put(self, instance: Instance, token: str, claims: Claims) -> None:
+        self._entries[token] = (key_for(instance, claims.audience), claims)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
+def check_lifetime(claims: Claims, now: float) -> None:
+    lifetime = validity(claims.audience, claims.session_id)
+    if lifetime is not None and now > claims.issued_at + lifetime:
+        raise ExpiredToken()
+
+
 def parse(instance: Instance, token: str, *, now: float,
-          audiences: tuple[str, ...] | None = None) -> Claims:
+          audiences: tuple[str, ...] | None = None,
+          verified: VerifiedTokens | None = None) -> Claims:
     """Check a token of ``instance``; InvalidToken or ExpiredToken if not good.
 
-    ``audiences`` restricts which audiences are acceptable here.
+    ``audiences`` restricts which audiences are acceptable here;
+    ``verified`` remembers tokens already checked.
     """
+    if verified is not None:
+        known = verified.get(instance, token)
+        if known is not None:
+            if audiences is not None and known.audience not in audiences:
+                raise InvalidToken()
+            check_lifetime(known, now)
+            return known
     try:
         header = jwt.get_unverified_header(token)
         unverified = jwt.decode(token, options={"verify_signature": False})
@@ -112,13 +159,13 @@ def parse(instance: Instance, token: str, *, now: float,
     issued_at = claims.get("iat")
     if not isinstance(issued_at, (int, float)) or claims.get("iss") != instance.domain:
         raise InvalidToken()
-    session_id = _text(claims, "session_id")
-    lifetime = validity(audience, session_id)
-    if lifetime is not None and now > issued_at + lifetime:
-        raise ExpiredToken()
-    return Claims(audience=audience, issuer=claims["iss"], issued_at=int(issued_at),
-                  subject=_text(claims, "sub"), scope=_text(claims, "scope"),
-                  session_id=session_id, stamp=_text(claims, "stamp"))
+    result = Claims(audience=audience, issuer=claims["iss"], issued_at=int(issued_at),
+                    subject=_text(claims, "sub"), scope=_text(claims, "scope"),
+                    session_id=_text(claims, "session_id"), stamp=_text(claims, "stamp"))
+    check_lifetime(result, now)
+    if verified is not None:
+        verified.put(instance, token, result)
+    return result
 
 
 def _single_audience(claims: Mapping[str, Any]) -> str:

@@ -10,6 +10,7 @@ client, updating an app's permissions).
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -34,9 +35,12 @@ def konnector_source(slug: str) -> str:
     return f"io.cozy.konnectors/{slug}"
 
 
-def _from_scope(scope: str, **kwargs: str) -> PermissionSet:
+@functools.lru_cache(maxsize=4096)
+def _from_scope(scope: str, type: str, source_id: str = "", subject: str = "") -> PermissionSet:
+    # Sets are immutable, and the same few scopes come back on every request.
     try:
-        return PermissionSet.from_scope(scope, **kwargs)
+        return PermissionSet.from_scope(scope, type=type, source_id=source_id,
+                                        subject=subject)
     except InvalidPermission:
         raise InvalidToken() from None  # a token whose scope makes no sense
 

@@ -74,6 +74,7 @@ class Guard:
                  session_id_of: Callable[[IRequest, Instance], Any] | None = None):
         self._resolver = resolver
         self._seconds = seconds
+        self._verified = tokens.VerifiedTokens()
         self._session_id_of = session_id_of
 
     async def permissions(self, request: IRequest) -> PermissionSet:
@@ -89,7 +90,8 @@ class Guard:
                 raise NoToken()
         else:
             claims = tokens.parse(instance, token, now=self._seconds(), audiences=(
-                tokens.APP, tokens.KONNECTOR, tokens.CLI, tokens.ACCESS))
+                tokens.APP, tokens.KONNECTOR, tokens.CLI, tokens.ACCESS),
+                verified=self._verified)
             if claims.session_id:
                 session_id = None
                 if self._session_id_of is not None:
