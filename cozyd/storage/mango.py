@@ -47,7 +47,8 @@ DEFAULT_FIND_LIMIT = 25
 NO_INDEX_WARNING = "No matching index found, create an index to optimize query time."
 INDEX_SCAN_WARNING = (
     "The number of documents examined is high in proportion to the number of "
-    "results returned. Consider adding a more specific index to improve this.")
+    "results returned. Consider adding a more specific index to improve this."
+)
 _INDEX_SCAN_RATIO = 10
 
 
@@ -71,12 +72,27 @@ _SYMBOL_RANK = {char: rank for rank, char in enumerate(_ASCII_SYMBOL_ORDER, 1)}
 # Groups of primary weights, in collation order. As in ICU, unassigned code
 # points sort after every letter and U+FFFF last of all: "\ufff0" and
 # "\uffff" are the usual high ends of string ranges.
-(_GROUP_SPACE, _GROUP_ASCII_SYMBOL, _GROUP_SYMBOL, _GROUP_DIGIT, _GROUP_LETTER,
- _GROUP_UNASSIGNED, _GROUP_LAST) = range(1, 8)
+(
+    _GROUP_SPACE,
+    _GROUP_ASCII_SYMBOL,
+    _GROUP_SYMBOL,
+    _GROUP_DIGIT,
+    _GROUP_LETTER,
+    _GROUP_UNASSIGNED,
+    _GROUP_LAST,
+) = range(1, 8)
 
 # Type tags of collation keys, in collation order. 0 ends a list or object.
-_TAG_END, _TAG_NULL, _TAG_FALSE, _TAG_TRUE, _TAG_NUMBER, _TAG_STRING, _TAG_ARRAY, \
-    _TAG_OBJECT = range(8)
+(
+    _TAG_END,
+    _TAG_NULL,
+    _TAG_FALSE,
+    _TAG_TRUE,
+    _TAG_NUMBER,
+    _TAG_STRING,
+    _TAG_ARRAY,
+    _TAG_OBJECT,
+) = range(8)
 _MEMBER = b"\x01"  # starts each member of an object (0 ends the object)
 
 
@@ -116,7 +132,7 @@ def _append_key(out: bytearray, value: Any) -> None:
         raise TypeError(f"not a JSON value: {type(value).__name__}")
 
 
-def _as_float(number: int | float) -> float:
+def _as_float(number: float) -> float:
     try:
         result = float(number)
     except OverflowError:
@@ -124,7 +140,7 @@ def _as_float(number: int | float) -> float:
     return 0.0 if result == 0 else result  # -0.0 and 0.0 are the same number
 
 
-def _number_key(number: int | float) -> bytes:
+def _number_key(number: float) -> bytes:
     # IEEE 754 bits, flipped so that unsigned byte order is numeric order.
     bits = struct.unpack(">Q", struct.pack(">d", _as_float(number)))[0]
     bits = bits ^ 0xFFFF_FFFF_FFFF_FFFF if bits >> 63 else bits | (1 << 63)
@@ -167,8 +183,16 @@ def _compute_string_key(text: str) -> bytes:
             secondary += b"\x00\x01"
             tertiary.append(case)
     identical = b"".join((ord(char) + 1).to_bytes(3, "big") for char in text)
-    return (bytes(primary) + b"\x00" * 4 + bytes(secondary) + b"\x00" * 2
-            + bytes(tertiary) + b"\x00" + identical + b"\x00" * 3)
+    return (
+        bytes(primary)
+        + b"\x00" * 4
+        + bytes(secondary)
+        + b"\x00" * 2
+        + bytes(tertiary)
+        + b"\x00"
+        + identical
+        + b"\x00" * 3
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -244,9 +268,10 @@ def _same_term(a: Any, b: Any) -> bool:
     if isinstance(a, list):
         return len(a) == len(b) and all(_same_term(x, y) for x, y in zip(a, b))
     if isinstance(a, dict):
-        return (len(a) == len(b)
-                and all(ka == kb and _same_term(va, vb)
-                        for (ka, va), (kb, vb) in zip(a.items(), b.items())))
+        return len(a) == len(b) and all(
+            ka == kb and _same_term(va, vb)
+            for (ka, va), (kb, vb) in zip(a.items(), b.items())
+        )
     return a == b
 
 
@@ -367,10 +392,25 @@ MATCH_ALL = MatchAll()
 _LOGIC_LIST_OPS = ("$and", "$or", "$nor")
 _SUBSELECTOR_OPS = ("$elemMatch", "$allMatch", "$keyMapMatch")
 _COMPARISON_OPS = ("$eq", "$ne", "$lt", "$lte", "$gt", "$gte")
-_UNSUPPORTED_OPS = ("$where", "$geoWithin", "$geoIntersects", "$near", "$nearSphere",
-                    "$text", "$default")
-_NEGATIONS = {"$lt": "$gte", "$gte": "$lt", "$lte": "$gt", "$gt": "$lte",
-              "$eq": "$ne", "$ne": "$eq", "$in": "$nin", "$nin": "$in"}
+_UNSUPPORTED_OPS = (
+    "$where",
+    "$geoWithin",
+    "$geoIntersects",
+    "$near",
+    "$nearSphere",
+    "$text",
+    "$default",
+)
+_NEGATIONS = {
+    "$lt": "$gte",
+    "$gte": "$lt",
+    "$lte": "$gt",
+    "$gt": "$lte",
+    "$eq": "$ne",
+    "$ne": "$eq",
+    "$in": "$nin",
+    "$nin": "$in",
+}
 
 
 def _bad_arg(op: str, arg: Any) -> InvalidRequest:
@@ -381,14 +421,22 @@ def normalize(selector: Any) -> Selector:
     """Validate a selector and rewrite it as CouchDB does (see the module
     docstring); ``InvalidRequest`` for anything CouchDB refuses."""
     if not isinstance(selector, dict):
-        raise mango_error("invalid_selector_json",
-                          f"Selector must be a JSON object, not: {_json(selector)}")
+        raise mango_error(
+            "invalid_selector_json",
+            f"Selector must be a JSON object, not: {_json(selector)}",
+        )
     if not selector:
         return MATCH_ALL
-    normalized = _norm_negations(_norm_fields(_norm_ops(selector), ()))
+    try:
+        normalized = _norm_negations(_norm_fields(_norm_ops(selector), ()))
+    except RecursionError:
+        raise mango_error(
+            "invalid_selector", "Selector is nested too deeply."
+        ) from None
     if isinstance(normalized, FieldMatch) and not normalized.path:
-        raise mango_error("invalid_selector",
-                          "One or more conditions is missing a field name.")
+        raise mango_error(
+            "invalid_selector", "One or more conditions is missing a field name."
+        )
     return normalized
 
 
@@ -423,8 +471,12 @@ def _check_operand(op: str, arg: Any) -> None:
         valid = _is_integer(arg) and arg >= 0
     elif op == "$mod":
         # CouchDB fails at match time on a zero divisor; refuse it upfront.
-        valid = (isinstance(arg, list) and len(arg) == 2
-                 and all(_is_integer(x) for x in arg) and arg[0] != 0)
+        valid = (
+            isinstance(arg, list)
+            and len(arg) == 2
+            and all(_is_integer(x) for x in arg)
+            and arg[0] != 0
+        )
     elif op == "$regex":
         valid = isinstance(arg, str) and _regex_compiles(arg)
     elif op in _COMPARISON_OPS:
@@ -520,7 +572,7 @@ def _cond_to_json(cond: Cond) -> Doc:
     return {cond.op: cond.arg}
 
 
-# -- evaluation ---------------------------------------------------------------
+# -- evaluation ----------------------------------------------------------------
 def matches(selector: Selector, doc: Any) -> bool:
     """Does ``doc`` (a document with ``_id`` and ``_rev``) match?"""
     if isinstance(selector, MatchAll):
@@ -594,12 +646,15 @@ _CONDITION_MATCHERS: dict[str, Callable[[Any, Any], bool]] = {
     "$size": lambda arg, value: isinstance(value, list) and len(value) == arg,
     "$all": _match_all,
     "$beginsWith": lambda arg, value: isinstance(value, str) and value.startswith(arg),
-    "$elemMatch": lambda arg, value: (isinstance(value, list)
-                                      and any(matches(arg, v) for v in value)),
-    "$allMatch": lambda arg, value: (isinstance(value, list) and bool(value)
-                                     and all(matches(arg, v) for v in value)),
-    "$keyMapMatch": lambda arg, value: (isinstance(value, dict)
-                                        and any(matches(arg, k) for k in value)),
+    "$elemMatch": lambda arg, value: (
+        isinstance(value, list) and any(matches(arg, v) for v in value)
+    ),
+    "$allMatch": lambda arg, value: (
+        isinstance(value, list) and bool(value) and all(matches(arg, v) for v in value)
+    ),
+    "$keyMapMatch": lambda arg, value: (
+        isinstance(value, dict) and any(matches(arg, k) for k in value)
+    ),
     "$not": lambda arg, value: not _cond_matches(arg, value),
 }
 
@@ -645,6 +700,7 @@ class SqlField:
     key_sql: str | None = None
     each_source: str | None = None  # json_each(…) arguments, for arrays
     scalar_only: bool = False  # never an array (ids, absent fields)
+    always_string: bool = False  # _id and _rev
     indexed: bool = False  # compare keys, so that SQLite can seek its index
 
     def key(self) -> str:
@@ -684,9 +740,11 @@ class SqlDocument:
         if all(_is_plain_name(name) for name in path):
             return self._json_field(path)
         literal = sql_literal(_json(list(path)))
-        return SqlField(type_sql=f"mango_path_type({self.body}, {literal})",
-                        not_found_sql=f"mango_path_not_found({self.body}, {literal})",
-                        key_sql=f"mango_path_key({self.body}, {literal})")
+        return SqlField(
+            type_sql=f"mango_path_type({self.body}, {literal})",
+            not_found_sql=f"mango_path_not_found({self.body}, {literal})",
+            key_sql=f"mango_path_key({self.body}, {literal})",
+        )
 
     def _json_field(self, path: tuple[str, ...]) -> SqlField:
         def json_path(names: tuple[str, ...]) -> str:
@@ -697,30 +755,41 @@ class SqlDocument:
         # Not found: some object on the way lacks the next name.
         missing = [f"json_type({self.body}, {json_path(path[:1])}) IS NULL"]
         for depth in range(1, len(path)):
-            missing.append(f"(json_type({self.body}, {json_path(path[:depth])}) = 'object'"
-                           f" AND json_type({self.body}, {json_path(path[:depth + 1])})"
-                           " IS NULL)")
-        return SqlField(type_sql=type_sql,
-                        not_found_sql="(" + " OR ".join(missing) + ")",
-                        value_sql=f"json_extract({self.body}, {target})",
-                        length_sql=f"json_array_length({self.body}, {target})",
-                        each_source=f"{self.body}, {target}")
+            missing.append(
+                f"(json_type({self.body}, {json_path(path[:depth])}) = 'object'"
+                f" AND json_type({self.body}, {json_path(path[: depth + 1])})"
+                " IS NULL)"
+            )
+        return SqlField(
+            type_sql=type_sql,
+            not_found_sql="(" + " OR ".join(missing) + ")",
+            value_sql=f"json_extract({self.body}, {target})",
+            length_sql=f"json_array_length({self.body}, {target})",
+            each_source=f"{self.body}, {target}",
+        )
 
     def _special_field(self, head: str, rest: tuple[str, ...]) -> SqlField | None:
         if head in ("_id", "_rev"):
             column = self.id if head == "_id" else self.rev
             if rest:
                 return _BAD_PATH  # a path through a string
-            return SqlField("'text'", "0", column, "NULL", scalar_only=True)
+            return SqlField(
+                "'text'", "0", column, "NULL", scalar_only=True, always_string=True
+            )
         if head == "_conflicts" and self.conflicts is not None:
             if rest:
                 return None
+            # A JSON array, never a scalar: no value_sql (an "= ?" on the
+            # column would also let SQLite substitute the operand for it in
+            # the JSON functions).
             column = self.conflicts
-            return SqlField(type_sql=f"json_type({column})",
-                            not_found_sql=f"({column} IS NULL)",
-                            value_sql=column, length_sql=f"json_array_length({column})",
-                            key_sql=f"mango_key(json_type({column}), {column})",
-                            each_source=column)
+            return SqlField(
+                type_sql=f"json_type({column})",
+                not_found_sql=f"({column} IS NULL)",
+                length_sql=f"json_array_length({column})",
+                key_sql=f"mango_key(json_type({column}), {column})",
+                each_source=column,
+            )
         return _ABSENT
 
 
@@ -730,7 +799,9 @@ def _is_plain_name(name: str) -> bool:
     return '"' not in name and "\\" not in name and not _INDEX_RE.fullmatch(name)
 
 
-def compile_sql(selector: Selector, document: SqlDocument = SqlDocument()) -> SqlCondition:
+def compile_sql(
+    selector: Selector, document: SqlDocument = SqlDocument()
+) -> SqlCondition:
     """A SQLite condition for a normalized selector (see ``SqlCondition``)."""
     if isinstance(selector, MatchAll):
         return SQL_TRUE
@@ -756,8 +827,11 @@ def _sql_all(parts: list[SqlCondition]) -> SqlCondition:
     parts = [p for p in parts if p.sql != "1"]
     if not parts:
         return SQL_TRUE if exact else _SQL_INEXACT
-    return SqlCondition("(" + " AND ".join(p.sql for p in parts) + ")",
-                        tuple(x for p in parts for x in p.params), exact)
+    return SqlCondition(
+        "(" + " AND ".join(p.sql for p in parts) + ")",
+        tuple(x for p in parts for x in p.params),
+        exact,
+    )
 
 
 def _sql_any(parts: list[SqlCondition]) -> SqlCondition:
@@ -769,8 +843,11 @@ def _sql_any(parts: list[SqlCondition]) -> SqlCondition:
     parts = [p for p in parts if p.sql != "0"]
     if not parts:
         return SQL_FALSE
-    return SqlCondition("(" + " OR ".join(p.sql for p in parts) + ")",
-                        tuple(x for p in parts for x in p.params), exact)
+    return SqlCondition(
+        "(" + " OR ".join(p.sql for p in parts) + ")",
+        tuple(x for p in parts for x in p.params),
+        exact,
+    )
 
 
 def _sql_not(part: SqlCondition) -> SqlCondition:
@@ -787,11 +864,22 @@ def _present_and(sql_field: SqlField, condition: SqlCondition) -> SqlCondition:
     return _sql_all([_sql_present(sql_field), condition])
 
 
-_SQLITE_TYPES = {"null": ("null",), "boolean": ("true", "false"),
-                 "number": ("integer", "real"), "string": ("text",),
-                 "array": ("array",), "object": ("object",)}
-_SQL_COMPARISONS = {"$eq": "=", "$ne": "!=", "$lt": "<", "$lte": "<=",
-                    "$gt": ">", "$gte": ">="}
+_SQLITE_TYPES = {
+    "null": ("null",),
+    "boolean": ("true", "false"),
+    "number": ("integer", "real"),
+    "string": ("text",),
+    "array": ("array",),
+    "object": ("object",),
+}
+_SQL_COMPARISONS = {
+    "$eq": "=",
+    "$ne": "!=",
+    "$lt": "<",
+    "$lte": "<=",
+    "$gt": ">",
+    "$gte": ">=",
+}
 
 
 def _sql_type_in(sql_field: SqlField, types: Iterable[str]) -> SqlCondition:
@@ -812,15 +900,23 @@ def _compile_cond(cond: Cond, f: SqlField) -> SqlCondition:
     if op == "$size":
         if f.length_sql is None:
             return _inexact_type(f, "array")
-        return _sql_all([_sql_type_in(f, ["array"]),
-                         SqlCondition(f"({f.length_sql} = ?)", (arg,))])
+        return _sql_all(
+            [_sql_type_in(f, ["array"]), SqlCondition(f"({f.length_sql} = ?)", (arg,))]
+        )
     if op == "$mod" and f.value_sql is not None and _fits_sqlite(arg):
-        return _sql_all([_sql_type_in(f, ["integer"]),
-                         SqlCondition(f"({f.value_sql} % ? = ?)", tuple(arg))])
+        return _sql_all(
+            [
+                _sql_type_in(f, ["integer"]),
+                SqlCondition(f"({f.value_sql} % ? = ?)", tuple(arg)),
+            ]
+        )
     if op == "$beginsWith" and f.value_sql is not None:
-        return _sql_all([_sql_type_in(f, ["text"]),
-                         SqlCondition(f"(substr({f.value_sql}, 1, ?) = ?)",
-                                      (len(arg), arg))])
+        return _sql_all(
+            [
+                _sql_type_in(f, ["text"]),
+                SqlCondition(f"(substr({f.value_sql}, 1, ?) = ?)", (len(arg), arg)),
+            ]
+        )
     if op == "$all" and not arg:
         return SQL_FALSE
     if op == "$not":
@@ -829,9 +925,15 @@ def _compile_cond(cond: Cond, f: SqlField) -> SqlCondition:
     return _inexact_type(f, _OPERAND_TYPES.get(op))
 
 
-_OPERAND_TYPES = {"$regex": "text", "$beginsWith": "text", "$mod": "integer",
-                  "$all": "array", "$elemMatch": "array", "$allMatch": "array",
-                  "$keyMapMatch": "object"}
+_OPERAND_TYPES = {
+    "$regex": "text",
+    "$beginsWith": "text",
+    "$mod": "integer",
+    "$all": "array",
+    "$elemMatch": "array",
+    "$allMatch": "array",
+    "$keyMapMatch": "object",
+}
 
 
 def _inexact_type(f: SqlField, sqlite_type: str | None) -> SqlCondition:
@@ -840,20 +942,33 @@ def _inexact_type(f: SqlField, sqlite_type: str | None) -> SqlCondition:
 
 
 def _fits_sqlite(values: Iterable[Any]) -> bool:
-    return all(-(2 ** 63) <= v < 2 ** 63 for v in values)
+    return all(-(2**63) <= v < 2**63 for v in values)
 
 
 def _compile_comparison(op: str, arg: Any, f: SqlField) -> SqlCondition:
+    if f.always_string and not isinstance(arg, str):
+        # Types collate first: any string compares with ``arg`` alike (the
+        # usual {"_id": {"$gt": null}} holds for every document).
+        holds = _CONDITION_MATCHERS[op](arg, "")
+        return SQL_TRUE if holds else SQL_FALSE
     if op == "$eq" and f.value_sql is not None and not f.indexed:
         # Equality needs no collation key: the type and the plain value.
         if arg is None or isinstance(arg, bool):
             return _sql_type_in(f, [_json(arg)])
         if isinstance(arg, str):
-            return _sql_all([_sql_type_in(f, ["text"]),
-                             SqlCondition(f"({f.value_sql} = ?)", (arg,))])
+            return _sql_all(
+                [
+                    _sql_type_in(f, ["text"]),
+                    SqlCondition(f"({f.value_sql} = ?)", (arg,)),
+                ]
+            )
         if isinstance(arg, float) or (_is_integer(arg) and _fits_sqlite([arg])):
-            return _sql_all([_sql_type_in(f, ["integer", "real"]),
-                             SqlCondition(f"({f.value_sql} = ?)", (arg,))])
+            return _sql_all(
+                [
+                    _sql_type_in(f, ["integer", "real"]),
+                    SqlCondition(f"({f.value_sql} = ?)", (arg,)),
+                ]
+            )
     return SqlCondition(f"({f.key()} {_SQL_COMPARISONS[op]} ?)", (collation_key(arg),))
 
 
@@ -868,20 +983,31 @@ def _compile_in(args: list[Any], f: SqlField, *, negate: bool) -> SqlCondition:
     if f.each_source is None:
         # Cannot look inside arrays here: let every array through.
         if negate:
-            return SqlCondition(f"({f.type_sql} = 'array' OR NOT IFNULL({scalar.sql}, 1))",
-                                keys, exact=False)
-        return SqlCondition(f"({f.type_sql} = 'array' OR {scalar.sql})", keys, exact=False)
+            return SqlCondition(
+                f"({f.type_sql} = 'array' OR NOT IFNULL({scalar.sql}, 1))",
+                keys,
+                exact=False,
+            )
+        return SqlCondition(
+            f"({f.type_sql} = 'array' OR {scalar.sql})", keys, exact=False
+        )
     # An array matches $in when one of its elements does.
-    element = SqlCondition(f"(EXISTS (SELECT 1 FROM json_each({f.each_source}) AS e"
-                           f" WHERE mango_key(e.type, e.value) IN ({marks})))", keys)
-    found = SqlCondition(f"(CASE WHEN {f.type_sql} = 'array' THEN {element.sql}"
-                         f" ELSE IFNULL({scalar.sql}, 0) END)", keys + keys)
+    element = SqlCondition(
+        f"(EXISTS (SELECT 1 FROM json_each({f.each_source}) AS e"
+        f" WHERE mango_key(e.type, e.value) IN ({marks})))",
+        keys,
+    )
+    found = SqlCondition(
+        f"(CASE WHEN {f.type_sql} = 'array' THEN {element.sql}"
+        f" ELSE IFNULL({scalar.sql}, 0) END)",
+        keys + keys,
+    )
     if negate:
         return _present_and(f, _sql_not(found))
     return found
 
 
-# -- SQL functions the compiled conditions call ---------------------------------
+# -- SQL functions the compiled conditions call --------------------------------
 def _sql_value(sqlite_type: str | None, value: Any) -> Any:
     """The JSON value behind ``json_type`` and ``json_extract`` results."""
     if sqlite_type in ("array", "object"):
@@ -912,8 +1038,14 @@ def _sql_path_key(body: str, path_json: str) -> bytes | None:
     return collation_key(value)
 
 
-_TYPE_NAMES_FOR_SQL = {"number": None, "boolean": None, "string": "text",
-                       "array": "array", "object": "object", "null": "null"}
+_TYPE_NAMES_FOR_SQL = {
+    "number": None,
+    "boolean": None,
+    "string": "text",
+    "array": "array",
+    "object": "object",
+    "null": "null",
+}
 
 
 def _sql_path_type(body: str, path_json: str) -> str | None:
@@ -939,8 +1071,9 @@ def register_sql_functions(connection: sqlite3.Connection) -> None:
     connection.create_function("mango_key", 2, _sql_mango_key, deterministic=True)
     connection.create_function("mango_path_key", 2, _sql_path_key, deterministic=True)
     connection.create_function("mango_path_type", 2, _sql_path_type, deterministic=True)
-    connection.create_function("mango_path_not_found", 2, _sql_path_not_found,
-                               deterministic=True)
+    connection.create_function(
+        "mango_path_not_found", 2, _sql_path_not_found, deterministic=True
+    )
 
 
 # =============================================================================
@@ -949,8 +1082,10 @@ def register_sql_functions(connection: sqlite3.Connection) -> None:
 def parse_sort(sort: Any) -> list[tuple[str, str]]:
     """``["a", {"b": "desc"}]`` → ``[("a", "asc"), ("b", "desc")]``."""
     if not isinstance(sort, list):
-        raise mango_error("invalid_sort_json",
-                          f"Sort must be an array of sort specs, not: {_json(sort)}")
+        raise mango_error(
+            "invalid_sort_json",
+            f"Sort must be an array of sort specs, not: {_json(sort)}",
+        )
     fields = []
     for spec in sort:
         if isinstance(spec, str) and spec:
@@ -958,16 +1093,21 @@ def parse_sort(sort: Any) -> list[tuple[str, str]]:
         elif isinstance(spec, dict) and len(spec) == 1:
             ((name, direction),) = spec.items()
             if direction not in ("asc", "desc"):
-                raise mango_error("invalid_sort_dir",
-                                  f"Invalid sort direction: {_json(direction)}")
+                raise mango_error(
+                    "invalid_sort_dir", f"Invalid sort direction: {_json(direction)}"
+                )
             fields.append((name, direction))
         else:
-            raise mango_error("invalid_sort_field", f"Invalid sort field: {_json(spec)}")
+            raise mango_error(
+                "invalid_sort_field", f"Invalid sort field: {_json(spec)}"
+            )
     for name, _ in fields:
         parse_field(name)
     if len({direction for _, direction in fields}) > 1:
-        raise mango_error("unsupported_mixed_sort",
-                          "Sorts currently only support a single direction for all fields.")
+        raise mango_error(
+            "unsupported_mixed_sort",
+            "Sorts currently only support a single direction for all fields.",
+        )
     return fields
 
 
@@ -990,13 +1130,27 @@ class MangoIndex:
 
     def to_json(self) -> Doc:
         """As ``GET /db/_index`` lists it."""
-        definition: Doc = {"fields": [{name: direction} for name, direction in self.fields]}
+        definition: Doc = {
+            "fields": [{name: direction} for name, direction in self.fields]
+        }
         if self.is_special:
-            return {"ddoc": None, "name": self.name, "type": "special", "def": definition}
+            return {
+                "ddoc": None,
+                "name": self.name,
+                "type": "special",
+                "def": definition,
+            }
         if self.partial_filter is not None:
-            definition["partial_filter_selector"] = selector_to_json(self.partial_filter)
-        return {"ddoc": self.ddoc, "name": self.name, "type": "json",
-                "partitioned": False, "def": definition}
+            definition["partial_filter_selector"] = selector_to_json(
+                self.partial_filter
+            )
+        return {
+            "ddoc": self.ddoc,
+            "name": self.name,
+            "type": "json",
+            "partitioned": False,
+            "def": definition,
+        }
 
 
 ALL_DOCS_INDEX = MangoIndex(None, "_all_docs", (("_id", "asc"),))
@@ -1008,12 +1162,15 @@ def index_view(fields: Any, partial_filter_selector: Any = None) -> Doc:
         raise mango_error("invalid_index", "Index fields must be a non-empty array.")
     parsed = parse_sort(fields)
     definition: Doc = {"fields": fields}
-    selector = MATCH_ALL
+    selector: Selector = MATCH_ALL
     if partial_filter_selector is not None:
         selector = normalize(partial_filter_selector)
         definition["partial_filter_selector"] = partial_filter_selector
     return {
-        "map": {"fields": dict(parsed), "partial_filter_selector": selector_to_json(selector)},
+        "map": {
+            "fields": dict(parsed),
+            "partial_filter_selector": selector_to_json(selector),
+        },
         "reduce": "_count",
         "options": {"def": definition},
     }
@@ -1021,8 +1178,9 @@ def index_view(fields: Any, partial_filter_selector: Any = None) -> Doc:
 
 def generated_index_name(view: Doc) -> str:
     """CouchDB names an index after a SHA-1 of its definition (40 hex)."""
-    canonical = json.dumps(view["map"], sort_keys=True, separators=(",", ":"),
-                           ensure_ascii=False)
+    canonical = json.dumps(
+        view["map"], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
     return hashlib.sha1(canonical.encode("utf-8")).hexdigest()
 
 
@@ -1046,7 +1204,9 @@ def indexes_of_design_doc(ddoc_id: str, body: Mapping[str, Any]) -> list[MangoIn
 
 def _index_of_view(ddoc_id: str, name: str, view: Any) -> MangoIndex | None:
     definition = view.get("map") if isinstance(view, dict) else None
-    if not isinstance(definition, dict) or not isinstance(definition.get("fields"), dict):
+    if not isinstance(definition, dict) or not isinstance(
+        definition.get("fields"), dict
+    ):
         return None
     fields = definition["fields"]
     if not fields or not all(d in ("asc", "desc") for d in fields.values()):
@@ -1083,8 +1243,10 @@ class FindQuery:
 
 def _non_negative_int(value: Any) -> int:
     if not _is_integer(value) or value < 0:
-        raise mango_error("invalid_non_neg_integer",
-                          f"{_json(value)} is not an integer greater than or equal to zero")
+        raise mango_error(
+            "invalid_non_neg_integer",
+            f"{_json(value)} is not an integer greater than or equal to zero",
+        )
     return value
 
 
@@ -1096,8 +1258,9 @@ def _boolean(value: Any) -> bool:
 
 def _positive_int(value: Any) -> int:
     if not _is_integer(value) or value < 1:
-        raise mango_error("invalid_pos_integer",
-                          f"{_json(value)} is not an integer greater than zero")
+        raise mango_error(
+            "invalid_pos_integer", f"{_json(value)} is not an integer greater than zero"
+        )
     return value
 
 
@@ -1110,19 +1273,25 @@ def _use_index(value: Any) -> list[str]:
             parts = parts[1:]
         if 1 <= len(parts) <= 2 and all(parts):
             return parts
-    elif (isinstance(value, list) and 1 <= len(value) <= 2
-          and all(isinstance(v, str) for v in value)):
+    elif (
+        isinstance(value, list)
+        and 1 <= len(value) <= 2
+        and all(isinstance(v, str) for v in value)
+    ):
         return [value[0].removeprefix("_design/"), *value[1:]]
     raise mango_error("invalid_index_name", f"Invalid index name: {_json(value)}")
 
 
 def _fields(value: Any) -> list[str] | None:
     if not isinstance(value, list):
-        raise mango_error("invalid_fields",
-                          f"Fields must be an array of strings, not: {_json(value)}")
+        raise mango_error(
+            "invalid_fields", f"Fields must be an array of strings, not: {_json(value)}"
+        )
     for name in value:
         if not isinstance(name, str):
-            raise mango_error("invalid_field", f"Invalid JSON for field spec: {_json(name)}")
+            raise mango_error(
+                "invalid_field", f"Invalid JSON for field spec: {_json(name)}"
+            )
         parse_field(name)
     return value or None
 
@@ -1147,13 +1316,22 @@ def _partition(value: Any) -> None:
 
 
 _FIND_OPTIONS: dict[str, Callable[[Any], Any]] = {
-    "limit": _non_negative_int, "skip": _non_negative_int, "sort": parse_sort,
-    "fields": _fields, "use_index": _use_index, "bookmark": _bookmark,
-    "conflicts": _boolean, "execution_stats": _boolean, "allow_fallback": _boolean,
+    "limit": _non_negative_int,
+    "skip": _non_negative_int,
+    "sort": parse_sort,
+    "fields": _fields,
+    "use_index": _use_index,
+    "bookmark": _bookmark,
+    "conflicts": _boolean,
+    "execution_stats": _boolean,
+    "allow_fallback": _boolean,
 }
 # Accepted for CouchDB compatibility, without effect on a single node.
 _IGNORED_FIND_OPTIONS: dict[str, Callable[[Any], Any]] = {
-    "r": _positive_int, "update": _boolean, "stable": _boolean, "stale": _stale,
+    "r": _positive_int,
+    "update": _boolean,
+    "stable": _boolean,
+    "stale": _stale,
     "partition": _partition,
 }
 
@@ -1177,7 +1355,7 @@ def parse_find_query(query: Any) -> FindQuery:
     return FindQuery(selector=normalize(query["selector"]), **options)
 
 
-# -- what the planner knows of a selector ------------------------------------------
+# -- what the planner knows of a selector --------------------------------------
 def has_required_fields(selector: Selector, required: Iterable[str]) -> bool:
     """Does every matching document need all of ``required``? (Looks
     through ``$and`` and ``$or``, like CouchDB.)"""
@@ -1185,8 +1363,9 @@ def has_required_fields(selector: Selector, required: Iterable[str]) -> bool:
     return not _remaining_required([selector], remaining)
 
 
-def _remaining_required(selectors: list[Selector],
-                        remaining: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+def _remaining_required(
+    selectors: list[Selector], remaining: list[tuple[str, ...]]
+) -> list[tuple[str, ...]]:
     for selector in selectors:
         if not remaining:
             return []
@@ -1198,7 +1377,9 @@ def _remaining_required(selectors: list[Selector],
             for arg in selector.args:
                 left.update(_remaining_required([arg], remaining))
             remaining = sorted(left)
-        elif isinstance(selector, FieldMatch) and selector.cond != Cond("$exists", False):
+        elif isinstance(selector, FieldMatch) and selector.cond != Cond(
+            "$exists", False
+        ):
             remaining = [path for path in remaining if path != selector.path]
     return remaining
 
@@ -1261,7 +1442,9 @@ def field_ranges(selector: Selector) -> list[tuple[str, Range | None]]:
     return ranges
 
 
-def _narrow(selector: Selector, path: tuple[str, ...], bounds: Range | None) -> Range | None:
+def _narrow(
+    selector: Selector, path: tuple[str, ...], bounds: Range | None
+) -> Range | None:
     if bounds is EMPTY_RANGE:
         return EMPTY_RANGE
     if isinstance(selector, Logic) and selector.op == "$and":
@@ -1286,14 +1469,20 @@ def _narrow_cond(cond: Cond, bounds: Range) -> Range | None:
     low_op, low, high_op, high = bounds
     op, arg = cond.op, cond.arg
     if op == "$beginsWith":
-        bounds = _narrow_cond(Cond("$gte", arg), bounds)
-        return None if bounds is None else _narrow_cond(Cond("$lte", arg + "\uffff"), bounds)
+        low_bounds = _narrow_cond(Cond("$gte", arg), bounds)
+        return (
+            None
+            if low_bounds is None
+            else _narrow_cond(Cond("$lte", arg + "\uffff"), low_bounds)
+        )
     if op not in ("$lt", "$lte", "$eq", "$gte", "$gt"):
         return bounds  # filtered after the index scan
     position = _range_position(low, arg, high)
     equal = ("$eq", arg, "$eq", arg)
     if op == "$lt":
-        return {"min": None, "low": None, "max": bounds}.get(position, (low_op, low, "$lt", arg))
+        return {"min": None, "low": None, "max": bounds}.get(
+            position, (low_op, low, "$lt", arg)
+        )
     if op == "$lte":
         if position == "low":
             return equal if low_op in ("$gte", "$eq") else None
@@ -1309,7 +1498,9 @@ def _narrow_cond(cond: Cond, bounds: Range) -> Range | None:
             return equal if high_op in ("$lte", "$eq") else None
         return {"mid": ("$gte", arg, high_op, high), "max": None}.get(position, bounds)
     # $gt
-    return {"min": bounds, "high": None, "max": None}.get(position, ("$gt", arg, high_op, high))
+    return {"min": bounds, "high": None, "max": None}.get(
+        position, ("$gt", arg, high_op, high)
+    )
 
 
 def is_usable(index: MangoIndex, selector: Selector, sort_fields: list[str]) -> bool:
@@ -1320,17 +1511,20 @@ def is_usable(index: MangoIndex, selector: Selector, sort_fields: list[str]) -> 
         return "_id" in indexable_fields(selector) and sort_fields == ["_id"]
     columns = index.columns
     required = set(columns) - set(sort_fields) - {"_id", "_rev"}
-    return (has_required_fields(selector, sorted(required))
-            and _can_use_sort(columns, sort_fields, selector))
+    return has_required_fields(selector, sorted(required)) and _can_use_sort(
+        columns, sort_fields, selector
+    )
 
 
-def _can_use_sort(columns: list[str], sort_fields: list[str], selector: Selector) -> bool:
+def _can_use_sort(
+    columns: list[str], sort_fields: list[str], selector: Selector
+) -> bool:
     if not sort_fields:
         return True
     if not columns:
         return False
     if columns[0] == sort_fields[0]:
-        return columns[:len(sort_fields)] == sort_fields
+        return columns[: len(sort_fields)] == sort_fields
     if is_constant_field(selector, columns[0]):
         return _can_use_sort(columns[1:], sort_fields, selector)
     return False
@@ -1343,12 +1537,17 @@ class QueryPlan:
     nothing_to_run: bool = False  # the selector can match nothing at all
 
 
-def _filter_by_use_index(indexes: list[MangoIndex], use_index: list[str]) -> list[MangoIndex]:
+def _filter_by_use_index(
+    indexes: list[MangoIndex], use_index: list[str]
+) -> list[MangoIndex]:
     if not use_index:
         return []
     ddoc = design_doc_id(use_index[0])
-    return [index for index in indexes if index.ddoc == ddoc
-            and (len(use_index) == 1 or index.name == use_index[1])]
+    return [
+        index
+        for index in indexes
+        if index.ddoc == ddoc and (len(use_index) == 1 or index.name == use_index[1])
+    ]
 
 
 def plan_query(indexes: list[MangoIndex], query: FindQuery) -> QueryPlan:
@@ -1358,12 +1557,17 @@ def plan_query(indexes: list[MangoIndex], query: FindQuery) -> QueryPlan:
     every = [ALL_DOCS_INDEX, *indexes]
     # Partial indexes only when asked for: they may not hold every match.
     candidates = [i for i in every if i.partial_filter is None]
-    candidates += [i for i in _filter_by_use_index(every, use_index) if i not in candidates]
+    candidates += [
+        i for i in _filter_by_use_index(every, use_index) if i not in candidates
+    ]
     sort_fields = [name for name, _ in query.sort]
     usable = [i for i in candidates if is_usable(i, selector, sort_fields)]
     if not usable:
-        raise StorageError("No index exists for this sort, try indexing by the sort fields.",
-                           status=400, code="no_usable_index")
+        raise StorageError(
+            "No index exists for this sort, try indexing by the sort fields.",
+            status=400,
+            code="no_usable_index",
+        )
     chosen = _filter_by_use_index(usable, use_index)
     if not chosen:
         if not (query.allow_fallback or (not use_index and len(usable) > 1)):
@@ -1376,7 +1580,11 @@ def plan_query(indexes: list[MangoIndex], query: FindQuery) -> QueryPlan:
         warnings.append(_unused_index_warning(use_index))
     if index.is_special:
         warnings.append(NO_INDEX_WARNING)
-    noop = isinstance(selector, Logic) and selector.op in ("$and", "$or") and not selector.args
+    noop = (
+        isinstance(selector, Logic)
+        and selector.op in ("$and", "$or")
+        and not selector.args
+    )
     return QueryPlan(index, warnings, nothing_to_run=noop)
 
 
@@ -1397,20 +1605,28 @@ def _best_index(indexes: list[MangoIndex], selector: Selector) -> MangoIndex:
 
 def _invalid_index_error(use_index: list[str]) -> InvalidRequest:
     if not use_index:
-        return mango_error("invalid_index",
-                           "You must specify an index with the `use_index` parameter.")
-    target = f"_design/{use_index[0]}" + (f", {use_index[1]}" if len(use_index) > 1 else "")
-    return mango_error("invalid_index",
-                       f"{target} specified by `use_index` could not be found or it is "
-                       "not suitable.")
+        return mango_error(
+            "invalid_index", "You must specify an index with the `use_index` parameter."
+        )
+    target = f"_design/{use_index[0]}" + (
+        f", {use_index[1]}" if len(use_index) > 1 else ""
+    )
+    return mango_error(
+        "invalid_index",
+        f"{target} specified by `use_index` could not be found or it is not suitable.",
+    )
 
 
 def _unused_index_warning(use_index: list[str]) -> str:
     if len(use_index) == 1:
-        return (f"_design/{use_index[0]} was not used because it does not contain a "
-                "valid index for this query.")
-    return (f"_design/{use_index[0]}, {use_index[1]} was not used because it is not a "
-            "valid index for this query.")
+        return (
+            f"_design/{use_index[0]} was not used because it does not contain a "
+            "valid index for this query."
+        )
+    return (
+        f"_design/{use_index[0]}, {use_index[1]} was not used because it is not a "
+        "valid index for this query."
+    )
 
 
 def scan_warning(docs_examined: int, results: int) -> str | None:

@@ -47,7 +47,7 @@ class InvalidRevision(InvalidRequest):
         super().__init__(reason)
 
 
-# -- revision ids ------------------------------------------------------------
+# -- revision ids --------------------------------------------------------------
 def parse_rev(rev: Any) -> tuple[int, str]:
     """``"3-abc"`` → ``(3, "abc")``; ``InvalidRevision`` otherwise."""
     if not isinstance(rev, str):
@@ -84,8 +84,12 @@ def new_rev(parent: str | None, body: Mapping[str, Any], deleted: bool) -> str:
     """The id of a new revision, deterministic as CouchDB's is: the same
     edit (same parent, same content, same deletion flag) made on two
     servers gets the same id. ``body`` holds no ``_`` fields."""
-    canonical = json.dumps([deleted, parent, body], sort_keys=True,
-                           separators=(",", ":"), ensure_ascii=False)
+    canonical = json.dumps(
+        [deleted, parent, body],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
     digest = hashlib.md5(canonical.encode("utf-8")).hexdigest()
     return format_rev(generation(parent) + 1 if parent else 1, digest)
 
@@ -214,7 +218,9 @@ class RevTree:
         return [leaf for leaf in self.leaves() if rev in self.history(leaf)]
 
 
-def merge_path(tree: RevTree, path: list[str], deleted: bool) -> tuple[RevTree, MergeOutcome]:
+def merge_path(
+    tree: RevTree, path: list[str], deleted: bool
+) -> tuple[RevTree, MergeOutcome]:
     """Merge a revision path (newest first, consecutive generations) into a
     copy of ``tree``; ``deleted`` tells whether the newest one is a
     tombstone. Existing revisions keep their state."""
@@ -265,12 +271,17 @@ def stem(tree: RevTree, revs_limit: int = DEFAULT_REVS_LIMIT) -> RevTree:
         keep.update(tree.history(leaf)[:revs_limit])
     if len(keep) == len(tree.parents):
         return tree
-    parents = {rev: (parent if parent in keep else None)
-               for rev, parent in tree.parents.items() if rev in keep}
+    parents = {
+        rev: (parent if parent in keep else None)
+        for rev, parent in tree.parents.items()
+        if rev in keep
+    }
     return RevTree(parents, tree.deleted & keep)
 
 
-def missing_revs(tree: RevTree | None, revs: Iterable[str]) -> tuple[list[str], list[str]]:
+def missing_revs(
+    tree: RevTree | None, revs: Iterable[str]
+) -> tuple[list[str], list[str]]:
     """``_revs_diff`` for one document: the revisions not in ``tree`` and
     the leaves that may be their ancestors (leaves of a lower generation
     than one of the missing revisions), as CouchDB answers them: for a

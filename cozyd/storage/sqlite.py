@@ -30,6 +30,7 @@ Document ids are ordered by code point, which is what CouchDB's
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -39,8 +40,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -108,8 +108,7 @@ _MIGRATIONS: dict[int, list[str]] = {
                db TEXT NOT NULL,
                id TEXT NOT NULL,
                rev TEXT NOT NULL,
-               deleted INTEGER NOT NULL,
-               body TEXT NOT NULL,
+               body TEXT NOT NULL,             -- (the tree tells if deleted)
                PRIMARY KEY (db, id, rev)
            )""",
         """CREATE TABLE local_docs (
@@ -128,16 +127,31 @@ _MIGRATIONS: dict[int, list[str]] = {
 }
 
 # SQLite errors worth a retry later rather than a bug report.
-_TRANSIENT_SQLITE_ERRORS = ("locked", "busy", "disk i/o", "unable to open",
-                            "readonly", "disk is full", "out of memory")
+_TRANSIENT_SQLITE_ERRORS = (
+    "locked",
+    "busy",
+    "disk i/o",
+    "unable to open",
+    "readonly",
+    "disk is full",
+    "out of memory",
+)
 
 # Fields of a document body CouchDB keeps although they start with "_".
-_KEPT_SPECIAL_FIELDS = frozenset({
-    "_access", "_replication_state", "_replication_state_time",
-    "_replication_state_reason", "_replication_id", "_replication_stats"})
+_KEPT_SPECIAL_FIELDS = frozenset(
+    {
+        "_access",
+        "_replication_state",
+        "_replication_state_time",
+        "_replication_state_reason",
+        "_replication_id",
+        "_replication_stats",
+    }
+)
 # Fields CouchDB accepts in a body and ignores.
-_IGNORED_SPECIAL_FIELDS = frozenset({"_revs_info", "_local_seq", "_conflicts",
-                                     "_deleted_conflicts"})
+_IGNORED_SPECIAL_FIELDS = frozenset(
+    {"_revs_info", "_local_seq", "_conflicts", "_deleted_conflicts"}
+)
 _LOCAL_PREFIX = "_local/"
 _DESIGN_PREFIX = "_design/"
 _SINCE_RE = re.compile(r"([0-9]+)(?:-(.*))?", re.DOTALL)
@@ -150,8 +164,9 @@ def _split_name(db: Any) -> tuple[str, str]:
     try:
         return split_db_name(db if isinstance(db, str) else "")
     except ValueError:
-        raise InvalidRequest(f"Invalid database name: {db!r}",
-                             code="illegal_database_name") from None
+        raise InvalidRequest(
+            f"Invalid database name: {db!r}", code="illegal_database_name"
+        ) from None
 
 
 def _check_prefix(prefix: Any) -> str:
@@ -171,7 +186,9 @@ def _check_doc_id(doc_id: Any) -> str:
         raise _illegal_id("Document id must not be empty")
     if doc_id in (_DESIGN_PREFIX, _LOCAL_PREFIX):
         raise _illegal_id(f"Illegal document id `{doc_id}`")
-    if doc_id.startswith("_") and not doc_id.startswith((_DESIGN_PREFIX, _LOCAL_PREFIX)):
+    if doc_id.startswith("_") and not doc_id.startswith(
+        (_DESIGN_PREFIX, _LOCAL_PREFIX)
+    ):
         raise _illegal_id("Only reserved document ids may start with underscore.")
     return doc_id
 
@@ -193,20 +210,23 @@ def _local_id(doc_id: Any) -> str:
 def _dump_body(body: Mapping[str, Any]) -> str:
     """The stored JSON of a body (``InvalidRequest`` if it is not JSON)."""
     try:
-        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False)
+        text = json.dumps(
+            body, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
         text.encode("utf-8")  # lone surrogates cannot be stored
     except (TypeError, ValueError, RecursionError) as e:
         raise InvalidRequest(f"Document is not valid JSON: {e}") from None
     return text
 
 
-def _count(value: Any, name: str, *, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
+def _count(value: Any, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise InvalidRequest(f"{name} must be a non-negative integer")
     return value
+
+
+def _limit(value: Any) -> int | None:
+    return None if value is None else _count(value, "limit")
 
 
 @dataclass
@@ -225,8 +245,9 @@ class _Edit:
         return self.id.startswith(_LOCAL_PREFIX)
 
 
-def _parse_edit(doc: Any, *, new_edits: bool, default_id: Callable[[], str] | None = None
-                ) -> _Edit:
+def _parse_edit(
+    doc: Any, *, new_edits: bool, default_id: Callable[[], str] | None = None
+) -> _Edit:
     if not isinstance(doc, dict):
         raise InvalidRequest("Document must be a JSON object")
     if "_id" not in doc and default_id is not None:
@@ -238,17 +259,24 @@ def _parse_edit(doc: Any, *, new_edits: bool, default_id: Callable[[], str] | No
         parse_rev(rev)
     deleted = doc.get("_deleted", False)
     if not isinstance(deleted, bool):
-        raise InvalidRequest("Bad special document member: _deleted", code="doc_validation")
+        raise InvalidRequest(
+            "Bad special document member: _deleted", code="doc_validation"
+        )
     body = {}
     for name, value in doc.items():
         if not name.startswith("_") or name in _KEPT_SPECIAL_FIELDS:
             body[name] = value
         elif name == "_attachments":
-            raise InvalidRequest("Attachments are not supported.", code="doc_validation")
-        elif name not in ("_id", "_rev", "_deleted", "_revisions") \
-                and name not in _IGNORED_SPECIAL_FIELDS:
-            raise InvalidRequest(f"Bad special document member: {name}",
-                                 code="doc_validation")
+            raise InvalidRequest(
+                "Attachments are not supported.", code="doc_validation"
+            )
+        elif (
+            name not in ("_id", "_rev", "_deleted", "_revisions")
+            and name not in _IGNORED_SPECIAL_FIELDS
+        ):
+            raise InvalidRequest(
+                f"Bad special document member: {name}", code="doc_validation"
+            )
     path = None
     if doc_id.startswith(_LOCAL_PREFIX):
         pass  # no history: the revision is a counter
@@ -282,8 +310,9 @@ def _connect(path: str | None) -> sqlite3.Connection:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         # Instance data is private: create the file readable by us only.
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-    connection = sqlite3.connect(path or ":memory:", isolation_level=None,
-                                 check_same_thread=False, timeout=10.0)
+    connection = sqlite3.connect(
+        path or ":memory:", isolation_level=None, check_same_thread=False, timeout=10.0
+    )
     try:
         mango.register_sql_functions(connection)
         if path is not None:
@@ -299,31 +328,40 @@ def _connect(path: str | None) -> sqlite3.Connection:
 
 def _migrate(connection: sqlite3.Connection) -> None:
     with _transaction(connection, write=True):
-        connection.execute("CREATE TABLE IF NOT EXISTS schema_version"
-                           " (version INTEGER NOT NULL)")
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+        )
         row = connection.execute("SELECT version FROM schema_version").fetchone()
         version = row[0] if row else 0
         if version > SCHEMA_VERSION:
             raise StorageUnavailable(
                 f"storage file has schema version {version}, newer than this "
-                f"server's {SCHEMA_VERSION}")
+                f"server's {SCHEMA_VERSION}"
+            )
         for target in range(version + 1, SCHEMA_VERSION + 1):
             for statement in _MIGRATIONS[target]:
                 connection.execute(statement)
         if row is None:
-            connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            connection.execute(
+                "INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,)
+            )
         elif version != SCHEMA_VERSION:
-            connection.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            connection.execute(
+                "UPDATE schema_version SET version = ?", (SCHEMA_VERSION,)
+            )
 
 
-@contextmanager
+@contextlib.contextmanager
 def _transaction(connection: sqlite3.Connection, *, write: bool) -> Iterator[None]:
     # Reads get a snapshot too: several SELECTs answer one consistent state.
     connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
     try:
         yield
     except BaseException:
-        connection.execute("ROLLBACK")
+        # SQLite may have rolled back already (a full disk, say): do not
+        # hide the error that got us here behind a failed ROLLBACK.
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
         raise
     connection.execute("COMMIT")
 
@@ -350,15 +388,19 @@ class _PrefixFile:
 
     def run(self, work: Callable[[sqlite3.Connection], T], create: bool) -> T:
         with self.lock:
-            if self.connection is None:
-                if not create and (self.in_memory or not os.path.exists(self.path)):
-                    raise _NoFile()
-                self.connection = _connect(self.path)
             try:
+                if self.connection is None:
+                    if not create and (
+                        self.path is None or not os.path.exists(self.path)
+                    ):
+                        raise _NoFile()
+                    self.connection = _connect(self.path)
                 return work(self.connection)
-            except sqlite3.OperationalError as e:
-                if any(word in str(e).lower() for word in _TRANSIENT_SQLITE_ERRORS):
-                    raise StorageUnavailable(f"storage busy or unavailable ({e})") from e
+            except (sqlite3.OperationalError, OSError) as e:
+                if isinstance(e, OSError) or any(
+                    word in str(e).lower() for word in _TRANSIENT_SQLITE_ERRORS
+                ):
+                    raise StorageUnavailable(f"storage unavailable ({e})") from e
                 raise
 
     def close(self) -> None:
@@ -416,30 +458,46 @@ _DOC_COLUMNS = "id, rev, deleted, seq, body, conflicts, tree"
 
 def _stored_doc(row: tuple[Any, ...]) -> _StoredDoc:
     doc_id, rev, deleted, seq, body, conflicts, tree = row
-    return _StoredDoc(doc_id, rev, bool(deleted), seq, body, conflicts,
-                      RevTree.from_json(json.loads(tree)))
+    return _StoredDoc(
+        doc_id,
+        rev,
+        bool(deleted),
+        seq,
+        body,
+        conflicts,
+        RevTree.from_json(json.loads(tree)),
+    )
 
 
 @dataclass
 class _Database:
-    """SQL for one logical database (``name``: the part after the prefix)."""
+    """SQL for one logical database (``name``: the part after the prefix).
+
+    Its methods expect the database to exist (``EmbeddedStore`` checks it
+    with ``meta()`` first), but ``exists`` and ``create``."""
 
     conn: sqlite3.Connection
     name: str
     revs_limit: int = DEFAULT_REVS_LIMIT
     _meta: _DbMeta | None = field(default=None, init=False)
 
-    # -- the database itself ------------------------------------------------
+    # -- the database itself ---------------------------------------------------
     def exists(self) -> bool:
-        return self.conn.execute("SELECT 1 FROM dbs WHERE name = ?",
-                                 (self.name,)).fetchone() is not None
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM dbs WHERE name = ?", (self.name,)
+            ).fetchone()
+            is not None
+        )
 
     def meta(self) -> _DbMeta:
         """The database's row; ``DatabaseNotFound`` when there is none."""
         if self._meta is None:
             row = self.conn.execute(
-                "SELECT uuid, update_seq, doc_count, doc_del_count FROM dbs WHERE name = ?",
-                (self.name,)).fetchone()
+                "SELECT uuid, update_seq, doc_count, doc_del_count FROM dbs"
+                " WHERE name = ?",
+                (self.name,),
+            ).fetchone()
             if row is None:
                 raise DatabaseNotFound()
             self._meta = _DbMeta(*row)
@@ -448,11 +506,12 @@ class _Database:
     def create(self) -> None:
         if self.exists():
             raise DatabaseExists()
-        self.conn.execute("INSERT INTO dbs (name, uuid, created) VALUES (?, ?, ?)",
-                          (self.name, secrets.token_hex(4), time.time()))
+        self.conn.execute(
+            "INSERT INTO dbs (name, uuid, created) VALUES (?, ?, ?)",
+            (self.name, secrets.token_hex(4), time.time()),
+        )
 
     def drop(self) -> None:
-        self.meta()
         _MangoIndexes(self).drop_all()
         for table in ("docs", "leaf_revs", "local_docs"):
             self.conn.execute(f"DELETE FROM {table} WHERE db = ?", (self.name,))
@@ -460,33 +519,54 @@ class _Database:
 
     def info(self, db: str) -> Doc:
         meta = self.meta()
-        return {"db_name": db, "doc_count": meta.doc_count,
-                "doc_del_count": meta.doc_del_count,
-                "update_seq": meta.seq(meta.update_seq), "purge_seq": meta.seq(0),
-                "compact_running": False, "instance_start_time": "0", "props": {}}
+        return {
+            "db_name": db,
+            "doc_count": meta.doc_count,
+            "doc_del_count": meta.doc_del_count,
+            "update_seq": meta.seq(meta.update_seq),
+            "purge_seq": meta.seq(0),
+            "compact_running": False,
+            "instance_start_time": "0",
+            "props": {},
+        }
 
-    # -- reading documents --------------------------------------------------
+    # -- reading documents -----------------------------------------------------
     def load(self, doc_id: str) -> _StoredDoc | None:
-        row = self.conn.execute(f"SELECT {_DOC_COLUMNS} FROM docs WHERE db = ? AND id = ?",
-                                (self.name, doc_id)).fetchone()
+        row = self.conn.execute(
+            f"SELECT {_DOC_COLUMNS} FROM docs WHERE db = ? AND id = ?",
+            (self.name, doc_id),
+        ).fetchone()
         return _stored_doc(row) if row else None
 
     def leaf_bodies(self, stored: _StoredDoc) -> dict[str, str]:
         """The body JSON of each leaf of a stored document."""
         bodies = {stored.rev: stored.body_json}
         if len(stored.tree.leaves()) > 1:
-            rows = self.conn.execute("SELECT rev, body FROM leaf_revs WHERE db = ? AND id = ?",
-                                     (self.name, stored.id))
+            rows = self.conn.execute(
+                "SELECT rev, body FROM leaf_revs WHERE db = ? AND id = ?",
+                (self.name, stored.id),
+            )
             bodies.update(rows)
         return bodies
 
-    def leaf_doc(self, stored: _StoredDoc, rev: str, *, revs: bool = False,
-                 bodies: dict[str, str] | None = None) -> Doc:
+    def leaf_doc(
+        self,
+        stored: _StoredDoc,
+        rev: str,
+        *,
+        revs: bool = False,
+        bodies: dict[str, str] | None = None,
+    ) -> Doc:
         """The document at leaf ``rev``, as CouchDB returns it."""
         if bodies is None:
-            bodies = {stored.rev: stored.body_json} if rev == stored.rev \
+            bodies = (
+                {stored.rev: stored.body_json}
+                if rev == stored.rev
                 else self.leaf_bodies(stored)
-        doc = _doc_json(stored.id, rev, stored.tree.is_deleted(rev), json.loads(bodies[rev]))
+            )
+        doc = _doc_json(
+            stored.id, rev, stored.tree.is_deleted(rev), json.loads(bodies[rev])
+        )
         if revs:
             doc["_revisions"] = stored.tree.revisions(rev)
         return doc
@@ -497,9 +577,14 @@ class _Database:
             doc["_conflicts"] = json.loads(stored.conflicts_json)
         return doc
 
-    # -- writing documents --------------------------------------------------
-    def save(self, doc_id: str, old: _StoredDoc | None, tree: RevTree,
-             new_leaf: tuple[str, str] | None = None) -> None:
+    # -- writing documents -----------------------------------------------------
+    def save(
+        self,
+        doc_id: str,
+        old: _StoredDoc | None,
+        tree: RevTree,
+        new_leaf: tuple[str, str] | None = None,
+    ) -> None:
         """Store ``tree`` (stemmed here) as the new state of ``doc_id``;
         ``new_leaf``: the ``(rev, body JSON)`` of a revision just added."""
         tree = stem(tree, self.revs_limit)
@@ -513,25 +598,38 @@ class _Database:
         meta = self.meta()
         meta.update_seq += 1
         self.conn.execute(
-            """INSERT INTO docs (db, id, rev, deleted, design, seq, body, conflicts, tree)
+            """INSERT INTO docs
+                   (db, id, rev, deleted, design, seq, body, conflicts, tree)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (db, id) DO UPDATE SET rev = excluded.rev,
                    deleted = excluded.deleted, seq = excluded.seq, body = excluded.body,
                    conflicts = excluded.conflicts, tree = excluded.tree""",
-            (self.name, doc_id, winner, int(deleted), int(doc_id.startswith(_DESIGN_PREFIX)),
-             meta.update_seq, bodies[winner], json.dumps(conflicts) if conflicts else None,
-             json.dumps(tree.to_json(), separators=(",", ":"))))
+            (
+                self.name,
+                doc_id,
+                winner,
+                int(deleted),
+                int(doc_id.startswith(_DESIGN_PREFIX)),
+                meta.update_seq,
+                bodies[winner],
+                json.dumps(conflicts) if conflicts else None,
+                json.dumps(tree.to_json(), separators=(",", ":")),
+            ),
+        )
         if (old and len(old.tree.leaves()) > 1) or len(leaves) > 1:
-            self._save_losing_leaves(doc_id, tree, leaves[1:], bodies)
+            self._save_losing_leaves(doc_id, leaves[1:], bodies)
         self._count_change(old, deleted)
 
-    def _save_losing_leaves(self, doc_id: str, tree: RevTree, losers: list[str],
-                            bodies: dict[str, str]) -> None:
-        self.conn.execute("DELETE FROM leaf_revs WHERE db = ? AND id = ?", (self.name, doc_id))
+    def _save_losing_leaves(
+        self, doc_id: str, losers: list[str], bodies: dict[str, str]
+    ) -> None:
+        self.conn.execute(
+            "DELETE FROM leaf_revs WHERE db = ? AND id = ?", (self.name, doc_id)
+        )
         self.conn.executemany(
-            "INSERT INTO leaf_revs (db, id, rev, deleted, body) VALUES (?, ?, ?, ?, ?)",
-            [(self.name, doc_id, rev, int(tree.is_deleted(rev)), bodies[rev])
-             for rev in losers])
+            "INSERT INTO leaf_revs (db, id, rev, body) VALUES (?, ?, ?, ?)",
+            [(self.name, doc_id, rev, bodies[rev]) for rev in losers],
+        )
 
     def _count_change(self, old: _StoredDoc | None, deleted: bool) -> None:
         meta = self.meta()
@@ -544,9 +642,11 @@ class _Database:
             meta.doc_del_count += 1
         else:
             meta.doc_count += 1
-        self.conn.execute("UPDATE dbs SET update_seq = ?, doc_count = ?, doc_del_count = ?"
-                          " WHERE name = ?",
-                          (meta.update_seq, meta.doc_count, meta.doc_del_count, self.name))
+        self.conn.execute(
+            "UPDATE dbs SET update_seq = ?, doc_count = ?, doc_del_count = ?"
+            " WHERE name = ?",
+            (meta.update_seq, meta.doc_count, meta.doc_del_count, self.name),
+        )
 
     def edit(self, edit: _Edit) -> Doc:
         """An interactive edit (``new_edits=true``): its bulk_docs result."""
@@ -568,8 +668,12 @@ class _Database:
             else:
                 return _conflict_result(edit.id)
         rev = new_rev(parent, edit.body, edit.deleted)
-        self.save(edit.id, stored, add_child(tree, parent, rev, edit.deleted),
-                  (rev, edit.body_json))
+        self.save(
+            edit.id,
+            stored,
+            add_child(tree, parent, rev, edit.deleted),
+            (rev, edit.body_json),
+        )
         return {"ok": True, "id": edit.id, "rev": rev}
 
     def replicate(self, edit: _Edit) -> None:
@@ -583,14 +687,17 @@ class _Database:
         merged, outcome = merge_path(tree, edit.path, edit.deleted)
         if outcome is MergeOutcome.EXISTS:
             return
-        new_leaf = (edit.path[0], edit.body_json) if outcome is MergeOutcome.NEW_LEAF else None
+        new_leaf = (
+            (edit.path[0], edit.body_json) if outcome is MergeOutcome.NEW_LEAF else None
+        )
         self.save(edit.id, stored, merged, new_leaf)
 
-    # -- _local documents ---------------------------------------------------
+    # -- _local documents ------------------------------------------------------
     def get_local(self, doc_id: str) -> Doc:
-        self.meta()
-        row = self.conn.execute("SELECT rev, body FROM local_docs WHERE db = ? AND id = ?",
-                                (self.name, doc_id)).fetchone()
+        row = self.conn.execute(
+            "SELECT rev, body FROM local_docs WHERE db = ? AND id = ?",
+            (self.name, doc_id),
+        ).fetchone()
         if row is None:
             raise DocNotFound("missing")
         return _doc_json(doc_id, f"0-{row[0]}", False, json.loads(row[1]))
@@ -598,26 +705,32 @@ class _Database:
     def put_local(self, edit: _Edit) -> Doc:
         """CouchDB keeps no history of local documents and checks no
         revision: the new one is the given one plus one."""
-        self.meta()
         if edit.deleted:
-            self.conn.execute("DELETE FROM local_docs WHERE db = ? AND id = ?",
-                              (self.name, edit.id))
+            self.conn.execute(
+                "DELETE FROM local_docs WHERE db = ? AND id = ?", (self.name, edit.id)
+            )
             return {"ok": True, "id": edit.id, "rev": "0-0"}
         counter = _local_counter(edit.rev) + 1
-        self.conn.execute("INSERT OR REPLACE INTO local_docs (db, id, rev, body)"
-                          " VALUES (?, ?, ?, ?)", (self.name, edit.id, counter, edit.body_json))
+        self.conn.execute(
+            "INSERT OR REPLACE INTO local_docs (db, id, rev, body) VALUES (?, ?, ?, ?)",
+            (self.name, edit.id, counter, edit.body_json),
+        )
         return {"ok": True, "id": edit.id, "rev": f"0-{counter}"}
 
     def delete_local(self, doc_id: str) -> Doc:
         self.get_local(doc_id)  # 404 when missing, as CouchDB
-        self.conn.execute("DELETE FROM local_docs WHERE db = ? AND id = ?",
-                          (self.name, doc_id))
+        self.conn.execute(
+            "DELETE FROM local_docs WHERE db = ? AND id = ?", (self.name, doc_id)
+        )
         return {"ok": True, "id": doc_id, "rev": "0-0"}
 
-    # -- design documents ---------------------------------------------------
+    # -- design documents ------------------------------------------------------
     def design_docs(self) -> list[tuple[str, Doc]]:
-        rows = self.conn.execute("SELECT id, body FROM docs WHERE db = ? AND design = 1"
-                                 " AND deleted = 0 ORDER BY id", (self.name,))
+        rows = self.conn.execute(
+            "SELECT id, body FROM docs WHERE db = ? AND design = 1"
+            " AND deleted = 0 ORDER BY id",
+            (self.name,),
+        )
         return [(doc_id, json.loads(body)) for doc_id, body in rows]
 
     def mango_indexes(self) -> list[mango.MangoIndex]:
@@ -685,23 +798,34 @@ class _MangoIndexes:
 
     def sync(self) -> None:
         """Create and drop SQLite indexes to match the design documents."""
-        wanted = {self.sql_index_name(index.columns): index.columns
-                  for index in self.db.mango_indexes()}
-        existing = dict(self.db.conn.execute(
-            "SELECT name, columns FROM mango_sql_indexes WHERE db = ?", (self.db.name,)))
+        wanted = {
+            self.sql_index_name(index.columns): index.columns
+            for index in self.db.mango_indexes()
+        }
+        existing = dict(
+            self.db.conn.execute(
+                "SELECT name, columns FROM mango_sql_indexes WHERE db = ?",
+                (self.db.name,),
+            )
+        )
         for name in existing.keys() - wanted.keys():
             self._drop(name)
         for name in wanted.keys() - existing.keys():
             columns = wanted[name]
             keys = ", ".join([*(self.key_sql(c) for c in columns), "id"])
-            self.db.conn.execute(f"CREATE INDEX {_sql_name(name)} ON docs ({keys})"
-                                 f" WHERE {self.where_sql(columns)}")
-            self.db.conn.execute("INSERT INTO mango_sql_indexes VALUES (?, ?, ?)",
-                                 (name, self.db.name, json.dumps(columns)))
+            self.db.conn.execute(
+                f"CREATE INDEX {_sql_name(name)} ON docs ({keys})"
+                f" WHERE {self.where_sql(columns)}"
+            )
+            self.db.conn.execute(
+                "INSERT INTO mango_sql_indexes VALUES (?, ?, ?)",
+                (name, self.db.name, json.dumps(columns)),
+            )
 
     def drop_all(self) -> None:
         for (name,) in self.db.conn.execute(
-                "SELECT name FROM mango_sql_indexes WHERE db = ?", (self.db.name,)).fetchall():
+            "SELECT name FROM mango_sql_indexes WHERE db = ?", (self.db.name,)
+        ).fetchall():
             self._drop(name)
 
     def _drop(self, name: str) -> None:
@@ -719,15 +843,20 @@ class _FindRun:
     SQLite too.
     """
 
-    def __init__(self, database: _Database, query: mango.FindQuery, plan: mango.QueryPlan):
+    def __init__(
+        self, database: _Database, query: mango.FindQuery, plan: mango.QueryPlan
+    ):
         self.db = database
         self.query = query
         self.plan = plan
         self.index = plan.index
         self.indexes = _MangoIndexes(database)
         # The index order: its columns' collation keys, then the id.
-        self.order_sql = ["id"] if self.index.is_special else \
-            [*(self.indexes.key_sql(c) for c in self.index.columns), "id"]
+        self.order_sql = (
+            ["id"]
+            if self.index.is_special
+            else [*(self.indexes.key_sql(c) for c in self.index.columns), "id"]
+        )
         # Leading columns fixed by the selector ($eq) are left out of ORDER BY
         # and bookmarks: SQLite only sees the index order without them.
         self.fixed = 0
@@ -738,8 +867,10 @@ class _FindRun:
 
     def execute(self) -> Doc:
         started = time.perf_counter()
-        examined, docs, last_row = 0, [], None
-        if not self.plan.nothing_to_run:
+        examined: int = 0
+        docs: list[Doc] = []
+        last_row: list[Any] | None = None
+        if not self.plan.nothing_to_run and self.query.limit > 0:
             examined, docs, last_row = self._scan()
         result: Doc = {"docs": docs, "bookmark": self._bookmark(last_row)}
         warnings = list(self.plan.warnings)
@@ -749,50 +880,71 @@ class _FindRun:
             result["warning"] = "\n".join(warnings)
         if self.query.execution_stats:
             result["execution_stats"] = {
-                "total_keys_examined": examined, "total_docs_examined": examined,
-                "total_quorum_docs_examined": 0, "results_returned": len(docs),
-                "execution_time_ms": round((time.perf_counter() - started) * 1000, 3)}
+                "total_keys_examined": examined,
+                "total_docs_examined": examined,
+                "total_quorum_docs_examined": 0,
+                "results_returned": len(docs),
+                "execution_time_ms": round((time.perf_counter() - started) * 1000, 3),
+            }
         return result
 
     def _scan(self) -> tuple[int, list[Doc], list[Any] | None]:
         """(rows examined, documents, order keys of the last one returned)"""
         query = self.query
-        selector = mango.compile_sql(query.selector, mango.SqlDocument(
-            conflicts="conflicts" if query.conflicts else None,
-            indexed_fields=frozenset(self.index.columns)))
+        selector = mango.compile_sql(
+            query.selector,
+            mango.SqlDocument(
+                conflicts="conflicts" if query.conflicts else None,
+                indexed_fields=frozenset(self.index.columns),
+            ),
+        )
         partial = self.index.partial_filter
-        partial_sql = mango.SQL_TRUE if partial is None else \
-            mango.compile_sql(partial, _MangoIndexes.DOCUMENT)
+        partial_sql = (
+            mango.SQL_TRUE
+            if partial is None
+            else mango.compile_sql(partial, _MangoIndexes.DOCUMENT)
+        )
         exact = selector.exact and partial_sql.exact
         sql, params = self._statement(selector, partial_sql, exact)
         docs: list[Doc] = []
         examined = 0
         to_skip = 0 if exact else query.skip
         last_row = None
-        for doc_id, rev, body, conflicts, *keys in self._rows(sql, params):
-            examined += 1
-            # Partial filters see _conflicts, as CouchDB's index does; the
-            # query sees them only when it asks for them.
-            doc = _doc_json(doc_id, rev, False, json.loads(body))
-            if conflicts:
-                doc["_conflicts"] = json.loads(conflicts)
-            if partial is not None and not mango.matches(partial, doc):
-                continue
-            if not query.conflicts:
-                doc.pop("_conflicts", None)
-            if not mango.matches(query.selector, doc):
-                continue
-            if to_skip:
-                to_skip -= 1
-                continue
-            docs.append(mango.project(doc, query.fields))
-            last_row = [*keys, doc_id]
-            if len(docs) >= query.limit:
-                break
+        with contextlib.closing(self._rows(sql, params)) as rows:
+            for row in rows:
+                examined += 1
+                doc, keys = self._candidate(row)
+                if doc is None:
+                    continue
+                if to_skip:
+                    to_skip -= 1
+                    continue
+                docs.append(mango.project(doc, query.fields))
+                last_row = [*keys, doc["_id"]]
+                if len(docs) >= query.limit:
+                    break
         return examined, docs, last_row
 
-    def _statement(self, selector: mango.SqlCondition, partial: mango.SqlCondition,
-                   exact: bool) -> tuple[str, list[Any]]:
+    def _candidate(self, row: tuple[Any, ...]) -> tuple[Doc | None, list[bytes]]:
+        """The document of a row if it matches (with the row's order keys)."""
+        doc_id, rev, body, conflicts, *keys = row
+        # Partial filters see _conflicts, as CouchDB's index does; the query
+        # sees them only when it asks for them.
+        doc = _doc_json(doc_id, rev, False, json.loads(body))
+        if conflicts:
+            doc["_conflicts"] = json.loads(conflicts)
+        partial = self.index.partial_filter
+        if partial is not None and not mango.matches(partial, doc):
+            return None, keys
+        if not self.query.conflicts:
+            doc.pop("_conflicts", None)
+        if not mango.matches(self.query.selector, doc):
+            return None, keys
+        return doc, keys
+
+    def _statement(
+        self, selector: mango.SqlCondition, partial: mango.SqlCondition, exact: bool
+    ) -> tuple[str, list[Any]]:
         index, query = self.index, self.query
         if index.is_special:
             source = "docs"
@@ -805,34 +957,45 @@ class _FindRun:
             params = []
         where += [selector.sql, partial.sql]
         params += [*selector.params, *partial.params]
-        sort_sql = self.order_sql[self.fixed:]
+        sort_sql = self.order_sql[self.fixed :]
         if query.bookmark is not None:
-            after = self._resume_after(query.bookmark)[self.fixed:]
+            after = self._resume_after(query.bookmark)[self.fixed :]
             after_op, bound_op = ("<", "<=") if query.descending else (">", ">=")
             # The bound on the first key alone lets SQLite seek the index.
             where.append(f"{sort_sql[0]} {bound_op} ?")
-            where.append(f"({', '.join(sort_sql)}) {after_op} ({', '.join('?' * len(after))})")
+            where.append(
+                f"({', '.join(sort_sql)}) {after_op} ({', '.join('?' * len(after))})"
+            )
             params += [after[0], *after]
         direction = "DESC" if query.descending else "ASC"
         order = ", ".join(f"{key} {direction}" for key in sort_sql)
         columns = ", ".join(["id", "rev", "body", "conflicts", *self.order_sql[:-1]])
-        sql = f"SELECT {columns} FROM {source} WHERE {' AND '.join(where)} ORDER BY {order}"
+        sql = (
+            f"SELECT {columns} FROM {source} WHERE {' AND '.join(where)}"
+            f" ORDER BY {order}"
+        )
         if exact:
             sql += " LIMIT ? OFFSET ?"
             params += [query.limit, query.skip]
         return sql, params
 
-    def _rows(self, sql: str, params: list[Any]) -> Iterator[tuple[Any, ...]]:
+    def _rows(
+        self, sql: str, params: list[Any]
+    ) -> Generator[tuple[Any, ...], None, None]:
         try:
             cursor = self.db.conn.execute(sql, params)
         except sqlite3.OperationalError as e:
             if "no query solution" not in str(e):
                 raise
             # SQLite would not read the index as asked: let it plan alone.
-            cursor = self.db.conn.execute(re.sub(r" INDEXED BY \S+", "", sql, count=1),
-                                          params)
-        while rows := cursor.fetchmany(100):
-            yield from rows
+            cursor = self.db.conn.execute(
+                re.sub(r" INDEXED BY \S+", "", sql, count=1), params
+            )
+        try:
+            while rows := cursor.fetchmany(100):
+                yield from rows
+        finally:
+            cursor.close()
 
     # A bookmark holds the order keys of the last row returned; the next
     # page starts right after it.
@@ -845,14 +1008,17 @@ class _FindRun:
 
     def _resume_after(self, bookmark: str) -> list[Any]:
         try:
-            data = json.loads(base64.urlsafe_b64decode(bookmark + "=" * (-len(bookmark) % 4)))
+            data = json.loads(
+                base64.urlsafe_b64decode(bookmark + "=" * (-len(bookmark) % 4))
+            )
             keys = [bytes.fromhex(key) for key in data["k"]]
             doc_id = data["id"]
             if len(keys) != len(self.order_sql) - 1 or not isinstance(doc_id, str):
                 raise ValueError("bookmark of another index")
         except (ValueError, TypeError, KeyError):
-            raise mango.mango_error("invalid_bookmark",
-                                    f"Invalid bookmark value: {json.dumps(bookmark)}") from None
+            raise mango.mango_error(
+                "invalid_bookmark", f"Invalid bookmark value: {json.dumps(bookmark)}"
+            ) from None
         return [*keys, doc_id]
 
 
@@ -888,9 +1054,16 @@ class EmbeddedStore:
 
     engine = "embedded"
 
-    def __init__(self, directory: str | None, *, reactor: Any = None,
-                 threadpool: Any = None, idle_timeout: float = 30.0,
-                 max_open: int = 64, revs_limit: int = DEFAULT_REVS_LIMIT):
+    def __init__(
+        self,
+        directory: str | None,
+        *,
+        reactor: Any = None,
+        threadpool: Any = None,
+        idle_timeout: float = 30.0,
+        max_open: int = 64,
+        revs_limit: int = DEFAULT_REVS_LIMIT,
+    ):
         if threadpool is not None and reactor is None:
             raise ValueError("a threadpool needs a reactor")
         if max_open < 1 or revs_limit < 1:
@@ -909,12 +1082,15 @@ class EmbeddedStore:
     def __repr__(self) -> str:
         return f"<EmbeddedStore {self._directory or ':memory:'}>"
 
-    # -- plumbing -------------------------------------------------------------
+    # -- plumbing --------------------------------------------------------------
     def _file(self, prefix: str) -> _PrefixFile:
         prefix_file = self._files.get(prefix)
         if prefix_file is None:
-            path = None if self._directory is None else \
-                os.path.join(self._directory, f"{prefix}.sqlite")
+            path = (
+                None
+                if self._directory is None
+                else os.path.join(self._directory, f"{prefix}.sqlite")
+            )
             prefix_file = self._files[prefix] = _PrefixFile(prefix, path)
         self._files.move_to_end(prefix)
         return prefix_file
@@ -924,8 +1100,14 @@ class EmbeddedStore:
             return function(*args)
         return await deferToThreadPool(self._reactor, self._threadpool, function, *args)
 
-    async def _run(self, prefix: str, work: Callable[[sqlite3.Connection], T], *,
-                   create: bool = False, if_missing: Callable[[], T] | None = None) -> T:
+    async def _run(
+        self,
+        prefix: str,
+        work: Callable[[sqlite3.Connection], T],
+        *,
+        create: bool = False,
+        if_missing: Callable[[], T] | None = None,
+    ) -> T:
         """Run ``work`` with the connection of ``prefix``'s file. Without a
         file, ``create`` makes one; else ``if_missing()`` answers (by
         default: the database does not exist)."""
@@ -945,21 +1127,27 @@ class EmbeddedStore:
             self._after_use(prefix_file)
 
     async def _read(self, db: str, work: Callable[[_Database], T]) -> T:
+        """Run ``work`` on an existing database, in a read transaction."""
+        return await self._in_transaction(db, work, write=False, create=False)
+
+    async def _write(
+        self, db: str, work: Callable[[_Database], T], *, create: bool = False
+    ) -> T:
+        """Run ``work`` in a write transaction: on an existing database, or
+        (``create``) on one that may not exist yet."""
+        return await self._in_transaction(db, work, write=True, create=create)
+
+    async def _in_transaction(
+        self, db: str, work: Callable[[_Database], T], *, write: bool, create: bool
+    ) -> T:
         prefix, part = _split_name(db)
 
         def in_transaction(conn: sqlite3.Connection) -> T:
-            with _transaction(conn, write=False):
-                return work(_Database(conn, part, self._revs_limit))
-
-        return await self._run(prefix, in_transaction)
-
-    async def _write(self, db: str, work: Callable[[_Database], T], *,
-                     create: bool = False) -> T:
-        prefix, part = _split_name(db)
-
-        def in_transaction(conn: sqlite3.Connection) -> T:
-            with _transaction(conn, write=True):
-                return work(_Database(conn, part, self._revs_limit))
+            with _transaction(conn, write=write):
+                database = _Database(conn, part, self._revs_limit)
+                if not create:
+                    database.meta()  # DatabaseNotFound before anything else
+                return work(database)
 
         return await self._run(prefix, in_transaction, create=create)
 
@@ -977,7 +1165,8 @@ class EmbeddedStore:
             call.reset(self._idle_timeout)
         else:
             prefix_file.idle_call = self._reactor.callLater(
-                self._idle_timeout, self._close_if_idle, prefix_file)
+                self._idle_timeout, self._close_if_idle, prefix_file
+            )
 
     def _close_if_idle(self, prefix_file: _PrefixFile) -> None:
         prefix_file.idle_call = None
@@ -986,7 +1175,9 @@ class EmbeddedStore:
         # else: the end of the current use schedules a new timer
 
     def _close_beyond_max_open(self) -> None:
-        open_files = [f for f in self._files.values() if f.may_be_open and not f.in_memory]
+        open_files = [
+            f for f in self._files.values() if f.may_be_open and not f.in_memory
+        ]
         excess = len(open_files) - self._max_open
         for prefix_file in open_files:  # least recently used first
             if excess <= 0:
@@ -1006,14 +1197,17 @@ class EmbeddedStore:
         if not d.called:
             self._background.add(d)
             d.addBoth(self._forget_background, d)
-        d.addErrback(lambda f: log.failure("closing storage file {prefix}", f,
-                                           prefix=prefix_file.prefix))
+        d.addErrback(
+            lambda f: log.failure(
+                "closing storage file {prefix}", f, prefix=prefix_file.prefix
+            )
+        )
 
     def _forget_background(self, result: Any, d: Deferred) -> Any:
         self._background.discard(d)
         return result
 
-    # -- lifecycle --------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
         if self._directory is None:
             return
@@ -1041,7 +1235,7 @@ class EmbeddedStore:
             return True
         return os.path.isdir(self._directory) and os.access(self._directory, os.W_OK)
 
-    # -- databases ----------------------------------------------------------------
+    # -- databases -------------------------------------------------------------
     async def create_db(self, db: str) -> None:
         await self._write(db, _Database.create, create=True)
 
@@ -1085,11 +1279,19 @@ class EmbeddedStore:
         prefix_file.may_be_open = False
         await self._in_thread(prefix_file.remove)
 
-    # -- documents ----------------------------------------------------------------
-    async def get_doc(self, db: str, doc_id: str, *, rev: str | None = None,
-                      revs: bool = False, conflicts: bool = False,
-                      deleted_conflicts: bool = False,
-                      revs_info: bool = False, latest: bool = False) -> Doc:
+    # -- documents -------------------------------------------------------------
+    async def get_doc(
+        self,
+        db: str,
+        doc_id: str,
+        *,
+        rev: str | None = None,
+        revs: bool = False,
+        conflicts: bool = False,
+        deleted_conflicts: bool = False,
+        revs_info: bool = False,
+        latest: bool = False,
+    ) -> Doc:
         doc_id = _check_read_id(doc_id)
         if doc_id.startswith(_LOCAL_PREFIX):
             return await self.get_local(db, doc_id)
@@ -1107,17 +1309,28 @@ class EmbeddedStore:
                 if stored.deleted:
                     raise DocNotFound("deleted")
                 doc = database.leaf_doc(stored, stored.rev, revs=revs)
-                _add_meta(doc, stored.tree, stored.rev, revs_info=revs_info,
-                          conflicts=conflicts, deleted_conflicts=deleted_conflicts)
+                _add_meta(
+                    doc,
+                    stored.tree,
+                    stored.rev,
+                    revs_info=revs_info,
+                    conflicts=conflicts,
+                    deleted_conflicts=deleted_conflicts,
+                )
                 return doc
-            if not stored.tree.is_leaf(rev):
-                raise DocNotFound("missing")  # unknown, or body compacted away
-            return database.leaf_doc(stored, rev, revs=revs)
+            return _read_leaf(database, stored, rev, revs)
 
         return await self._read(db, get)
 
-    async def get_open_revs(self, db: str, doc_id: str, open_revs: list[str] | str,
-                            *, revs: bool = False, latest: bool = False) -> list[Doc]:
+    async def get_open_revs(
+        self,
+        db: str,
+        doc_id: str,
+        open_revs: list[str] | str,
+        *,
+        revs: bool = False,
+        latest: bool = False,
+    ) -> list[Doc]:
         doc_id = _check_read_id(doc_id)
         if open_revs != "all":
             if not isinstance(open_revs, list):
@@ -1151,7 +1364,9 @@ class EmbeddedStore:
         edit = _parse_edit(doc, new_edits=True)
         if edit.is_local:
             return await self.put_local(db, doc)
-        [result] = await self._write(db, lambda database: _write_edits(database, [edit]))
+        [result] = await self._write(
+            db, lambda database: _write_edits(database, [edit])
+        )
         if "error" in result:
             raise DocConflict()
         return result
@@ -1161,9 +1376,8 @@ class EmbeddedStore:
         if doc_id.startswith(_LOCAL_PREFIX):
             return await self.delete_local(db, doc_id, rev)
         _check_doc_id(doc_id)
-        if rev is None:
-            raise DocConflict()  # CouchDB wants the revision being deleted
-        parse_rev(rev)
+        if rev is not None:
+            parse_rev(rev)
         edit = _Edit(doc_id, rev, None, True, {}, "{}")
 
         def delete(database: _Database) -> Doc:
@@ -1172,6 +1386,8 @@ class EmbeddedStore:
                 raise DocNotFound("missing")
             if stored.deleted:
                 raise DocNotFound("deleted")
+            if rev is None:
+                raise DocConflict()  # CouchDB wants the revision deleted
             [result] = _write_edits(database, [edit])
             if "error" in result:
                 raise DocConflict()
@@ -1179,40 +1395,46 @@ class EmbeddedStore:
 
         return await self._write(db, delete)
 
-    async def bulk_docs(self, db: str, docs: list[Doc], *,
-                        new_edits: bool = True) -> list[Doc]:
+    async def bulk_docs(
+        self, db: str, docs: list[Doc], *, new_edits: bool = True
+    ) -> list[Doc]:
         if not isinstance(docs, list):
             raise InvalidRequest("docs must be an array")
         # Refuse a bad batch before writing any of it, as CouchDB does.
-        edits = [_parse_edit(doc, new_edits=new_edits, default_id=new_doc_id)
-                 for doc in docs]
+        edits = [
+            _parse_edit(doc, new_edits=new_edits, default_id=new_doc_id) for doc in docs
+        ]
         if new_edits:
             return await self._write(db, lambda database: _write_edits(database, edits))
         await self._write(db, lambda database: _replicate(database, edits))
         return []
 
-    async def bulk_get(self, db: str, requests: list[Doc], *,
-                       revs: bool = False) -> list[Doc]:
+    async def bulk_get(
+        self, db: str, requests: list[Doc], *, revs: bool = False
+    ) -> list[Doc]:
         if not isinstance(requests, list):
             raise InvalidRequest("docs must be an array")
         return await self._read(
-            db, lambda database: [_bulk_get_one(database, r, revs) for r in requests])
+            db, lambda database: [_bulk_get_one(database, r, revs) for r in requests]
+        )
 
     async def revs_diff(self, db: str, revs: dict[str, list[str]]) -> Doc:
         if not isinstance(revs, dict) or not all(
-                isinstance(r, list) and all(isinstance(x, str) for x in r)
-                for r in revs.values()):
+            isinstance(r, list) and all(isinstance(x, str) for x in r)
+            for r in revs.values()
+        ):
             raise InvalidRequest("_revs_diff wants an object of revision lists")
         for rev_list in revs.values():
             for rev in rev_list:
                 parse_rev(rev)
 
         def diff(database: _Database) -> Doc:
-            database.meta()
             result: Doc = {}
             for doc_id, rev_list in revs.items():
                 stored = database.load(doc_id)
-                missing, ancestors = missing_revs(stored.tree if stored else None, rev_list)
+                missing, ancestors = missing_revs(
+                    stored.tree if stored else None, rev_list
+                )
                 if missing:
                     entry: Doc = {"missing": missing}
                     if ancestors:
@@ -1222,21 +1444,39 @@ class EmbeddedStore:
 
         return await self._read(db, diff)
 
-    async def all_docs(self, db: str, *, keys: list[str] | None = None,
-                       start_key: str | None = None, end_key: str | None = None,
-                       inclusive_end: bool = True, descending: bool = False,
-                       limit: int | None = None, skip: int = 0,
-                       include_docs: bool = False, conflicts: bool = False,
-                       update_seq: bool = False) -> Doc:
-        limit = _count(limit, "limit", allow_none=True)
+    async def all_docs(
+        self,
+        db: str,
+        *,
+        keys: list[str] | None = None,
+        start_key: str | None = None,
+        end_key: str | None = None,
+        inclusive_end: bool = True,
+        descending: bool = False,
+        limit: int | None = None,
+        skip: int = 0,
+        include_docs: bool = False,
+        conflicts: bool = False,
+        update_seq: bool = False,
+    ) -> Doc:
+        limit = _limit(limit)
         skip = _count(skip, "skip")
         if keys is not None and not isinstance(keys, list):
             raise InvalidRequest("keys must be an array")
         for key in (start_key, end_key):
             if key is not None and not isinstance(key, str):
                 raise InvalidRequest("start_key and end_key must be document ids")
-        query = _AllDocs(keys, start_key, end_key, inclusive_end, descending, limit, skip,
-                         include_docs, conflicts)
+        query = _AllDocs(
+            keys,
+            start_key,
+            end_key,
+            inclusive_end,
+            descending,
+            limit,
+            skip,
+            include_docs,
+            conflicts,
+        )
 
         def run(database: _Database) -> Doc:
             result = query.run(database)
@@ -1247,22 +1487,37 @@ class EmbeddedStore:
 
         return await self._read(db, run)
 
-    async def changes(self, db: str, *, since: str | None = None,
-                      limit: int | None = None, descending: bool = False,
-                      include_docs: bool = False, style: str = "main_only",
-                      conflicts: bool = False,
-                      doc_ids: list[str] | None = None) -> Doc:
-        limit = _count(limit, "limit", allow_none=True)
+    async def changes(
+        self,
+        db: str,
+        *,
+        since: str | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+        include_docs: bool = False,
+        style: str = "main_only",
+        conflicts: bool = False,
+        doc_ids: list[str] | None = None,
+    ) -> Doc:
+        limit = _limit(limit)
         if style not in ("main_only", "all_docs"):
             raise InvalidRequest(f"Invalid style: {style!r}")
         if doc_ids is not None and not (
-                isinstance(doc_ids, list) and all(isinstance(i, str) for i in doc_ids)):
+            isinstance(doc_ids, list) and all(isinstance(i, str) for i in doc_ids)
+        ):
             raise InvalidRequest("doc_ids must be an array of strings")
-        query = _Changes(since, limit, descending, include_docs, style == "all_docs",
-                         conflicts, doc_ids)
+        query = _Changes(
+            since,
+            limit,
+            descending,
+            include_docs,
+            style == "all_docs",
+            conflicts,
+            doc_ids,
+        )
         return await self._read(db, query.run)
 
-    # -- _local documents -----------------------------------------------------------
+    # -- _local documents ------------------------------------------------------
     async def get_local(self, db: str, doc_id: str) -> Doc:
         doc_id = _local_id(doc_id)
         return await self._read(db, lambda database: database.get_local(doc_id))
@@ -1280,46 +1535,65 @@ class EmbeddedStore:
             _local_counter(rev)
         return await self._write(db, lambda database: database.delete_local(doc_id))
 
-    # -- Mango --------------------------------------------------------------------------
-    async def create_index(self, db: str, fields: list[Any], *,
-                           ddoc: str | None = None, name: str | None = None,
-                           partial_filter_selector: Doc | None = None) -> Doc:
+    # -- Mango -----------------------------------------------------------------
+    async def create_index(
+        self,
+        db: str,
+        fields: list[Any],
+        *,
+        ddoc: str | None = None,
+        name: str | None = None,
+        partial_filter_selector: Doc | None = None,
+    ) -> Doc:
         view = mango.index_view(fields, partial_filter_selector)
         for value in (ddoc, name):
             if value is not None and (not isinstance(value, str) or not value):
-                raise mango.mango_error("invalid_empty_string",
-                                        "Index name or ddoc cannot be empty string")
+                raise mango.mango_error(
+                    "invalid_empty_string", "Index name or ddoc cannot be empty string"
+                )
         generated = mango.generated_index_name(view)
         ddoc_id = mango.design_doc_id(ddoc or generated)
         _check_doc_id(ddoc_id)
         index_name = name or generated
 
         def create(database: _Database) -> Doc:
-            database.meta()
             stored = database.load(ddoc_id)
-            live = stored is not None and not stored.deleted
-            body = stored.body() if live else {"language": "query"}
+            body: Doc = {"language": "query"}
+            parent = None
+            if stored is not None and not stored.deleted:
+                body, parent = stored.body(), stored.rev
             if body.get("language") != "query":
                 raise mango.mango_error(
                     "invalid_ddoc_lang",
-                    f"Existing design doc has an invalid language: {body.get('language')!r}")
-            views = body.get("views") if isinstance(body.get("views"), dict) else {}
+                    "Existing design doc has an invalid language: "
+                    f"{body.get('language')!r}",
+                )
+            views = body.get("views")
+            if not isinstance(views, dict):
+                views = {}
             updated = {**body, "views": {**views, index_name: view}}
             if updated == body:
                 return {"result": "exists", "id": ddoc_id, "name": index_name}
-            edit = _Edit(ddoc_id, stored.rev if live else None, None, False, updated,
-                         _dump_body(updated))
+            edit = _Edit(
+                ddoc_id,
+                parent,
+                None,
+                False,
+                updated,
+                _dump_body(updated),
+            )
             [result] = _write_edits(database, [edit])
             if "error" in result:
-                raise StorageError("Encountered a conflict while saving the design document.",
-                                   code="error_saving_ddoc")
+                raise StorageError(
+                    "Encountered a conflict while saving the design document.",
+                    code="error_saving_ddoc",
+                )
             return {"result": "created", "id": ddoc_id, "name": index_name}
 
         return await self._write(db, create)
 
     async def list_indexes(self, db: str) -> Doc:
         def indexes(database: _Database) -> Doc:
-            database.meta()
             found = [mango.ALL_DOCS_INDEX, *database.mango_indexes()]
             return {"total_rows": len(found), "indexes": [i.to_json() for i in found]}
 
@@ -1329,7 +1603,6 @@ class EmbeddedStore:
         parsed = mango.parse_find_query(query)
 
         def find(database: _Database) -> Doc:
-            database.meta()
             plan = mango.plan_query(database.mango_indexes(), parsed)
             return _FindRun(database, parsed, plan).execute()
 
@@ -1340,7 +1613,6 @@ class EmbeddedStore:
 # Operations spanning several documents
 # =============================================================================
 def _write_edits(database: _Database, edits: list[_Edit]) -> list[Doc]:
-    database.meta()
     results = [database.edit(edit) for edit in edits]
     if any(edit.id.startswith(_DESIGN_PREFIX) for edit in edits):
         _MangoIndexes(database).sync()
@@ -1348,15 +1620,30 @@ def _write_edits(database: _Database, edits: list[_Edit]) -> list[Doc]:
 
 
 def _replicate(database: _Database, edits: list[_Edit]) -> None:
-    database.meta()
     for edit in edits:
         database.replicate(edit)
     if any(edit.id.startswith(_DESIGN_PREFIX) for edit in edits):
         _MangoIndexes(database).sync()
 
 
-def _add_meta(doc: Doc, tree: RevTree, rev: str, *, revs_info: bool, conflicts: bool,
-              deleted_conflicts: bool) -> None:
+def _read_leaf(
+    database: _Database, stored: _StoredDoc, rev: str | None, revs: bool
+) -> Doc:
+    """The document at revision ``rev``, which must be a leaf."""
+    if rev is None or not stored.tree.is_leaf(rev):
+        raise DocNotFound("missing")  # unknown, or its body compacted away
+    return database.leaf_doc(stored, rev, revs=revs)
+
+
+def _add_meta(
+    doc: Doc,
+    tree: RevTree,
+    rev: str,
+    *,
+    revs_info: bool,
+    conflicts: bool,
+    deleted_conflicts: bool,
+) -> None:
     if revs_info:
         doc["_revs_info"] = tree.revs_info(rev)
     if conflicts and (found := tree.conflicts()):
@@ -1365,23 +1652,35 @@ def _add_meta(doc: Doc, tree: RevTree, rev: str, *, revs_info: bool, conflicts: 
         doc["_deleted_conflicts"] = found
 
 
-def _open_revs(database: _Database, stored: _StoredDoc, found: list[str],
-               missing: list[str], revs: bool) -> list[Doc]:
+def _open_revs(
+    database: _Database,
+    stored: _StoredDoc,
+    found: list[str],
+    missing: list[str],
+    revs: bool,
+) -> list[Doc]:
     bodies = database.leaf_bodies(stored)
-    return ([{"ok": database.leaf_doc(stored, rev, revs=revs, bodies=bodies)}
-             for rev in found]
-            + [{"missing": rev} for rev in missing])
+    return [
+        {"ok": database.leaf_doc(stored, rev, revs=revs, bodies=bodies)}
+        for rev in found
+    ] + [{"missing": rev} for rev in missing]
 
 
 def _bulk_get_error(doc_id: Any, rev: Any, error: str, reason: str) -> Doc:
-    return {"id": doc_id, "docs": [{"error": {"id": doc_id, "rev": rev, "error": error,
-                                              "reason": reason}}]}
+    return {
+        "id": doc_id,
+        "docs": [
+            {"error": {"id": doc_id, "rev": rev, "error": error, "reason": reason}}
+        ],
+    }
 
 
 def _bulk_get_one(database: _Database, request: Any, revs: bool) -> Doc:
     """One entry of ``_bulk_get``'s results, errors shaped as CouchDB's."""
     if not isinstance(request, dict):
-        return _bulk_get_error(None, None, "bad_request", "document must be a JSON object")
+        return _bulk_get_error(
+            None, None, "bad_request", "document must be a JSON object"
+        )
     doc_id = request.get("id")
     if doc_id is None:
         return _bulk_get_error(None, None, "bad_request", "document id missed")
@@ -1403,11 +1702,16 @@ def _bulk_get_one(database: _Database, request: Any, revs: bool) -> Doc:
             leaves = [rev] if stored.tree.is_leaf(rev) else []
         if leaves:
             bodies = database.leaf_bodies(stored)
-            return {"id": doc_id, "docs": [
-                {"ok": database.leaf_doc(stored, leaf, revs=revs, bodies=bodies)}
-                for leaf in leaves]}
-    return _bulk_get_error(doc_id, rev if rev is not None else "undefined",
-                           "not_found", "missing")
+            return {
+                "id": doc_id,
+                "docs": [
+                    {"ok": database.leaf_doc(stored, leaf, revs=revs, bodies=bodies)}
+                    for leaf in leaves
+                ],
+            }
+    return _bulk_get_error(
+        doc_id, rev if rev is not None else "undefined", "not_found", "missing"
+    )
 
 
 @dataclass
@@ -1425,17 +1729,28 @@ class _AllDocs:
     def run(self, database: _Database) -> Doc:
         meta = database.meta()
         if self.keys is not None:
-            rows = self._rows_for_keys(database)
+            rows = self._rows_for_keys(database, self.keys)
             return {"total_rows": meta.doc_count, "offset": None, "rows": rows}
         where, params = self._range()
-        sql = (f"SELECT {_DOC_COLUMNS} FROM docs WHERE db = ? AND deleted = 0{where}"
-               f" ORDER BY id {'DESC' if self.descending else 'ASC'} LIMIT ? OFFSET ?")
+        sql = (
+            f"SELECT {_DOC_COLUMNS} FROM docs WHERE db = ? AND deleted = 0{where}"
+            f" ORDER BY id {'DESC' if self.descending else 'ASC'} LIMIT ? OFFSET ?"
+        )
         found = database.conn.execute(
-            sql, [database.name, *params, -1 if self.limit is None else self.limit,
-                  self.skip])
+            sql,
+            [
+                database.name,
+                *params,
+                -1 if self.limit is None else self.limit,
+                self.skip,
+            ],
+        )
         rows = [self._row(database, _stored_doc(row)) for row in found]
-        return {"total_rows": meta.doc_count, "offset": self._offset(database, meta),
-                "rows": rows}
+        return {
+            "total_rows": meta.doc_count,
+            "offset": self._offset(database, meta),
+            "rows": rows,
+        }
 
     def _range(self) -> tuple[str, list[str]]:
         where, params = "", []
@@ -1457,22 +1772,26 @@ class _AllDocs:
             (before,) = database.conn.execute(
                 f"SELECT count(*) FROM docs WHERE db = ? AND deleted = 0"
                 f" AND id {'>' if self.descending else '<'} ?",
-                (database.name, self.start_key)).fetchone()
+                (database.name, self.start_key),
+            ).fetchone()
         return min(meta.doc_count, before + self.skip)
 
-    def _rows_for_keys(self, database: _Database) -> list[Doc]:
-        keys = list(reversed(self.keys)) if self.descending else list(self.keys)
-        keys = keys[self.skip:]
+    def _rows_for_keys(self, database: _Database, keys: list[Any]) -> list[Doc]:
+        keys = keys[::-1] if self.descending else list(keys)
+        keys = keys[self.skip :]
         if self.limit is not None:
-            keys = keys[:self.limit]
+            keys = keys[: self.limit]
         rows = []
         for key in keys:
             stored = database.load(key) if isinstance(key, str) else None
             if stored is None:
                 rows.append({"key": key, "error": "not_found"})
             elif stored.deleted:
-                row: Doc = {"id": stored.id, "key": key,
-                            "value": {"rev": stored.rev, "deleted": True}}
+                row: Doc = {
+                    "id": stored.id,
+                    "key": key,
+                    "value": {"rev": stored.rev, "deleted": True},
+                }
                 if self.include_docs:
                     row["doc"] = None
                 rows.append(row)
@@ -1505,10 +1824,22 @@ class _Changes:
         if self.doc_ids is not None:
             id_filter = " AND id IN (SELECT value FROM json_each(?))"
             id_params = [json.dumps(self.doc_ids)]
-        sql = (f"SELECT {_DOC_COLUMNS} FROM docs WHERE db = ? AND seq > ?{id_filter}"
-               f" ORDER BY seq {'DESC' if self.descending else 'ASC'} LIMIT ?")
-        found = [_stored_doc(row) for row in database.conn.execute(
-            sql, [database.name, since, *id_params, -1 if self.limit is None else self.limit])]
+        sql = (
+            f"SELECT {_DOC_COLUMNS} FROM docs WHERE db = ? AND seq > ?{id_filter}"
+            f" ORDER BY seq {'DESC' if self.descending else 'ASC'} LIMIT ?"
+        )
+        found = [
+            _stored_doc(row)
+            for row in database.conn.execute(
+                sql,
+                [
+                    database.name,
+                    since,
+                    *id_params,
+                    -1 if self.limit is None else self.limit,
+                ],
+            )
+        ]
         results = [self._result(database, meta, stored) for stored in found]
         if self.descending:
             last = found[-1].seq if found else 0
@@ -1516,21 +1847,29 @@ class _Changes:
             last = found[-1].seq if found else since  # more may follow
         else:
             last = max(since, meta.update_seq)  # read to the end of the feed
-        return {"results": results, "last_seq": meta.seq(last),
-                "pending": self._pending(database, last, id_filter, id_params)}
+        return {
+            "results": results,
+            "last_seq": meta.seq(last),
+            "pending": self._pending(database, last, id_filter, id_params),
+        }
 
-    def _pending(self, database: _Database, last: int, id_filter: str,
-                 id_params: list[Any]) -> int:
+    def _pending(
+        self, database: _Database, last: int, id_filter: str, id_params: list[Any]
+    ) -> int:
         comparison = "<" if self.descending else ">"
         (count,) = database.conn.execute(
             f"SELECT count(*) FROM docs WHERE db = ? AND seq {comparison} ?{id_filter}",
-            [database.name, last, *id_params]).fetchone()
+            [database.name, last, *id_params],
+        ).fetchone()
         return count
 
     def _result(self, database: _Database, meta: _DbMeta, stored: _StoredDoc) -> Doc:
         leaves = stored.tree.leaves() if self.all_leaves else [stored.rev]
-        result: Doc = {"seq": meta.seq(stored.seq), "id": stored.id,
-                       "changes": [{"rev": rev} for rev in leaves]}
+        result: Doc = {
+            "seq": meta.seq(stored.seq),
+            "id": stored.id,
+            "changes": [{"rev": rev} for rev in leaves],
+        }
         if stored.deleted:
             result["deleted"] = True
         if self.include_docs:

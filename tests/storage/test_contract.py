@@ -59,15 +59,18 @@ async def replicate(store, db, doc_id, path, body=None, deleted=False):
     """Store the revision path ``path`` (newest first, e.g. ["3-c", "2-b"])
     as a replicator would: ``new_edits=False`` with ``_revisions``."""
     start = generation(path[0])
-    doc = {"_id": doc_id, "_rev": path[0],
-           "_revisions": {"start": start, "ids": [rev_hash(r) for r in path]},
-           **(body or {})}
+    doc = {
+        "_id": doc_id,
+        "_rev": path[0],
+        "_revisions": {"start": start, "ids": [rev_hash(r) for r in path]},
+        **(body or {}),
+    }
     if deleted:
         doc["_deleted"] = True
     assert await store.bulk_docs(db, [doc], new_edits=False) == []
 
 
-# -- databases -------------------------------------------------------------------
+# -- databases -----------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_store_implements_the_interface(store):
     assert isinstance(store, DocumentStore)
@@ -104,7 +107,9 @@ async def test_ensure_db_is_idempotent(store, db):
 
 
 @pytest_twisted.ensureDeferred
-async def test_missing_db_is_not_found_everywhere(store, db):
+async def test_missing_db_is_not_found_everywhere(store, db, prefix):
+    # Another database of the same prefix exists.
+    await store.create_db(f"{prefix}/io-cozy-other")
     calls = [
         store.db_info(db),
         store.get_doc(db, "x"),
@@ -115,6 +120,12 @@ async def test_missing_db_is_not_found_everywhere(store, db):
         store.delete_db(db),
         store.get_local(db, "x"),
         store.find(db, {"selector": {}}),
+        store.get_open_revs(db, "x", "all"),
+        store.bulk_get(db, [{"id": "x"}]),
+        store.revs_diff(db, {"x": ["1-" + H["a"]]}),
+        store.delete_doc(db, "x", "1-" + H["a"]),
+        store.put_local(db, {"_id": "_local/x"}),
+        store.create_index(db, ["a"]),
     ]
     for call in calls:
         with pytest.raises(DatabaseNotFound) as caught:
@@ -135,8 +146,19 @@ async def test_delete_db_removes_its_documents(store, created):
     assert (await store.db_info(created))["doc_count"] == 0
 
 
-@pytest.mark.parametrize("name", ["nodb", "Cozy/x", "cozy/", "/x", "cozy/../x",
-                                  "cozy/a/b", "cozy/UPPER", "cozy/a b"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nodb",
+        "Cozy/x",
+        "cozy/",
+        "/x",
+        "cozy/../x",
+        "cozy/a/b",
+        "cozy/UPPER",
+        "cozy/a b",
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_invalid_db_names_are_refused(store, name):
     with pytest.raises(InvalidRequest):
@@ -147,11 +169,17 @@ async def test_invalid_db_names_are_refused(store, name):
 @pytest_twisted.ensureDeferred
 async def test_list_dbs_lists_the_prefix_only(store, prefix):
     other = prefix + "x"
-    for name in (f"{prefix}/io-cozy-files", f"{prefix}/io-cozy-apps", f"{other}/io-cozy-files"):
+    for name in (
+        f"{prefix}/io-cozy-files",
+        f"{prefix}/io-cozy-apps",
+        f"{other}/io-cozy-files",
+    ):
         await store.create_db(name)
     try:
-        assert await store.list_dbs(prefix) == [f"{prefix}/io-cozy-apps",
-                                                f"{prefix}/io-cozy-files"]
+        assert await store.list_dbs(prefix) == [
+            f"{prefix}/io-cozy-apps",
+            f"{prefix}/io-cozy-files",
+        ]
         await store.delete_db(f"{prefix}/io-cozy-apps")
         assert await store.list_dbs(prefix) == [f"{prefix}/io-cozy-files"]
     finally:
@@ -187,11 +215,18 @@ async def test_db_info_counts_live_and_deleted_documents(store, created):
     assert (info["doc_count"], info["doc_del_count"]) == (2, 1)
 
 
-# -- documents ---------------------------------------------------------------------
+# -- documents -----------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_put_then_get(store, created):
-    doc = {"_id": "doc1", "name": "Zoë", "n": 1.5, "ok": True, "none": None,
-           "list": [1, "two", {"three": 3}], "nested": {"a": {"b": []}}}
+    doc = {
+        "_id": "doc1",
+        "name": "Zoë",
+        "n": 1.5,
+        "ok": True,
+        "none": None,
+        "list": [1, "two", {"three": 3}],
+        "nested": {"a": {"b": []}},
+    }
     result = await store.put_doc(created, doc)
     assert result["ok"] is True and result["id"] == "doc1"
     assert REV_RE.fullmatch(result["rev"]) and generation(result["rev"]) == 1
@@ -222,9 +257,12 @@ async def test_a_revision_of_a_missing_document_conflicts(store, created):
 @pytest_twisted.ensureDeferred
 async def test_concurrent_updates_of_one_revision_let_one_win(store, created):
     first = await store.put_doc(created, {"_id": "doc", "v": 0})
-    attempts = [ensureDeferred(store.put_doc(created, {"_id": "doc", "_rev": first["rev"],
-                                                       "v": i}))
-                for i in range(1, 9)]
+    attempts = [
+        ensureDeferred(
+            store.put_doc(created, {"_id": "doc", "_rev": first["rev"], "v": i})
+        )
+        for i in range(1, 9)
+    ]
     outcomes = await DeferredList(attempts, consumeErrors=True)
     wins = [value for ok, value in outcomes if ok]
     conflicts = [f for ok, f in outcomes if not ok and f.check(DocConflict)]
@@ -276,8 +314,9 @@ async def test_delete_needs_the_current_revision(store, created):
 @pytest_twisted.ensureDeferred
 async def test_deleted_true_in_the_body_deletes(store, created):
     first = await store.put_doc(created, {"_id": "doc", "v": 1})
-    result = await store.put_doc(created, {"_id": "doc", "_rev": first["rev"],
-                                           "_deleted": True})
+    result = await store.put_doc(
+        created, {"_id": "doc", "_rev": first["rev"], "_deleted": True}
+    )
     assert generation(result["rev"]) == 2
     with pytest.raises(DocNotFound):
         await store.get_doc(created, "doc")
@@ -303,10 +342,16 @@ async def test_recreate_over_a_tombstone_without_revision(store, created):
 async def test_revisions_history(store, created):
     revs = [(await store.put_doc(created, {"_id": "doc", "v": 0}))["rev"]]
     for v in (1, 2):
-        revs.append((await store.put_doc(created, {"_id": "doc", "_rev": revs[-1],
-                                                   "v": v}))["rev"])
+        revs.append(
+            (await store.put_doc(created, {"_id": "doc", "_rev": revs[-1], "v": v}))[
+                "rev"
+            ]
+        )
     got = await store.get_doc(created, "doc", revs=True)
-    assert got["_revisions"] == {"start": 3, "ids": [rev_hash(r) for r in reversed(revs)]}
+    assert got["_revisions"] == {
+        "start": 3,
+        "ids": [rev_hash(r) for r in reversed(revs)],
+    }
     info = (await store.get_doc(created, "doc", revs_info=True))["_revs_info"]
     assert [entry["rev"] for entry in info] == list(reversed(revs))
     assert info[0]["status"] == "available"
@@ -340,16 +385,19 @@ async def test_design_documents(store, created):
     assert [row["id"] for row in rows] == ["_design/app"]
 
 
-# -- bulk_docs -----------------------------------------------------------------------
+# -- bulk_docs -----------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_bulk_docs_answers_each_document_in_order(store, created):
     first = await store.put_doc(created, {"_id": "b", "v": 1})
-    results = await store.bulk_docs(created, [
-        {"_id": "a", "v": 1},
-        {"_id": "b", "_rev": first["rev"], "v": 2},
-        {"_id": "b", "v": 3},  # no revision: conflict
-        {"_id": "c", "_deleted": True},
-    ])
+    results = await store.bulk_docs(
+        created,
+        [
+            {"_id": "a", "v": 1},
+            {"_id": "b", "_rev": first["rev"], "v": 2},
+            {"_id": "b", "v": 3},  # no revision: conflict
+            {"_id": "c", "_deleted": True},
+        ],
+    )
     assert [r["id"] for r in results] == ["a", "b", "b", "c"]
     assert results[0]["ok"] is True and generation(results[0]["rev"]) == 1
     assert results[1]["ok"] is True and generation(results[1]["rev"]) == 2
@@ -381,8 +429,12 @@ async def test_replicated_history_is_kept_as_given(store, created):
     path = ["3-" + H["c"], "2-" + H["b"], "1-" + H["a"]]
     await replicate(store, created, "doc", path, {"v": 3})
     got = await store.get_doc(created, "doc", revs=True)
-    assert got == {"_id": "doc", "_rev": path[0], "v": 3,
-                   "_revisions": {"start": 3, "ids": [H["c"], H["b"], H["a"]]}}
+    assert got == {
+        "_id": "doc",
+        "_rev": path[0],
+        "v": 3,
+        "_revisions": {"start": 3, "ids": [H["c"], H["b"], H["a"]]},
+    }
     # Replaying it changes nothing: no new change in the feed.
     seq = (await store.db_info(created))["update_seq"]
     await replicate(store, created, "doc", path, {"v": 3})
@@ -398,7 +450,11 @@ async def test_replicated_branches_elect_couchdbs_winner(store, created):
     await replicate(store, created, "doc", ["2-" + H["b"], "1-" + H["a"]], {"v": "b"})
     await replicate(store, created, "doc", ["2-" + H["c"], "1-" + H["a"]], {"v": "c"})
     got = await store.get_doc(created, "doc", conflicts=True)
-    assert (got["_rev"], got["v"], got["_conflicts"]) == ("2-" + H["c"], "c", ["2-" + H["b"]])
+    assert (got["_rev"], got["v"], got["_conflicts"]) == (
+        "2-" + H["c"],
+        "c",
+        ["2-" + H["b"]],
+    )
     # A longer branch wins whatever its hash.
     await replicate(store, created, "doc", ["3-" + H["1"], "2-" + H["b"]], {"v": "b3"})
     got = await store.get_doc(created, "doc", conflicts=True)
@@ -413,15 +469,22 @@ async def test_replicated_branches_elect_couchdbs_winner(store, created):
 
 @pytest_twisted.ensureDeferred
 async def test_winner_does_not_depend_on_arrival_order(store, created):
-    branches = [["2-" + H["3"], "1-" + H["1"]], ["2-" + H["e"], "1-" + H["1"]],
-                ["2-" + H["7"], "1-" + H["1"]]]
+    branches = [
+        ["2-" + H["3"], "1-" + H["1"]],
+        ["2-" + H["e"], "1-" + H["1"]],
+        ["2-" + H["7"], "1-" + H["1"]],
+    ]
     for doc_id, order in (("x", branches), ("y", list(reversed(branches)))):
         for path in order:
             await replicate(store, created, doc_id, path, {"from": path[0]})
     x = await store.get_doc(created, "x", conflicts=True)
     y = await store.get_doc(created, "y", conflicts=True)
     assert x["_rev"] == y["_rev"] == "2-" + H["e"]
-    assert sorted(x["_conflicts"]) == sorted(y["_conflicts"]) == ["2-" + H["3"], "2-" + H["7"]]
+    assert (
+        sorted(x["_conflicts"])
+        == sorted(y["_conflicts"])
+        == ["2-" + H["3"], "2-" + H["7"]]
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -438,7 +501,9 @@ async def test_resolving_a_conflict_by_deleting_the_loser(store, created):
 async def test_a_losing_leaf_can_be_edited(store, created):
     await replicate(store, created, "doc", ["2-" + H["b"], "1-" + H["a"]], {"v": "b"})
     await replicate(store, created, "doc", ["2-" + H["c"], "1-" + H["a"]], {"v": "c"})
-    edited = await store.put_doc(created, {"_id": "doc", "_rev": "2-" + H["b"], "v": "b+"})
+    edited = await store.put_doc(
+        created, {"_id": "doc", "_rev": "2-" + H["b"], "v": "b+"}
+    )
     got = await store.get_doc(created, "doc", conflicts=True)
     assert got["_rev"] == edited["rev"] and got["v"] == "b+"
     assert got["_conflicts"] == ["2-" + H["c"]]
@@ -449,12 +514,18 @@ async def test_a_leaf_revision_can_be_read(store, created):
     await replicate(store, created, "doc", ["2-" + H["b"], "1-" + H["a"]], {"v": "b"})
     await replicate(store, created, "doc", ["2-" + H["c"], "1-" + H["a"]], {"v": "c"})
     loser = await store.get_doc(created, "doc", rev="2-" + H["b"], revs=True)
-    assert loser == {"_id": "doc", "_rev": "2-" + H["b"], "v": "b",
-                     "_revisions": {"start": 2, "ids": [H["b"], H["a"]]}}
+    assert loser == {
+        "_id": "doc",
+        "_rev": "2-" + H["b"],
+        "v": "b",
+        "_revisions": {"start": 2, "ids": [H["b"], H["a"]]},
+    }
     with pytest.raises(DocNotFound):
         await store.get_doc(created, "doc", rev="2-" + H["f"])
     # latest=true reads the winner.
-    assert (await store.get_doc(created, "doc", rev="2-" + H["b"], latest=True))["v"] == "c"
+    assert (await store.get_doc(created, "doc", rev="2-" + H["b"], latest=True))[
+        "v"
+    ] == "c"
 
 
 @pytest_twisted.ensureDeferred
@@ -462,21 +533,27 @@ async def test_open_revs(store, created):
     await replicate(store, created, "doc", ["2-" + H["b"], "1-" + H["a"]], {"v": "b"})
     await replicate(store, created, "doc", ["2-" + H["c"], "1-" + H["a"]], {"v": "c"})
     every = await store.get_open_revs(created, "doc", "all")
-    assert sorted(entry["ok"]["_rev"] for entry in every) == ["2-" + H["b"], "2-" + H["c"]]
-    asked = await store.get_open_revs(created, "doc", ["2-" + H["b"], "3-" + H["f"]],
-                                      revs=True)
+    assert sorted(entry["ok"]["_rev"] for entry in every) == [
+        "2-" + H["b"],
+        "2-" + H["c"],
+    ]
+    asked = await store.get_open_revs(
+        created, "doc", ["2-" + H["b"], "3-" + H["f"]], revs=True
+    )
     assert {"missing": "3-" + H["f"]} in asked
     [found] = [entry["ok"] for entry in asked if "ok" in entry]
     assert found["v"] == "b"
     assert found["_revisions"] == {"start": 2, "ids": [H["b"], H["a"]]}
     assert await store.get_open_revs(created, "nothing", ["1-" + H["a"]]) == [
-        {"missing": "1-" + H["a"]}]
+        {"missing": "1-" + H["a"]}
+    ]
 
 
 @pytest_twisted.ensureDeferred
 async def test_open_revs_with_latest_follows_to_the_leaves(store, created):
-    await replicate(store, created, "doc", ["3-" + H["c"], "2-" + H["b"], "1-" + H["a"]],
-                    {"v": 3})
+    await replicate(
+        store, created, "doc", ["3-" + H["c"], "2-" + H["b"], "1-" + H["a"]], {"v": 3}
+    )
     got = await store.get_open_revs(created, "doc", ["2-" + H["b"]], latest=True)
     assert [entry["ok"]["_rev"] for entry in got] == ["3-" + H["c"]]
 
@@ -489,14 +566,17 @@ async def test_open_revs_of_a_deleted_leaf(store, created):
     assert entry["ok"] == {"_id": "doc", "_rev": deleted["rev"], "_deleted": True}
 
 
-# -- bulk_get and revs_diff ------------------------------------------------------------
+# -- bulk_get and revs_diff ----------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_bulk_get(store, created):
     first = await store.put_doc(created, {"_id": "a", "v": 1})
     second = await store.put_doc(created, {"_id": "a", "_rev": first["rev"], "v": 2})
     await store.put_doc(created, {"_id": "b", "v": 1})
-    results = await store.bulk_get(created, [
-        {"id": "a"}, {"id": "b"}, {"id": "a", "rev": second["rev"]}], revs=True)
+    results = await store.bulk_get(
+        created,
+        [{"id": "a"}, {"id": "b"}, {"id": "a", "rev": second["rev"]}],
+        revs=True,
+    )
     assert [r["id"] for r in results] == ["a", "b", "a"]
     [[a], [b], [a_rev]] = [[entry["ok"] for entry in r["docs"]] for r in results]
     assert a["_rev"] == second["rev"] and a["v"] == 2
@@ -510,12 +590,36 @@ async def test_bulk_get(store, created):
 async def test_bulk_get_errors(store, created):
     await store.put_doc(created, {"_id": "a"})
     missing_rev = "1-" + H["f"]
-    results = await store.bulk_get(created, [{"id": "nothing"}, {"id": "a", "rev": missing_rev}])
+    results = await store.bulk_get(
+        created, [{"id": "nothing"}, {"id": "a", "rev": missing_rev}]
+    )
     assert results == [
-        {"id": "nothing", "docs": [{"error": {"id": "nothing", "rev": "undefined",
-                                              "error": "not_found", "reason": "missing"}}]},
-        {"id": "a", "docs": [{"error": {"id": "a", "rev": missing_rev,
-                                        "error": "not_found", "reason": "missing"}}]},
+        {
+            "id": "nothing",
+            "docs": [
+                {
+                    "error": {
+                        "id": "nothing",
+                        "rev": "undefined",
+                        "error": "not_found",
+                        "reason": "missing",
+                    }
+                }
+            ],
+        },
+        {
+            "id": "a",
+            "docs": [
+                {
+                    "error": {
+                        "id": "a",
+                        "rev": missing_rev,
+                        "error": "not_found",
+                        "reason": "missing",
+                    }
+                }
+            ],
+        },
     ]
 
 
@@ -526,17 +630,22 @@ async def test_bulk_get_without_revision_returns_every_leaf(store, created):
     await replicate(store, created, "doc", ["2-" + H["c"], "1-" + H["a"]], {"v": "c"})
     [result] = await store.bulk_get(created, [{"id": "doc"}])
     assert sorted(entry["ok"]["_rev"] for entry in result["docs"]) == [
-        "2-" + H["b"], "2-" + H["c"]]
+        "2-" + H["b"],
+        "2-" + H["c"],
+    ]
 
 
 @pytest_twisted.ensureDeferred
 async def test_revs_diff_lists_what_is_missing(store, created):
     await replicate(store, created, "doc", ["2-" + H["b"], "1-" + H["a"]], {})
-    diff = await store.revs_diff(created, {
-        "doc": ["1-" + H["a"], "2-" + H["b"], "3-" + H["c"]],
-        "known": [],
-        "new": ["1-" + H["d"]],
-    })
+    diff = await store.revs_diff(
+        created,
+        {
+            "doc": ["1-" + H["a"], "2-" + H["b"], "3-" + H["c"]],
+            "known": [],
+            "new": ["1-" + H["d"]],
+        },
+    )
     assert set(diff) == {"doc", "new"}
     assert diff["doc"]["missing"] == ["3-" + H["c"]]
     assert diff["new"]["missing"] == ["1-" + H["d"]]
@@ -549,19 +658,24 @@ async def test_revs_diff_possible_ancestors(store, created):
     await replicate(store, created, "doc", ["2-" + H["b"], "1-" + H["a"]], {})
     await replicate(store, created, "doc", ["2-" + H["c"], "1-" + H["a"]], {})
     diff = await store.revs_diff(created, {"doc": ["3-" + H["d"], "1-" + H["f"]]})
-    assert diff == {"doc": {"missing": ["1-" + H["f"], "3-" + H["d"]],
-                            "possible_ancestors": ["2-" + H["b"], "2-" + H["c"]]}}
+    assert diff == {
+        "doc": {
+            "missing": ["1-" + H["f"], "3-" + H["d"]],
+            "possible_ancestors": ["2-" + H["b"], "2-" + H["c"]],
+        }
+    }
 
 
-# -- _local documents ----------------------------------------------------------------------
+# -- _local documents ----------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_local_documents(store, created):
     first = await store.put_local(created, {"_id": "_local/checkpoint", "seq": 1})
     assert first["ok"] is True and first["id"] == "_local/checkpoint"
     got = await store.get_local(created, "_local/checkpoint")
     assert got == {"_id": "_local/checkpoint", "_rev": first["rev"], "seq": 1}
-    second = await store.put_local(created, {"_id": "_local/checkpoint",
-                                             "_rev": first["rev"], "seq": 2})
+    second = await store.put_local(
+        created, {"_id": "_local/checkpoint", "_rev": first["rev"], "seq": 2}
+    )
     assert second["rev"] != first["rev"]
     assert (await store.get_local(created, "checkpoint"))["seq"] == 2  # prefix optional
     # Local documents are neither listed nor in the changes feed.
@@ -580,7 +694,10 @@ async def test_local_documents_have_no_conflicts(store, created):
     again = await store.put_local(created, {"_id": "_local/cp", "v": 2})
     assert again["rev"] == "0-1"
     assert (await store.get_local(created, "_local/cp")) == {
-        "_id": "_local/cp", "_rev": "0-1", "v": 2}
+        "_id": "_local/cp",
+        "_rev": "0-1",
+        "v": 2,
+    }
 
 
 @pytest_twisted.ensureDeferred
@@ -593,5 +710,7 @@ async def test_missing_local_document(store, created):
 async def test_storage_errors_are_cozy_errors(store, db):
     with pytest.raises(StorageError) as caught:
         await store.db_info(db)
-    assert caught.value.couchdb() == {"error": "not_found",
-                                      "reason": "Database does not exist."}
+    assert caught.value.couchdb() == {
+        "error": "not_found",
+        "reason": "Database does not exist.",
+    }
