@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import attrs
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from cozyd import faults
@@ -279,14 +280,15 @@ class InstanceManager:
     async def _build(self, instance: Instance, options: CreateOptions,
                      iterations: int) -> None:
         faults.checkpoint("create.claimed")
-        for doctype in defaults.DOCTYPES:
-            await self._store.ensure_db(db_name(instance.prefix, doctype))
+        # Independent steps run concurrently: on CouchDB each is a round trip.
+        await _all(self._store.ensure_db(db_name(instance.prefix, doctype))
+                   for doctype in defaults.DOCTYPES)
         faults.checkpoint("create.databases")
-        for doctype, indexes in defaults.INDEXES.items():
-            db = db_name(instance.prefix, doctype)
-            for name, fields, partial in indexes:
-                await self._store.create_index(db, fields, ddoc=name, name=name,
-                                               partial_filter_selector=partial)
+        await _all(self._store.create_index(db_name(instance.prefix, doctype), fields,
+                                            ddoc=name, name=name,
+                                            partial_filter_selector=partial)
+                   for doctype, indexes in defaults.INDEXES.items()
+                   for name, fields, partial in indexes)
         await self._write_settings(instance, options)
         await self._write_tree(instance)
         faults.checkpoint("create.tree")
@@ -351,8 +353,10 @@ class InstanceManager:
             doc_id = domain_hash(f"{instance.domain}{path}")
             docs.append(directory(doc_id, names[key], ids[parent], path, app))
             ids[key], paths[key] = doc_id, path
-        for doc in docs:
-            await self._store.put_doc(files_db, doc)
+        results = await self._store.bulk_docs(files_db, docs)
+        failed = [r for r in results if "error" in r]
+        if failed:
+            raise Conflict(f"cannot write the directory tree: {failed[0]['reason']}")
         root = self.files_dir(instance)
         await self._run_blocking(
             lambda: os.makedirs(os.path.join(root, defaults.TRASH_DIR_NAME),
@@ -523,6 +527,17 @@ class InstanceManager:
         except DocNotFound:
             pass
         self._on_change(instance.domain)
+
+
+async def _all(coroutines) -> list:
+    """Await coroutines concurrently; the first failure is raised once all
+    have settled (nothing is left running behind the caller's back)."""
+    deferreds = [defer.Deferred.fromCoroutine(c) for c in coroutines]
+    results = await defer.DeferredList(deferreds, consumeErrors=True)
+    for ok, value in results:
+        if not ok:
+            value.raiseException()
+    return [value for _, value in results]
 
 
 def _normalize(raw_domain: str) -> str:
