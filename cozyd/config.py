@@ -12,6 +12,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -61,6 +62,22 @@ def _bool(text: str) -> bool:
     raise ValueError("must be true or false")
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+               "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def _byte_size(text: str) -> int:
+    """``10MB``, ``512KiB``, ``1048576``… → a positive number of bytes."""
+    match = re.fullmatch(r"\s*([0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError("must be a size such as 10MB, 512KiB or a number of bytes")
+    value = int(match.group(1)) * _SIZE_UNITS[unit]
+    if value <= 0:
+        raise ValueError("must be a positive size")
+    return value
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices:
@@ -95,6 +112,11 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
     "server": {
         "host": (_text, "127.0.0.1"),
         "port": (_port, "8080"),
+        # Largest request body read (JSON documents, bulk writes…): 413 beyond.
+        "max_body_size": (_byte_size, "10MB"),
+        # Scheme of the public URLs (https behind a TLS front end): links,
+        # redirections, and the Secure flag of cookies.
+        "scheme": (_choice("http", "https"), "http"),
     },
     "admin": {
         "host": (_text, "127.0.0.1"),
@@ -118,6 +140,10 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
     "instances": {
         "cache_ttl": (_positive_float, "5"),
         "kdf_iterations": (_positive_int, "650000"),
+    },
+    "auth": {
+        # Failed logins an hour before an instance is blocked (LOGIN_FAILED).
+        "login_failures_per_hour": (_positive_int, "1000"),
     },
 }
 

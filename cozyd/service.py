@@ -23,13 +23,24 @@ from twisted.web.server import Site
 
 from cozyd.adminpass import PassphraseChecker
 from cozyd.config import Config
-from cozyd.instance.lifecycle import InstanceManager
+from cozyd.instance.lifecycle import InstanceManager, ModifyOptions
 from cozyd.instance.registry import InstanceRegistry
 from cozyd.storage.interface import DocumentStore
 from cozyd.auth.clients import OAuthClients
+from cozyd.auth.oauth import AccessCodes, TokenEndpoint
 from cozyd.permissions.resolver import PermissionResolver
+from cozyd.realtime.hub import EventHub
+from cozyd.auth.limits import RateLimiter
+from cozyd.auth.login import LOGIN_FAILED, LoginFailures, Passphrases
+from cozyd.auth.urls import InstanceURLs
 from cozyd.web.admin import AdminService
+from cozyd.web.data import DataService
+from cozyd.web.auth import AuthService, HomePage, WebSessions
+from cozyd.web.settings import SettingsService
 from cozyd.web.guard import Guard
+from cozyd.auth.sessions import SessionStore
+from cozyd.web.oauth import ClientsSettingsService, OAuthService
+from cozyd.web.pages import Pages
 from cozyd.web.permissions import PermissionsService
 from cozyd.web.root import PublicRoot
 from cozyd.web.status import StatusService
@@ -45,6 +56,8 @@ class Stack:
     registry: InstanceRegistry
     public: Any  # IResource
     admin: Any  # IResource
+    #: Every document write is published here (realtime, @event triggers).
+    hub: EventHub = attrs.field(factory=EventHub)
 
 
 def thread_runner(reactor) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
@@ -94,16 +107,65 @@ def build_stack(config: Config, *, store: DocumentStore,
     status = StatusService(store, config.fs_root)
     resolver = PermissionResolver(store, seconds=seconds,
                                   ttl=config.get("instances", "cache_ttl"))
-    clients = OAuthClients(store, resolver)
-    guard = Guard(resolver, seconds=seconds)
+    clients = OAuthClients(store, resolver, seconds=seconds)
+    access_codes = AccessCodes(store, seconds=seconds)
+    scheme = config.get("server", "scheme")
+    pages = Pages(secure=scheme == "https", scheme=scheme)
+    web_sessions = WebSessions(SessionStore(store, seconds=seconds),
+                               secure=scheme == "https")
+    guard = Guard(resolver, seconds=seconds, session_id_of=web_sessions.session_id_of)
+    hub = EventHub()
     services = {
         "permissions": PermissionsService(guard).resource(),
+        "data": DataService(store, guard, hub,
+                            max_body_size=config.get("server", "max_body_size")).resource(),
+        **owner_services(config, store, instances, registry, guard, pages=pages,
+                         sessions=web_sessions, run_blocking=run_blocking,
+                         seconds=seconds),
+        **oauth_services(clients, access_codes, guard, pages=pages,
+                         session_of=web_sessions.session_id_of, seconds=seconds),
     }
     public = PublicRoot(registry, status, services=services, seconds=seconds).resource()
     checker = PassphraseChecker(config.admin_passphrase_hash)
     admin = AdminService(instances, checker.check, clients=clients,
                          seconds=seconds).resource()
-    return Stack(config, store, instances, registry, public, admin)
+    return Stack(config, store, instances, registry, public, admin, hub)
+
+
+def owner_services(config: Config, store: DocumentStore, instances: InstanceManager,
+                   registry: InstanceRegistry, guard: Guard, *, pages: Pages,
+                   sessions: WebSessions,
+                   run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]],
+                   seconds: Callable[[], float]) -> dict[str, Any]:
+    """The owner's routes: ``/`` (home), ``/auth`` (login, logout,
+    onboarding form) and ``/settings`` (passphrase, instance, sessions)."""
+    urls = InstanceURLs(store, scheme=config.get("server", "scheme"))
+    passphrases = Passphrases(store, run_blocking=run_blocking,
+                              kdf_iterations=config.get("instances", "kdf_iterations"),
+                              on_change=registry.invalidate)
+
+    async def block(domain: str) -> None:
+        await instances.modify(domain, ModifyOptions(blocked=True,
+                                                     blocking_reason=LOGIN_FAILED))
+    failures = LoginFailures(RateLimiter(seconds=seconds), block=block,
+                             per_hour=config.get("auth", "login_failures_per_hour"))
+    auth = AuthService(guard, pages=pages, sessions=sessions, passphrases=passphrases,
+                       failures=failures, urls=urls)
+    settings = SettingsService(guard, store=store, instances=instances, pages=pages,
+                               sessions=sessions, passphrases=passphrases, urls=urls)
+    return {"": HomePage(pages=pages, sessions=sessions, urls=urls).resource(),
+            "auth": auth.resource(), "settings": settings.resource()}
+
+
+def oauth_services(clients: OAuthClients, codes: AccessCodes, guard: Guard, *,
+                   pages: Pages, session_of: Any,
+                   seconds: Callable[[], float]) -> dict[str, Any]:
+    """The OAuth2 routes: registration, consent, tokens, clients settings."""
+    oauth = OAuthService(clients, codes, TokenEndpoint(clients, codes, seconds=seconds),
+                         pages=pages, session_of=session_of, seconds=seconds).resource()
+    clients_settings = ClientsSettingsService(clients, guard).resource()
+    return {"auth/register": oauth, "auth/authorize": oauth, "auth/access_token": oauth,
+            "settings/clients": clients_settings}
 
 
 def access_log_line(timestamp: str, request) -> str:

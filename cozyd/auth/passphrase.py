@@ -23,10 +23,15 @@ def salt_for(domain: str) -> bytes:
 
 
 def client_side_hash(passphrase: str, domain: str, iterations: int) -> str:
-    """What a browser sends instead of the passphrase (base64)."""
-    key = hashlib.pbkdf2_hmac("sha256", passphrase.encode("utf-8"), salt_for(domain),
-                              iterations, dklen=32)
-    return base64.b64encode(key).decode("ascii")
+    """What a browser sends instead of the passphrase (base64): the master
+    key is PBKDF2(passphrase, salt, iterations); the login hash is one more
+    PBKDF2 round of the master key salted with the passphrase (Bitwarden's
+    scheme, which cozy-stack and its clients use)."""
+    secret = passphrase.encode("utf-8")
+    master_key = hashlib.pbkdf2_hmac("sha256", secret, salt_for(domain), iterations,
+                                     dklen=32)
+    hashed = hashlib.pbkdf2_hmac("sha256", master_key, secret, 1, dklen=32)
+    return base64.b64encode(hashed).decode("ascii")
 
 
 def server_hash(client_hash: str) -> bytes:

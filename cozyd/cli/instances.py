@@ -10,14 +10,19 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import json
 import re
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cozyd.auth import passphrase as passphrases
 from cozyd.instance.domain import InvalidDomain, validate_domain
-from cozyd.cli.client import LONG_TIMEOUT, Context, go_duration, instance_path
+from cozyd.cli.client import LONG_TIMEOUT, Context, error_message, go_duration, \
+    instance_path
 from cozyd.cli.output import (
     CLIError,
     dumps_indented,
@@ -464,6 +469,59 @@ def cmd_set_disk_quota(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def _public_request(ctx: Context, domain: str, method: str, path: str, token: str,
+                    body: Any = None) -> tuple[int, bytes]:
+    """A request to the public server (``--host``/``--port``) for the
+    instance ``domain`` (its Host header), with a token."""
+    host = f"[{ctx.host}]" if ":" in ctx.host else ctx.host
+    request = urllib.request.Request(
+        f"http://{host}:{ctx.port}{path}", method=method,
+        data=None if body is None else json.dumps(body).encode("utf-8"),
+        headers={"Host": domain, "Authorization": f"Bearer {token}",
+                 "Accept": "application/vnd.api+json, application/json",
+                 "Content-Type": "application/json", "User-Agent": "cozyctl"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=ctx.timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CLIError(f"could not reach the server at {host}:{ctx.port}: {reason} "
+                       "(see --host/--port)") from None
+
+
+def cmd_set_passphrase(args: argparse.Namespace, ctx: Context) -> int:
+    """As ``cozy-stack instances set-passphrase``, but the passphrase is
+    hashed here the way a browser does, so it never travels in clear."""
+    domain = check_domain(args.domain)
+    token = ctx.admin.request("POST", "/instances/token", [
+        ("Domain", domain), ("Audience", "cli"), ("Scope", "io.cozy.settings")]
+    ).text().strip()
+    status, body = _public_request(ctx, domain, "GET", "/settings/passphrase", token)
+    iterations = 0
+    if status == 200:
+        try:
+            iterations = int(json.loads(body)["data"]["attributes"]["iterations"] or 0)
+        except (ValueError, KeyError, TypeError):
+            iterations = 0
+    elif status != 404:
+        raise CLIError(f"the server answered {status} to GET /settings/passphrase: "
+                       f"{body.decode('utf-8', 'replace')[:200]}")
+    iterations = iterations or passphrases.DEFAULT_KDF_ITERATIONS
+    hashed = passphrases.client_side_hash(args.new_passphrase, domain, iterations)
+    status, body = _public_request(ctx, domain, "PUT", "/settings/passphrase", token, {
+        "new_passphrase": hashed, "iterations": iterations, "force": True})
+    if status != 204:
+        detail = error_message(status, "", body) if status != 401 else \
+            "the server refused the CLI token (401)"
+        raise CLIError(f"Failed to change the passphrase of {domain}: {detail}")
+    out(f"Passphrase has been changed for instance {domain}")
+    return 0
+
+
 def _confirm(action: str, domain: str) -> None:
     info(
         f"Are you sure you want to {action} instance for domain {domain}?\n"
@@ -649,6 +707,15 @@ def register(
     )
     p.add_argument("domain")
     p.add_argument("disk_quota", type=parse_bytes, metavar="disk-quota")
+
+    p = command(
+        "set-passphrase",
+        cmd_set_passphrase,
+        "change the passphrase of an instance (talks to the public server: "
+        "see --host/--port)",
+    )
+    p.add_argument("domain")
+    p.add_argument("new_passphrase", metavar="new-passphrase")
 
     p = command(
         "destroy",

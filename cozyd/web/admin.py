@@ -17,8 +17,9 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 
 from cozyd.auth import tokens
+from cozyd.auth.clients import RegistrationError
 from cozyd.durations import parse_duration
-from cozyd.errors import BadRequest, Unauthorized, Unprocessable
+from cozyd.errors import BadRequest, NotFound, Unauthorized, Unprocessable
 from cozyd.instance.lifecycle import (CreateOptions, InstanceManager, ModifyOptions,
                                       parse_settings)
 from cozyd.web.common import (JSONAPI, install_error_handlers, json_response,
@@ -157,7 +158,8 @@ class AdminService:
             except ValueError as exc:
                 raise BadRequest(str(exc)) from None
             lifetime = tokens.validity(audience)
-            if lifetime is not None:
+            # A zero duration ("0s") means the default lifetime, as cozy-stack.
+            if lifetime is not None and wanted:
                 # cozy-stack shifts iat so that the token lives ``Expire``.
                 issued_at = now + wanted - lifetime
         if audience in (tokens.ACCESS, tokens.REFRESH):
@@ -169,6 +171,37 @@ class AdminService:
         token = tokens.issue(instance, audience, subject, issued_at=issued_at, scope=scope)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return token.encode("ascii")
+
+    # -- OAuth clients ------------------------------------------------------
+    @app.route("/instances/oauth_client", methods=["POST"])
+    async def create_oauth_client(self, request: IRequest):
+        self._authenticate(request)
+        instance = await self._instances.get(query_text(request, "Domain") or "")
+        allow_login_scope = query_bool(request, "AllowLoginScope") or False
+        metadata = {"redirect_uris": [query_text(request, "RedirectURI") or ""],
+                    "client_name": query_text(request, "ClientName") or "",
+                    "software_id": query_text(request, "SoftwareID") or ""}
+        try:
+            client = await self._clients.register(instance, metadata, pending=False,
+                                                  allow_login_scope=allow_login_scope)
+        except RegistrationError as error:
+            # cozy-stack answers the bare description, as text.
+            request.setResponseCode(400)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return (error.description or error.error).encode("utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return json_response(request, client)
+
+    @app.route("/instances/oauth_client", methods=["GET"])
+    async def find_oauth_client(self, request: IRequest):
+        self._authenticate(request)
+        instance = await self._instances.get(query_text(request, "domain") or "")
+        software_id = query_text(request, "software_id") or ""
+        client = await self._clients.find_by_software_id(instance, software_id)
+        if client is None:
+            raise NotFound(f"no OAuth client with software_id {software_id!r}",
+                           code="client_not_found")
+        return json_response(request, {**client, "client_id": client["_id"]})
 
     @app.route("/", branch=True)
     def unknown(self, request: IRequest):

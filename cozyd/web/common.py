@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from cozyd.instance.model import Instance
-from cozyd.errors import BadRequest, CozyError, EchoError, NotFound
+from cozyd.errors import BadRequest, CozyError, EchoError, NotFound, PayloadTooLarge
 
 JSONAPI = "application/vnd.api+json"
 JSON = "application/json"
@@ -138,3 +138,79 @@ def query_list(request: IRequest, name: str) -> tuple[str, ...] | None:
     if text is None:
         return None
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+# -- request bodies ---------------------------------------------------------
+
+#: Deepest nesting of arrays and objects accepted in a JSON body.
+MAX_JSON_DEPTH = 200
+
+
+def read_body(request: IRequest, max_size: int) -> bytes:
+    """The request body, or ``PayloadTooLarge`` (413) when it is larger than
+    ``max_size`` bytes (told by Content-Length or found while reading)."""
+    declared = request.getHeader(b"content-length")
+    if declared is not None:
+        try:
+            if int(declared) > max_size:
+                raise PayloadTooLarge(f"the request body is larger than {max_size} bytes")
+        except ValueError:
+            raise BadRequest("invalid Content-Length header") from None
+    content = getattr(request, "content", None)
+    if content is None:
+        return b""
+    content.seek(0)
+    data = content.read(max_size + 1)
+    if len(data) > max_size:
+        raise PayloadTooLarge(f"the request body is larger than {max_size} bytes")
+    return data
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Strict JSON (UTF-8, no NaN/Infinity, at most ``max_depth`` levels of
+    nesting): the value, or ``ValueError`` saying what is wrong."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("the body is not valid UTF-8") from None
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") \
+            from None
+    if json_depth(value) > max_depth:
+        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    return value
+
+
+def json_depth(value: Any) -> int:
+    """Levels of arrays and objects in a parsed JSON value (0 for a scalar)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def read_json(request: IRequest, max_size: int, *,
+              max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``read_body`` then ``parse_json``; ``BadRequest`` for bad JSON."""
+    data = read_body(request, max_size)
+    try:
+        return parse_json(data, max_depth=max_depth)
+    except ValueError as e:
+        raise BadRequest(str(e)) from None

@@ -89,6 +89,8 @@ class PublicRoot:
         service = self._services.get(f"{segment}/{second}") or self._services.get(segment)
         if service is None:
             return not_found(request)
-        # The service app sees the path below its prefix.
-        request.prepath.append(request.postpath.pop(0))
+        # The service app sees the path below its prefix; ``/`` itself goes
+        # as ``/`` to the service of the empty prefix (the home page).
+        if segment:
+            request.prepath.append(request.postpath.pop(0))
         return service

@@ -90,7 +90,8 @@ def test_modify_blocks_and_unblocks(daemon):
     response = daemon.public("GET", "/data/io.cozy.notes/", host=DOMAIN)
     assert (response.status, response.json()["errors"][0]["code"]) == (503, "LOGIN_FAILED")
     daemon.cozyctl("instances", "modify", DOMAIN, "--blocked=false")
-    assert daemon.public("GET", "/data/io.cozy.notes/", host=DOMAIN).status == 404
+    # Served again: the data service asks for a token.
+    assert daemon.public("GET", "/data/io.cozy.notes/", host=DOMAIN).status == 401
     changed = daemon.cozyctl("instances", "modify", DOMAIN, "--locale", "fr",
                              "--email", "new@example.com", "--public-name", "Al",
                              "--disk-quota", "1GB", "--domain-aliases", "alice.example.org")

@@ -56,7 +56,8 @@ def test_blocked_instance(admin, public, reason, status):
     assert public.request("GET", "http://alice.cozy.test/settings/x").status == 404
     admin.request("PATCH", ADMIN + "/instances/alice.cozy.test", auth=AUTH,
                   params={"Blocked": "false"})
-    assert public.request("GET", "http://alice.cozy.test/data/x").status == 404
+    # Served again: the data service asks for a token.
+    assert public.request("GET", "http://alice.cozy.test/data/x").status == 401
 
 
 def test_instance_being_deleted_is_not_served(admin, public):

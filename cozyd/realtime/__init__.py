@@ -1,0 +1,1 @@
+"""Realtime: the in-process event hub (``hub.py``) every write publishes to."""

@@ -1,0 +1,643 @@
+"""OAuth2 on the public site: ``/auth/register``, ``/auth/authorize``,
+``/auth/access_token`` (``OAuthService``) and ``/settings/clients``
+(``ClientsSettingsService``).
+
+Errors are rendered as cozy-stack renders them on these routes: the
+registration protocol answers ``{"error", "error_description"}``, the token
+endpoint ``{"error": message}``, the authorize pages an HTML error page.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import attrs
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from cozyd.auth import tokens
+from cozyd.auth.clients import LOGIN_SCOPE, OAuthClients, RegistrationError, public_view
+from cozyd.auth.oauth import PKCE_METHOD, AccessCodes, TokenEndpoint, TokenRequestError
+from cozyd.errors import CozyError, EchoError
+from cozyd.instance.model import Instance
+from cozyd.permissions.resolver import CLIENTS_DOCTYPE
+from cozyd.permissions.rules import ALL_VERBS, InvalidPermission, PermissionSet, Rule
+from cozyd.web.common import (JSONAPI, install_error_handlers, instance_of,
+                              json_response, parse_json, query_int, query_text,
+                              read_body)
+from cozyd.web.guard import Guard, request_token, requires
+from cozyd.web.pages import Pages, language_of
+
+log = Logger()
+
+#: Largest JSON body accepted by the registration routes.
+MAX_REGISTRATION_BODY = 64 * 1024
+
+SessionOf = Callable[[IRequest, Instance], Awaitable[Any]]
+
+
+class JSONError(CozyError):
+    """Answered as ``{"error": detail}`` (cozy-stack's ``c.JSON`` errors)."""
+
+
+class LoginScopeRefused(EchoError):
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__("Not authorized to create client with given parameters")
+
+
+class PageError(CozyError):
+    """Answered as the HTML error page (localized message)."""
+
+    def __init__(self, status: int, key: str):
+        super().__init__(key, status=status)
+        self.key = key
+
+
+# -- the words of the pages -------------------------------------------------------
+
+MESSAGES = {
+    "en": {
+        "no_state": "The state parameter is mandatory",
+        "no_client_id": "The client_id parameter is mandatory",
+        "no_redirect_uri": "The redirect_uri parameter is mandatory",
+        "no_scope": "The scope parameter is mandatory",
+        "no_client": "The client must be registered",
+        "bad_redirect_uri": "The redirect_uri parameter doesn't match the registered ones",
+        "bad_response_type": "Invalid response type",
+        "bad_scope": "Invalid scope",
+        "bad_challenge_method": "Invalid challenge code method",
+        "no_challenge": "The code_challenge parameter must be given when "
+                        "code_challenge_method is present",
+        "not_logged_in": "You must be authenticated",
+        "error_title": "Something went wrong",
+        "title": "Give {client} access to your cozy?",
+        "intro": "{client} asks to access your cozy {domain}:",
+        "policy": "How it uses your data is explained in its privacy policy.",
+        "warning": "Only the redirect address {redirect} is guaranteed to belong to "
+                   "this application. Authorize it only if you trust it.",
+        "accept": "Authorize",
+        "deny": "Deny",
+    },
+    "fr": {
+        "no_state": "Le paramètre state est obligatoire",
+        "no_client_id": "Le paramètre client_id est obligatoire",
+        "no_redirect_uri": "Le paramètre redirect_uri est obligatoire",
+        "no_scope": "Le paramètre scope est obligatoire",
+        "no_client": "Le client doit être enregistré",
+        "bad_redirect_uri": "Le paramètre redirect_uri ne correspond pas à ceux enregistrés",
+        "bad_response_type": "Le type de réponse est invalide",
+        "bad_scope": "Le paramètre scope est invalide",
+        "bad_challenge_method": "Le paramètre code_challenge_method est invalide",
+        "no_challenge": "Le paramètre code_challenge doit être fourni en présence du "
+                        "paramètre code_challenge_method",
+        "not_logged_in": "Vous devez être connecté",
+        "error_title": "Une erreur est survenue",
+        "title": "Donner à {client} l'accès à votre cozy ?",
+        "intro": "{client} demande l'accès à votre cozy {domain} :",
+        "policy": "Sa politique de confidentialité explique l'usage qu'elle fera de "
+                  "vos données.",
+        "warning": "Seule l'adresse de retour {redirect} appartient à coup sûr à cette "
+                   "application. Ne l'autorisez que si vous lui faites confiance.",
+        "accept": "Autoriser",
+        "deny": "Refuser",
+    },
+}
+
+#: What a doctype holds, in words (en, fr).
+DOCTYPE_WORDS = {
+    "io.cozy.files": ("your files and folders", "vos fichiers et dossiers"),
+    "io.cozy.files.versions": ("the previous versions of your files",
+                               "les versions précédentes de vos fichiers"),
+    "io.cozy.contacts": ("your contacts", "vos contacts"),
+    "io.cozy.contacts.groups": ("your groups of contacts", "vos groupes de contacts"),
+    "io.cozy.calendar.events": ("your calendar events", "les événements de votre agenda"),
+    "io.cozy.calendar": ("your calendars", "vos agendas"),
+    "io.cozy.apps": ("your applications", "vos applications"),
+    "io.cozy.konnectors": ("your connectors", "vos connecteurs"),
+    "io.cozy.accounts": ("the accounts of your connectors", "les comptes de vos connecteurs"),
+    "io.cozy.bills": ("your bills", "vos factures"),
+    "io.cozy.bank": ("your banking data", "vos données bancaires"),
+    "io.cozy.bank.accounts": ("your bank accounts", "vos comptes bancaires"),
+    "io.cozy.bank.operations": ("your bank transactions", "vos opérations bancaires"),
+    "io.cozy.bank.groups": ("your groups of bank accounts",
+                            "vos groupes de comptes bancaires"),
+    "io.cozy.bank.settings": ("your banking settings", "vos réglages bancaires"),
+    "io.cozy.jobs": ("your background tasks", "vos tâches de fond"),
+    "io.cozy.triggers": ("the schedules of your background tasks",
+                         "la planification de vos tâches de fond"),
+    "io.cozy.notifications": ("your notifications", "vos notifications"),
+    "io.cozy.settings": ("your settings", "vos paramètres"),
+    "io.cozy.permissions": ("the permissions of your apps and shared links",
+                            "les permissions de vos applications et liens partagés"),
+    "io.cozy.oauth.clients": ("the devices and programs connected to your cozy",
+                              "les appareils et programmes connectés à votre cozy"),
+    "io.cozy.sharings": ("your sharings", "vos partages"),
+    "io.cozy.photos.albums": ("your photo albums", "vos albums photo"),
+    "io.cozy.identities": ("your identities", "vos identités"),
+    "io.cozy.tags": ("your tags", "vos étiquettes"),
+    "io.cozy.sessions.logins": ("the history of your logins",
+                                "l'historique de vos connexions"),
+    "io.cozy.notes": ("your notes", "vos notes"),
+    "com.bitwarden.ciphers": ("your saved passwords", "vos mots de passe enregistrés"),
+    "com.bitwarden.folders": ("the folders of your passwords",
+                              "les dossiers de vos mots de passe"),
+    "com.bitwarden.profiles": ("your password manager profile",
+                               "votre profil du gestionnaire de mots de passe"),
+    "com.bitwarden.organizations": ("your password sharing organizations",
+                                    "vos organisations de partage de mots de passe"),
+}
+
+#: Workers a rule restricted to one worker lets the client start.
+WORKER_WORDS = {
+    "sendmail": ("Send you emails", "Vous envoyer des e-mails"),
+    "konnector": ("Run your connectors", "Lancer vos connecteurs"),
+    "service": ("Run the services of your applications",
+                "Lancer les services de vos applications"),
+    "thumbnail": ("Make thumbnails of your images", "Créer les miniatures de vos images"),
+    "log": ("Write to the logs of your cozy", "Écrire dans les journaux de votre cozy"),
+}
+
+_ACTIONS = {"GET": ("read", "lire"), "POST": ("create", "créer"),
+            "PUT": ("modify", "modifier"), "DELETE": ("delete", "supprimer")}
+
+
+def _locale(locale: str) -> int:
+    return 1 if (locale or "").lower().startswith("fr") else 0
+
+
+def _join(words: list[str], fr: bool) -> str:
+    if len(words) == 1:
+        return words[0]
+    last = " et " if fr else " and "
+    return ", ".join(words[:-1]) + last + words[-1]
+
+
+def _what(doctype: str, fr: bool) -> str:
+    wildcard = doctype.endswith(".*")
+    base = doctype[:-2] if wildcard else doctype
+    words = DOCTYPE_WORDS.get(base)
+    if words is not None:
+        text = words[fr]
+        if wildcard:
+            text += " et les données associées" if fr else " and related data"
+        return text
+    if wildcard:
+        return (f"les documents de type {base} et de ses sous-types" if fr else
+                f"documents of type {base} and its sub-types")
+    return f"les documents de type {doctype}" if fr else f"documents of type {doctype}"
+
+
+def describe_rule(rule: Rule, locale: str = "en") -> str:
+    """One rule in words, e.g. ``Read your contacts``."""
+    fr = bool(_locale(locale))
+    if rule.type == "*":
+        return "Un accès complet à tout votre cozy" if fr else \
+            "Full access to your whole cozy"
+    if rule.type in ("io.cozy.jobs", "io.cozy.triggers") and rule.selector == "worker" \
+            and len(rule.values) == 1:
+        words = WORKER_WORDS.get(rule.values[0])
+        if words is not None:
+            return words[fr]
+        return (f"Lancer des tâches de fond « {rule.values[0]} »" if fr else
+                f"Start background tasks of type “{rule.values[0]}”")
+    if rule.type == "io.cozy.settings" and rule.verbs == {"GET"} and \
+            rule.values == ("io.cozy.settings.disk-usage",):
+        return "Voir l'espace de stockage utilisé" if fr else \
+            "See how much storage you use"
+    if rule.verbs == ALL_VERBS:
+        action = "lire et modifier" if fr else "read and modify"
+    else:
+        verbs = set(rule.verbs)
+        if "PATCH" in verbs:
+            verbs.add("PUT")
+        action = _join([_ACTIONS[v][fr] for v in ("GET", "POST", "PUT", "DELETE")
+                        if v in verbs], fr)
+    text = f"{action[0].upper()}{action[1:]} {_what(rule.type, fr)}"
+    if rule.values:
+        shown = ", ".join(rule.values[:5]) + (", …" if len(rule.values) > 5 else "")
+        if rule.selector:
+            text += (f" (seulement ceux dont « {rule.selector} » vaut {shown})" if fr else
+                     f" (only those whose “{rule.selector}” is {shown})")
+        else:
+            text += f" (seulement : {shown})" if fr else f" (only: {shown})"
+    return text
+
+
+def describe_scope(permissions: PermissionSet, locale: str = "en") -> list[str]:
+    return [describe_rule(rule, locale) for _, rule in permissions.rules]
+
+
+def message(locale: str, key: str, **values: str) -> str:
+    table = MESSAGES["fr"] if _locale(locale) else MESSAGES["en"]
+    return table[key].format(**values)
+
+
+# -- request parameters ------------------------------------------------------------
+
+@attrs.frozen
+class AuthorizeParams:
+    state: str
+    client_id: str
+    redirect_uri: str
+    scope: str
+    response_type: str
+    challenge: str
+    challenge_method: str
+
+    @classmethod
+    def from_request(cls, request: IRequest) -> "AuthorizeParams":
+        def arg(name: str) -> str:
+            return query_text(request, name) or ""
+        return cls(state=arg("state"), client_id=arg("client_id"),
+                   redirect_uri=arg("redirect_uri"), scope=arg("scope").strip(),
+                   response_type=arg("response_type"), challenge=arg("code_challenge"),
+                   challenge_method=arg("code_challenge_method"))
+
+
+def redirect_with(uri: str, **params: str) -> str:
+    """``uri`` with ``params`` set in its query (sorted, as cozy-stack
+    encodes it), its fragment dropped and an empty one added, so that a
+    fragment the browser kept cannot leak into the client."""
+    parts = urlsplit(uri)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    query.update(params)
+    encoded = urlencode(sorted(query.items()))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, encoded, "")) + "#"
+
+
+def read_registration(request: IRequest) -> Any:
+    """The JSON body of a registration request (small, shallow)."""
+    data = read_body(request, MAX_REGISTRATION_BODY)
+    try:
+        return parse_json(data, max_depth=8)
+    except ValueError:
+        raise RegistrationError("invalid_client_metadata",
+                                "the request body must be JSON") from None
+
+
+def _accepts_json(request: IRequest) -> None:
+    accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+    if accept != "*/*" and "application/json" not in accept:
+        raise JSONError("bad_accept_header", status=400)
+
+
+def _sends_json(request: IRequest) -> None:
+    content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
+    if not content_type.startswith("application/json"):
+        raise JSONError("bad_content_type", status=400)
+
+
+#: A CSP source expression we may add (scheme and host only, nothing odd).
+_CSP_SOURCE = re.compile(r"^[a-z][a-z0-9+.-]*:(//[A-Za-z0-9.-]+(:[0-9]+)?)?$")
+
+
+def allow_form_target(policy: str, redirect_uri: str) -> str:
+    """``policy`` letting the consent form lead to ``redirect_uri``: Chromium
+    applies ``form-action`` to the redirect that follows the POST. Only the
+    client's origin (or custom scheme) is added, and only to a policy that
+    restricts forms to 'self'."""
+    parts = urlsplit(redirect_uri)
+    scheme = parts.scheme.lower()
+    target = f"{scheme}://{parts.netloc}" if scheme in ("http", "https") else f"{scheme}:"
+    if "form-action 'self'" not in policy or not _CSP_SOURCE.fullmatch(target):
+        return policy
+    return policy.replace("form-action 'self'", f"form-action 'self' {target}", 1)
+
+
+def _web_link(value: Any) -> str:
+    """A client-declared URL, if it is safe to link to (http or https)."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        scheme = urlsplit(value).scheme.lower()
+    except ValueError:
+        return ""
+    return value if scheme in ("http", "https") else ""
+
+
+def _bearer(request: IRequest) -> str | None:
+    header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+    return header[7:].strip() if header.startswith("Bearer ") else None
+
+
+def _no_store(request: IRequest) -> None:
+    # Answers carrying secrets or tokens must not be cached (RFC 6749 §5.1).
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"Pragma", b"no-cache")
+
+
+# -- /auth ------------------------------------------------------------------------------
+
+class OAuthService:
+    """``/auth/register…``, ``/auth/authorize`` and ``/auth/access_token``."""
+
+    app = Klein()
+
+    @app.handle_errors(RegistrationError)
+    def _registration_error(self, request: IRequest, failure) -> bytes:
+        error = failure.value
+        return json_response(request, error.body(), status=error.status)
+
+    @app.handle_errors(TokenRequestError)
+    def _token_error(self, request: IRequest, failure) -> bytes:
+        error = failure.value
+        return json_response(request, error.body(), status=error.status)
+
+    @app.handle_errors(JSONError)
+    def _json_error(self, request: IRequest, failure) -> bytes:
+        error = failure.value
+        return json_response(request, {"error": error.detail}, status=error.status)
+
+    @app.handle_errors(PageError)
+    def _page_error(self, request: IRequest, failure) -> bytes:
+        error = failure.value
+        language = self._language(request)
+        return self._pages.render(request, "error.html", status=error.status,
+                                  error_title=message(language, "error_title"),
+                                  error_message=message(language, error.key))
+
+    install_error_handlers(app)
+
+    def __init__(self, clients: OAuthClients, codes: AccessCodes, tokens_endpoint:
+                 TokenEndpoint, *, pages: Pages, session_of: SessionOf | None,
+                 seconds: Callable[[], float]):
+        """``session_of(request, instance)`` gives the owner's session of the
+        request (its cookie), or None when nobody is logged in."""
+        self._clients = clients
+        self._codes = codes
+        self._token_endpoint = tokens_endpoint
+        self._pages = pages
+        self._session_of = session_of
+        self._seconds = seconds
+
+    def resource(self):
+        return self.app.resource()
+
+    # -- dynamic registration (RFC 7591 / 7592) -------------------------------------
+    @app.route("/register", methods=["POST"])
+    async def register(self, request: IRequest):
+        instance = instance_of(request)
+        _accepts_json(request)
+        _sends_json(request)
+        self._clients.check_rate(instance)
+        body = read_registration(request)
+        allow_login = isinstance(body, dict) and body.get("allow_login_scope") is True
+        if allow_login and not self._holds_cli_token(request, instance):
+            # Clients that only log users in are created by the operator.
+            raise LoginScopeRefused()
+        client = await self._clients.register(instance, body,
+                                              allow_login_scope=allow_login)
+        log.info("OAuth client {client_id} registered on {domain}",
+                 client_id=client["client_id"], domain=instance.domain)
+        _no_store(request)
+        return json_response(request, client, status=201)
+
+    def _holds_cli_token(self, request: IRequest, instance: Instance) -> bool:
+        token = request_token(request)
+        if not token:
+            return False
+        try:
+            tokens.parse(instance, token, now=self._seconds(), audiences=(tokens.CLI,))
+        except CozyError:
+            return False
+        return True
+
+    async def _client_with_token(self, request: IRequest, client_id: str) -> dict:
+        instance = instance_of(request)
+        client = await self._clients.get(instance, client_id)
+        if client is None:
+            raise JSONError("Client not found", status=404)
+        if not self._clients.check_registration_token(instance, client, _bearer(request)):
+            raise JSONError("invalid_token", status=401)
+        return client
+
+    @app.route("/register/<string:client_id>", methods=["GET", "HEAD"])
+    async def read_client(self, request: IRequest, client_id: str):
+        _accepts_json(request)
+        client = await self._client_with_token(request, client_id)
+        _no_store(request)
+        return json_response(request, public_view(client))
+
+    @app.route("/register/<string:client_id>", methods=["PUT"])
+    async def update_client(self, request: IRequest, client_id: str):
+        instance = instance_of(request)
+        _accepts_json(request)
+        _sends_json(request)
+        self._clients.check_rate(instance)
+        old = await self._client_with_token(request, client_id)
+        body = read_registration(request)
+        client = await self._clients.update(instance, old, body)
+        _no_store(request)
+        return json_response(request, client)
+
+    @app.route("/register/<string:client_id>", methods=["DELETE"])
+    async def delete_client(self, request: IRequest, client_id: str):
+        instance = instance_of(request)
+        client = await self._clients.get(instance, client_id)
+        if client is not None:
+            if not self._clients.check_registration_token(instance, client,
+                                                          _bearer(request)):
+                raise JSONError("invalid_token", status=401)
+            await self._clients.delete(instance, client)
+            log.info("OAuth client {client_id} unregistered from {domain}",
+                     client_id=client["_id"], domain=instance.domain)
+        request.setResponseCode(204)
+        return b""
+
+    # -- authorization ------------------------------------------------------------------
+    async def _check_params(self, instance: Instance, params: AuthorizeParams) -> dict:
+        """The client, once the parameters make sense (PageError if not)."""
+        if not params.state:
+            raise PageError(400, "no_state")
+        if not params.client_id:
+            raise PageError(400, "no_client_id")
+        if not params.redirect_uri:
+            raise PageError(400, "no_redirect_uri")
+        if params.response_type != "code":
+            raise PageError(400, "bad_response_type")
+        if params.challenge and params.challenge_method != PKCE_METHOD:
+            raise PageError(400, "bad_challenge_method")
+        if params.challenge_method and not params.challenge:
+            if params.challenge_method != PKCE_METHOD:
+                raise PageError(400, "bad_challenge_method")
+            raise PageError(400, "no_challenge")
+        client = await self._clients.get(instance, params.client_id)
+        if client is None:
+            raise PageError(400, "no_client")
+        if params.redirect_uri not in (client.get("redirect_uris") or []):
+            raise PageError(400, "bad_redirect_uri")
+        if params.scope == "*":
+            # The maximal scope is for the certified flagship app, with PKCE.
+            if not params.challenge:
+                raise PageError(400, "no_challenge")
+            if not client.get("flagship"):
+                raise PageError(400, "bad_scope")
+        if not params.scope:
+            raise PageError(400, "no_scope")
+        if params.scope == LOGIN_SCOPE and not client.get("allow_login_scope"):
+            raise PageError(400, "no_scope")
+        return client
+
+    def _permissions(self, client: dict, params: AuthorizeParams) -> PermissionSet:
+        try:
+            return PermissionSet.from_scope(params.scope, type="oauth",
+                                            source_id=client["_id"])
+        except InvalidPermission:
+            raise PageError(400, "bad_scope") from None
+
+    def _language(self, request: IRequest) -> str:
+        return language_of(request, getattr(request, "cozy_instance", None))
+
+    async def _logged_in(self, request: IRequest, instance: Instance) -> bool:
+        if self._session_of is None:
+            return False
+        return bool(await self._session_of(request, instance))
+
+    @app.route("/authorize", methods=["GET", "HEAD"])
+    async def authorize_form(self, request: IRequest):
+        instance = instance_of(request)
+        params = AuthorizeParams.from_request(request)
+        client = await self._check_params(instance, params)
+        if not await self._logged_in(request, instance):
+            # Back here once logged in (request.uri is the path and query).
+            here = f"{self._pages.scheme}://{instance.domain}" + \
+                request.uri.decode("utf-8", "replace")
+            return self._pages.login_redirect(request, instance, here)
+        if params.scope == LOGIN_SCOPE:
+            # Login-only clients get a code without a consent screen.
+            return await self._give_code(request, instance, client, params, scope="")
+        permissions = self._permissions(client, params)
+        return self._consent_page(request, instance, client, params, permissions)
+
+    def _consent_page(self, request: IRequest, instance: Instance, client: dict,
+                      params: AuthorizeParams, permissions: PermissionSet) -> bytes:
+        language = self._language(request)
+        name = str(client.get("client_name") or client["_id"])
+        scheme = urlsplit(params.redirect_uri).scheme.lower()
+        deny = redirect_with(params.redirect_uri, error="access_denied", state=params.state)
+        csrf = self._pages.csrf_token(request)
+        body = self._pages.render(
+            request, "authorize.html",
+            title=message(language, "title", client=name),
+            intro=message(language, "intro", client=name, domain=instance.domain),
+            client_name=name, client_uri=_web_link(client.get("client_uri")),
+            policy_uri=_web_link(client.get("policy_uri")),
+            policy=message(language, "policy"),
+            permissions="\n".join("• " + line for line in
+                                   describe_scope(permissions, language)),
+            warning=message(language, "warning", redirect=params.redirect_uri),
+            accept=message(language, "accept"), deny=message(language, "deny"),
+            deny_uri=deny if scheme in ("http", "https", "cozy") else "/",
+            csrf_token=csrf, client_id=client["_id"], state=params.state,
+            redirect_uri=params.redirect_uri, scope=params.scope,
+            code_challenge=params.challenge,
+            code_challenge_method=params.challenge_method)
+        policy = (request.responseHeaders.getRawHeaders(b"content-security-policy")
+                  or [b""])[0].decode("latin-1")
+        changed = allow_form_target(policy, params.redirect_uri)
+        if changed != policy:
+            request.setHeader(b"Content-Security-Policy", changed.encode("latin-1"))
+        return body
+
+    @app.route("/authorize", methods=["POST"])
+    async def authorize(self, request: IRequest):
+        instance = instance_of(request)
+        self._pages.check_csrf(request)
+        params = AuthorizeParams.from_request(request)
+        client = await self._check_params(instance, params)
+        if not await self._logged_in(request, instance):
+            raise PageError(401, "not_logged_in")
+        scope = "" if params.scope == LOGIN_SCOPE else params.scope
+        if scope:
+            self._permissions(client, params)
+        return await self._give_code(request, instance, client, params, scope=scope)
+
+    async def _give_code(self, request: IRequest, instance: Instance, client: dict,
+                         params: AuthorizeParams, *, scope: str):
+        await self._clients.mark_used(instance, client)
+        code = await self._codes.create(instance, client["_id"], scope, params.challenge)
+        log.info("OAuth access code created for client {client_id} on {domain}",
+                 client_id=client["_id"], domain=instance.domain)
+        location = redirect_with(params.redirect_uri, access_code=code, code=code,
+                                 state=params.state)
+        _no_store(request)
+        if (request.getHeader(b"accept") or b"") == b"application/json":
+            return json_response(request, {"deeplink": location})
+        request.setResponseCode(302)
+        request.setHeader(b"Location", location.encode("utf-8"))
+        return b""
+
+    # -- tokens -------------------------------------------------------------------------
+    @app.route("/access_token", methods=["POST"])
+    async def access_token(self, request: IRequest):
+        instance = instance_of(request)
+        form = {name: query_text(request, name) or "" for name in (
+            "grant_type", "client_id", "client_secret", "code", "code_verifier",
+            "refresh_token")}
+        response = await self._token_endpoint.exchange(instance, form)
+        _no_store(request)
+        return json_response(request, response.json())
+
+
+# -- /settings/clients -----------------------------------------------------------------
+
+class ClientsSettingsService:
+    """``GET /settings/clients`` and ``DELETE /settings/clients/:id``."""
+
+    app = Klein()
+    install_error_handlers(app)
+
+    def __init__(self, clients: OAuthClients, guard: Guard):
+        self._clients = clients
+        self.guard = guard
+
+    def resource(self):
+        return self.app.resource()
+
+    @app.route("/clients", methods=["GET", "HEAD"])
+    @requires(CLIENTS_DOCTYPE)
+    async def list_clients(self, request: IRequest):
+        instance = instance_of(request)
+        limit = query_int(request, "page[limit]", minimum=0)
+        if limit is None or limit == 0 or limit > 1000:
+            limit = 100
+        clients, cursor = await self._clients.list(
+            instance, limit=limit, cursor=query_text(request, "page[cursor]") or None)
+        data = [{
+            "type": CLIENTS_DOCTYPE, "id": client["_id"],
+            "attributes": {k: v for k, v in client.items()
+                           if k not in ("_id", "_rev", "client_id", "client_secret")},
+            "meta": {"rev": client.get("_rev")},
+            "links": {"self": f"/settings/clients/{client['_id']}"},
+        } for client in clients]
+        links: dict[str, str] = {}
+        if cursor:
+            query = {"page[cursor]": cursor}
+            if limit != 100:
+                query["page[limit]"] = str(limit)
+            links["next"] = "/settings/clients?" + urlencode(query)
+        return json_response(request, {"data": data, "links": links,
+                                       "meta": {"count": len(data)}},
+                             content_type=JSONAPI)
+
+    @app.route("/clients/<string:client_id>", methods=["DELETE"])
+    @requires(CLIENTS_DOCTYPE)
+    async def revoke_client(self, request: IRequest, client_id: str):
+        instance = instance_of(request)
+        client = await self._clients.find(instance, client_id)
+        await self._clients.delete(instance, client)
+        log.info("OAuth client {client_id} revoked on {domain}",
+                 client_id=client_id, domain=instance.domain)
+        request.setResponseCode(204)
+        return b""
+
+
+__all__ = ["OAuthService", "ClientsSettingsService", "describe_rule", "describe_scope",
+           "redirect_with"]
