@@ -25,13 +25,22 @@ class InstanceRegistry:
         self._ttl = ttl
         self._cache: OrderedDict[str, tuple[float, Instance | None]] = OrderedDict()
 
+    def peek(self, host: str) -> tuple[bool, Instance | None]:
+        """``(True, answer)`` when the answer for ``host`` is cached and
+        fresh, so the common case needs no asynchronous step."""
+        host = normalize_host(host)
+        cached = self._cache.get(host)
+        if cached is not None and cached[0] > self._seconds():
+            self._cache.move_to_end(host)
+            return True, cached[1]
+        return False, None
+
     async def resolve(self, host: str) -> Instance | None:
+        known, instance = self.peek(host)
+        if known:
+            return instance
         host = normalize_host(host)
         now = self._seconds()
-        cached = self._cache.get(host)
-        if cached is not None and cached[0] > now:
-            self._cache.move_to_end(host)
-            return cached[1]
         instance = await self._find_by_host(host)
         self._cache[host] = (now + self._ttl, instance)
         self._cache.move_to_end(host)

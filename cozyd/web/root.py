@@ -11,17 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from klein import Klein
+from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
 
 from cozyd.auth import tokens
 from cozyd.errors import CozyError, NotFound, PaymentRequired, ServiceUnavailable
 from cozyd.instance.model import Instance
 from cozyd.instance.registry import InstanceRegistry
-from cozyd.web.common import error_response, install_error_handlers, not_found
+from cozyd.web.common import error_response, not_found
 from cozyd.web.guard import request_token
 from cozyd.web.status import StatusService
+
+log = Logger()
 
 #: First path segments still served when the instance is blocked.
 SERVED_WHEN_BLOCKED = frozenset({"apps", "konnectors", "settings", "compat"})
@@ -35,9 +39,12 @@ def blocked_error(instance: Instance) -> CozyError:
     return ServiceUnavailable("this instance is blocked", code=reason)
 
 
-class PublicRoot:
-    app = Klein()
-    install_error_handlers(app)
+class PublicRoot(Resource):
+    """A plain resource rather than a Klein app, so that a request meets one
+    router only (the service's): the instance of a known host comes from the
+    registry's cache without any asynchronous step."""
+
+    isLeaf = True
 
     def __init__(self, registry: InstanceRegistry, status: StatusService,
                  services: Mapping[str, IResource], *, seconds: Callable[[], float]):
@@ -45,21 +52,58 @@ class PublicRoot:
         serving below it, or ``"auth/register"``-style keys to let another
         service own some sub-paths of a prefix (it still sees paths below
         the first segment, e.g. ``/register``)."""
+        super().__init__()
         self._registry = registry
-        self._status = status
+        self._status = status.resource()
         self._services = dict(services)
         self._seconds = seconds
 
     def resource(self) -> IResource:
-        return self.app.resource()
+        return self
 
-    @app.route("/version", methods=["GET", "HEAD"])
-    def version(self, request: IRequest):
-        return self._status.version(request)
+    def render(self, request: IRequest):
+        if request.postpath in ([b"version"], [b"status"]):
+            return self._status.render(request)
+        host = (request.getHeader(b"host") or b"").decode("utf-8", "replace")
+        known, instance = self._registry.peek(host) if host else (True, None)
+        if known:
+            return self._serve(request, instance)
+        d = defer.Deferred.fromCoroutine(self._registry.resolve(host))
+        d.addCallback(lambda found: self._finish(request, self._serve(request, found)))
+        d.addErrback(self._failed, request)
+        return NOT_DONE_YET
 
-    @app.route("/status", methods=["GET", "HEAD"])
-    async def status(self, request: IRequest):
-        return await self._status.status(request)
+    def _serve(self, request: IRequest, instance: Instance | None):
+        if instance is None or instance.deleting:
+            return error_response(request, NotFound("no instance is served at this "
+                                                    "address", code="instance_not_found"))
+        postpath = request.postpath
+        segment = postpath[0].decode("utf-8", "replace") if postpath else ""
+        if (instance.blocked and segment not in SERVED_WHEN_BLOCKED
+                and not self._holds_cli_token(request, instance)):
+            return error_response(request, blocked_error(instance))
+        request.cozy_instance = instance
+        second = postpath[1].decode("utf-8", "replace") if len(postpath) > 1 else ""
+        service = self._services.get(f"{segment}/{second}") or self._services.get(segment)
+        if service is None:
+            return not_found(request)
+        # The service app sees the path below its prefix; ``/`` itself goes
+        # as ``/`` to the service of the empty prefix (the home page).
+        if segment:
+            request.prepath.append(postpath.pop(0))
+        return service.render(request)
+
+    @staticmethod
+    def _finish(request: IRequest, body) -> None:
+        if body is NOT_DONE_YET or request.finished or request._disconnected:
+            return
+        request.write(body)
+        request.finish()
+
+    def _failed(self, failure, request: IRequest) -> None:
+        log.failure("cannot resolve the instance of a request", failure)
+        self._finish(request, error_response(request, CozyError(
+            "an unexpected error occurred; it has been logged")))
 
     def _holds_cli_token(self, request: IRequest, instance: Instance) -> bool:
         """CLI tokens (the operator's tools) still work on a blocked instance."""
@@ -71,26 +115,3 @@ class PublicRoot:
         except CozyError:
             return False
         return True
-
-    @app.route("/", branch=True)
-    async def dispatch(self, request: IRequest):
-        host = (request.getHeader(b"host") or b"").decode("utf-8", "replace")
-        instance = await self._registry.resolve(host) if host else None
-        if instance is None or instance.deleting:
-            return error_response(request, NotFound("no instance is served at this "
-                                                    "address", code="instance_not_found"))
-        segment = request.postpath[0].decode("utf-8", "replace") if request.postpath else ""
-        if (instance.blocked and segment not in SERVED_WHEN_BLOCKED
-                and not self._holds_cli_token(request, instance)):
-            return error_response(request, blocked_error(instance))
-        request.cozy_instance = instance
-        second = request.postpath[1].decode("utf-8", "replace") \
-            if len(request.postpath) > 1 else ""
-        service = self._services.get(f"{segment}/{second}") or self._services.get(segment)
-        if service is None:
-            return not_found(request)
-        # The service app sees the path below its prefix; ``/`` itself goes
-        # as ``/`` to the service of the empty prefix (the home page).
-        if segment:
-            request.prepath.append(request.postpath.pop(0))
-        return service

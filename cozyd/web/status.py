@@ -7,11 +7,12 @@ import platform
 import time
 from collections.abc import Callable
 
+from klein import Klein
 from twisted.web.iweb import IRequest
 
 from cozyd import __version__
 from cozyd.storage.interface import DocumentStore
-from cozyd.web.common import json_response
+from cozyd.web.common import install_error_handlers, json_response
 
 
 def _duration(seconds: float) -> str:
@@ -19,12 +20,19 @@ def _duration(seconds: float) -> str:
 
 
 class StatusService:
+    app = Klein()
+    install_error_handlers(app)
+
     def __init__(self, store: DocumentStore, fs_root: str,
                  seconds: Callable[[], float] = time.monotonic):
         self._store = store
         self._fs_root = fs_root
         self._seconds = seconds
 
+    def resource(self):
+        return self.app.resource()
+
+    @app.route("/version", methods=["GET", "HEAD"])
     def version(self, request: IRequest) -> bytes:
         return json_response(request, {
             "version": __version__,
@@ -33,6 +41,7 @@ class StatusService:
             "runtime_version": f"python{platform.python_version()}",
         })
 
+    @app.route("/status", methods=["GET", "HEAD"])
     async def status(self, request: IRequest) -> bytes:
         start = self._seconds()
         try:
