@@ -34,6 +34,7 @@ from urllib.parse import unquote_to_bytes
 
 import attrs
 from klein import Klein
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
@@ -370,6 +371,8 @@ class DataService:
                 elif found.access == "writable":
                     check_writable(doctype)
             return await found.handler(self, request, **params)
+        except defer.CancelledError:
+            raise  # the client went away: nothing to answer
         except Exception as e:  # noqa: BLE001 - every error gets its /data body
             return self._error(request, e)
 
