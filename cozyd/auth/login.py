@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from cozyd.adminpass import InvalidHashFile
 from cozyd.auth import passphrase as hashing
 from cozyd.auth.limits import RateLimiter
-from cozyd.errors import BadRequest, Conflict, NotFound, Unprocessable
+from cozyd.errors import BadRequest, Conflict, CozyError, NotFound, Unprocessable
 from cozyd.instance.model import Instance, instance_id
 from cozyd.storage.interface import DocConflict, DocNotFound, DocumentStore
 from cozyd.storage.names import INSTANCES_DB, db_name
@@ -138,7 +138,7 @@ class Passphrases:
     async def _migrate(self, instance: Instance, clear: str) -> None:
         try:
             await self._set(instance, PassParameters(passphrase=clear), rotate=False)
-        except Exception:
+        except CozyError:
             log.failure("could not migrate the passphrase of {domain}",
                         domain=instance.domain)
 
@@ -300,7 +300,7 @@ class LoginFailures:
                  domain=instance.domain)
         try:
             await self._block(instance.domain)
-        except Exception:
+        except CozyError:
             log.failure("could not block instance {domain}", domain=instance.domain)
             return False
         return True

@@ -24,6 +24,7 @@ import enum
 import hashlib
 import hmac
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,7 @@ MAX_AGE = 30 * DAY
 LAST_SEEN_PERIOD = DAY
 LONG_RUN_COOKIE_AGE = 10 * 365 * DAY
 SHORT_RUN_COOKIE_AGE = 5 * 60
+MAX_CACHED_SESSIONS = 10_000
 _MAX_COOKIE_LENGTH = 256
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -65,7 +67,7 @@ class Duration(enum.Enum):
 
 
 def iso_time(seconds: float) -> str:
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -73,7 +75,7 @@ def parse_time(text: Any) -> float | None:
     if not isinstance(text, str):
         return None
     try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        return datetime.datetime.fromisoformat(text).timestamp()
     except ValueError:
         return None
 
@@ -115,7 +117,7 @@ class Session:
         return doc
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> "Session":
+    def from_doc(cls, doc: dict[str, Any]) -> Session:
         known = {"_id", "_rev", "created_at", "last_seen", "long_run", "short_run"}
         last_seen = parse_time(doc.get("last_seen")) or 0.0
         return cls(id=doc["_id"], rev=doc.get("_rev"),
@@ -151,7 +153,7 @@ def cookie_domain(instance: Instance) -> str:
 
 
 def _mac(instance: Instance, session_id: str) -> bytes:
-    message = f"{COOKIE_NAME}|{instance.domain}|{session_id}".encode("utf-8")
+    message = f"{COOKIE_NAME}|{instance.domain}|{session_id}".encode()
     return hmac.new(instance.session_secret, message, hashlib.sha256).digest()
 
 
@@ -187,8 +189,10 @@ _OS_RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = 
     (re.compile(r"Windows"), lambda m: "Windows"),
     (re.compile(r"Android ([\d.]+)"), lambda m: f"Android {m.group(1)}"),
     (re.compile(r"Android"), lambda m: "Android"),
-    (re.compile(r"CPU (?:iPhone )?OS ([\d_]+)"), lambda m: f"iOS {m.group(1).replace('_', '.')}"),
-    (re.compile(r"Mac OS X ([\d_.]+)"), lambda m: f"Mac OS X {m.group(1).replace('_', '.')}"),
+    (re.compile(r"CPU (?:iPhone )?OS ([\d_]+)"),
+     lambda m: "iOS " + m.group(1).replace("_", ".")),
+    (re.compile(r"Mac OS X ([\d_.]+)"),
+     lambda m: "Mac OS X " + m.group(1).replace("_", ".")),
     (re.compile(r"Macintosh"), lambda m: "Mac OS X"),
     (re.compile(r"CrOS"), lambda m: "Chrome OS"),
     (re.compile(r"Linux (x86_64|i686|aarch64|armv\w+)"), lambda m: f"Linux {m.group(1)}"),
@@ -221,11 +225,30 @@ def parse_user_agent(user_agent: str) -> tuple[str, str]:
 # -- storage ------------------------------------------------------------------
 
 class SessionStore:
-    """Sessions and login history of the instances, in their databases."""
+    """Sessions and login history of the instances, in their databases.
 
-    def __init__(self, store: DocumentStore, *, seconds: Callable[[], float]):
+    A session read is remembered for ``ttl`` seconds (requests of an app
+    come in bursts, each checking the session its token is bound to); this
+    node forgets a session at once when it deletes it, other nodes within
+    ``ttl``.
+    """
+
+    def __init__(self, store: DocumentStore, *, seconds: Callable[[], float],
+                 ttl: float = 5.0):
         self._store = store
         self._seconds = seconds
+        self._ttl = ttl
+        self._cache: OrderedDict[tuple[str, str], tuple[float, Session]] = OrderedDict()
+
+    def _remember(self, instance: Instance, session: Session) -> None:
+        key = (instance.prefix, session.id)
+        self._cache[key] = (self._seconds() + self._ttl, session)
+        self._cache.move_to_end(key)
+        while len(self._cache) > MAX_CACHED_SESSIONS:
+            self._cache.popitem(last=False)
+
+    def _forget(self, instance: Instance, session_id: str) -> None:
+        self._cache.pop((instance.prefix, session_id), None)
 
     async def _put(self, instance: Instance, doctype: str, doc: dict[str, Any]) -> dict:
         db = db_name(instance.prefix, doctype)
@@ -242,10 +265,14 @@ class SessionStore:
                           short_run=duration is Duration.SHORT)
         result = await self._put(instance, SESSIONS_DOCTYPE, session.to_doc())
         session.rev = result["rev"]
+        self._remember(instance, session)
         return session
 
     async def get(self, instance: Instance, session_id: str) -> Session | None:
         """The live session, or None (an expired one is deleted on the way)."""
+        cached = self._cache.get((instance.prefix, session_id))
+        if cached is not None and cached[0] > self._seconds():
+            return cached[1]
         db = db_name(instance.prefix, SESSIONS_DOCTYPE)
         try:
             session = Session.from_doc(await self._store.get_doc(db, session_id))
@@ -261,6 +288,7 @@ class SessionStore:
                 session.rev = (await self._store.put_doc(db, session.to_doc()))["rev"]
             except (DocConflict, DocNotFound):
                 pass  # another request touched it meanwhile: good enough
+        self._remember(instance, session)
         return session
 
     async def all(self, instance: Instance) -> list[Session]:
@@ -283,6 +311,7 @@ class SessionStore:
         return live
 
     async def delete(self, instance: Instance, session: Session) -> None:
+        self._forget(instance, session.id)
         db = db_name(instance.prefix, SESSIONS_DOCTYPE)
         try:
             current = await self._store.get_doc(db, session.id)

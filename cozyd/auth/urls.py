@@ -9,6 +9,7 @@ mode of cozy-stack. The scheme comes from the ``[server] scheme`` setting
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -21,6 +22,9 @@ HOME_SLUG = "home"
 SETTINGS_DOCTYPE = "io.cozy.settings"
 INSTANCE_SETTINGS_ID = "io.cozy.settings.instance"
 APPS_DOCTYPE = "io.cozy.apps"
+
+
+_UNSAFE = re.compile(r"[\\\s\x00-\x1f\x7f]")
 
 
 class BadURL(EchoError):
@@ -114,6 +118,10 @@ class InstanceURLs:
             if default is None:
                 return None
             redirect = default
+        if _UNSAFE.search(redirect):
+            # Browsers read a backslash as a slash and drop tabs and line
+            # breaks: such a URL may not go where it seems to.
+            raise BadURL("bad url: could not parse")
         try:
             parts = urlsplit(redirect)
         except ValueError:

@@ -28,13 +28,24 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from cozyd.auth.login import LoginFailures, Passphrases
-from cozyd.auth.sessions import Duration, Session, SessionStore, cookie_domain, \
-    cookie_name, decode_cookie, encode_cookie
+from cozyd.auth.sessions import (
+    Duration,
+    Session,
+    SessionStore,
+    cookie_domain,
+    cookie_name,
+    decode_cookie,
+    encode_cookie,
+)
 from cozyd.auth.urls import InstanceURLs
 from cozyd.errors import CozyError
 from cozyd.instance.model import Instance
-from cozyd.web.common import error_response, install_error_handlers, instance_of, \
-    json_response
+from cozyd.web.common import (
+    error_response,
+    install_error_handlers,
+    instance_of,
+    json_response,
+)
 from cozyd.web.guard import Guard, register_token_matches
 from cozyd.web.pages import Pages
 

@@ -81,7 +81,7 @@ class TemplateError(Exception):
 
 # -- translations -------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def messages(language: str) -> Mapping[str, str]:
     with open(os.path.join(LOCALES_DIR, f"{language}.json"), encoding="utf-8") as f:
         return json.load(f)
@@ -131,10 +131,10 @@ def language_of(request: IRequest, instance: Instance | None) -> str:
 
 # -- templates ------------------------------------------------------------------------
 
-_TOKEN = re.compile(r"(\{\{.*?\}\}|\{%.*?%\})", re.S)
+_TOKEN = re.compile(r"(\{\{.*?\}\}|\{%.*?%\})", re.DOTALL)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compile(name: str) -> list[Any]:
     if "/" in name or name.startswith("."):
         raise TemplateError(f"bad template name {name!r}")

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import binascii
 import json
 from typing import Any
 
@@ -28,8 +27,14 @@ from twisted.web.iweb import IRequest
 from cozyd.auth.login import PassParameters, Passphrases, check_iterations
 from cozyd.auth.sessions import SESSIONS_DOCTYPE, Duration, Session
 from cozyd.auth.urls import INSTANCE_SETTINGS_ID, SETTINGS_DOCTYPE, InstanceURLs
-from cozyd.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, \
-    Unprocessable
+from cozyd.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    Unprocessable,
+)
 from cozyd.instance.lifecycle import InstanceManager, ModifyOptions
 from cozyd.instance.model import Instance
 from cozyd.storage.interface import DocConflict, DocumentStore

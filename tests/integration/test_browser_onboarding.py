@@ -92,7 +92,8 @@ def test_onboarding_logout_and_login_in_chromium(daemon):
     status = form_login(daemon, domain, hashing.client_side_hash(
         PASSPHRASE, domain, TEST_KDF_ITERATIONS))
     assert status == 303
-    assert_no_secret_in(open(daemon.log_path, encoding="utf-8").read(), secrets)
+    with open(daemon.log_path, encoding="utf-8") as log:
+        assert_no_secret_in(log.read(), secrets)
 
 
 def request(daemon, method: str, path: str, domain: str, *, headers=None,
@@ -124,7 +125,7 @@ def form_login(daemon, domain: str, hashed: str) -> int:
 def test_full_flow_keeps_secrets_out_of_the_log(daemon):
     """Onboarding (JSON), logins, a failed login, set-passphrase from the CLI,
     tokens: none of the secrets used reaches the log."""
-    domain, base, token = add_instance(daemon, "bob")
+    domain, _, token = add_instance(daemon, "bob")
     hashed = hashing.client_side_hash(PASSPHRASE, domain, TEST_KDF_ITERATIONS)
     secrets = {"register token": token, "passphrase": PASSPHRASE, "hash": hashed,
                "new passphrase": NEW_PASSPHRASE}
@@ -157,6 +158,7 @@ def test_full_flow_keeps_secrets_out_of_the_log(daemon):
                     domain)
     assert shown[0] == 200
     daemon.stop()
-    log = open(daemon.log_path, encoding="utf-8").read()
+    with open(daemon.log_path, encoding="utf-8") as f:
+        log = f.read()
     assert "/settings/passphrase" in log  # the requests are logged…
     assert_no_secret_in(log, secrets)     # …without their secrets

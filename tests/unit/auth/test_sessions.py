@@ -50,19 +50,19 @@ def test_cookie_domain_covers_the_apps(instance):
 
 
 @pytest.mark.parametrize("agent,expected", [
-    ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/120.0.0.0 Safari/537.36", ("Linux x86_64", "Chrome")),
-    ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "HeadlessChrome/120.0.0.0 Safari/537.36", ("Linux x86_64", "Headless Chrome")),
+    (("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+      "Chrome/120.0.0.0 Safari/537.36"), ("Linux x86_64", "Chrome")),
+    (("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+      "HeadlessChrome/120.0.0.0 Safari/537.36"), ("Linux x86_64", "Headless Chrome")),
     ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0",
      ("Windows 10", "Firefox")),
-    ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
-     "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1", ("iOS 17.1", "Safari")),
-    ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like "
-     "Gecko) Chrome/120.0.0.0 Safari/537.36 Edg/120.0.2210.91",
+    (("Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
+      "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"), ("iOS 17.1", "Safari")),
+    (("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like "
+      "Gecko) Chrome/120.0.0.0 Safari/537.36 Edg/120.0.2210.91"),
      ("Mac OS X 10.15.7", "Edge")),
-    ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/120.0.0.0 Mobile Safari/537.36", ("Android 14", "Chrome")),
+    (("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+      "Chrome/120.0.0.0 Mobile Safari/537.36"), ("Android 14", "Chrome")),
     ("io.cozy.drive.mobile-1.2 CozyDrive", ("", "CozyDrive")),
     ("", ("", "")),
 ])

@@ -9,8 +9,18 @@ from cozyd.auth import tokens
 from cozyd.instance.model import Instance
 from cozyd.storage.names import INSTANCES_DB, db_name
 from cozyd.testing import memory_stack, sync
-from tests.unit.auth.support import ADMIN, BASE, DOMAIN, Browser, admin_token, \
-    basic_auth, client_hash, create_instance, login, onboard
+from tests.unit.auth.support import (
+    ADMIN,
+    BASE,
+    DOMAIN,
+    Browser,
+    admin_token,
+    basic_auth,
+    client_hash,
+    create_instance,
+    login,
+    onboard,
+)
 
 
 @pytest.fixture
@@ -128,6 +138,10 @@ def test_redirect_parameter_is_checked(owner, stack):
                          ("http://alice.cozy.test.evil.com/", "bad url: should be subdomain"),
                          ("http://alice.cozy.test@evil.com/", "bad url: should be subdomain"),
                          ("javascript:alert(1)", "bad url: bad scheme"),
+                         ("http://evil.com\\@alice.cozy.test/", "bad url: could not parse"),
+                         ("http://evil.com\t@alice.cozy.test/", "bad url: could not parse"),
+                         ("//evil.com/", "bad url: could not parse"),
+                         ("http:///evil.com/", "bad url: should be subdomain"),
                          ("drive/#/folder", "bad url: could not parse")]:
         reply = login(browser, redirect=bad)
         assert (reply.status, reply.text) == (400, message), bad
@@ -280,3 +294,16 @@ def test_a_cookie_of_another_instance_is_refused(owner, stack, admin):
     thief.cookies["cozysessid"] = stolen
     assert thief.request("GET", "http://bob.cozy.test/settings/sessions/current"
                          ).status == 404
+
+
+def test_https_public_urls(tmp_path, clock):
+    stack = memory_stack(str(tmp_path), clock=clock, server={"scheme": "https"})
+    browser = Browser(stack.public)
+    done = onboard(browser, create_instance(Browser(stack.admin)))
+    assert done.json() == {"redirect": "https://home.alice.cozy.test/"}
+    assert "; Secure" in done.cookies()["cozysessid"]
+    page = Browser(stack.public).request("GET", BASE + "/auth/login")
+    assert "; Secure" in page.cookies()["_csrf"]
+    reply = login(Browser(stack.public), redirect="https://drive.alice.cozy.test/x")
+    assert reply.header("location") == "https://drive.alice.cozy.test/x"
+    assert "; Secure" in reply.cookies()["cozysessid"]

@@ -9,8 +9,16 @@ from cozyd.auth import passphrase as hashing
 from cozyd.instance.model import Instance
 from cozyd.storage.names import INSTANCES_DB, db_name
 from cozyd.testing import TEST_KDF_ITERATIONS, memory_stack, sync
-from tests.unit.auth.support import BASE, DOMAIN, PASSPHRASE, Browser, client_hash, \
-    create_instance, login, onboard
+from tests.unit.auth.support import (
+    BASE,
+    DOMAIN,
+    PASSPHRASE,
+    Browser,
+    client_hash,
+    create_instance,
+    login,
+    onboard,
+)
 
 
 @pytest.fixture

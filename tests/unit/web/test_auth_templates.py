@@ -72,8 +72,8 @@ def test_locales_have_the_same_keys():
 def test_every_template_renders(name, language):
     out = render_template(name, {"csp_nonce": "N", "lang": language,
                                  "domain": "alice.cozy.test"}, language)
-    used = re.findall(r'\{% t "([^"]+)" %\}', open(os.path.join(
-        pages.TEMPLATES_DIR, name), encoding="utf-8").read())
+    with open(os.path.join(pages.TEMPLATES_DIR, name), encoding="utf-8") as f:
+        used = re.findall(r'\{% t "([^"]+)" %\}', f.read())
     for key in used:
         assert key in pages.messages(language) or key in pages.messages("en"), key
     for tag in re.findall(r"<(?:script|style)\b[^>]*>", out):

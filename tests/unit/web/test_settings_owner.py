@@ -7,8 +7,17 @@ from cozyd.auth import tokens
 from cozyd.instance.model import Instance
 from cozyd.storage.names import INSTANCES_DB, db_name
 from cozyd.testing import TEST_KDF_ITERATIONS, memory_stack, sync
-from tests.unit.auth.support import BASE, DOMAIN, PASSPHRASE, Browser, admin_token, \
-    client_hash, create_instance, login, onboard
+from tests.unit.auth.support import (
+    BASE,
+    DOMAIN,
+    PASSPHRASE,
+    Browser,
+    admin_token,
+    client_hash,
+    create_instance,
+    login,
+    onboard,
+)
 
 NEW = "another long passphrase"
 
