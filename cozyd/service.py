@@ -142,7 +142,7 @@ def owner_services(config: Config, store: DocumentStore, instances: InstanceMana
     urls = InstanceURLs(store, scheme=config.get("server", "scheme"))
     passphrases = Passphrases(store, run_blocking=run_blocking,
                               kdf_iterations=config.get("instances", "kdf_iterations"),
-                              on_change=registry.invalidate)
+                              update_instance=instances.update)
 
     async def block(domain: str) -> None:
         await instances.modify(domain, ModifyOptions(blocked=True,

@@ -25,10 +25,11 @@ from twisted.logger import Logger
 from cozyd.adminpass import InvalidHashFile
 from cozyd.auth import passphrase as hashing
 from cozyd.auth.limits import RateLimiter
-from cozyd.errors import BadRequest, Conflict, CozyError, NotFound, Unprocessable
-from cozyd.instance.model import Instance, instance_id
-from cozyd.storage.interface import DocConflict, DocNotFound, DocumentStore
-from cozyd.storage.names import INSTANCES_DB, db_name
+from cozyd.errors import BadRequest, CozyError, Unprocessable
+from cozyd.instance.model import Instance
+from cozyd.storage.interface import DocNotFound, DocumentStore
+from cozyd.storage.names import db_name
+from cozyd.storage.updates import update_doc
 
 SETTINGS_DOCTYPE = "io.cozy.settings"
 BITWARDEN_SETTINGS_ID = "io.cozy.settings.bitwarden"
@@ -36,7 +37,6 @@ PBKDF2_SHA256 = 0
 LOGIN_FAILED = "LOGIN_FAILED"
 #: cozy-stack's default: 1000 failed logins an hour block the instance.
 DEFAULT_LOGIN_FAILURES_PER_HOUR = 1000
-_RETRIES = 5
 
 T = TypeVar("T")
 log = Logger()
@@ -82,11 +82,12 @@ class Passphrases:
     def __init__(self, store: DocumentStore, *,
                  run_blocking: Callable[[Callable[[], T]], Awaitable[T]],
                  kdf_iterations: int = hashing.DEFAULT_KDF_ITERATIONS,
-                 on_change: Callable[[str], None] | None = None):
+                 update_instance: Callable[..., Awaitable[Instance]]):
         self._store = store
         self._run_blocking = run_blocking
         self._kdf_iterations = kdf_iterations
-        self._on_change = on_change or (lambda domain: None)
+        # InstanceManager.update: read-modify-write with retries.
+        self._update_instance = update_instance
 
     @property
     def default_iterations(self) -> int:
@@ -201,35 +202,14 @@ class Passphrases:
             current.password_defined = True
             if rotate:
                 current.session_secret = secrets.token_bytes(64)
-        updated = await self._change_instance(instance.domain, change)
+        updated = await self._update_instance(instance.domain, change)
         await self._save_settings(updated, params, iterations)
         log.info("passphrase of {domain} set", domain=instance.domain)
         return updated
 
-    async def _change_instance(self, domain: str,
-                               change: Callable[[Instance], None]) -> Instance:
-        for _ in range(_RETRIES):
-            try:
-                doc = await self._store.get_doc(INSTANCES_DB, instance_id(domain))
-            except DocNotFound:
-                raise NotFound(f"instance not found: {domain}",
-                               code="instance_not_found") from None
-            current = Instance.from_doc(doc)
-            change(current)
-            try:
-                result = await self._store.put_doc(INSTANCES_DB, current.to_doc())
-            except DocConflict:
-                continue
-            current.rev = result["rev"]
-            self._on_change(domain)
-            return current
-        raise Conflict(f"instance {domain} is being changed concurrently; try again")
-
     async def _save_settings(self, instance: Instance, params: PassParameters,
                              iterations: int) -> None:
-        db = db_name(instance.prefix, SETTINGS_DOCTYPE)
-        for _ in range(_RETRIES):
-            doc = await self.bitwarden_settings(instance)
+        def change(doc: dict[str, Any]) -> None:
             doc.update({"passphrase_kdf": PBKDF2_SHA256,
                         "passphrase_kdf_iterations": iterations,
                         "security_stamp": str(uuid.uuid4())})
@@ -240,27 +220,17 @@ class Passphrases:
                 doc["private_key"] = params.private_key
             if params.hint:
                 doc["passphrase_hint"] = params.hint
-            try:
-                await self._store.put_doc(db, doc)
-                return
-            except DocConflict:
-                continue
-        raise Conflict("the settings are being changed concurrently; try again")
+        await update_doc(self._store, db_name(instance.prefix, SETTINGS_DOCTYPE),
+                         BITWARDEN_SETTINGS_ID, change)
 
     async def set_hint(self, instance: Instance, hint: str) -> None:
-        db = db_name(instance.prefix, SETTINGS_DOCTYPE)
-        for _ in range(_RETRIES):
-            doc = await self.bitwarden_settings(instance)
+        def change(doc: dict[str, Any]) -> None:
             if hint:
                 doc["passphrase_hint"] = hint
             else:
                 doc.pop("passphrase_hint", None)
-            try:
-                await self._store.put_doc(db, doc)
-                return
-            except DocConflict:
-                continue
-        raise Conflict("the settings are being changed concurrently; try again")
+        await update_doc(self._store, db_name(instance.prefix, SETTINGS_DOCTYPE),
+                         BITWARDEN_SETTINGS_ID, change)
 
     async def hint_is_passphrase(self, instance: Instance, hint: str) -> bool:
         """A hint must not give the passphrase away."""

@@ -36,6 +36,7 @@ from cozyd.instance.domain import validate_domain
 from cozyd.instance.model import CREATING, READY, Instance, instance_id
 from cozyd.storage.interface import DocConflict, DocNotFound, DocumentStore, new_doc_id
 from cozyd.storage.names import INSTANCES_DB, db_name, domain_hash
+from cozyd.storage.updates import update_doc
 
 ALIASES_DB = "global/domain_aliases"
 SETTINGS_DOCTYPE = "io.cozy.settings"
@@ -399,16 +400,26 @@ class InstanceManager:
 
     # -- modification ---------------------------------------------------------
     async def modify(self, raw_domain: str, changes: ModifyOptions) -> Instance:
-        domain = _normalize(raw_domain)
-        for _ in range(_MAX_RETRIES):
-            instance = await self._load(domain)
-            if instance.state != READY:
-                raise NotFound(f"instance not found: {domain}", code="instance_not_found")
+        async def apply(instance: Instance) -> None:
             if changes.deleting is not None:
                 # Only the flag: this is how an operator unlocks a failed destroy.
                 instance.deleting = changes.deleting
             else:
                 await self._apply(instance, changes)
+        return await self.update(raw_domain, apply)
+
+    async def update(self, raw_domain: str,
+                     change: Callable[[Instance], Awaitable[None] | None]) -> Instance:
+        """Apply ``change`` to the stored ready instance and save it, retrying
+        when another writer came first; the registry hears of it."""
+        domain = _normalize(raw_domain)
+        for _ in range(_MAX_RETRIES):
+            instance = await self._load(domain)
+            if instance.state != READY:
+                raise NotFound(f"instance not found: {domain}", code="instance_not_found")
+            pending = change(instance)
+            if pending is not None:
+                await pending
             try:
                 result = await self._store.put_doc(INSTANCES_DB, instance.to_doc())
             except DocConflict:
@@ -472,23 +483,14 @@ class InstanceManager:
         instance.domain_aliases = wanted
 
     async def _update_settings(self, instance: Instance, settings: dict[str, str]) -> None:
-        db = db_name(instance.prefix, SETTINGS_DOCTYPE)
-        for _ in range(_MAX_RETRIES):
-            try:
-                doc = await self._store.get_doc(db, SETTINGS_ID)
-            except DocNotFound:
-                doc = {"_id": SETTINGS_ID}
+        def change(doc: dict[str, Any]) -> None:
             for key, value in settings.items():
                 if value == "":
                     doc.pop(key, None)
                 else:
                     doc[key] = value
-            try:
-                await self._store.put_doc(db, doc)
-                return
-            except DocConflict:
-                continue
-        raise Conflict("the settings are being changed concurrently; try again")
+        await update_doc(self._store, db_name(instance.prefix, SETTINGS_DOCTYPE),
+                         SETTINGS_ID, change)
 
     # -- destruction ------------------------------------------------------------
     async def destroy(self, raw_domain: str) -> None:

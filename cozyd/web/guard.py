@@ -30,7 +30,7 @@ from typing import Any
 from twisted.web.iweb import IRequest
 
 from cozyd.auth import tokens
-from cozyd.errors import InvalidToken, NoToken, PermissionDenied
+from cozyd.errors import CozyError, InvalidToken, NoToken, PermissionDenied
 from cozyd.instance.model import Instance
 from cozyd.permissions.resolver import PermissionResolver
 from cozyd.permissions.rules import PermissionSet, Rule, document_field, verb_of
@@ -62,6 +62,19 @@ def register_token_matches(request: IRequest, instance: Instance) -> bool:
     except (ValueError, UnicodeDecodeError):
         return False
     return hmac.compare_digest(given, instance.register_token)
+
+
+def holds_cli_token(request: IRequest, instance: Instance, now: float) -> bool:
+    """Whether the request carries a valid CLI token of ``instance`` (the
+    operator's tools, which some checks let through)."""
+    token = request_token(request)
+    if not token:
+        return False
+    try:
+        tokens.parse(instance, token, now=now, audiences=(tokens.CLI,))
+    except CozyError:
+        return False
+    return True
 
 
 REGISTER_SET = PermissionSet(type="register", rules=(("register", Rule(

@@ -19,17 +19,23 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from cozyd.auth import tokens
 from cozyd.auth.clients import LOGIN_SCOPE, OAuthClients, RegistrationError, public_view
 from cozyd.auth.oauth import PKCE_METHOD, AccessCodes, TokenEndpoint, TokenRequestError
 from cozyd.errors import CozyError, EchoError
 from cozyd.instance.model import Instance
 from cozyd.permissions.resolver import CLIENTS_DOCTYPE
 from cozyd.permissions.rules import ALL_VERBS, InvalidPermission, PermissionSet, Rule
-from cozyd.web.common import (JSONAPI, install_error_handlers, instance_of,
-                              json_response, parse_json, query_int, query_text,
-                              read_body)
-from cozyd.web.guard import Guard, request_token, requires
+from cozyd.web.common import (
+    JSONAPI,
+    install_error_handlers,
+    instance_of,
+    json_response,
+    parse_json,
+    query_int,
+    query_text,
+    read_body,
+)
+from cozyd.web.guard import Guard, holds_cli_token, requires
 from cozyd.web.pages import Pages, language_of
 
 log = Logger()
@@ -389,7 +395,7 @@ class OAuthService:
         self._clients.check_rate(instance)
         body = read_registration(request)
         allow_login = isinstance(body, dict) and body.get("allow_login_scope") is True
-        if allow_login and not self._holds_cli_token(request, instance):
+        if allow_login and not holds_cli_token(request, instance, self._seconds()):
             # Clients that only log users in are created by the operator.
             raise LoginScopeRefused()
         client = await self._clients.register(instance, body,
@@ -398,16 +404,6 @@ class OAuthService:
                  client_id=client["client_id"], domain=instance.domain)
         _no_store(request)
         return json_response(request, client, status=201)
-
-    def _holds_cli_token(self, request: IRequest, instance: Instance) -> bool:
-        token = request_token(request)
-        if not token:
-            return False
-        try:
-            tokens.parse(instance, token, now=self._seconds(), audiences=(tokens.CLI,))
-        except CozyError:
-            return False
-        return True
 
     async def _client_with_token(self, request: IRequest, client_id: str) -> dict:
         instance = instance_of(request)

@@ -17,12 +17,11 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
-from cozyd.auth import tokens
 from cozyd.errors import CozyError, NotFound, PaymentRequired, ServiceUnavailable
 from cozyd.instance.model import Instance
 from cozyd.instance.registry import InstanceRegistry
 from cozyd.web.common import error_response, not_found
-from cozyd.web.guard import request_token
+from cozyd.web.guard import holds_cli_token
 from cozyd.web.status import StatusService
 
 log = Logger()
@@ -80,7 +79,7 @@ class PublicRoot(Resource):
         postpath = request.postpath
         segment = postpath[0].decode("utf-8", "replace") if postpath else ""
         if (instance.blocked and segment not in SERVED_WHEN_BLOCKED
-                and not self._holds_cli_token(request, instance)):
+                and not holds_cli_token(request, instance, self._seconds())):
             return error_response(request, blocked_error(instance))
         request.cozy_instance = instance
         second = postpath[1].decode("utf-8", "replace") if len(postpath) > 1 else ""
@@ -104,14 +103,3 @@ class PublicRoot(Resource):
         log.failure("cannot resolve the instance of a request", failure)
         self._finish(request, error_response(request, CozyError(
             "an unexpected error occurred; it has been logged")))
-
-    def _holds_cli_token(self, request: IRequest, instance: Instance) -> bool:
-        """CLI tokens (the operator's tools) still work on a blocked instance."""
-        token = request_token(request)
-        if not token:
-            return False
-        try:
-            tokens.parse(instance, token, now=self._seconds(), audiences=(tokens.CLI,))
-        except CozyError:
-            return False
-        return True
