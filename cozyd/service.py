@@ -19,7 +19,6 @@ from twisted.application.service import Service
 from twisted.internet import defer, endpoints
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from cozyd.adminpass import PassphraseChecker
 from cozyd.config import Config
@@ -37,6 +36,7 @@ from cozyd.web.admin import AdminService
 from cozyd.web.data import DataService
 from cozyd.web.auth import AuthService, HomePage, WebSessions
 from cozyd.web.settings import SettingsService
+from cozyd.web.site import BodyLimitSite
 from cozyd.web.guard import Guard
 from cozyd.auth.sessions import SessionStore
 from cozyd.web.oauth import ClientsSettingsService, OAuthService
@@ -210,7 +210,9 @@ class CozydService(Service):
                            config.get("admin", "host"), config.get("admin", "port"))
 
     async def _listen(self, name: str, resource, host: str, port: int) -> None:
-        site = Site(resource, logFormatter=access_log_line)
+        # Bodies over the limit are refused before they are read.
+        site = BodyLimitSite(resource, logFormatter=access_log_line,
+                             max_body_size=self._config.get("server", "max_body_size"))
         site.displayTracebacks = False
         if ":" in host:
             endpoint = endpoints.TCP6ServerEndpoint(self._reactor, port, interface=host)

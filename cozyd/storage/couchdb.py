@@ -43,7 +43,7 @@ from twisted.logger import Logger
 from twisted.web import client as web_client
 from twisted.web.http_headers import Headers
 
-from cozyd.storage import names
+from cozyd.storage import mango, names
 from cozyd.storage.interface import (
     DatabaseExists,
     DatabaseNotFound,
@@ -83,6 +83,9 @@ _NETWORK_ERRORS: tuple[type[BaseException], ...] = (
 _NO_BODY = object()
 
 _NO_USABLE_INDEX = "No index exists for this sort, try indexing by the sort fields."
+
+# Changes read per request when the engine filters a feed itself.
+_FILTER_PAGE = 200
 
 # What CouchDB's couch_doc:parse_rev accepts: "<integer>-<anything>".
 _REV_RE = re.compile(r"^[0-9]+-.")
@@ -552,6 +555,37 @@ class CouchDBStore:
                          for i, rev_id in enumerate(history.get("ids", [])))
         return sorted(leaves, key=_winner_order, reverse=True), known
 
+    async def _latest_leaves(self, db: str, doc_id: str, asked: list[str]
+                             ) -> tuple[list[Doc], list[str]]:
+        """What CouchDB's ``latest=true`` reads for ``asked`` revisions:
+        the leaves (with ``_revisions``, winner first) whose history holds
+        one of them, and the asked revisions no leaf descends from."""
+        try:
+            leaves = await self.get_open_revs(db, doc_id, "all", revs=True)
+        except DocNotFound:
+            leaves = []
+        histories: list[tuple[Doc, list[str]]] = []
+        for entry in leaves:
+            doc = entry.get("ok")
+            if not isinstance(doc, dict) or "_rev" not in doc:
+                continue
+            revisions = doc.get("_revisions") or {}
+            start = revisions.get("start", 0)
+            history = [f"{start - i}-{rev_id}"
+                       for i, rev_id in enumerate(revisions.get("ids", []))]
+            histories.append((doc, history or [doc["_rev"]]))
+        histories.sort(key=lambda leaf: _winner_order(
+            (leaf[0]["_rev"], bool(leaf[0].get("_deleted")))), reverse=True)
+        found: list[Doc] = []
+        missing: list[str] = []
+        for rev in asked:
+            descendants = [doc for doc, history in histories if rev in history]
+            if not descendants:
+                missing.append(rev)
+            found.extend(doc for doc in descendants
+                         if all(doc is not other for other in found))
+        return found, missing
+
     async def _winner_is_deleted(self, db: str, doc_id: str) -> bool:
         leaves = await self._leaves(db, doc_id)
         return bool(leaves) and leaves[0][1]  # a deleted winner: all are
@@ -565,6 +599,13 @@ class CouchDBStore:
             value = json.dumps(open_revs)
         else:
             raise InvalidRequest("open_revs must be \"all\" or a list of revisions")
+        if (latest and self._emulate and open_revs != "all"
+                and all(_is_rev(rev) for rev in open_revs)):
+            # pouchdb-server answers one leaf for latest=true, and its
+            # process dies on a revision it does not know.
+            found, missing = await self._latest_leaves(db, doc_id, open_revs)
+            return ([{"ok": _with_revisions(doc, revs)} for doc in found]
+                    + [{"missing": rev} for rev in missing])
         query = [("open_revs", value)]
         if revs:
             query.append(("revs", "true"))
@@ -606,9 +647,11 @@ class CouchDBStore:
         return result
 
     async def bulk_get(self, db: str, requests: list[Doc], *,
-                       revs: bool = False) -> list[Doc]:
+                       revs: bool = False, latest: bool = False) -> list[Doc]:
         path = f"{couchdb_db_path(db)}/_bulk_get"
-        query = [("revs", "true")] if revs else None
+        query = [("revs", "true")] if revs else []
+        if latest and not self._emulate:
+            query.append(("latest", "true"))
         if not self._emulate:
             answer = await self._call("POST", path, query=query,
                                       body={"docs": requests}, db_call=True)
@@ -622,6 +665,12 @@ class CouchDBStore:
             if isinstance(req, dict) and isinstance(req.get("id"), str) \
                     and req.get("rev") is None:
                 results[index] = await self._bulk_get_all_leaves(db, req["id"], revs)
+                continue
+            if latest and isinstance(req, dict) and isinstance(req.get("id"), str) \
+                    and _is_rev(req.get("rev")):
+                # (pouchdb-server would answer one leaf, or die)
+                results[index] = await self._bulk_get_latest(db, req["id"], req["rev"],
+                                                             revs)
                 continue
             for batch in rounds:
                 if all(r.get("id") != req.get("id") for _, r in batch):
@@ -638,6 +687,13 @@ class CouchDBStore:
                 entry = _match_bulk_get(got, position, req)
                 results[index] = _normalise_bulk_get(entry, req)
         return [r for r in results if r is not None]
+
+    async def _bulk_get_latest(self, db: str, doc_id: str, rev: str,
+                               revs: bool) -> Doc:
+        found, _ = await self._latest_leaves(db, doc_id, [rev])
+        docs = [{"ok": _with_revisions(doc, revs)} for doc in found]
+        return {"id": doc_id,
+                "docs": docs or [_bulk_get_error(doc_id, rev, "not_found", "missing")]}
 
     async def _bulk_get_all_leaves(self, db: str, doc_id: str, revs: bool) -> Doc:
         try:
@@ -705,7 +761,17 @@ class CouchDBStore:
         if update_seq:
             query.append(("update_seq", "true"))
         path = f"{couchdb_db_path(db)}/_all_docs"
-        if keys is not None:
+        if keys is not None and self._emulate:
+            # pouchdb-server applies descending, skip and limit to keys its
+            # own way, and reads null, "", false… as other ids: ask it for
+            # the keys CouchDB reads, in its order, and mend their rows.
+            asked = _keys_read(keys, descending=descending, skip=skip, limit=limit)
+            query = [(name, value) for name, value in query
+                     if name not in ("descending", "skip", "limit")]
+            result = await self._call("POST", path, query=query,
+                                      body={"keys": asked}, db_call=True)
+            _not_found_rows(result, asked)
+        elif keys is not None:
             result = await self._call("POST", path, query=query,
                                       body={"keys": keys}, db_call=True)
         else:
@@ -721,9 +787,22 @@ class CouchDBStore:
                       limit: int | None = None, descending: bool = False,
                       include_docs: bool = False, style: str = "main_only",
                       conflicts: bool = False,
-                      doc_ids: list[str] | None = None) -> Doc:
+                      doc_ids: list[str] | None = None,
+                      selector: Doc | None = None,
+                      design_only: bool = False) -> Doc:
         if style not in ("main_only", "all_docs"):
             raise InvalidRequest(f"invalid style {style!r}")
+        if (doc_ids is not None) + (selector is not None) + bool(design_only) > 1:
+            raise InvalidRequest("changes takes one filter at most")
+        # Refused here as the embedded engine refuses it (CouchDB's own
+        # words for a bad selector vary with its version).
+        normalized = None if selector is None else mango.normalize(selector)
+        if self._emulate and (normalized is not None or design_only):
+            # pouchdb-server has neither filter: filter its feed here.
+            return await self._filtered_changes(
+                db, normalized, since=since, limit=limit, descending=descending,
+                include_docs=include_docs, all_leaves=style == "all_docs",
+                conflicts=conflicts)
         query: list[tuple[str, str]] = []
         if since is not None:
             query.append(("since", _seq(since)))
@@ -742,6 +821,13 @@ class CouchDBStore:
             query.append(("filter", "_doc_ids"))
             result = await self._call("POST", path, query=query,
                                       body={"doc_ids": doc_ids}, db_call=True)
+        elif selector is not None:
+            query.append(("filter", "_selector"))
+            result = await self._call("POST", path, query=query,
+                                      body={"selector": selector}, db_call=True)
+        elif design_only:
+            query.append(("filter", "_design"))
+            result = await self._call("GET", path, query=query, db_call=True)
         else:
             result = await self._call("GET", path, query=query, db_call=True)
         results = result.get("results", [])
@@ -759,6 +845,71 @@ class CouchDBStore:
             result["pending"] = await self._pending(db, result, limit,
                                                     descending, doc_ids)
         return result
+
+    async def _filtered_changes(self, db: str, selector: mango.Selector | None, *,
+                                since: str | None, limit: int | None,
+                                descending: bool, include_docs: bool,
+                                all_leaves: bool, conflicts: bool) -> Doc:
+        """``filter=_selector`` (``selector``) or ``filter=_design`` (no
+        selector) worked out from the plain feed, with CouchDB's answer:
+        the documents shown to the selector as CouchDB opens them, ``limit``
+        counting the rows kept, ``pending`` every change after
+        ``last_seq``."""
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise InvalidRequest("limit must be a non-negative integer")
+        kept: list[Doc] = []
+        cursor = since
+        page = None if descending else _FILTER_PAGE
+        while limit != 0:
+            feed = await self.changes(db, since=cursor, limit=page,
+                                      descending=descending, include_docs=True,
+                                      conflicts=True,
+                                      style="all_docs" if all_leaves else "main_only")
+            rows = feed.get("results", [])
+            for row in rows:
+                revs = await self._kept_revs(db, row, selector, all_leaves)
+                if not revs:
+                    continue
+                doc = row.pop("doc", None)
+                if include_docs:
+                    if not conflicts and isinstance(doc, dict):
+                        doc.pop("_conflicts", None)
+                    row["doc"] = doc
+                row["changes"] = [{"rev": rev} for rev in revs]
+                kept.append(row)
+                if limit is not None and len(kept) >= limit:
+                    last_seq = row["seq"]
+                    if descending:
+                        return {"results": kept, "last_seq": last_seq, "pending": 0}
+                    rest = await self.changes(db, since=last_seq)
+                    return {"results": kept, "last_seq": last_seq,
+                            "pending": len(rest.get("results", []))}
+            if page is None or len(rows) < page:
+                break
+            cursor = feed.get("last_seq")
+        if descending:
+            last_seq = kept[-1]["seq"] if kept else "0"
+        else:
+            last_seq = feed.get("last_seq") if limit != 0 else _seq(since or "0")
+        return {"results": kept, "last_seq": last_seq, "pending": 0}
+
+    async def _kept_revs(self, db: str, row: Doc, selector: mango.Selector | None,
+                         all_leaves: bool) -> list[str]:
+        """The revisions of a feed row (read with its winner and its
+        ``_conflicts``) that the filter keeps."""
+        revs = [change["rev"] for change in row.get("changes", [])
+                if isinstance(change, dict) and "rev" in change]
+        if selector is None:  # filter=_design
+            return revs if str(row.get("id", "")).startswith("_design/") else []
+        if not all_leaves:
+            doc = row.get("doc")
+            return revs if isinstance(doc, dict) and mango.matches(selector, doc) else []
+        # style=all_docs: each leaf is matched on its own, without _conflicts.
+        leaves = await self.get_open_revs(db, row["id"], revs)
+        matching = {entry["ok"].get("_rev") for entry in leaves
+                    if isinstance(entry.get("ok"), dict)
+                    and mango.matches(selector, entry["ok"])}
+        return [rev for rev in revs if rev in matching]  # in the feed's order
 
     async def _pending(self, db: str, result: Doc, limit: int | None,
                        descending: bool, doc_ids: list[str] | None) -> int:
@@ -867,6 +1018,37 @@ def _in_input_order(docs: list[Any], results: list[Doc]) -> list[Doc]:
         else:
             return results
     return ordered
+
+
+def _is_rev(value: Any) -> bool:
+    return isinstance(value, str) and bool(_REV_RE.match(value))
+
+
+def _with_revisions(doc: Doc, revs: bool) -> Doc:
+    """``doc`` read with ``_revisions``, as asked with or without them."""
+    if revs:
+        return doc
+    return {key: value for key, value in doc.items() if key != "_revisions"}
+
+
+def _keys_read(keys: list[Any], *, descending: bool, skip: int,
+               limit: int | None) -> list[Any]:
+    """The ``keys`` of an ``_all_docs`` request CouchDB answers, in order."""
+    asked = list(reversed(keys)) if descending else list(keys)
+    asked = asked[skip or 0:]
+    return asked if limit is None else asked[:limit]
+
+
+def _not_found_rows(result: Doc, keys: list[Any]) -> None:
+    """CouchDB's row for a key that cannot be an id (anything but a
+    non-empty string): ``not_found``, where pouchdb-server may answer
+    another document."""
+    rows = result.get("rows")
+    if not isinstance(rows, list) or len(rows) != len(keys):
+        return
+    for position, key in enumerate(keys):
+        if not (isinstance(key, str) and key):
+            rows[position] = {"key": key, "error": "not_found"}
 
 
 def _generation(rev: str) -> int:

@@ -173,8 +173,13 @@ class DocumentStore(Protocol):
         CouchDB answers."""
 
     async def bulk_get(self, db: str, requests: list[Doc], *,
-                       revs: bool = False) -> list[Doc]:
-        """CouchDB ``_bulk_get`` ``results`` list."""
+                       revs: bool = False, latest: bool = False) -> list[Doc]:
+        """CouchDB ``_bulk_get`` ``results`` list: for each request
+        ``{"id", "rev"?}`` in order, ``{"id", "docs": [{"ok": doc} |
+        {"error": {"id", "rev", "error", "reason"}}]}``. Without ``rev``:
+        every leaf. With ``latest`` (CouchDB's ``?latest=true``), a ``rev``
+        that is in the tree but no longer a leaf answers the leaves
+        descending from it instead of ``not_found``."""
 
     async def revs_diff(self, db: str, revs: dict[str, list[str]]) -> Doc:
         """CouchDB ``_revs_diff``: ``{id: {"missing": [...],
@@ -188,17 +193,41 @@ class DocumentStore(Protocol):
                        update_seq: bool = False) -> Doc:
         """``{"total_rows", "offset", "rows": [{"id","key","value":{"rev"}
         [, "doc"]}]}`` in CouchDB's collation of ids (design docs included;
-        deleted ones only when asked by ``keys``, with ``value.deleted``)."""
+        deleted ones only when asked by ``keys``, with ``value.deleted``).
+        A key of ``keys`` that names no document, whatever its JSON type
+        (a number, ``null``, an object…), gets the row ``{"key": key,
+        "error": "not_found"}``, never an error. A ``start_key`` or
+        ``end_key`` that is not a string sorts before every id, as in
+        CouchDB 3 (Erlang term order: the range starts at the first id, or
+        ends before it)."""
 
     async def changes(self, db: str, *, since: str | None = None,
                       limit: int | None = None, descending: bool = False,
                       include_docs: bool = False, style: str = "main_only",
                       conflicts: bool = False,
-                      doc_ids: list[str] | None = None) -> Doc:
+                      doc_ids: list[str] | None = None,
+                      selector: Doc | None = None,
+                      design_only: bool = False) -> Doc:
         """The normal changes feed: ``{"results": [{"seq","id","changes":
         [{"rev"}], "deleted"?, "doc"?}], "last_seq", "pending"}``. Each
         document appears once, at its latest sequence. ``since`` is a value
-        returned earlier (or ``"0"`` / ``"now"``)."""
+        returned earlier (or ``"0"`` / ``"now"``).
+
+        At most one filter (``InvalidRequest`` otherwise), as CouchDB's
+        ``filter=`` parameter:
+
+        - ``doc_ids`` (``_doc_ids``): only these documents;
+        - ``selector`` (``_selector``): a Mango selector (``InvalidRequest``
+          if it is not valid) matched against the winning revision, or each
+          leaf with ``style="all_docs"``, as CouchDB shows them to it (with
+          ``_deleted`` for tombstones and, for the winner, ``_conflicts``);
+          ``changes`` lists the revisions that match;
+        - ``design_only`` (``_design``): only design documents.
+
+        With ``selector`` or ``design_only``, ``limit`` counts the rows
+        returned; ``last_seq`` is the last row's sequence when the limit is
+        reached, else the end of the feed; ``pending`` counts every change
+        after ``last_seq``, matching or not (as CouchDB counts it)."""
 
     # -- _local documents (never replicated, no revision tree) ---------------
     async def get_local(self, db: str, doc_id: str) -> Doc: ...

@@ -713,14 +713,19 @@ _BAD_PATH = SqlField("NULL", "0", "NULL", "NULL", "NULL", scalar_only=True)
 
 @dataclass(frozen=True)
 class SqlDocument:
-    """How a stored document reads in SQL: a JSON ``body`` column without
-    the ``_`` fields, the ``id`` and ``rev`` columns, and optionally a
-    column holding the JSON array of ``_conflicts`` (NULL if none)."""
+    """How a stored document reads in SQL: a JSON ``body`` column (which
+    holds no ``_id``, ``_rev``, ``_deleted`` or ``_conflicts``, but may
+    hold the other ``_`` fields CouchDB keeps, such as ``_access``), the
+    ``id`` and ``rev`` columns, and optionally a column holding the JSON
+    array of ``_conflicts`` (NULL if none) and a 0/1 column telling whether
+    the document is a tombstone (``_deleted: true``; without it, documents
+    are never deleted ones)."""
 
     body: str = "body"
     id: str = "id"
     rev: str = "rev"
     conflicts: str | None = None
+    deleted: str | None = None
     indexed_fields: frozenset[str] = frozenset()  # the columns of the index read
 
     def field(self, path: tuple[str, ...]) -> SqlField | None:
@@ -735,7 +740,7 @@ class SqlDocument:
         if not path:
             return None
         head = path[0]
-        if head.startswith("_"):
+        if head in ("_id", "_rev", "_conflicts", "_deleted"):
             return self._special_field(head, path[1:])
         if all(_is_plain_name(name) for name in path):
             return self._json_field(path)
@@ -789,6 +794,17 @@ class SqlDocument:
                 length_sql=f"json_array_length({column})",
                 key_sql=f"mango_key(json_type({column}), {column})",
                 each_source=column,
+            )
+        if head == "_deleted" and self.deleted is not None:
+            if rest:
+                return None  # a path through true, or through nothing
+            column = self.deleted
+            return SqlField(
+                type_sql=f"(CASE WHEN {column} THEN 'true' END)",
+                not_found_sql=f"(NOT {column})",
+                value_sql=f"(CASE WHEN {column} THEN 1 END)",
+                length_sql="NULL",
+                scalar_only=True,
             )
         return _ABSENT
 

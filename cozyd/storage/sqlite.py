@@ -1410,12 +1410,20 @@ class EmbeddedStore:
         return []
 
     async def bulk_get(
-        self, db: str, requests: list[Doc], *, revs: bool = False
+        self,
+        db: str,
+        requests: list[Doc],
+        *,
+        revs: bool = False,
+        latest: bool = False,
     ) -> list[Doc]:
         if not isinstance(requests, list):
             raise InvalidRequest("docs must be an array")
         return await self._read(
-            db, lambda database: [_bulk_get_one(database, r, revs) for r in requests]
+            db,
+            lambda database: [
+                _bulk_get_one(database, r, revs, latest) for r in requests
+            ],
         )
 
     async def revs_diff(self, db: str, revs: dict[str, list[str]]) -> Doc:
@@ -1463,9 +1471,6 @@ class EmbeddedStore:
         skip = _count(skip, "skip")
         if keys is not None and not isinstance(keys, list):
             raise InvalidRequest("keys must be an array")
-        for key in (start_key, end_key):
-            if key is not None and not isinstance(key, str):
-                raise InvalidRequest("start_key and end_key must be document ids")
         query = _AllDocs(
             keys,
             start_key,
@@ -1498,6 +1503,8 @@ class EmbeddedStore:
         style: str = "main_only",
         conflicts: bool = False,
         doc_ids: list[str] | None = None,
+        selector: Doc | None = None,
+        design_only: bool = False,
     ) -> Doc:
         limit = _limit(limit)
         if style not in ("main_only", "all_docs"):
@@ -1506,6 +1513,8 @@ class EmbeddedStore:
             isinstance(doc_ids, list) and all(isinstance(i, str) for i in doc_ids)
         ):
             raise InvalidRequest("doc_ids must be an array of strings")
+        if (doc_ids is not None) + (selector is not None) + bool(design_only) > 1:
+            raise InvalidRequest("changes takes one filter at most")
         query = _Changes(
             since,
             limit,
@@ -1514,6 +1523,8 @@ class EmbeddedStore:
             style == "all_docs",
             conflicts,
             doc_ids,
+            None if selector is None else mango.normalize(selector),
+            bool(design_only),
         )
         return await self._read(db, query.run)
 
@@ -1675,7 +1686,9 @@ def _bulk_get_error(doc_id: Any, rev: Any, error: str, reason: str) -> Doc:
     }
 
 
-def _bulk_get_one(database: _Database, request: Any, revs: bool) -> Doc:
+def _bulk_get_one(
+    database: _Database, request: Any, revs: bool, latest: bool
+) -> Doc:
     """One entry of ``_bulk_get``'s results, errors shaped as CouchDB's."""
     if not isinstance(request, dict):
         return _bulk_get_error(
@@ -1698,6 +1711,9 @@ def _bulk_get_one(database: _Database, request: Any, revs: bool) -> Doc:
     if stored is not None:
         if rev is None:
             leaves = stored.tree.leaves()
+        elif latest and rev in stored.tree:
+            # CouchDB's latest=true: the leaves that grew from ``rev``.
+            leaves = stored.tree.descendant_leaves(rev)
         else:
             leaves = [rev] if stored.tree.is_leaf(rev) else []
         if leaves:
@@ -1716,9 +1732,14 @@ def _bulk_get_one(database: _Database, request: Any, revs: bool) -> Doc:
 
 @dataclass
 class _AllDocs:
+    """``_all_docs``. Any JSON value may be a key: ids are strings, and
+    CouchDB compares keys with ids in Erlang term order, where every other
+    JSON value sorts before every string. So a non-string key names no
+    document, and as a range bound lies below every id."""
+
     keys: list[Any] | None
-    start_key: str | None
-    end_key: str | None
+    start_key: Any
+    end_key: Any
     inclusive_end: bool
     descending: bool
     limit: int | None
@@ -1757,18 +1778,24 @@ class _AllDocs:
         low, high = ">=", "<=" if self.inclusive_end else "<"
         if self.descending:
             low, high = "<=", ">=" if self.inclusive_end else ">"
-        if self.start_key is not None:
-            where += f" AND id {low} ?"
-            params.append(self.start_key)
-        if self.end_key is not None:
-            where += f" AND id {high} ?"
-            params.append(self.end_key)
+        for key, operator in ((self.start_key, low), (self.end_key, high)):
+            if key is None:
+                continue
+            if not isinstance(key, str):
+                # Below every id: "id > key" always holds, "id < key" never.
+                if operator in ("<", "<="):
+                    where += " AND 0"
+                continue
+            where += f" AND id {operator} ?"
+            params.append(key)
         return where, params
 
     def _offset(self, database: _Database, meta: _DbMeta) -> int:
         """Rows before the first one returned, as CouchDB counts them."""
         before = 0
-        if self.start_key is not None:
+        if self.start_key is not None and not isinstance(self.start_key, str):
+            before = meta.doc_count if self.descending else 0
+        elif self.start_key is not None:
             (before,) = database.conn.execute(
                 f"SELECT count(*) FROM docs WHERE db = ? AND deleted = 0"
                 f" AND id {'>' if self.descending else '<'} ?",
@@ -1815,47 +1842,78 @@ class _Changes:
     all_leaves: bool  # style=all_docs
     conflicts: bool
     doc_ids: list[str] | None
+    selector: mango.Selector | None  # filter=_selector (normalized)
+    design_only: bool  # filter=_design
+
+    # What the selector sees of a winning revision, in SQL: its body, id,
+    # rev, _conflicts (CouchDB opens it with them) and _deleted.
+    SELECTOR_DOCUMENT = mango.SqlDocument(conflicts="conflicts", deleted="deleted")
 
     def run(self, database: _Database) -> Doc:
         meta = database.meta()
         # Descending reads from the end: CouchDB ignores "since" then.
         since = 0 if self.descending else _parse_since(self.since, meta)
-        id_filter, id_params = "", []
-        if self.doc_ids is not None:
-            id_filter = " AND id IN (SELECT value FROM json_each(?))"
-            id_params = [json.dumps(self.doc_ids)]
+        where, params, exact = self._filter_sql()
         sql = (
-            f"SELECT {_DOC_COLUMNS} FROM docs WHERE db = ? AND seq > ?{id_filter}"
-            f" ORDER BY seq {'DESC' if self.descending else 'ASC'} LIMIT ?"
+            f"SELECT {_DOC_COLUMNS} FROM docs WHERE db = ? AND seq > ?{where}"
+            f" ORDER BY seq {'DESC' if self.descending else 'ASC'}"
         )
-        found = [
-            _stored_doc(row)
-            for row in database.conn.execute(
-                sql,
-                [
-                    database.name,
-                    since,
-                    *id_params,
-                    -1 if self.limit is None else self.limit,
-                ],
-            )
-        ]
-        results = [self._result(database, meta, stored) for stored in found]
+        if exact:
+            sql += " LIMIT ?"
+            params = [*params, -1 if self.limit is None else self.limit]
+        results: list[Doc] = []
+        last_returned: int | None = None
+        if self.limit != 0:
+            with contextlib.closing(
+                database.conn.execute(sql, [database.name, since, *params])
+            ) as cursor:
+                for row in _fetch_rows(cursor):
+                    stored = _stored_doc(row)
+                    result = self._result(database, meta, stored, exact)
+                    if result is None:
+                        continue
+                    results.append(result)
+                    last_returned = stored.seq
+                    if self.limit is not None and len(results) >= self.limit:
+                        break
         if self.descending:
-            last = found[-1].seq if found else 0
-        elif self.limit is not None and len(found) >= self.limit:
-            last = found[-1].seq if found else since  # more may follow
+            last = last_returned or 0
+        elif self.limit is not None and len(results) >= self.limit:
+            last = since if last_returned is None else last_returned  # more may follow
         else:
             last = max(since, meta.update_seq)  # read to the end of the feed
         return {
             "results": results,
             "last_seq": meta.seq(last),
-            "pending": self._pending(database, last, id_filter, id_params),
+            "pending": self._pending(database, last),
         }
 
-    def _pending(
-        self, database: _Database, last: int, id_filter: str, id_params: list[Any]
-    ) -> int:
+    def _filter_sql(self) -> tuple[str, list[Any], bool]:
+        """The SQL part of the filter: ``(WHERE terms, params, exact)``;
+        not ``exact``: rows must also pass ``_matching_revs``."""
+        if self.doc_ids is not None:
+            return (
+                " AND id IN (SELECT value FROM json_each(?))",
+                [json.dumps(self.doc_ids)],
+                True,
+            )
+        if self.design_only:
+            return " AND design = 1", [], True
+        if self.selector is None:
+            return "", [], True
+        if self.all_leaves:
+            return "", [], False  # each leaf is matched: in Python
+        condition = mango.compile_sql(self.selector, self.SELECTOR_DOCUMENT)
+        if condition.sql == "1":
+            return "", [], condition.exact
+        return f" AND {condition.sql}", list(condition.params), condition.exact
+
+    def _pending(self, database: _Database, last: int) -> int:
+        # CouchDB counts every change after last_seq, except with doc_ids.
+        id_filter, id_params = "", []
+        if self.doc_ids is not None:
+            id_filter = " AND id IN (SELECT value FROM json_each(?))"
+            id_params = [json.dumps(self.doc_ids)]
         comparison = "<" if self.descending else ">"
         (count,) = database.conn.execute(
             f"SELECT count(*) FROM docs WHERE db = ? AND seq {comparison} ?{id_filter}",
@@ -1863,8 +1921,34 @@ class _Changes:
         ).fetchone()
         return count
 
-    def _result(self, database: _Database, meta: _DbMeta, stored: _StoredDoc) -> Doc:
+    def _matching_revs(
+        self, database: _Database, stored: _StoredDoc, leaves: list[str]
+    ) -> list[str]:
+        """The revisions among ``leaves`` whose documents the selector
+        matches, each shown to it as CouchDB opens it."""
+        assert self.selector is not None
+        if not self.all_leaves:
+            doc = database.winner_doc(stored, conflicts=True)
+            return leaves if mango.matches(self.selector, doc) else []
+        # style=all_docs: each leaf on its own, without _conflicts.
+        bodies = database.leaf_bodies(stored)
+        return [
+            rev
+            for rev in leaves
+            if mango.matches(
+                self.selector, database.leaf_doc(stored, rev, bodies=bodies)
+            )
+        ]
+
+    def _result(
+        self, database: _Database, meta: _DbMeta, stored: _StoredDoc, exact: bool
+    ) -> Doc | None:
+        """The feed's row for ``stored``; None when the filter drops it."""
         leaves = stored.tree.leaves() if self.all_leaves else [stored.rev]
+        if self.selector is not None and not exact:
+            leaves = self._matching_revs(database, stored, leaves)
+            if not leaves:
+                return None
         result: Doc = {
             "seq": meta.seq(stored.seq),
             "id": stored.id,
@@ -1875,3 +1959,10 @@ class _Changes:
         if self.include_docs:
             result["doc"] = database.winner_doc(stored, conflicts=self.conflicts)
         return result
+
+
+def _fetch_rows(cursor: sqlite3.Cursor) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``cursor``, fetched a page at a time: a loop that stops
+    early leaves the rest unread."""
+    while rows := cursor.fetchmany(100):
+        yield from rows

@@ -41,7 +41,6 @@ from twisted.web.iweb import IRequest
 from cozyd.errors import CozyError, EchoError
 from cozyd.instance import defaults
 from cozyd.realtime.hub import CREATED, DELETED, UPDATED, EventHub
-from cozyd.storage import mango
 from cozyd.storage.interface import (
     DatabaseNotFound,
     DocNotFound,
@@ -111,8 +110,6 @@ STACK_VIEWS: dict[str, tuple[str, ...]] = {
 CHANGES_PARAMS = frozenset({"feed", "style", "since", "limit", "timeout", "include_docs",
                             "heartbeat", "_nonce", "seq_interval", "descending"})
 CHANGES_FILTERS = ("_doc_ids", "_selector", "_design")
-# How many changes a filtered feed reads per round from the engine.
-_FILTER_PAGE = 200
 
 _VALID_DOCTYPE = re.compile(r"[a-z0-9._]+")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -936,42 +933,11 @@ class DataService:
             if not isinstance(raw, dict):
                 raise couch_error(400, "bad_request",
                                   "Selector must be specified in POST payload")
-            selector = mango.normalize(raw)
-
-            def keep(row: dict[str, Any]) -> bool:
-                doc = row.get("doc")
-                return isinstance(doc, dict) and mango.matches(selector, doc)
-        else:  # _design
-
-            def keep(row: dict[str, Any]) -> bool:
-                return str(row.get("id", "")).startswith("_design/")
-        return json_response(request, await self._filtered_changes(db, keep, **options))
-
-    async def _filtered_changes(self, db: str, keep: Callable[[dict[str, Any]], bool], *,
-                                since: str | None, limit: int | None, descending: bool,
-                                include_docs: bool, style: str) -> dict[str, Any]:
-        """A changes feed filtered here: read in pages, keep what ``keep``
-        accepts, stop at ``limit`` kept rows."""
-        kept: list[dict[str, Any]] = []
-        cursor = since
-        page = None if descending else _FILTER_PAGE
-        while True:
-            result = await self.store.changes(db, since=cursor, limit=page,
-                                              descending=descending, include_docs=True,
-                                              style=style)
-            rows = result.get("results", [])
-            for position, row in enumerate(rows):
-                if not keep(row):
-                    continue
-                if not include_docs:
-                    row.pop("doc", None)
-                kept.append(row)
-                if limit and len(kept) >= limit:
-                    left = len(rows) - position - 1 + result.get("pending", 0)
-                    return {"results": kept, "last_seq": row.get("seq"), "pending": left}
-            if page is None or len(rows) < page:
-                return {"results": kept, "last_seq": result.get("last_seq"), "pending": 0}
-            cursor = result.get("last_seq")
+            return json_response(request, await self.store.changes(db, selector=raw,
+                                                                   **options))
+        # _design
+        return json_response(request, await self.store.changes(db, design_only=True,
+                                                               **options))
 
     # -- replication -----------------------------------------------------------
     @route("{doctype}/_ensure_full_commit", "POST", access="writable", proxy=True)
@@ -990,7 +956,8 @@ class DataService:
         if not isinstance(docs, list):
             raise couch_error(400, "bad_request", "Missing JSON list of 'docs'.")
         results = await self.store.bulk_get(self._db(request, doctype), docs,
-                                            revs=_is_true(request, "revs"))
+                                            revs=_is_true(request, "revs"),
+                                            latest=_is_true(request, "latest"))
         return json_response(request, {"results": results})
 
     @route("{doctype}/_bulk_docs", "POST", access="writable", proxy=True)

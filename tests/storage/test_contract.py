@@ -635,6 +635,76 @@ async def test_bulk_get_without_revision_returns_every_leaf(store, created):
     ]
 
 
+async def grow_branches(store, db):
+    """``doc``: 1-a → 2-b → {3-c, 3-d}, and 1-a → 2-e (winner: 3-d)."""
+    a, b = "1-" + H["a"], "2-" + H["b"]
+    await replicate(store, db, "doc", ["3-" + H["c"], b, a], {"v": "c"})
+    await replicate(store, db, "doc", ["3-" + H["d"], b, a], {"v": "d"})
+    await replicate(store, db, "doc", ["2-" + H["e"], a], {"v": "e"})
+
+
+def revs_in(result):
+    return sorted(entry["ok"]["_rev"] for entry in result["docs"] if "ok" in entry)
+
+
+def not_found(doc_id, rev):
+    error = {"id": doc_id, "rev": rev, "error": "not_found", "reason": "missing"}
+    return [{"error": error}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bulk_get_latest_reads_the_leaves_grown_from_a_revision(store, created):
+    await grow_branches(store, created)
+    unknown = "9-" + H["f"]
+    results = await store.bulk_get(
+        created,
+        [
+            {"id": "doc", "rev": "2-" + H["b"]},
+            {"id": "doc", "rev": "1-" + H["a"]},
+            {"id": "doc", "rev": "3-" + H["c"]},
+            {"id": "doc", "rev": unknown},
+            {"id": "nothing", "rev": "1-" + H["a"]},
+            {"id": "doc"},
+        ],
+        latest=True,
+    )
+    assert [r["id"] for r in results] == ["doc"] * 4 + ["nothing", "doc"]
+    assert revs_in(results[0]) == ["3-" + H["c"], "3-" + H["d"]]
+    assert revs_in(results[1]) == ["2-" + H["e"], "3-" + H["c"], "3-" + H["d"]]
+    assert [entry["ok"] for entry in results[2]["docs"]] == [
+        {"_id": "doc", "_rev": "3-" + H["c"], "v": "c"}
+    ]
+    assert results[3]["docs"] == not_found("doc", unknown)
+    assert results[4]["docs"] == not_found("nothing", "1-" + H["a"])
+    assert revs_in(results[5]) == ["2-" + H["e"], "3-" + H["c"], "3-" + H["d"]]
+    # With the histories when asked.
+    [with_revs] = await store.bulk_get(
+        created, [{"id": "doc", "rev": "2-" + H["b"]}], latest=True, revs=True
+    )
+    histories = {e["ok"]["_rev"]: e["ok"]["_revisions"] for e in with_revs["docs"]}
+    assert histories["3-" + H["c"]] == {"start": 3, "ids": [H["c"], H["b"], H["a"]]}
+    # Without latest, a revision that is no longer a leaf is not found.
+    [inner] = await store.bulk_get(created, [{"id": "doc", "rev": "2-" + H["b"]}])
+    assert [entry.get("ok") for entry in inner["docs"]] == [None]
+    assert inner["docs"][0]["error"]["error"] == "not_found"
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_revs_with_latest_and_unknown_revisions(store, created):
+    await grow_branches(store, created)
+    unknown = "9-" + H["f"]
+    got = await store.get_open_revs(created, "doc", ["1-" + H["a"], unknown], latest=True)
+    assert sorted(entry["ok"]["_rev"] for entry in got if "ok" in entry) == [
+        "2-" + H["e"],
+        "3-" + H["c"],
+        "3-" + H["d"],
+    ]
+    assert {"missing": unknown} in got
+    assert all("_revisions" not in entry.get("ok", {}) for entry in got)
+    # The store still answers (pouchdb-server dies on this when asked as is).
+    assert (await store.get_doc(created, "doc"))["_rev"] == "3-" + H["d"]
+
+
 @pytest_twisted.ensureDeferred
 async def test_revs_diff_lists_what_is_missing(store, created):
     await replicate(store, created, "doc", ["2-" + H["b"], "1-" + H["a"]], {})

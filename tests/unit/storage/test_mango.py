@@ -881,3 +881,47 @@ def test_field_ranges():
         "$lte",
         "ab\uffff",
     )
+
+
+@pytest.mark.parametrize("path", ["_deleted", "_deleted.a", "_access", "_access.b", "_other"])
+def test_deleted_and_kept_special_fields_agree_with_python(path):
+    # The changes feed shows tombstones (_deleted: true) to selectors, and
+    # bodies keep some "_" fields (_access…): SQL must read them as Python.
+    bodies = (
+        [{}]
+        + [{"_access": value} for value in VALUE_POOL]
+        + [{"_access": {"b": value}} for value in VALUE_POOL]
+    )
+    rows = [
+        (f"id{n}", f"1-r{n}", json.dumps(body), deleted)
+        for n, body in enumerate(bodies)
+        for deleted in (0, 1)
+    ]
+    conn = sqlite3.connect(":memory:")
+    mango.register_sql_functions(conn)
+    conn.execute("CREATE TABLE docs (id TEXT, rev TEXT, body TEXT, deleted INTEGER)")
+    conn.executemany("INSERT INTO docs VALUES (?, ?, ?, ?)", rows)
+
+    def as_doc(row):
+        doc_id, rev, body, deleted = row
+        doc = {"_id": doc_id, "_rev": rev, **json.loads(body)}
+        if deleted:
+            doc["_deleted"] = True
+        return doc
+
+    document = mango.SqlDocument(deleted="deleted")
+    for condition in exhaustive_conditions():
+        for selector in ({path: condition}, {path: {"$not": condition}}):
+            normalized = normalize(selector)
+            compiled = mango.compile_sql(normalized, document)
+            in_sql = {
+                (doc_id, rev)
+                for doc_id, rev in conn.execute(
+                    f"SELECT id, deleted FROM docs WHERE {compiled.sql}", compiled.params
+                )
+            }
+            in_python = {(row[0], row[3]) for row in rows if matches(normalized, as_doc(row))}
+            assert in_python <= in_sql, selector
+            if compiled.exact:
+                assert in_sql == in_python, selector
+    assert mango.compile_sql(normalize({"_deleted": True}), document).exact
