@@ -403,6 +403,20 @@ class _PrefixFile:
                     raise StorageUnavailable(f"storage unavailable ({e})") from e
                 raise
 
+    def try_run(self, work: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
+        """Run ``work`` now if the file is open and nobody is using it;
+        ``(False, None)`` otherwise (never waits)."""
+        if self.connection is None or not self.lock.acquire(blocking=False):
+            return False, None
+        try:
+            if self.connection is None:
+                return False, None
+            return True, work(self.connection)
+        except (sqlite3.OperationalError, OSError) as e:
+            raise StorageUnavailable(f"storage unavailable ({e})") from e
+        finally:
+            self.lock.release()
+
     def close(self) -> None:
         with self.lock:
             if self.connection is not None:
@@ -726,9 +740,10 @@ class _Database:
 
     # -- design documents ------------------------------------------------------
     def design_docs(self) -> list[tuple[str, Doc]]:
+        # An id range, so the primary key finds them without a scan.
         rows = self.conn.execute(
-            "SELECT id, body FROM docs WHERE db = ? AND design = 1"
-            " AND deleted = 0 ORDER BY id",
+            "SELECT id, body FROM docs WHERE db = ? AND id >= '_design/'"
+            " AND id < '_design0' AND design = 1 AND deleted = 0 ORDER BY id",
             (self.name,),
         )
         return [(doc_id, json.loads(body)) for doc_id, body in rows]
@@ -1107,16 +1122,27 @@ class EmbeddedStore:
         *,
         create: bool = False,
         if_missing: Callable[[], T] | None = None,
+        inline: bool = False,
     ) -> T:
         """Run ``work`` with the connection of ``prefix``'s file. Without a
         file, ``create`` makes one; else ``if_missing()`` answers (by
-        default: the database does not exist)."""
+        default: the database does not exist).
+
+        ``inline`` work (a primary-key read) runs on the calling thread when
+        the file is open and free: handing such a read to a worker thread
+        costs more than the read itself. Busy or closed files still go to
+        the thread pool, so the caller never waits on a lock.
+        """
         if self._closed:
             raise StorageUnavailable("the storage is closed")
         prefix_file = self._file(prefix)
         prefix_file.users += 1
         prefix_file.may_be_open = True
         try:
+            if inline:
+                done, result = prefix_file.try_run(work)
+                if done:
+                    return result  # type: ignore[return-value]
             return await self._in_thread(prefix_file.run, work, create)
         except _NoFile:
             if if_missing is None:
@@ -1126,9 +1152,13 @@ class EmbeddedStore:
             prefix_file.users -= 1
             self._after_use(prefix_file)
 
-    async def _read(self, db: str, work: Callable[[_Database], T]) -> T:
+    async def _read(
+        self, db: str, work: Callable[[_Database], T], *, inline: bool = False
+    ) -> T:
         """Run ``work`` on an existing database, in a read transaction."""
-        return await self._in_transaction(db, work, write=False, create=False)
+        return await self._in_transaction(
+            db, work, write=False, create=False, inline=inline
+        )
 
     async def _write(
         self, db: str, work: Callable[[_Database], T], *, create: bool = False
@@ -1138,7 +1168,13 @@ class EmbeddedStore:
         return await self._in_transaction(db, work, write=True, create=create)
 
     async def _in_transaction(
-        self, db: str, work: Callable[[_Database], T], *, write: bool, create: bool
+        self,
+        db: str,
+        work: Callable[[_Database], T],
+        *,
+        write: bool,
+        create: bool,
+        inline: bool = False,
     ) -> T:
         prefix, part = _split_name(db)
 
@@ -1149,7 +1185,7 @@ class EmbeddedStore:
                     database.meta()  # DatabaseNotFound before anything else
                 return work(database)
 
-        return await self._run(prefix, in_transaction, create=create)
+        return await self._run(prefix, in_transaction, create=create, inline=inline)
 
     def _after_use(self, prefix_file: _PrefixFile) -> None:
         if prefix_file.in_memory or self._closed:
@@ -1320,7 +1356,7 @@ class EmbeddedStore:
                 return doc
             return _read_leaf(database, stored, rev, revs)
 
-        return await self._read(db, get)
+        return await self._read(db, get, inline=True)
 
     async def get_open_revs(
         self,
