@@ -21,28 +21,28 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from cozyd.adminpass import PassphraseChecker
+from cozyd.auth.clients import OAuthClients
+from cozyd.auth.limits import RateLimiter
+from cozyd.auth.login import LOGIN_FAILED, LoginFailures, Passphrases
+from cozyd.auth.oauth import AccessCodes, TokenEndpoint
+from cozyd.auth.sessions import SessionStore
+from cozyd.auth.urls import InstanceURLs
 from cozyd.config import Config
 from cozyd.instance.lifecycle import InstanceManager, ModifyOptions
 from cozyd.instance.registry import InstanceRegistry
-from cozyd.storage.interface import DocumentStore
-from cozyd.auth.clients import OAuthClients
-from cozyd.auth.oauth import AccessCodes, TokenEndpoint
 from cozyd.permissions.resolver import PermissionResolver
 from cozyd.realtime.hub import EventHub
-from cozyd.auth.limits import RateLimiter
-from cozyd.auth.login import LOGIN_FAILED, LoginFailures, Passphrases
-from cozyd.auth.urls import InstanceURLs
+from cozyd.storage.interface import DocumentStore
 from cozyd.web.admin import AdminService
-from cozyd.web.data import DataService
 from cozyd.web.auth import AuthService, HomePage, WebSessions
-from cozyd.web.settings import SettingsService
-from cozyd.web.site import BodyLimitSite
+from cozyd.web.data import DataService
 from cozyd.web.guard import Guard
-from cozyd.auth.sessions import SessionStore
 from cozyd.web.oauth import ClientsSettingsService, OAuthService
 from cozyd.web.pages import Pages
 from cozyd.web.permissions import PermissionsService
 from cozyd.web.root import PublicRoot
+from cozyd.web.settings import SettingsService
+from cozyd.web.site import BodyLimitSite
 from cozyd.web.status import StatusService
 
 log = Logger()

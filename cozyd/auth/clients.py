@@ -24,11 +24,16 @@ from urllib.parse import urlsplit
 
 from cozyd.auth import tokens
 from cozyd.auth.limits import RateLimiter
-from cozyd.errors import BadRequest, CozyError, EchoError, NotFound
+from cozyd.errors import CozyError, EchoError, NotFound
 from cozyd.instance.model import Instance
 from cozyd.permissions.resolver import CLIENTS_DOCTYPE, PermissionResolver
-from cozyd.storage.interface import (DatabaseNotFound, DocConflict, DocNotFound,
-                                     DocumentStore, new_doc_id)
+from cozyd.storage.interface import (
+    DatabaseNotFound,
+    DocConflict,
+    DocNotFound,
+    DocumentStore,
+    new_doc_id,
+)
 from cozyd.storage.names import db_name
 
 #: Random bytes in a client secret (as cozy-stack: 24, URL-safe base64).

@@ -29,8 +29,12 @@ from cozyd.auth import tokens
 from cozyd.auth.clients import OAuthClients, iso_time, secrets_equal
 from cozyd.errors import CozyError
 from cozyd.instance.model import Instance
-from cozyd.storage.interface import (DatabaseNotFound, DocConflict, DocNotFound,
-                                     DocumentStore)
+from cozyd.storage.interface import (
+    DatabaseNotFound,
+    DocConflict,
+    DocNotFound,
+    DocumentStore,
+)
 from cozyd.storage.names import db_name
 
 ACCESS_CODES_DOCTYPE = "io.cozy.oauth.access_codes"

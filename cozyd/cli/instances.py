@@ -20,9 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cozyd.auth import passphrase as passphrases
-from cozyd.instance.domain import InvalidDomain, validate_domain
-from cozyd.cli.client import LONG_TIMEOUT, Context, error_message, go_duration, \
-    instance_path
+from cozyd.cli.client import (
+    LONG_TIMEOUT,
+    Context,
+    error_message,
+    go_duration,
+    instance_path,
+)
 from cozyd.cli.output import (
     CLIError,
     dumps_indented,
@@ -31,6 +35,7 @@ from cozyd.cli.output import (
     info,
     out,
 )
+from cozyd.instance.domain import InvalidDomain, validate_domain
 
 Handler = Callable[[argparse.Namespace, Context], int]
 

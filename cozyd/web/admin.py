@@ -20,10 +20,22 @@ from cozyd.auth import tokens
 from cozyd.auth.clients import RegistrationError
 from cozyd.durations import parse_duration
 from cozyd.errors import BadRequest, NotFound, Unauthorized, Unprocessable
-from cozyd.instance.lifecycle import (CreateOptions, InstanceManager, ModifyOptions,
-                                      parse_settings)
-from cozyd.web.common import (JSONAPI, install_error_handlers, json_response,
-                              not_found, query_bool, query_int, query_list, query_text)
+from cozyd.instance.lifecycle import (
+    CreateOptions,
+    InstanceManager,
+    ModifyOptions,
+    parse_settings,
+)
+from cozyd.web.common import (
+    JSONAPI,
+    install_error_handlers,
+    json_response,
+    not_found,
+    query_bool,
+    query_int,
+    query_list,
+    query_text,
+)
 
 
 class AdminService:

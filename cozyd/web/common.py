@@ -13,12 +13,12 @@ import json
 from typing import Any
 
 from klein import Klein
-from werkzeug.exceptions import HTTPException
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
 
-from cozyd.instance.model import Instance
 from cozyd.errors import BadRequest, CozyError, EchoError, NotFound, PayloadTooLarge
+from cozyd.instance.model import Instance
 
 JSONAPI = "application/vnd.api+json"
 JSON = "application/json"
