@@ -51,6 +51,7 @@ from cozyd.storage.interface import (
     DocConflict,
     DocNotFound,
     InvalidRequest,
+    NoIndex,
     StorageError,
     StorageUnavailable,
 )
@@ -963,12 +964,16 @@ class CouchDBStore:
         return await self._call("GET", f"{couchdb_db_path(db)}/_index",
                                 db_call=True)
 
-    async def find(self, db: str, query: Doc) -> Doc:
+    async def find(self, db: str, query: Doc, *, require_index: bool = False) -> Doc:
         if not isinstance(query, dict):
             raise InvalidRequest("the query must be a JSON object")
         try:
-            return await self._call("POST", f"{couchdb_db_path(db)}/_find",
-                                    body=query, db_call=True)
+            found = await self._call("POST", f"{couchdb_db_path(db)}/_find",
+                                     body=query, db_call=True)
+            # CouchDB has no way to refuse a full scan up front: it says so.
+            if require_index and _NO_INDEX_WARNING in (found.get("warning") or ""):
+                raise NoIndex()
+            return found
         except InvalidRequest as e:
             if (self._emulate and e.detail.startswith("Cannot sort on field(s)")
                     and len(_sort_directions(query.get("sort"))) == 1):
@@ -976,6 +981,9 @@ class CouchDBStore:
                 raise InvalidRequest(_NO_USABLE_INDEX, code="no_usable_index") \
                     from None
             raise
+
+
+_NO_INDEX_WARNING = "No matching index found"
 
 
 # -- helpers -------------------------------------------------------------------

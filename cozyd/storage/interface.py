@@ -80,6 +80,16 @@ class InvalidRequest(StorageError):
     code = "bad_request"
 
 
+class NoIndex(StorageError):
+    """No index serves this query, and the caller asked for one."""
+
+    status = 400
+    code = "no_index"
+
+    def __init__(self, reason: str = "no matching index found, create an index"):
+        super().__init__(reason)
+
+
 class StorageUnavailable(StorageError):
     """The backend cannot be reached or timed out (the request may be retried)."""
 
@@ -248,7 +258,10 @@ class DocumentStore(Protocol):
     async def list_indexes(self, db: str) -> Doc:
         """CouchDB ``GET /db/_index``: ``{"total_rows", "indexes": [...]}``."""
 
-    async def find(self, db: str, query: Doc) -> Doc:
+    async def find(self, db: str, query: Doc, *, require_index: bool = False) -> Doc:
         """CouchDB ``POST /db/_find``: ``{"docs", "bookmark", "warning"?,
         "execution_stats"?}``. ``InvalidRequest`` for a bad selector;
-        ``StorageError`` 400 ``no_usable_index`` when a sort has no index."""
+        ``StorageError`` 400 ``no_usable_index`` when a sort has no index.
+        With ``require_index``, a query no index can serve raises
+        ``NoIndex`` (cozy-stack refuses full scans) — on the embedded engine
+        before reading anything."""

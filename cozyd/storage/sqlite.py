@@ -56,6 +56,7 @@ from cozyd.storage.interface import (
     DocConflict,
     DocNotFound,
     InvalidRequest,
+    NoIndex,
     StorageError,
     StorageUnavailable,
     new_doc_id,
@@ -1646,11 +1647,13 @@ class EmbeddedStore:
 
         return await self._read(db, indexes)
 
-    async def find(self, db: str, query: Doc) -> Doc:
+    async def find(self, db: str, query: Doc, *, require_index: bool = False) -> Doc:
         parsed = mango.parse_find_query(query)
 
         def find(database: _Database) -> Doc:
             plan = mango.plan_query(database.mango_indexes(), parsed)
+            if require_index and plan.index.is_special:
+                raise NoIndex()
             return _FindRun(database, parsed, plan).execute()
 
         return await self._read(db, find)

@@ -45,6 +45,7 @@ from cozyd.storage.interface import (
     DatabaseNotFound,
     DocNotFound,
     DocumentStore,
+    NoIndex,
     StorageError,
     new_doc_id,
 )
@@ -803,11 +804,13 @@ class DataService:
         if isinstance(limit, float) and limit.is_integer():
             limit = int(limit)
         query["limit"] = limit
-        found = await self.store.find(self._db(request, doctype), query)
-        warning = found.get("warning") or ""
-        if "matching index found" in warning:
+        try:
             # Developers must not rely on full scans: cozy-stack's error.
+            found = await self.store.find(self._db(request, doctype), query,
+                                          require_index=True)
+        except NoIndex:
             raise couch_error(400, "no_index", "no matching index found, create an index")
+        warning = found.get("warning") or ""
         docs = found.get("docs", [])
         bookmark = found.get("bookmark") or ""
         out: dict[str, Any] = {"docs": docs, "limit": limit,

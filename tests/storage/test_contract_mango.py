@@ -402,3 +402,19 @@ async def test_find_results_are_documents(store, people):
     [doc] = (await store.find(people, {"selector": {"name": "eve"}}))["docs"]
     assert re.fullmatch(r"1-[0-9a-f]{32}", doc["_rev"])
     assert doc == {**PEOPLE[4], "_rev": doc["_rev"]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_require_index_refuses_full_scans(store, prefix):
+    from cozyd.storage.interface import NoIndex
+
+    db = f"{prefix}/io-cozy-require"
+    await store.create_db(db)
+    await store.put_doc(db, {"_id": "a", "n": 1})
+    with pytest.raises(NoIndex):
+        await store.find(db, {"selector": {"n": 1}}, require_index=True)
+    found = await store.find(db, {"selector": {"n": 1}})  # CouchDB scans, warns
+    assert [d["_id"] for d in found["docs"]] == ["a"]
+    await store.create_index(db, ["n"], ddoc="by-n", name="by-n")
+    found = await store.find(db, {"selector": {"n": 1}}, require_index=True)
+    assert [d["_id"] for d in found["docs"]] == ["a"]
