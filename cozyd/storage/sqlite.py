@@ -1156,7 +1156,11 @@ class EmbeddedStore:
     async def _read(
         self, db: str, work: Callable[[_Database], T], *, inline: bool = False
     ) -> T:
-        """Run ``work`` on an existing database, in a read transaction."""
+        """Run ``work`` on an existing database, in a read transaction.
+
+        ``inline`` reads are primary-key reads: they run on the calling
+        thread when they can (see ``_run``) and check that the database
+        exists themselves, only when the document is not found."""
         return await self._in_transaction(
             db, work, write=False, create=False, inline=inline
         )
@@ -1182,7 +1186,7 @@ class EmbeddedStore:
         def in_transaction(conn: sqlite3.Connection) -> T:
             with _transaction(conn, write=write):
                 database = _Database(conn, part, self._revs_limit)
-                if not create:
+                if not create and not inline:
                     database.meta()  # DatabaseNotFound before anything else
                 return work(database)
 
@@ -1341,6 +1345,7 @@ class EmbeddedStore:
         def get(database: _Database) -> Doc:
             stored = database.load(doc_id)
             if stored is None:
+                database.meta()  # DatabaseNotFound when there is no database
                 raise DocNotFound("missing")
             if wants_winner:
                 if stored.deleted:
