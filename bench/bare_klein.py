@@ -1,15 +1,22 @@
 """The framework's ceiling: a bare Klein handler answering a fixed JSON
 document, run as its own process like the daemon (``python bare_klein.py PORT``).
-It prints ``listening on PORT`` once ready."""
+It prints ``listening on PORT`` once ready, then one access-log line per
+request to stdout, as twistd does for the daemon, so both pay for logging."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from klein import Klein
 from twisted.internet import endpoints, reactor
+from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.web.server import Site
+
+from cozyd.service import access_log_line
 
 DOC = json.dumps({"_id": "doc-00000", "_rev": "1-0123456789abcdef0123456789abcdef",
                   "n": 0, "title": "document 0", "tags": ["a", "b"]}).encode()
@@ -28,8 +35,11 @@ def main() -> None:
     endpoint = endpoints.TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
 
     def started(listening):
-        print(f"listening on {listening.getHost().port}", flush=True)
-    endpoint.listen(Site(app.resource())).addCallback(started)
+        sys.stdout.write(f"listening on {listening.getHost().port}\n")
+        sys.stdout.flush()
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)],
+                                     redirectStandardIO=False)
+    endpoint.listen(Site(app.resource(), logFormatter=access_log_line)).addCallback(started)
     reactor.run()
 
 

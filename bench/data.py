@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from urllib.parse import quote, urlsplit
 
@@ -167,7 +168,11 @@ def bare_klein(requests: int) -> dict[int, object]:
                                                              "bare_klein.py")],
                                stdout=subprocess.PIPE, text=True)
     try:
-        port = int(process.stdout.readline().split()[-1])
+        port = next(int(line.split()[-1]) for line in process.stdout
+                    if line.startswith("listening on"))
+        # Drain its access log as the daemon harness drains the daemon's.
+        threading.Thread(target=lambda: [None for _ in process.stdout],
+                         daemon=True).start()
         url = f"http://127.0.0.1:{port}/data/{DOCTYPE}/doc-00000"
         return {c: run_load(url, concurrency=c, requests=requests) for c in (1, 32)}
     finally:

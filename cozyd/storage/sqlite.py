@@ -1154,15 +1154,22 @@ class EmbeddedStore:
             self._after_use(prefix_file)
 
     async def _read(
-        self, db: str, work: Callable[[_Database], T], *, inline: bool = False
+        self,
+        db: str,
+        work: Callable[[_Database], T],
+        *,
+        inline: bool = False,
+        one_statement: bool = False,
     ) -> T:
         """Run ``work`` on an existing database, in a read transaction.
 
         ``inline`` reads are primary-key reads: they run on the calling
         thread when they can (see ``_run``) and check that the database
-        exists themselves, only when the document is not found."""
+        exists themselves, only when the document is not found.
+        ``one_statement`` work needs no snapshot: it runs without BEGIN."""
         return await self._in_transaction(
-            db, work, write=False, create=False, inline=inline
+            db, work, write=False, create=False, inline=inline,
+            one_statement=one_statement,
         )
 
     async def _write(
@@ -1180,10 +1187,13 @@ class EmbeddedStore:
         write: bool,
         create: bool,
         inline: bool = False,
+        one_statement: bool = False,
     ) -> T:
         prefix, part = _split_name(db)
 
         def in_transaction(conn: sqlite3.Connection) -> T:
+            if one_statement and not write:
+                return work(_Database(conn, part, self._revs_limit))
             with _transaction(conn, write=write):
                 database = _Database(conn, part, self._revs_limit)
                 if not create and not inline:
@@ -1362,7 +1372,8 @@ class EmbeddedStore:
                 return doc
             return _read_leaf(database, stored, rev, revs)
 
-        return await self._read(db, get, inline=True)
+        # The winner comes with its row: one SELECT, no snapshot needed.
+        return await self._read(db, get, inline=True, one_statement=wants_winner)
 
     async def get_open_revs(
         self,
