@@ -3,7 +3,6 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.task import Clock
 
 from cozyd.auth import tokens
 from cozyd.auth.clients import (OAuthClients, RegistrationError, RegistrationRateLimited,
@@ -15,13 +14,6 @@ from cozyd.storage.sqlite import EmbeddedStore
 from cozyd.testing import sync
 
 REDIRECT = "https://client.example.org/cb"
-
-
-@pytest.fixture
-def clock():
-    clock = Clock()
-    clock.advance(1_800_000_000)
-    return clock
 
 
 @pytest.fixture

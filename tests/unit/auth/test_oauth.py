@@ -3,7 +3,6 @@
 import hashlib
 
 import pytest
-from twisted.internet.task import Clock
 
 from cozyd.auth.oauth import (ACCESS_CODES_DOCTYPE, AccessCodes, code_challenge,
                               pkce_matches)
@@ -11,13 +10,6 @@ from cozyd.instance.model import Instance
 from cozyd.storage.names import db_name
 from cozyd.storage.sqlite import EmbeddedStore
 from cozyd.testing import sync
-
-
-@pytest.fixture
-def clock():
-    clock = Clock()
-    clock.advance(1_800_000_000)
-    return clock
 
 
 @pytest.fixture

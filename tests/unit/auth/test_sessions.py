@@ -1,7 +1,6 @@
 """Session cookies, session documents, user agents and rate limits."""
 
 import pytest
-from twisted.internet.task import Clock
 
 from cozyd.auth import sessions as S
 from cozyd.auth.limits import RateLimiter, Verdict
@@ -68,13 +67,6 @@ def test_cookie_domain_covers_the_apps(instance):
 ])
 def test_user_agents(agent, expected):
     assert S.parse_user_agent(agent) == expected
-
-
-@pytest.fixture
-def clock():
-    clock = Clock()
-    clock.advance(1_800_000_000)
-    return clock
 
 
 @pytest.fixture

@@ -1,14 +1,9 @@
 import pytest
 
-from cozyd.testing import TEST_ADMIN_PASSPHRASE, MemoryClient, memory_stack
+from cozyd.testing import TEST_ADMIN_PASSPHRASE, MemoryClient
 
 AUTH = ("admin", TEST_ADMIN_PASSPHRASE)
 ADMIN = "http://127.0.0.1:6060"
-
-
-@pytest.fixture
-def stack(tmp_path):
-    return memory_stack(str(tmp_path))
 
 
 @pytest.fixture

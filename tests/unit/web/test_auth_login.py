@@ -3,7 +3,6 @@
 import re
 
 import pytest
-from twisted.internet.task import Clock
 
 from cozyd.auth import tokens
 from cozyd.instance.model import Instance
@@ -21,13 +20,6 @@ from tests.unit.auth.support import (
     login,
     onboard,
 )
-
-
-@pytest.fixture
-def clock():
-    clock = Clock()
-    clock.advance(1_800_000_000)
-    return clock
 
 
 @pytest.fixture

@@ -3,12 +3,11 @@
 import re
 
 import pytest
-from twisted.internet.task import Clock
 
 from cozyd.auth import passphrase as hashing
 from cozyd.instance.model import Instance
 from cozyd.storage.names import INSTANCES_DB, db_name
-from cozyd.testing import TEST_KDF_ITERATIONS, memory_stack, sync
+from cozyd.testing import TEST_KDF_ITERATIONS, sync
 from tests.unit.auth.support import (
     BASE,
     DOMAIN,
@@ -19,18 +18,6 @@ from tests.unit.auth.support import (
     login,
     onboard,
 )
-
-
-@pytest.fixture
-def clock():
-    clock = Clock()
-    clock.advance(1_800_000_000)
-    return clock
-
-
-@pytest.fixture
-def stack(tmp_path, clock):
-    return memory_stack(str(tmp_path), clock=clock)
 
 
 @pytest.fixture

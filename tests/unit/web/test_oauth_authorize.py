@@ -12,7 +12,7 @@ from cozyd.instance.model import Instance
 from cozyd.storage.names import db_name
 from cozyd.testing import MemoryClient, sync
 from tests.unit.web.test_oauth_common import (ADMIN, ALICE, AUTH, BOB, REDIRECT,  # noqa: F401
-                                              PageClient, bearer, clock, create, form,
+                                              PageClient, bearer, create, form,
                                               instance_of,
                                               oauth_stack, registered, token_request)
 

@@ -3,12 +3,11 @@
 import json
 
 import pytest
-from twisted.internet.task import Clock
 
 from cozyd.auth.oauth import AccessCodes
 from cozyd.instance.model import Instance
 from cozyd.storage.names import INSTANCES_DB
-from cozyd.testing import MemoryClient, Response, memory_stack, sync
+from cozyd.testing import MemoryClient, Response, sync
 from tests.unit.web.conftest import ADMIN, AUTH, create
 
 ALICE = "http://alice.cozy.test"
@@ -18,15 +17,7 @@ JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"
 
 
 @pytest.fixture
-def clock():
-    clock = Clock()
-    clock.advance(1_800_000_000)
-    return clock
-
-
-@pytest.fixture
-def oauth_stack(tmp_path, clock):
-    stack = memory_stack(str(tmp_path), clock=clock)
+def oauth_stack(stack):
     return stack
 
 

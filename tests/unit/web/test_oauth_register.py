@@ -7,7 +7,7 @@ from cozyd.instance.model import Instance
 from cozyd.storage.names import db_name
 from cozyd.testing import MemoryClient, sync
 from tests.unit.web.test_oauth_common import (ALICE, BOB, JSON_HEADERS, REDIRECT,
-                                              admin_token, bearer, clock, create,  # noqa: F401
+                                              admin_token, bearer, create,  # noqa: F401
                                               oauth_stack, register, registered)
 
 

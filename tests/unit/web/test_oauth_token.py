@@ -9,7 +9,7 @@ from cozyd.instance.model import Instance
 from cozyd.storage.names import db_name
 from cozyd.testing import MemoryClient, sync
 from tests.unit.web.test_oauth_common import (ADMIN, ALICE, AUTH, BOB, REDIRECT,
-                                              admin_token, bearer, clock, create,  # noqa: F401
+                                              admin_token, bearer, create,  # noqa: F401
                                               make_code, oauth_stack, registered,
                                               token_request)
 

@@ -3,26 +3,13 @@
 import base64
 import jwt
 import pytest
-from twisted.internet.task import Clock
 
 from cozyd.instance.model import Instance
 from cozyd.storage.names import INSTANCES_DB, db_name
-from cozyd.testing import memory_stack, sync
+from cozyd.testing import sync
 from tests.unit.web.conftest import ADMIN, AUTH, create
 
 ALICE = "http://alice.cozy.test"
-
-
-@pytest.fixture
-def clock():
-    clock = Clock()
-    clock.advance(1_800_000_000)
-    return clock
-
-
-@pytest.fixture
-def stack(tmp_path, clock):
-    return memory_stack(str(tmp_path), clock=clock)
 
 
 def token(admin, domain="alice.cozy.test", **params):

@@ -1,12 +1,11 @@
 """``/settings``: passphrase, hint, instance, capabilities, onboarded."""
 
 import pytest
-from twisted.internet.task import Clock
 
 from cozyd.auth import tokens
 from cozyd.instance.model import Instance
 from cozyd.storage.names import INSTANCES_DB, db_name
-from cozyd.testing import TEST_KDF_ITERATIONS, memory_stack, sync
+from cozyd.testing import TEST_KDF_ITERATIONS, sync
 from tests.unit.auth.support import (
     BASE,
     DOMAIN,
@@ -20,18 +19,6 @@ from tests.unit.auth.support import (
 )
 
 NEW = "another long passphrase"
-
-
-@pytest.fixture
-def clock():
-    clock = Clock()
-    clock.advance(1_800_000_000)
-    return clock
-
-
-@pytest.fixture
-def stack(tmp_path, clock):
-    return memory_stack(str(tmp_path), clock=clock)
 
 
 @pytest.fixture
