@@ -100,12 +100,12 @@ class Daemon:
     def _read(self, process: subprocess.Popen, log) -> None:
         assert process.stdout is not None
         for line in process.stdout:
-            log.write(line)
-            log.flush()
+            log.write(line)  # buffered: the file is complete once it exits
             self._lines.append(line)
-            match = LISTENING.search(line)
-            if match:
-                self.ports[match.group(1)] = int(match.group(3))
+            if len(self.ports) < 2:
+                match = LISTENING.search(line)
+                if match:
+                    self.ports[match.group(1)] = int(match.group(3))
         log.close()
 
     def wait_for_ports(self) -> None:
