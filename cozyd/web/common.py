@@ -13,8 +13,11 @@ import json
 from typing import Any
 
 from klein import Klein
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
 
 from cozyd.errors import BadRequest, CozyError, EchoError, NotFound, PayloadTooLarge
@@ -29,6 +32,37 @@ log = Logger()
 def instance_of(request: IRequest) -> Instance:
     """The instance the public root resolved for this request."""
     return request.cozy_instance  # type: ignore[attr-defined]
+
+
+def render_coroutine(request: IRequest, coroutine, on_error) -> object:
+    """Render a handler coroutine from a plain resource's ``render``.
+
+    A coroutine that finished without waiting gives its body at once; else
+    the body is written when it comes. A client that goes away cancels the
+    handler (Klein does the same for its routes). ``on_error(failure)``
+    returns the body for an unexpected failure.
+    """
+    d = defer.Deferred.fromCoroutine(coroutine)
+    if d.called:
+        results: list = []
+        d.addBoth(results.append)
+        if isinstance(results[0], Failure):
+            return on_error(results[0])
+        return results[0]
+
+    def write(body) -> None:
+        if body is NOT_DONE_YET or request.finished or request._disconnected:
+            return
+        request.write(body)
+        request.finish()
+
+    def failed(failure: Failure) -> None:
+        if not failure.check(defer.CancelledError):
+            write(on_error(failure))
+
+    request.notifyFinish().addErrback(lambda _: d.cancel())
+    d.addCallbacks(write, failed)
+    return NOT_DONE_YET
 
 
 def json_response(request: IRequest, body: Any, *, status: int = 200,

@@ -33,10 +33,10 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import attrs
-from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
 
 from cozyd.errors import CozyError, EchoError
 from cozyd.instance import defaults
@@ -56,6 +56,7 @@ from cozyd.web.common import (
     json_response,
     parse_json,
     read_body,
+    render_coroutine,
 )
 from cozyd.web.guard import Guard, authorize_document, permissions_of, requires
 
@@ -191,8 +192,11 @@ class _Route:
     #: A valid token is needed (everything but the welcome).
     auth: bool
 
-    @property
-    def literals(self) -> int:
+    #: How many fixed names the pattern has (they win over parameters).
+    literals: int = attrs.field(init=False)
+
+    @literals.default
+    def _count_literals(self) -> int:
         return sum(1 for token in self.pattern if not token.startswith("{"))
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
@@ -339,21 +343,28 @@ def _execution_stats(stats: Any) -> dict[str, Any] | None:
 # =============================================================================
 # The service
 # =============================================================================
-class DataService:
-    app = Klein()
+class DataService(Resource):
+    """A plain resource: it routes on the raw path itself (see ``_Route``),
+    so a second router would only cost time."""
+
+    isLeaf = True
 
     def __init__(self, store: DocumentStore, guard: Guard, hub: EventHub, *,
                  max_body_size: int):
+        super().__init__()
         self.store = store
         self.guard = guard
         self.hub = hub
         self.max_body_size = max_body_size
 
     def resource(self):
-        return self.app.resource()
+        return self
+
+    def render(self, request: IRequest):
+        return render_coroutine(request, self.dispatch(request),
+                                lambda failure: self._error(request, failure.value))
 
     # -- dispatch ------------------------------------------------------------
-    @app.route("/", branch=True)
     async def dispatch(self, request: IRequest):
         try:
             segments = self._segments(request)

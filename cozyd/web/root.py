@@ -11,16 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET
 
 from cozyd.errors import CozyError, NotFound, PaymentRequired, ServiceUnavailable
 from cozyd.instance.model import Instance
 from cozyd.instance.registry import InstanceRegistry
-from cozyd.web.common import error_response, not_found
+from cozyd.web.common import error_response, not_found, render_coroutine
 from cozyd.web.guard import holds_cli_token
 from cozyd.web.status import StatusService
 
@@ -67,10 +65,11 @@ class PublicRoot(Resource):
         known, instance = self._registry.peek(host) if host else (True, None)
         if known:
             return self._serve(request, instance)
-        d = defer.Deferred.fromCoroutine(self._registry.resolve(host))
-        d.addCallback(lambda found: self._finish(request, self._serve(request, found)))
-        d.addErrback(self._failed, request)
-        return NOT_DONE_YET
+        return render_coroutine(request, self._resolve_and_serve(request, host),
+                                lambda failure: self._failed(failure, request))
+
+    async def _resolve_and_serve(self, request: IRequest, host: str):
+        return self._serve(request, await self._registry.resolve(host))
 
     def _serve(self, request: IRequest, instance: Instance | None):
         if instance is None or instance.deleting:
@@ -92,14 +91,7 @@ class PublicRoot(Resource):
             request.prepath.append(postpath.pop(0))
         return service.render(request)
 
-    @staticmethod
-    def _finish(request: IRequest, body) -> None:
-        if body is NOT_DONE_YET or request.finished or request._disconnected:
-            return
-        request.write(body)
-        request.finish()
-
-    def _failed(self, failure, request: IRequest) -> None:
+    def _failed(self, failure, request: IRequest) -> bytes:
         log.failure("cannot resolve the instance of a request", failure)
-        self._finish(request, error_response(request, CozyError(
-            "an unexpected error occurred; it has been logged")))
+        return error_response(request, CozyError(
+            "an unexpected error occurred; it has been logged"))
