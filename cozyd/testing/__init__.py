@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import attrs
@@ -56,16 +56,23 @@ async def run_now(function):
     return function()
 
 
-def sync(coroutine: Coroutine) -> Any:
-    """The result of a coroutine that must complete without the reactor."""
-    d = defer.Deferred.fromCoroutine(coroutine)
+def result_of(d: defer.Deferred, *, flush: Callable[[], None] | None = None) -> Any:
+    """The result of a Deferred that must have fired (after ``flush()``,
+    which lets in-memory I/O run); its failure is raised."""
     results: list = []
     d.addBoth(results.append)
+    if flush is not None:
+        flush()
     if not results:
-        raise AssertionError("the coroutine waited on something that never came")
+        raise AssertionError("waited on something that never came")
     if isinstance(results[0], Failure):
         results[0].raiseException()
     return results[0]
+
+
+def sync(coroutine: Coroutine) -> Any:
+    """The result of a coroutine that must complete without the reactor."""
+    return result_of(defer.Deferred.fromCoroutine(coroutine))
 
 
 def memory_stack(directory: str, *, clock: Clock | None = None,
@@ -116,11 +123,4 @@ class MemoryClient:
         return Response(response.code, flat, body)
 
     def _wait(self, d: defer.Deferred) -> Any:
-        results: list = []
-        d.addBoth(results.append)
-        self._stub.flush()
-        if not results:
-            raise AssertionError("the request did not complete")
-        if isinstance(results[0], Failure):
-            results[0].raiseException()
-        return results[0]
+        return result_of(d, flush=self._stub.flush)

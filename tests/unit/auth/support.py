@@ -13,10 +13,9 @@ from urllib.parse import urlencode
 import attrs
 from treq.testing import StubTreq
 from twisted.internet import defer
-from twisted.python.failure import Failure
 
 from cozyd.auth import passphrase as hashing
-from cozyd.testing import TEST_ADMIN_PASSPHRASE, TEST_KDF_ITERATIONS
+from cozyd.testing import TEST_ADMIN_PASSPHRASE, TEST_KDF_ITERATIONS, result_of
 
 ADMIN = "http://127.0.0.1:6060"
 AUTH = ("admin", TEST_ADMIN_PASSPHRASE)
@@ -84,14 +83,7 @@ class Browser:
         return reply
 
     def _wait(self, d: defer.Deferred) -> Any:
-        results: list = []
-        d.addBoth(results.append)
-        self._stub.flush()
-        if not results:
-            raise AssertionError("the request did not complete")
-        if isinstance(results[0], Failure):
-            results[0].raiseException()
-        return results[0]
+        return result_of(d, flush=self._stub.flush)
 
     # -- pages ----------------------------------------------------------------
     def csrf(self, url: str) -> str:
