@@ -17,3 +17,9 @@ def clock():
 @pytest.fixture
 def stack(tmp_path, clock):
     return memory_stack(str(tmp_path), clock=clock)
+
+
+@pytest.fixture
+def oauth_stack(stack):
+    """The stack, by the name the OAuth tests give it."""
+    return stack

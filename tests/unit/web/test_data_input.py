@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from cozyd.storage import mango
 from cozyd.storage.interface import InvalidRequest
 from cozyd.testing import MemoryClient, memory_stack
-from tests.unit.web.test_data_support import Data, cli_token, events_of, new_instance
+from tests.support.data import Data, cli_token, events_of, new_instance
 
 SMALL_LIMIT = 4096
 
