@@ -262,7 +262,7 @@ class CouchDBStore:
                     f"/{path} within {self._timeout:g}s") from None
             if _is_cancellation(e):
                 raise CancelledError() from None  # our caller gave up
-            log.warn(  # noqa: G010 (twisted's Logger has no .warning)
+            log.warn(  # (twisted's Logger has no .warning)
                 "CouchDB at {url} unreachable ({method} /{path}): {error}",
                 url=self._url, method=method, path=path, error=_describe(e))
             raise StorageUnavailable(
@@ -293,7 +293,7 @@ class CouchDBStore:
     async def start(self) -> None:
         welcome = await self._call("GET", "")
         if not (isinstance(welcome, dict) and "couchdb" in welcome):
-            log.warn(  # noqa: G010 (twisted's Logger has no .warning)
+            log.warn(  # (twisted's Logger has no .warning)
                 "CouchDB storage: the server at {url} is not Apache CouchDB; "
                 "only CouchDB 3.x is supported", url=self._url)
         await self._ensure_registry()
@@ -362,7 +362,7 @@ class CouchDBStore:
             return []
         candidates = [f"{prefix}/{part}" for part in record.get("dbs", [])]
         exists = await _gather([self.db_exists(db) for db in candidates])
-        return sorted(db for db, ok in zip(candidates, exists) if ok)
+        return sorted(db for db, ok in zip(candidates, exists, strict=True) if ok)
 
     async def delete_prefix(self, prefix: str) -> None:
         _check_prefix(prefix)

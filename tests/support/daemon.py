@@ -89,7 +89,7 @@ class Daemon:
         env.pop("COZY_ADMIN_PASSPHRASE", None)
         self._lines = []
         self.ports = {}
-        log = open(self.log_path, "a", encoding="utf-8")
+        log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed by _read)
         self.process = subprocess.Popen(
             self.command(), cwd=self.workdir, env=env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, bufsize=1)
