@@ -9,10 +9,10 @@ import pytest_twisted
 from twisted.internet import defer
 
 from cozyd import passphrase as passphrases
+from cozyd.documents import Documents
 from cozyd.errors import Conflict, NotFound
 from cozyd.instance import defaults
 from cozyd.instance.lifecycle import CreateOptions, InstanceManager, ModifyOptions
-from cozyd.documents import Documents
 from cozyd.instance.model import CREATING, Instance
 from cozyd.storage.interface import DocNotFound
 from cozyd.storage.names import INSTANCES_DB, db_name
@@ -26,8 +26,9 @@ def domain(prefix):
 
 
 def manager(store, tmp_path, node_id="node-1"):
-    return InstanceManager(Documents(store), str(tmp_path / "files"), run_blocking=run_now,
-                           kdf_iterations=TEST_KDF_ITERATIONS, node_id=node_id)
+    return InstanceManager(Documents(store), str(tmp_path / "files"),
+                           run_blocking=run_now, kdf_iterations=TEST_KDF_ITERATIONS,
+                           node_id=node_id)
 
 
 async def setup(store, tmp_path):
