@@ -136,6 +136,13 @@ def check_id(doc_id: Any) -> None:
                                "surrogate)") from None
 
 
+def check_id_values(values: Any) -> None:
+    """Ids a read names (``keys``, ``_bulk_get``, ``_revs_diff``): the same
+    rule, so that a lookup of an id no engine can hold is a 400 too."""
+    for value in values:
+        check_id(value)
+
+
 def check_ids(docs: Any) -> None:
     """Every id of a batch (before anything of it is written)."""
     if isinstance(docs, list):

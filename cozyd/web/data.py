@@ -46,6 +46,7 @@ from cozyd.documents import (
     NoIndex,
     ProtectedDesignDoc,
     StorageError,
+    check_id_values,
     check_readable,
     check_writable,
     db_name,
@@ -610,6 +611,8 @@ class DataService(Resource):
                 raise couch_error(400, "bad_request", "`keys` body member must be an array.")
             if keys is not None:
                 options["keys"] = keys
+        check_id_values([*options.get("keys", ()), options.get("start_key"),
+                         options.get("end_key")])
         if not fields_text and not design_docs:
             result = await self.store.all_docs(self._db(request, doctype), **options)
             return json_response(request, result)
@@ -895,6 +898,7 @@ class DataService(Resource):
         docs = body.get("docs") if isinstance(body, dict) else None
         if not isinstance(docs, list):
             raise couch_error(400, "bad_request", "Missing JSON list of 'docs'.")
+        check_id_values(doc.get("id") for doc in docs if isinstance(doc, dict))
         results = await self.store.bulk_get(self._db(request, doctype), docs,
                                             revs=_is_true(request, "revs"),
                                             latest=_is_true(request, "latest"))
@@ -924,6 +928,7 @@ class DataService(Resource):
                 for revs in body.values()):
             raise couch_error(400, "bad_request",
                               "Request body must be a JSON object of revision lists")
+        check_id_values(body)
         result = await self.store.revs_diff(self._db(request, doctype), body)
         return json_response(request, result)
 
