@@ -96,7 +96,8 @@ async def test_put_update_delete_publish_once_after_the_write(documents, owner, 
     assert [entry[0] for entry in log] == ["stored", "event"] * 3
     # A put with _deleted deletes too.
     again = await documents.create(owner, DOCTYPE, {"_id": "x", "n": 1})
-    await documents.put(owner, DOCTYPE, {"_id": "x", "_rev": again["rev"], "_deleted": True})
+    await documents.put(owner, DOCTYPE, {"_id": "x", "_rev": again["rev"],
+                                         "_deleted": True})
     assert [e["verb"] for e in events[3:]] == [CREATED, DELETED]
 
 

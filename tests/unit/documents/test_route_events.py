@@ -10,7 +10,7 @@ service, so a new route cannot slip through untested.
 
 from __future__ import annotations
 
-import json
+import pathlib
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -249,7 +249,8 @@ def data_bulk_docs(w):
       (I, EVENTS, UPDATED), name="data_bulk_docs_replicated")
 def data_bulk_docs_replicated(w):
     token = with_token(w)
-    one = {"_id": "r", "_rev": "1-" + "a" * 32, "_revisions": {"start": 1, "ids": ["a" * 32]}}
+    one = {"_id": "r", "_rev": "1-" + "a" * 32,
+           "_revisions": {"start": 1, "ids": ["a" * 32]}}
     two = {"_id": "r", "_rev": "2-" + "b" * 32,
            "_revisions": {"start": 2, "ids": ["b" * 32, "a" * 32]}}
     w.data("POST", f"/{EVENTS}/_bulk_docs", {"docs": [{"_id": "x"}]}, token=token,
@@ -314,14 +315,16 @@ def read_only_data_case(route: str, method: str, path: str, body: Any):
         w.data("POST", f"/{EVENTS}/_index", {"index": {"fields": ["n"]}}, token=token)
         w.start()
         w.data(method, f"/{EVENTS}{path}", body, token=token)
-    case("public", method, route, name=f"data_reads_{path.strip('/_')}")(run)
+    name = "data_reads_" + route.rsplit("/", 1)[1].strip("_")
+    case("public", method, route, name=name)(run)
 
 
 read_only_data_case("/data/{doctype}/_all_docs", "POST", "/_all_docs", {"keys": ["x"]})
 read_only_data_case("/data/{doctype}/_find", "POST", "/_find", {"selector": {"n": 1}})
 read_only_data_case("/data/{doctype}/_changes", "POST", "/_changes?filter=_doc_ids",
                     {"doc_ids": ["x"]})
-read_only_data_case("/data/{doctype}/_bulk_get", "POST", "/_bulk_get", {"docs": [{"id": "x"}]})
+read_only_data_case("/data/{doctype}/_bulk_get", "POST", "/_bulk_get",
+                    {"docs": [{"id": "x"}]})
 read_only_data_case("/data/{doctype}/_revs_diff", "POST", "/_revs_diff", {"x": ["1-a"]})
 
 
@@ -478,7 +481,8 @@ def oauth_update_client(w):
         "client_name": "Renamed", "software_id": "github.com/example/client"})
 
 
-@case("public", "DELETE", "/auth/register/{client_id}", (I, "io.cozy.oauth.clients", DELETED))
+@case("public", "DELETE", "/auth/register/{client_id}",
+      (I, "io.cozy.oauth.clients", DELETED))
 def oauth_delete_client(w):
     w.onboarded()
     client = w.client()
@@ -520,7 +524,7 @@ def settings_revoke_client(w):
     assert reply.status == 204, reply.body
 
 
-# The admin API --------------------------------------------------------------------------------
+# The admin API -----------------------------------------------------------------------
 TREE = ((I, "io.cozy.files", CREATED),) * 6  # root, trash, and four directories
 
 
@@ -635,6 +639,12 @@ def events_table() -> str:
     return "\n".join(lines)
 
 
+def test_docs_events_md_shows_this_table():
+    # Regenerate with: python -m tests.unit.documents.test_route_events
+    text = (pathlib.Path(__file__).resolve().parents[3] / "docs" / "events.md").read_text(
+        encoding="utf-8")
+    assert events_table() in text
+
+
 if __name__ == "__main__":  # python -m tests.unit.documents.test_route_events
     print(events_table())
-    print(json.dumps(sorted(NOT_ROUTES.values())))
