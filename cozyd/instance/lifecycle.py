@@ -30,11 +30,11 @@ from twisted.logger import Logger
 
 from cozyd import faults
 from cozyd import passphrase as passphrases
+from cozyd.documents import GLOBAL, DocConflict, DocNotFound, Documents, new_doc_id
 from cozyd.errors import BadRequest, Conflict, NotFound, Unprocessable
 from cozyd.instance import defaults
 from cozyd.instance.domain import validate_domain
 from cozyd.instance.model import CREATING, READY, Instance, instance_id
-from cozyd.documents import GLOBAL, DocConflict, DocNotFound, Documents, new_doc_id
 from cozyd.storage.names import INSTANCES_DB, domain_hash
 
 ALIASES_DB = "global/domain_aliases"

@@ -21,8 +21,8 @@ escaped slash (``/data/io.cozy.x/with%2Fslash``).
 
 Every write goes through the document layer (``cozyd.documents``), which
 refuses reserved doctypes, stores, and publishes the events realtime and
-``@event`` triggers see. Where cozyd differs from cozy-stack on purpose, a comment says
-so (permissions on ``?revs=true`` reads, design-document copies).
+``@event`` triggers see. Where cozyd differs from cozy-stack on purpose, a
+comment says so (permissions on ``?revs=true`` reads, design-document copies).
 """
 
 from __future__ import annotations

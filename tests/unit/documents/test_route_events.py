@@ -21,7 +21,6 @@ import attrs
 import pytest
 
 from cozyd.auth import tokens
-from cozyd.auth.sessions import Duration
 from cozyd.instance.model import Instance
 from cozyd.realtime.hub import CREATED, DELETED, UPDATED
 from cozyd.storage.names import INSTANCES_DB, db_name
