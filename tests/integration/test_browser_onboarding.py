@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from cozyd.auth import passphrase as hashing
+from cozyd import passphrase as hashing
 from cozyd.testing import TEST_KDF_ITERATIONS
 from tests.support import browser as B
 
