@@ -158,9 +158,10 @@ def template_environment(directory: str, *, autoescape: Any = True) -> jinja2.En
     return env
 
 
-def render(env: jinja2.Environment, name: str, language: str, **context: Any) -> str:
-    """The template ``name`` filled with ``context``, in ``language``."""
-    return env.get_template(name).render(context, lang=language)
+def render(env: jinja2.Environment, template: str, language: str, /,
+           **context: Any) -> str:
+    """The ``template`` filled with ``context``, in ``language``."""
+    return env.get_template(template).render(context, lang=language)
 
 
 def accept_language(header: str) -> str | None:
