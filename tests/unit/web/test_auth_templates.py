@@ -46,7 +46,8 @@ def test_translations_fill_and_escape(template):
 def test_a_translation_cannot_inject_markup(template, monkeypatch):
     words = i18n.words("fr")
     monkeypatch.setattr(words, "gettext", lambda message, **values: "<i>x</i> & y")
-    assert template('<p>{{ _("Log in") }}</p>', "fr") == "<p>&lt;i&gt;x&lt;/i&gt; &amp; y</p>"
+    assert template('<p>{{ _("Log in") }}</p>', "fr") == \
+        "<p>&lt;i&gt;x&lt;/i&gt; &amp; y</p>"
 
 
 def test_the_language_is_the_renders(template):

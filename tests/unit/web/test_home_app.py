@@ -1,7 +1,7 @@
 """App hosts (``<slug>.<domain>``) and the built-in home page at
 ``home.<domain>``, in memory."""
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
@@ -42,7 +42,6 @@ def owner(stack, admin):
 
 
 def modify(admin, **params):
-    from urllib.parse import urlencode
     reply = admin.request("PATCH", f"{ADMIN}/instances/{DOMAIN}?" + urlencode(params),
                           headers=basic_auth())
     assert reply.status == 200, reply.body
@@ -171,7 +170,7 @@ def test_hosts_that_are_no_app_host(owner, stack, admin):
     assert owner.request("GET", HOME).status == 200
     assert "home-name" in owner.request("GET", HOME).text
     # Upper case and a trailing dot are the same host.
-    assert owner.request("GET", f"http://HOME.Alice.cozy.test./").status == 200
+    assert owner.request("GET", "http://HOME.Alice.cozy.test./").status == 200
 
 
 def test_a_deleted_instance_serves_no_app(owner, admin):

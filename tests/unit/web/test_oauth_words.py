@@ -48,8 +48,8 @@ def test_a_scope_in_words_keeps_its_order():
                                            type="oauth")
     assert describe_scope(permissions) == ["Read and modify your files and folders",
                                            "Read your contacts"]
-    assert describe_scope(permissions, "fr") == ["Lire et modifier vos fichiers et dossiers",
-                                                 "Lire vos contacts"]
+    assert describe_scope(permissions, "fr") == [
+        "Lire et modifier vos fichiers et dossiers", "Lire vos contacts"]
 
 
 def test_long_lists_of_values_are_cut():
