@@ -26,7 +26,7 @@ from cozyd.auth.limits import RateLimiter
 from cozyd.auth.login import LOGIN_FAILED, LoginFailures, Passphrases
 from cozyd.auth.oauth import AccessCodes, TokenEndpoint
 from cozyd.auth.sessions import SessionStore
-from cozyd.auth.urls import InstanceURLs
+from cozyd.auth.urls import HOME_SLUG, InstanceURLs
 from cozyd.config import Config
 from cozyd.documents import Documents
 from cozyd.instance.lifecycle import InstanceManager, ModifyOptions
@@ -35,7 +35,8 @@ from cozyd.permissions.resolver import PermissionResolver
 from cozyd.realtime.hub import EventHub
 from cozyd.storage.interface import DocumentStore
 from cozyd.web.admin import AdminService
-from cozyd.web.auth import AuthService, HomePage, WebSessions
+from cozyd.web.apphosts import AppHosts
+from cozyd.web.auth import AuthService, HomeApp, HomePage, WebSessions
 from cozyd.web.data import DataService
 from cozyd.web.guard import Guard
 from cozyd.web.oauth import ClientsSettingsService, OAuthService
@@ -130,6 +131,11 @@ def build_stack(config: Config, *, store: DocumentStore,
                          session_of=web_sessions.session_id_of, seconds=seconds),
     }
     public = PublicRoot(registry, status, services=services, seconds=seconds).resource()
+    # <slug>.<domain>: the instance's apps (only the built-in home for now).
+    home = HomeApp(pages=pages, sessions=web_sessions,
+                   urls=InstanceURLs(store, scheme=scheme)).resource()
+    public = AppHosts(registry, public, {HOME_SLUG: home}, pages=pages,
+                      scheme=scheme).resource()
     checker = PassphraseChecker(config.admin_passphrase_hash)
     admin = AdminService(instances, checker.check, clients=clients,
                          seconds=seconds).resource()
