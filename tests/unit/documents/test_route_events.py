@@ -593,7 +593,8 @@ def registered_routes(stack) -> set[tuple[str, str, str]]:
     (paths with the prefix the public root serves them under)."""
     found: set[tuple[str, str, str]] = set()
     seen: set[tuple[int, str]] = set()
-    for key, resource in stack.public._services.items():
+    root = getattr(stack.public, "_site", stack.public)  # AppHosts wraps the root
+    for key, resource in root._services.items():
         prefix = key.split("/")[0]
         if (id(resource), prefix) in seen:
             continue
