@@ -11,7 +11,7 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 
 from cozyd import __version__
-from cozyd.storage.interface import DocumentStore
+from cozyd.documents import DocumentStore
 from cozyd.web.common import install_error_handlers, json_response
 
 
