@@ -63,6 +63,7 @@ def test_the_wheel_holds_the_plugin_and_the_data(wheel):
     assert "twisted/plugins/dropin.cache" not in names
     assert "twisted/__init__.py" not in names  # Twisted's own, not ours
     assert any(n.startswith("cozyd/web/templates/") for n in names)
+    assert any(n.endswith("/LC_MESSAGES/cozyd.po") for n in names)
     assert not any("__pycache__" in n or n.startswith("tests/") for n in names)
 
 
