@@ -4,7 +4,6 @@ translated in French with the same placeholders, and nothing else is."""
 
 import configparser
 import fnmatch
-import glob
 import os
 import re
 
