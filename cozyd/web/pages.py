@@ -44,7 +44,8 @@ from twisted.web.iweb import IRequest
 
 from cozyd.errors import EchoError
 from cozyd.instance.model import Instance
-from cozyd.web.common import instance_of
+from cozyd.web.common import current_instance, instance_of
+from cozyd.web.routing import state_of
 
 TEMPLATES_DIR = os.path.join(os.path.dirname(__file__), "templates")
 LOCALES_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "locales")
@@ -228,13 +229,13 @@ class Pages:
     # -- rendering --------------------------------------------------------
     def render(self, request: IRequest, template: str, *, status: int = 200,
                **context: Any) -> bytes:
-        instance = getattr(request, "cozy_instance", None)
+        instance = current_instance(request)
         language = language_of(request, instance)
         nonce = secrets.token_urlsafe(16)
         values: dict[str, Any] = {"lang": language, "csp_nonce": nonce}
         if instance is not None:
             values["domain"] = instance.domain
-        token = getattr(request, "cozy_csrf", None)
+        token = state_of(request).csrf
         if token is not None:
             values["csrf_token"] = token
         values.update(context)
@@ -260,18 +261,18 @@ class Pages:
                            **context)
 
     def translate(self, request: IRequest, key: str, **context: Any) -> str:
-        language = language_of(request, getattr(request, "cozy_instance", None))
+        language = language_of(request, current_instance(request))
         return translate(language, key, context)
 
     # -- CSRF ------------------------------------------------------------------
     def csrf_token(self, request: IRequest) -> str:
         """The token to put in the page's forms (also sets the cookie)."""
-        token = getattr(request, "cozy_csrf", None)
+        token = state_of(request).csrf
         if token is None:
             raw = (request.getCookie(CSRF_COOKIE.encode("ascii")) or b"").decode(
                 "latin-1")
             token = raw if _CSRF_RE.match(raw) else secrets.token_urlsafe(32)
-            request.cozy_csrf = token  # type: ignore[attr-defined]
+            state_of(request).csrf = token
             request.addCookie(CSRF_COOKIE, token, path="/", max_age=str(CSRF_MAX_AGE),
                               secure=self.secure, httpOnly=True, sameSite="strict")
             request.setHeader(b"Vary", b"Cookie")
@@ -287,7 +288,7 @@ class Pages:
         if not expected or not hmac.compare_digest(given.encode("utf-8"),
                                                    expected.encode("utf-8")):
             raise CSRFInvalid()
-        request.cozy_csrf = expected  # type: ignore[attr-defined]
+        state_of(request).csrf = expected
 
     # -- navigation -------------------------------------------------------------
     def page_url(self, instance: Instance, path: str, query: Any = None) -> str:
