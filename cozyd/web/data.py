@@ -292,6 +292,21 @@ def _couch_json(request: IRequest, name: str) -> Any:
         raise couch_error(400, "bad_request", "invalid UTF-8 JSON") from None
 
 
+_SEQ_NUMBER = re.compile(r"[0-9]+")
+
+
+def _since(request: IRequest) -> str | None:
+    """The ``since`` of ``_changes``; a sequence number past 64 bits is
+    malformed (as a negative one is)."""
+    since = _param(request, "since")
+    if since is not None:
+        number = _SEQ_NUMBER.match(since)
+        if number is not None and parse_int(number.group(0)) is None:
+            raise couch_error(400, "bad_request",
+                              "Malformed sequence supplied in 'since' parameter.")
+    return since
+
+
 def _has_text(value: Any) -> bool:
     return isinstance(value, str) and value != ""
 
@@ -881,7 +896,7 @@ class DataService(Service):
             raise jsonapi_error(400, f"Invalid seq_interval value '{interval_text}': "
                                      "not an integer")
         options: dict[str, Any] = {
-            "since": _param(request, "since"), "limit": limit or None,
+            "since": _since(request), "limit": limit or None,
             "descending": _is_true(request, "descending"),
             "include_docs": _is_true(request, "include_docs"), "style": style}
         db = self._db(request, doctype)

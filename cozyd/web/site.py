@@ -42,7 +42,7 @@ from typing import Any
 from twisted.web import http, server
 
 from cozyd.errors import BadRequest, CozyError, PayloadTooLarge
-from cozyd.web.bodies import BodyStream
+from cozyd.web.bodies import BodyAborted, BodyStream
 from cozyd.web.common import error_response
 from cozyd.web.routing import BUFFERED, state_of
 
@@ -129,23 +129,33 @@ class CozyRequest(server.Request):
         super().requestReceived(command, path, version)
 
     def connectionLost(self, reason: Any) -> None:
-        if self._stream is not None:
-            from cozyd.web.bodies import BodyAborted
-
-            self._stream.fail(BodyAborted("the client went away"))
+        # The handler is cancelled first (the request is gone: nothing to
+        # answer), then whatever still reads the body learns it.
         super().connectionLost(reason)
+        if self._stream is not None:
+            self._stream.fail(BodyAborted("the client went away"))
 
-    def finish(self) -> None:
-        if self._stream is not None and not self._body_done \
-                and not self._disconnected:
+    def _answering_early(self) -> bool:
+        return (self._stream is not None and not self._body_done and not self._refused
+                and not self._disconnected)
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting and self._answering_early():
             # Answered before the whole body came: no next request on this
             # connection, and no "100 Continue" after the answer.
             self.ends_connection = True
-            self._stream.fail(PayloadTooLarge("answered before the body was read"))
             self.channel.persistent = False
             self.requestHeaders.removeHeader(b"expect")
-            if not self.startedWriting:
-                self.setHeader(b"Connection", b"close")
+            self.setHeader(b"Connection", b"close")
+        super().write(data)
+
+    def finish(self) -> None:
+        if self._answering_early():
+            self.ends_connection = True
+            self.channel.persistent = False
+            self.requestHeaders.removeHeader(b"expect")
+            assert self._stream is not None
+            self._stream.fail(BodyAborted("answered before the body was read"))
         super().finish()
 
     # -- streamed routes ---------------------------------------------------------
@@ -181,10 +191,10 @@ class CozyRequest(server.Request):
         if self.content is not None:  # the part of a chunked body kept so far
             self.content.close()
             self.content = None
-        if self._stream is not None:
-            self._stream.fail(error)
         if self.startedWriting:
             # A streamed route had begun its answer: it cannot be replaced.
+            if self._stream is not None:
+                self._stream.fail(error)
             channel.transport.loseConnection()
             return
 
@@ -200,6 +210,9 @@ class CozyRequest(server.Request):
         if factory is not None:
             factory.log(self)
         close_after_answer(channel)
+        if self._stream is not None:
+            # The handler learns it; its own answer comes too late to be sent.
+            self._stream.fail(error)
 
 
 def close_after_answer(channel: Any) -> None:
