@@ -70,7 +70,7 @@ class AdminService(Service):
 
     async def no_route(self, request: IRequest, error: CozyError):
         await self.authenticate(request)  # nothing is told before the passphrase
-        raise NotFound("no such route")
+        raise error
 
     async def authenticate(self, request: IRequest) -> None:
         header = request.getHeader(b"authorization") or b""

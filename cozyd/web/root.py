@@ -25,7 +25,7 @@ from cozyd.instance.model import Instance
 from cozyd.instance.registry import InstanceRegistry
 from cozyd.web.common import error_response, not_found
 from cozyd.web.guard import holds_cli_token
-from cozyd.web.routing import Route, render_coroutine, split_raw_path, state_of
+from cozyd.web.routing import Routed, render_coroutine, split_raw_path, state_of
 from cozyd.web.status import StatusService
 
 log = Logger()
@@ -70,7 +70,7 @@ class PublicRoot(Resource):
     def resource(self) -> IResource:
         return self
 
-    def route_for_uri(self, method: bytes, uri: bytes) -> Route | None:
+    def route_for_uri(self, method: bytes, uri: bytes) -> Routed | None:
         """The route a request will meet (None if none or not known yet)."""
         try:
             segments = split_raw_path(uri.split(b"?", 1)[0])

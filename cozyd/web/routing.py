@@ -38,6 +38,13 @@ names winning over ``{parameters}``. What it declares:
 - anything else (``**options``) is the service's own (``/data``'s
   ``access=`` and ``proxy=``), read back from ``state_of(request).route``.
 
+Why not Klein here: Klein (werkzeug) matches the *decoded* path, so an
+escaped slash in a document id splits it; a request would meet two
+routers (the Host dispatch, then Klein's); and the site must know a
+request's route — its body policy — before the body is read, which a
+Klein app only tells once it renders. One small router, asked by the site
+at header time and by the service at render time, does all three.
+
 The site (``cozyd.web.site``) resolves the route as soon as the request's
 headers are in (``route_for``), to apply its body policy before a byte of
 the body is read. Per-request state (instance, permissions, session, the
@@ -96,6 +103,8 @@ class RequestState:
     body: Any = None
     #: Free slots for a service's own flags (e.g. /data's error shape).
     flags: dict[str, Any] = attrs.field(factory=dict)
+    #: The route the site found when the headers came (matched once).
+    routed: Routed | None = None
 
     @property
     def session_known(self) -> bool:
@@ -304,11 +313,20 @@ class Router:
             raise MethodNotAllowed()
         raise RouteNotFound()
 
-    def find(self, method: str, segments: list[str]) -> Route | None:
+    def find(self, method: str, segments: list[str]) -> tuple[Route, dict[str, str]] | None:
         try:
-            return self.match(method, segments)[0]
+            return self.match(method, segments)
         except CozyError:
             return None
+
+
+@attrs.frozen
+class Routed:
+    """A request's route, found by the site before the service renders."""
+
+    service: Any
+    route: Route
+    params: dict[str, str]
 
 
 def split_raw_path(raw: bytes, skip: int = 0) -> list[str]:
@@ -414,10 +432,11 @@ class Service(Resource):
         return self
 
     # -- the site's question, before the body is read ---------------------------
-    def route_for(self, method: bytes, segments: list[str]) -> Route | None:
-        return self.router.find(method.decode("ascii", "replace"), segments)
+    def route_for(self, method: bytes, segments: list[str]) -> Routed | None:
+        found = self.router.find(method.decode("ascii", "replace"), segments)
+        return None if found is None else Routed(self, *found)
 
-    def route_for_uri(self, method: bytes, uri: bytes) -> Route | None:
+    def route_for_uri(self, method: bytes, uri: bytes) -> Routed | None:
         """The route of a request to this service mounted as a site's root."""
         try:
             segments = split_raw_path(_path_only(uri))
@@ -434,15 +453,19 @@ class Service(Resource):
         state = state_of(request)
         found: Route | None = None
         try:
-            try:
-                segments = split_raw_path(_path_only(request.uri), len(request.prepath))
-            except UnicodeDecodeError:
-                raise self.bad_path() from None
-            try:
-                found, params = self.router.match(request.method.decode("ascii", "replace"),
-                                                  segments)
-            except CozyError as error:
-                return await self.no_route(request, error)
+            routed = state.routed
+            if routed is not None and routed.service is self:
+                found, params = routed.route, routed.params  # the site matched it
+            else:
+                try:
+                    segments = split_raw_path(_path_only(request.uri), len(request.prepath))
+                except UnicodeDecodeError:
+                    raise self.bad_path() from None
+                try:
+                    found, params = self.router.match(
+                        request.method.decode("ascii", "replace"), segments)
+                except CozyError as error:
+                    return await self.no_route(request, error)
             state.route = found
             state.params = params
             if found.body.max_size is not None:

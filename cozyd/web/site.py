@@ -87,7 +87,10 @@ class CozyRequest(server.Request):
         uri = getattr(self.channel, "_path", b"")
         if resolve is not None:
             found = resolve(command, uri)
-        policy = found.body if found is not None else BUFFERED
+        policy = BUFFERED
+        if found is not None:
+            policy = found.route.body
+            state_of(self).routed = found  # the service need not match it again
         if policy.max_size is not None:
             limit = policy.max_size
         self._limit_value = limit

@@ -238,3 +238,18 @@ def test_the_deadline_is_per_head(served):
     protocol, transport = connect()
     clock.advance(5)
     assert transport.disconnecting
+
+
+def test_a_request_meets_one_router(served, monkeypatch):
+    _, service, _, connect = served
+    calls = []
+    match = type(service).router.match
+
+    def counted(*args):
+        calls.append(args)
+        return match(*args)
+    monkeypatch.setattr(type(service).router, "match", counted)
+    protocol, transport = connect()
+    protocol.dataReceived(head("POST", "/form", "Content-Length: 2") + b"ab")
+    assert transport.value().endswith(b"got 2")
+    assert len(calls) == 1  # at the headers; the service reuses it
