@@ -61,6 +61,7 @@ from urllib.parse import unquote_to_bytes
 import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python import reflect
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -111,8 +112,17 @@ class RequestState:
         return self.session is not _UNSET
 
 
+_STATE_KEY = reflect.qual(IRequestState)
+
+
 def state_of(request: IRequest) -> RequestState:
     """The request's state (created empty on first use)."""
+    try:
+        # ``getComponent``'s own cache, read directly: this is called
+        # several times per request.
+        return request._adapterCache[_STATE_KEY]  # type: ignore[attr-defined]
+    except (KeyError, AttributeError):
+        pass
     state = request.getComponent(IRequestState)
     if state is None:
         state = RequestState()
