@@ -244,3 +244,32 @@ def test_a_large_all_docs_is_written_in_pieces(stack, admin, public):
     assert [row.get("id") for row in keys["rows"]] == ["doc-00001", None]
     changes = data.get("/io.cozy.notes/_changes").json()
     assert len(changes["results"]) == 3000 and changes["last_seq"]
+
+
+# =============================================================================
+# One JSON reader: the site's limit, depth and NaN checks everywhere
+# =============================================================================
+def test_settings_read_json_as_every_service(tmp_path, clock):
+    from cozyd.testing import memory_stack
+    stack = memory_stack(str(tmp_path), clock=clock, server={"max_body_size": "3MB"})
+    admin = Browser(stack.admin)
+    create_instance(admin)
+    token = admin_token(admin, Audience="cli", Scope="io.cozy.settings")
+    from cozyd.testing import MemoryClient
+    client = MemoryClient(stack.public)
+
+    def put(raw: bytes):
+        return client.request("PUT", BASE + "/settings/instance", data=raw, headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    for raw in (b'{"data": {"attributes": {"x": NaN}}}', b"[" * 300 + b"]" * 300,
+                b"\xff"):
+        reply = put(raw)
+        assert reply.status == 400, raw[:20]
+        assert reply.json()["errors"][0]["code"] == "bad_json"
+    # The limit is [server] max_body_size (3MB here), not a limit of its own.
+    rev = client.request("GET", BASE + "/settings/instance", headers={
+        "Authorization": f"Bearer {token}"}).json()["data"]["meta"]["rev"]
+    big = json.dumps({"data": {"attributes": {"public_name": "x" * 2_000_000},
+                               "meta": {"rev": rev}}}).encode()
+    assert put(big).status == 200
+    assert put(big + b" " * 1_100_000).status == 413

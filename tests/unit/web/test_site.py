@@ -253,3 +253,17 @@ def test_a_request_meets_one_router(served, monkeypatch):
     protocol.dataReceived(head("POST", "/form", "Content-Length: 2") + b"ab")
     assert transport.value().endswith(b"got 2")
     assert len(calls) == 1  # at the headers; the service reuses it
+
+
+def test_the_edge_settings_are_configurable(tmp_path):
+    from cozyd.config import ConfigError, load_config
+    from cozyd.testing import write_config
+    path = write_config(str(tmp_path))
+    defaults = load_config(path, env={})
+    assert defaults.get("server", "header_timeout") == 30.0
+    assert defaults.get("server", "test_routes") is False
+    tuned = load_config(path, env={"COZYD_SERVER_HEADER_TIMEOUT": "2.5"})
+    assert tuned.get("server", "header_timeout") == 2.5
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, env={"COZYD_SERVER_HEADER_TIMEOUT": "-1"})
+    assert "header_timeout" in str(raised.value)
