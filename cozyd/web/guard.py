@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hmac
 from collections.abc import Callable
 from typing import Any
@@ -113,26 +112,6 @@ class Guard:
             result = await self._resolver.for_claims(instance, claims)
         state.permissions = result
         return result
-
-
-def requires(doctype: str | Callable[..., str] | None = None, *,
-             collection: bool = True, verb: str | None = None):
-    """Decorate a service method: a valid token, and (when ``doctype`` is
-    given) a rule on it for the request's verb — on the whole doctype for
-    collection routes. The service must have a ``guard`` attribute.
-    (cozyd's routes say it with ``routing.token`` in their declaration.)"""
-    def decorate(handler):
-        @functools.wraps(handler)
-        async def checked(service, request, *args, **kwargs):
-            permissions = await service.guard.permissions(request)
-            if doctype is not None and collection:
-                name = doctype(request, *args, **kwargs) if callable(doctype) else doctype
-                wanted = verb or verb_of(request.method.decode("ascii"))
-                if not permissions.allows_collection(wanted, name):
-                    raise PermissionDenied()
-            return await handler(service, request, *args, **kwargs)
-        return checked
-    return decorate
 
 
 def permissions_of(request: IRequest) -> PermissionSet:
