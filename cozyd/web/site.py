@@ -169,9 +169,8 @@ class CozyRequest(server.Request):
                                   resume=transport.resumeProducing)
         state_of(self).body = self._stream
         self.content = io.BytesIO()
-        if length == 0:
-            self._body_done = True
-            self._stream.end()
+        # (An empty body ends in requestReceived too, which the channel calls
+        # next: the channel must see the request through to it first.)
         version = getattr(self.channel, "_version", b"HTTP/1.1")
         # As the channel does once a body is complete (query, then process).
         super().requestReceived(command, uri, version)

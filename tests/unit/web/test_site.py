@@ -267,3 +267,13 @@ def test_the_edge_settings_are_configurable(tmp_path):
     with pytest.raises(ConfigError) as raised:
         load_config(path, env={"COZYD_SERVER_HEADER_TIMEOUT": "-1"})
     assert "header_timeout" in str(raised.value)
+
+
+def test_an_empty_streamed_body(served):
+    _, service, _, connect = served
+    protocol, transport = connect()
+    protocol.dataReceived(head("POST", "/upload", "Content-Length: 0"))
+    status, _, body = parse(transport.value())
+    assert status == 200 and json.loads(body)["size"] == 0
+    protocol.dataReceived(head("GET", "/read"))
+    assert transport.value().endswith(b"kept 0") and not transport.disconnecting
