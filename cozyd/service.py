@@ -27,15 +27,17 @@ from cozyd.auth.limits import RateLimiter
 from cozyd.auth.login import LOGIN_FAILED, LoginFailures, Passphrases
 from cozyd.auth.oauth import AccessCodes, TokenEndpoint
 from cozyd.auth.sessions import SessionStore
-from cozyd.auth.urls import InstanceURLs
+from cozyd.auth.urls import HOME_SLUG, InstanceURLs
 from cozyd.config import Config
+from cozyd.documents import Documents
 from cozyd.instance.lifecycle import InstanceManager, ModifyOptions
 from cozyd.instance.registry import InstanceRegistry
 from cozyd.permissions.resolver import PermissionResolver
 from cozyd.realtime.hub import EventHub
 from cozyd.storage.interface import DocumentStore
 from cozyd.web.admin import AdminService
-from cozyd.web.auth import AuthService, HomePage, WebSessions
+from cozyd.web.apphosts import AppHosts
+from cozyd.web.auth import AuthService, HomeApp, HomePage, WebSessions
 from cozyd.web.data import DataService
 from cozyd.web.guard import Guard
 from cozyd.web.oauth import ClientsSettingsService, OAuthService
@@ -60,6 +62,8 @@ class Stack:
     admin: Any  # IResource
     #: Every document write is published here (realtime, @event triggers).
     hub: EventHub = attrs.field(factory=EventHub)
+    #: The one path of every document write (it publishes on ``hub``).
+    documents: Documents | None = None
 
 
 def thread_runner(reactor) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
@@ -119,9 +123,11 @@ def build_stack(config: Config, *, store: DocumentStore,
                 pause: Callable[[], Awaitable[Any]] | None = None) -> Stack:
     """``pause()`` lets long answers give the reactor a turn between their
     pieces (None in memory: nothing else to let run)."""
+    hub = EventHub()
+    documents = Documents(store, hub)
     registry_box: list[InstanceRegistry] = []
     instances = InstanceManager(
-        store, config.fs_root, run_blocking=run_blocking,
+        documents, config.fs_root, run_blocking=run_blocking,
         kdf_iterations=config.get("instances", "kdf_iterations"),
         on_change=lambda domain: registry_box[0].invalidate(domain),
         node_id=node, seconds=seconds)
@@ -131,20 +137,19 @@ def build_stack(config: Config, *, store: DocumentStore,
     status = StatusService(store, config.fs_root)
     resolver = PermissionResolver(store, seconds=seconds,
                                   ttl=config.get("instances", "cache_ttl"))
-    clients = OAuthClients(store, resolver, seconds=seconds)
-    access_codes = AccessCodes(store, seconds=seconds)
+    clients = OAuthClients(documents, on_change=resolver.forget_client, seconds=seconds)
+    access_codes = AccessCodes(documents, seconds=seconds)
     scheme = config.get("server", "scheme")
     pages = Pages(secure=scheme == "https", scheme=scheme)
-    web_sessions = WebSessions(SessionStore(store, seconds=seconds),
+    web_sessions = WebSessions(SessionStore(documents, seconds=seconds),
                                secure=scheme == "https")
     guard = Guard(resolver, seconds=seconds, session_id_of=web_sessions.session_id_of)
-    hub = EventHub()
     services = {
         "permissions": PermissionsService(guard).resource(),
-        "data": DataService(store, guard, hub,
+        "data": DataService(documents, guard,
                             max_body_size=config.get("server", "max_body_size"),
                             pause=pause).resource(),
-        **owner_services(config, store, instances, registry, guard, pages=pages,
+        **owner_services(config, documents, instances, registry, guard, pages=pages,
                          sessions=web_sessions, run_blocking=run_blocking,
                          seconds=seconds),
         **oauth_services(clients, access_codes, guard, pages=pages,
@@ -155,22 +160,27 @@ def build_stack(config: Config, *, store: DocumentStore,
     public = PublicRoot(registry, status, services=services, seconds=seconds,
                         unscoped=unscoped,
                         max_body_size=config.get("server", "max_body_size")).resource()
+    # <slug>.<domain>: the instance's apps (only the built-in home for now).
+    home = HomeApp(pages=pages, sessions=web_sessions,
+                   urls=InstanceURLs(store, scheme=scheme)).resource()
+    public = AppHosts(registry, public, {HOME_SLUG: home}, pages=pages,
+                      scheme=scheme).resource()
     checker = PassphraseChecker(config.admin_passphrase_hash)
     # scrypt: off the reactor (the caller's pool), wrong guesses rate-limited.
     admin = AdminService(instances, off_reactor(checker.check, run_blocking),
                          clients=clients, seconds=seconds).resource()
-    return Stack(config, store, instances, registry, public, admin, hub)
+    return Stack(config, store, instances, registry, public, admin, hub, documents)
 
 
-def owner_services(config: Config, store: DocumentStore, instances: InstanceManager,
+def owner_services(config: Config, documents: Documents, instances: InstanceManager,
                    registry: InstanceRegistry, guard: Guard, *, pages: Pages,
                    sessions: WebSessions,
                    run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]],
                    seconds: Callable[[], float]) -> dict[str, Any]:
     """The owner's routes: ``/`` (home), ``/auth`` (login, logout,
     onboarding form) and ``/settings`` (passphrase, instance, sessions)."""
-    urls = InstanceURLs(store, scheme=config.get("server", "scheme"))
-    passphrases = Passphrases(store, run_blocking=run_blocking,
+    urls = InstanceURLs(documents.store, scheme=config.get("server", "scheme"))
+    passphrases = Passphrases(documents, run_blocking=run_blocking,
                               kdf_iterations=config.get("instances", "kdf_iterations"),
                               update_instance=instances.update)
 
@@ -181,7 +191,7 @@ def owner_services(config: Config, store: DocumentStore, instances: InstanceMana
                              per_hour=config.get("auth", "login_failures_per_hour"))
     auth = AuthService(guard, pages=pages, sessions=sessions, passphrases=passphrases,
                        failures=failures, urls=urls)
-    settings = SettingsService(guard, store=store, instances=instances, pages=pages,
+    settings = SettingsService(guard, documents=documents, instances=instances, pages=pages,
                                sessions=sessions, passphrases=passphrases, urls=urls)
     return {"": HomePage(pages=pages, sessions=sessions, urls=urls).resource(),
             "auth": auth.resource(), "settings": settings.resource()}

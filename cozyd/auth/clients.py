@@ -24,18 +24,18 @@ from urllib.parse import urlsplit
 
 from cozyd.auth import tokens
 from cozyd.auth.limits import RateLimiter
-from cozyd.errors import CozyError, EchoError, NotFound
-from cozyd.instance.model import Instance
-from cozyd.permissions.resolver import CLIENTS_DOCTYPE, PermissionResolver
-from cozyd.storage.interface import (
+from cozyd.documents import (
     DatabaseNotFound,
     DocConflict,
     DocNotFound,
-    DocumentStore,
+    Documents,
+    db_name,
     new_doc_id,
 )
-from cozyd.storage.names import db_name
+from cozyd.errors import CozyError, EchoError, NotFound
+from cozyd.instance.model import Instance
 
+CLIENTS_DOCTYPE = "io.cozy.oauth.clients"
 #: Random bytes in a client secret (as cozy-stack: 24, URL-safe base64).
 CLIENT_SECRET_BYTES = 24
 DOCTYPE_VERSION = "1"
@@ -211,13 +211,20 @@ def _ordered(metadata: Mapping[str, Any], server: Mapping[str, Any]) -> dict[str
     return doc
 
 
+#: Told of a client's change (``on_change(instance, client_id)``), so that
+#: caches of its permissions forget it.
+ClientChanged = Callable[[Instance, str], None]
+
+
 class OAuthClients:
-    def __init__(self, store: DocumentStore, resolver: PermissionResolver, *,
+    def __init__(self, documents: Documents, *,
+                 on_change: ClientChanged | None = None,
                  seconds: Callable[[], float] = time.time,
                  limiter: RateLimiter | None = None,
                  registrations_per_hour: int = REGISTRATIONS_PER_HOUR):
-        self._store = store
-        self._resolver = resolver
+        self._documents = documents  # writes: validated and published
+        self._store = documents.store  # reads
+        self._changed: ClientChanged = on_change or (lambda instance, client_id: None)
         self._seconds = seconds
         self._limiter = limiter if limiter is not None else RateLimiter(seconds=seconds)
         self._registrations_per_hour = registrations_per_hour
@@ -299,12 +306,7 @@ class OAuthClients:
             server["pending"] = True
         server["cozyMetadata"] = self._metadata(metadata, now)
         doc = _ordered(metadata, server)
-        db = self._db(instance)
-        try:
-            result = await self._store.put_doc(db, doc)
-        except DatabaseNotFound:
-            await self._store.ensure_db(db)
-            result = await self._store.put_doc(db, doc)
+        result = await self._documents.put(instance, CLIENTS_DOCTYPE, doc, create_db=True)
         doc["_rev"] = result["rev"]
         view = public_view(doc)
         registration = self.registration_token(instance, doc["_id"])
@@ -356,21 +358,21 @@ class OAuthClients:
         server["cozyMetadata"] = meta
         doc = _ordered(metadata, server)
         try:
-            result = await self._store.put_doc(self._db(instance), doc)
+            result = await self._documents.put(instance, CLIENTS_DOCTYPE, doc)
         except DocConflict:
             raise RegistrationError("conflict", status=409) from None
         doc["_rev"] = result["rev"]
-        self._resolver.forget_client(instance, old["_id"])
+        self._changed(instance, old["_id"])
         return public_view(doc)
 
     async def delete(self, instance: Instance, client: Mapping[str, Any]) -> None:
         """Remove the client; its tokens stop working at once on this node
         (other nodes see it when their cache entry expires)."""
-        db = self._db(instance)
         doc = dict(client)
         while True:
             try:
-                await self._store.delete_doc(db, doc["_id"], doc["_rev"])
+                await self._documents.delete(instance, CLIENTS_DOCTYPE, doc["_id"],
+                                             doc["_rev"], doc=doc)
                 break
             except DocNotFound:
                 break
@@ -379,7 +381,7 @@ class OAuthClients:
                 if fresh is None:
                     break
                 doc = fresh
-        self._resolver.forget_client(instance, doc["_id"])
+        self._changed(instance, doc["_id"])
 
     async def mark_used(self, instance: Instance, client: dict[str, Any],
                         **changes: Any) -> dict[str, Any]:
@@ -391,12 +393,12 @@ class OAuthClients:
         if updated == client:
             return client
         try:
-            result = await self._store.put_doc(self._db(instance), updated)
+            result = await self._documents.put(instance, CLIENTS_DOCTYPE, updated)
             updated["_rev"] = result["rev"]
         except DocConflict:
             return client
         if client.get("pending"):
-            self._resolver.forget_client(instance, client["_id"])
+            self._changed(instance, client["_id"])
         return updated
 
     async def confirm_exists(self, instance: Instance, client_id: str) -> dict[str, Any]:

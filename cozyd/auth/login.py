@@ -2,7 +2,7 @@
 failed logins that blocks an instance under attack.
 
 Clients send a hash of the passphrase, never the passphrase (see
-``cozyd.auth.passphrase``); the instance stores a slow scrypt hash of that.
+``cozyd.passphrase``); the instance stores a slow scrypt hash of that.
 The hashing parameters (PBKDF2 iterations, plus the Bitwarden keys the
 clients derive from the same master key) live in the
 ``io.cozy.settings.bitwarden`` document, as in cozy-stack.
@@ -22,14 +22,12 @@ from typing import Any, TypeVar
 import attrs
 from twisted.logger import Logger
 
+from cozyd import passphrase as hashing
 from cozyd.adminpass import InvalidHashFile
-from cozyd.auth import passphrase as hashing
 from cozyd.auth.limits import RateLimiter
+from cozyd.documents import DocNotFound, Documents
 from cozyd.errors import BadRequest, CozyError, Unprocessable
 from cozyd.instance.model import Instance
-from cozyd.storage.interface import DocNotFound, DocumentStore
-from cozyd.storage.names import db_name
-from cozyd.storage.updates import update_doc
 
 SETTINGS_DOCTYPE = "io.cozy.settings"
 BITWARDEN_SETTINGS_ID = "io.cozy.settings.bitwarden"
@@ -79,11 +77,11 @@ def check_iterations(iterations: int, *, allow_zero: bool = True) -> None:
 
 
 class Passphrases:
-    def __init__(self, store: DocumentStore, *,
+    def __init__(self, documents: Documents, *,
                  run_blocking: Callable[[Callable[[], T]], Awaitable[T]],
                  kdf_iterations: int = hashing.DEFAULT_KDF_ITERATIONS,
                  update_instance: Callable[..., Awaitable[Instance]]):
-        self._store = store
+        self._documents = documents
         self._run_blocking = run_blocking
         self._kdf_iterations = kdf_iterations
         # InstanceManager.update: read-modify-write with retries.
@@ -96,7 +94,7 @@ class Passphrases:
     # -- the hashing parameters -------------------------------------------------
     async def bitwarden_settings(self, instance: Instance) -> dict[str, Any]:
         try:
-            return await self._store.get_doc(db_name(instance.prefix, SETTINGS_DOCTYPE),
+            return await self._documents.get(instance, SETTINGS_DOCTYPE,
                                              BITWARDEN_SETTINGS_ID)
         except DocNotFound:
             return {"_id": BITWARDEN_SETTINGS_ID}
@@ -220,8 +218,8 @@ class Passphrases:
                 doc["private_key"] = params.private_key
             if params.hint:
                 doc["passphrase_hint"] = params.hint
-        await update_doc(self._store, db_name(instance.prefix, SETTINGS_DOCTYPE),
-                         BITWARDEN_SETTINGS_ID, change)
+        await self._documents.update(instance, SETTINGS_DOCTYPE, BITWARDEN_SETTINGS_ID,
+                                     change)
 
     async def set_hint(self, instance: Instance, hint: str) -> None:
         def change(doc: dict[str, Any]) -> None:
@@ -229,8 +227,8 @@ class Passphrases:
                 doc["passphrase_hint"] = hint
             else:
                 doc.pop("passphrase_hint", None)
-        await update_doc(self._store, db_name(instance.prefix, SETTINGS_DOCTYPE),
-                         BITWARDEN_SETTINGS_ID, change)
+        await self._documents.update(instance, SETTINGS_DOCTYPE, BITWARDEN_SETTINGS_ID,
+                                     change)
 
     async def hint_is_passphrase(self, instance: Instance, hint: str) -> bool:
         """A hint must not give the passphrase away."""

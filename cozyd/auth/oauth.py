@@ -27,15 +27,9 @@ import attrs
 
 from cozyd.auth import tokens
 from cozyd.auth.clients import OAuthClients, iso_time, secrets_equal
+from cozyd.documents import DatabaseNotFound, DocConflict, DocNotFound, Documents
 from cozyd.errors import CozyError
 from cozyd.instance.model import Instance
-from cozyd.storage.interface import (
-    DatabaseNotFound,
-    DocConflict,
-    DocNotFound,
-    DocumentStore,
-)
-from cozyd.storage.names import db_name
 
 ACCESS_CODES_DOCTYPE = "io.cozy.oauth.access_codes"
 ACCESS_CODE_VALIDITY = 5 * 60.0
@@ -84,14 +78,11 @@ class AccessCode:
 
 
 class AccessCodes:
-    def __init__(self, store: DocumentStore, *, seconds: Callable[[], float] = time.time,
+    def __init__(self, documents: Documents, *, seconds: Callable[[], float] = time.time,
                  validity: float = ACCESS_CODE_VALIDITY):
-        self._store = store
+        self._documents = documents
         self._seconds = seconds
         self._validity = validity
-
-    def _db(self, instance: Instance) -> str:
-        return db_name(instance.prefix, ACCESS_CODES_DOCTYPE)
 
     async def create(self, instance: Instance, client_id: str, scope: str,
                      challenge: str = "") -> str:
@@ -101,28 +92,28 @@ class AccessCodes:
                                "issued_at": int(now), "scope": scope}
         if challenge:
             doc["code_challenge"] = challenge
-        db = self._db(instance)
+        documents = self._documents
         try:
-            await self._store.put_doc(db, doc)
+            await documents.put(instance, ACCESS_CODES_DOCTYPE, doc)
         except DatabaseNotFound:
-            await self._store.ensure_db(db)
-            await self._store.create_index(db, ["issued_at"], ddoc="by-issued-at",
-                                           name="by-issued-at")
-            await self._store.put_doc(db, doc)
-        await self._purge_expired(db, now)
+            await documents.ensure_db(instance, ACCESS_CODES_DOCTYPE)
+            await documents.create_index(instance, ACCESS_CODES_DOCTYPE, ["issued_at"],
+                                         ddoc="by-issued-at", name="by-issued-at")
+            await documents.put(instance, ACCESS_CODES_DOCTYPE, doc)
+        await self._purge_expired(instance, now)
         return code
 
     async def consume(self, instance: Instance, code: str) -> AccessCode | None:
         """The code's grant, once: None if unknown, used or expired."""
         if not code or len(code) > 512:
             return None
-        db = self._db(instance)
         try:
-            doc = await self._store.get_doc(db, _code_key(code))
+            doc = await self._documents.get(instance, ACCESS_CODES_DOCTYPE, _code_key(code))
         except (DocNotFound, DatabaseNotFound):
             return None
         try:
-            await self._store.delete_doc(db, doc["_id"], doc["_rev"])
+            await self._documents.delete(instance, ACCESS_CODES_DOCTYPE, doc["_id"],
+                                         doc["_rev"], doc=doc)
         except (DocConflict, DocNotFound):
             return None  # another request used it first
         issued_at = doc.get("issued_at")
@@ -133,15 +124,16 @@ class AccessCodes:
                           scope=str(doc.get("scope", "")), issued_at=issued_at,
                           challenge=str(doc.get("code_challenge", "")))
 
-    async def _purge_expired(self, db: str, now: float) -> None:
+    async def _purge_expired(self, instance: Instance, now: float) -> None:
         """Drop a few codes nobody exchanged, so the database stays small."""
         try:
-            result = await self._store.find(db, {
+            result = await self._documents.find(instance, ACCESS_CODES_DOCTYPE, {
                 "selector": {"issued_at": {"$lt": int(now - self._validity)}},
                 "fields": ["_id", "_rev"], "limit": PURGE_BATCH})
             for doc in result["docs"]:
                 try:
-                    await self._store.delete_doc(db, doc["_id"], doc["_rev"])
+                    await self._documents.delete(instance, ACCESS_CODES_DOCTYPE,
+                                                 doc["_id"], doc["_rev"], doc=doc)
                 except (DocConflict, DocNotFound):
                     pass
         except CozyError:

@@ -32,15 +32,14 @@ import attrs
 import idna
 from twisted.logger import Logger
 
-from cozyd.instance.model import Instance
-from cozyd.storage.interface import (
+from cozyd.documents import (
     DatabaseNotFound,
     DocConflict,
     DocNotFound,
-    DocumentStore,
+    Documents,
     new_doc_id,
 )
-from cozyd.storage.names import db_name
+from cozyd.instance.model import Instance
 
 SESSIONS_DOCTYPE = "io.cozy.sessions"
 LOGINS_DOCTYPE = "io.cozy.sessions.logins"
@@ -233,9 +232,9 @@ class SessionStore:
     ``ttl``.
     """
 
-    def __init__(self, store: DocumentStore, *, seconds: Callable[[], float],
+    def __init__(self, documents: Documents, *, seconds: Callable[[], float],
                  ttl: float = 5.0):
-        self._store = store
+        self._documents = documents
         self._seconds = seconds
         self._ttl = ttl
         self._cache: OrderedDict[tuple[str, str], tuple[float, Session]] = OrderedDict()
@@ -251,12 +250,7 @@ class SessionStore:
         self._cache.pop((instance.prefix, session_id), None)
 
     async def _put(self, instance: Instance, doctype: str, doc: dict[str, Any]) -> dict:
-        db = db_name(instance.prefix, doctype)
-        try:
-            return await self._store.put_doc(db, doc)
-        except DatabaseNotFound:
-            await self._store.ensure_db(db)
-            return await self._store.put_doc(db, doc)
+        return await self._documents.put(instance, doctype, doc, create_db=True)
 
     async def create(self, instance: Instance, duration: Duration) -> Session:
         now = self._seconds()
@@ -273,9 +267,9 @@ class SessionStore:
         cached = self._cache.get((instance.prefix, session_id))
         if cached is not None and cached[0] > self._seconds():
             return cached[1]
-        db = db_name(instance.prefix, SESSIONS_DOCTYPE)
         try:
-            session = Session.from_doc(await self._store.get_doc(db, session_id))
+            session = Session.from_doc(await self._documents.get(
+                instance, SESSIONS_DOCTYPE, session_id))
         except (DocNotFound, DatabaseNotFound):
             return None
         now = self._seconds()
@@ -285,7 +279,8 @@ class SessionStore:
         if now > session.last_seen + LAST_SEEN_PERIOD:
             session.last_seen = now
             try:
-                session.rev = (await self._store.put_doc(db, session.to_doc()))["rev"]
+                session.rev = (await self._documents.put(
+                    instance, SESSIONS_DOCTYPE, session.to_doc()))["rev"]
             except (DocConflict, DocNotFound):
                 pass  # another request touched it meanwhile: good enough
         self._remember(instance, session)
@@ -293,9 +288,9 @@ class SessionStore:
 
     async def all(self, instance: Instance) -> list[Session]:
         """Live sessions (expired ones are deleted)."""
-        db = db_name(instance.prefix, SESSIONS_DOCTYPE)
         try:
-            result = await self._store.all_docs(db, include_docs=True)
+            result = await self._documents.all_docs(instance, SESSIONS_DOCTYPE,
+                                                    include_docs=True)
         except DatabaseNotFound:
             return []
         now = self._seconds()
@@ -312,10 +307,10 @@ class SessionStore:
 
     async def delete(self, instance: Instance, session: Session) -> None:
         self._forget(instance, session.id)
-        db = db_name(instance.prefix, SESSIONS_DOCTYPE)
         try:
-            current = await self._store.get_doc(db, session.id)
-            await self._store.delete_doc(db, session.id, current["_rev"])
+            current = await self._documents.get(instance, SESSIONS_DOCTYPE, session.id)
+            await self._documents.delete(instance, SESSIONS_DOCTYPE, session.id,
+                                         current["_rev"], doc=current)
         except (DocNotFound, DatabaseNotFound, DocConflict):
             return
         log.info("session deleted on {domain}", domain=instance.domain)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cozyd.auth import passphrase as passphrases
+from cozyd import passphrase as passphrases
 from cozyd.cli.client import (
     LONG_TIMEOUT,
     Context,

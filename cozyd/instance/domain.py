@@ -64,3 +64,12 @@ def validate_domain(raw: str) -> str:
                                    for label in name.split(".")):
         raise InvalidDomain("a label of the domain must not start or end with '-'")
     return domain
+
+
+def split_app_host(host: str) -> tuple[str, str]:
+    """A normalised host as (instance host, app slug), the apps of an instance
+    being on its nested sub-domains: ``drive.alice.example.com`` →
+    (``alice.example.com``, ``drive``); no dot → (host, ``""``). Whether the
+    first part is an instance is for the registry to say."""
+    slug, dot, rest = host.partition(".")
+    return (rest, slug) if dot and slug and rest else (host, "")

@@ -29,16 +29,18 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from cozyd import faults
-from cozyd.auth import passphrase as passphrases
+from cozyd import passphrase as passphrases
+from cozyd.documents import GLOBAL, DocConflict, DocNotFound, Documents, new_doc_id
 from cozyd.errors import BadRequest, Conflict, NotFound, Unprocessable
 from cozyd.instance import defaults
 from cozyd.instance.domain import validate_domain
 from cozyd.instance.model import CREATING, READY, Instance, instance_id
-from cozyd.storage.interface import DocConflict, DocNotFound, DocumentStore, new_doc_id
-from cozyd.storage.names import INSTANCES_DB, db_name, domain_hash
-from cozyd.storage.updates import update_doc
+from cozyd.storage.names import INSTANCES_DB, domain_hash
 
 ALIASES_DB = "global/domain_aliases"
+#: The doctypes of the global databases (``GLOBAL`` owns them).
+INSTANCES_DOCTYPE = "instances"
+ALIASES_DOCTYPE = "domain_aliases"
 SETTINGS_DOCTYPE = "io.cozy.settings"
 SETTINGS_ID = "io.cozy.settings.instance"
 _LOCALE_RE = re.compile(r"^[a-z]{2}(?:[-_][A-Za-z]{2})?$")
@@ -121,14 +123,15 @@ def _validate_locale(locale: str) -> str:
 class InstanceManager:
     """The instance lifecycle, over a document store and a files root."""
 
-    def __init__(self, store: DocumentStore, fs_root: str, *,
+    def __init__(self, documents: Documents, fs_root: str, *,
                  run_blocking: Callable[[Callable[[], T]], Awaitable[T]],
                  now: Callable[[], datetime.datetime] | None = None,
                  kdf_iterations: int = passphrases.DEFAULT_KDF_ITERATIONS,
                  on_change: Callable[[str], None] | None = None,
                  node_id: str = "", seconds: Callable[[], float] = time.time,
                  creation_lease: float = 600.0):
-        self._store = store
+        self._documents = documents  # every write: validated and published
+        self._store = documents.store  # reads
         self._fs_root = fs_root
         self._run_blocking = run_blocking
         self._now = now or (lambda: datetime.datetime.now(datetime.timezone.utc))
@@ -142,8 +145,8 @@ class InstanceManager:
     async def setup(self) -> None:
         await self._run_blocking(lambda: os.makedirs(self._fs_root, mode=0o700,
                                                      exist_ok=True))
-        await self._store.ensure_db(INSTANCES_DB)
-        await self._store.ensure_db(ALIASES_DB)
+        await self._documents.ensure_db(GLOBAL, INSTANCES_DOCTYPE)
+        await self._documents.ensure_db(GLOBAL, ALIASES_DOCTYPE)
 
     def files_dir(self, instance: Instance) -> str:
         return os.path.join(self._fs_root, instance.domain)
@@ -258,7 +261,8 @@ class InstanceManager:
         )
         for attempt in range(2):
             try:
-                result = await self._store.put_doc(INSTANCES_DB, instance.to_doc())
+                result = await self._documents.put(GLOBAL, INSTANCES_DOCTYPE,
+                                                   instance.to_doc())
                 instance.rev = result["rev"]
                 return instance
             except DocConflict:
@@ -282,12 +286,12 @@ class InstanceManager:
                      iterations: int) -> None:
         faults.checkpoint("create.claimed")
         # Independent steps run concurrently: on CouchDB each is a round trip.
-        await _all(self._store.ensure_db(db_name(instance.prefix, doctype))
+        await _all(self._documents.ensure_db(instance, doctype)
                    for doctype in defaults.DOCTYPES)
         faults.checkpoint("create.databases")
-        await _all(self._store.create_index(db_name(instance.prefix, doctype), fields,
-                                            ddoc=name, name=name,
-                                            partial_filter_selector=partial)
+        await _all(self._documents.create_index(instance, doctype, fields,
+                                                ddoc=name, name=name,
+                                                partial_filter_selector=partial)
                    for doctype, indexes in defaults.INDEXES.items()
                    for name, fields, partial in indexes)
         await self._write_settings(instance, options)
@@ -299,7 +303,7 @@ class InstanceManager:
             await self._register_passphrase(instance, options.passphrase, iterations)
         instance.state = READY
         instance.creation_node, instance.creation_started = "", 0.0
-        result = await self._store.put_doc(INSTANCES_DB, instance.to_doc())
+        result = await self._documents.put(GLOBAL, INSTANCES_DOCTYPE, instance.to_doc())
         instance.rev = result["rev"]
 
     async def _write_settings(self, instance: Instance, options: CreateOptions) -> None:
@@ -309,8 +313,8 @@ class InstanceManager:
                            ("phone", options.phone), ("tz", options.timezone)):
             if value:
                 settings[key] = value
-        db = db_name(instance.prefix, SETTINGS_DOCTYPE)
-        await self._store.put_doc(db, {"_id": SETTINGS_ID, **settings})
+        await self._documents.put(instance, SETTINGS_DOCTYPE,
+                                  {"_id": SETTINGS_ID, **settings})
         name = options.public_name or options.email.partition("@")[0]
         myself: dict[str, Any] = {
             "_id": new_doc_id(),
@@ -321,10 +325,9 @@ class InstanceManager:
         }
         if options.email:
             myself["email"] = [{"address": options.email, "primary": True}]
-        await self._store.put_doc(db_name(instance.prefix, "io.cozy.contacts"), myself)
+        await self._documents.put(instance, "io.cozy.contacts", myself)
 
     async def _write_tree(self, instance: Instance) -> None:
-        files_db = db_name(instance.prefix, "io.cozy.files")
         now = self._now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         created_on = f"https://{instance.domain}/"
         names = defaults.directory_names(instance.locale)
@@ -354,7 +357,7 @@ class InstanceManager:
             doc_id = domain_hash(f"{instance.domain}{path}")
             docs.append(directory(doc_id, names[key], ids[parent], path, app))
             ids[key], paths[key] = doc_id, path
-        results = await self._store.bulk_docs(files_db, docs)
+        results = await self._documents.bulk(instance, "io.cozy.files", docs)
         failed = [r for r in results if "error" in r]
         if failed:
             raise Conflict(f"cannot write the directory tree: {failed[0]['reason']}")
@@ -374,7 +377,7 @@ class InstanceManager:
         instance.register_token = None
         instance.onboarding_finished = True
         instance.password_defined = True
-        await self._store.put_doc(db_name(instance.prefix, SETTINGS_DOCTYPE), {
+        await self._documents.put(instance, SETTINGS_DOCTYPE, {
             "_id": "io.cozy.settings.bitwarden",
             "passphrase_kdf": 0,
             "passphrase_kdf_iterations": iterations,
@@ -382,8 +385,8 @@ class InstanceManager:
 
     async def _claim_alias(self, alias: str, domain: str) -> None:
         try:
-            await self._store.put_doc(ALIASES_DB, {"_id": domain_hash(alias),
-                                                   "alias": alias, "domain": domain})
+            await self._documents.put(GLOBAL, ALIASES_DOCTYPE, {
+                "_id": domain_hash(alias), "alias": alias, "domain": domain})
         except DocConflict:
             raise InstanceExists(f"the alias {alias} is already used") from None
 
@@ -394,7 +397,8 @@ class InstanceManager:
             return
         if doc.get("domain") == domain:
             try:
-                await self._store.delete_doc(ALIASES_DB, doc["_id"], doc["_rev"])
+                await self._documents.delete(GLOBAL, ALIASES_DOCTYPE, doc["_id"],
+                                             doc["_rev"], doc=doc)
             except (DocConflict, DocNotFound):
                 pass
 
@@ -421,7 +425,8 @@ class InstanceManager:
             if pending is not None:
                 await pending
             try:
-                result = await self._store.put_doc(INSTANCES_DB, instance.to_doc())
+                result = await self._documents.put(GLOBAL, INSTANCES_DOCTYPE,
+                                                   instance.to_doc())
             except DocConflict:
                 continue
             instance.rev = result["rev"]
@@ -489,8 +494,7 @@ class InstanceManager:
                     doc.pop(key, None)
                 else:
                     doc[key] = value
-        await update_doc(self._store, db_name(instance.prefix, SETTINGS_DOCTYPE),
-                         SETTINGS_ID, change)
+        await self._documents.update(instance, SETTINGS_DOCTYPE, SETTINGS_ID, change)
 
     # -- destruction ------------------------------------------------------------
     async def destroy(self, raw_domain: str) -> None:
@@ -507,7 +511,8 @@ class InstanceManager:
                 "and destroy it again")
         instance.deleting = True
         try:
-            result = await self._store.put_doc(INSTANCES_DB, instance.to_doc())
+            result = await self._documents.put(GLOBAL, INSTANCES_DOCTYPE,
+                                               instance.to_doc())
         except DocConflict:
             raise Conflict(f"instance {domain} changed meanwhile; try again") from None
         instance.rev = result["rev"]
@@ -517,7 +522,7 @@ class InstanceManager:
 
     async def _remove_everything(self, instance: Instance) -> None:
         """Delete the databases, files, aliases and finally the document."""
-        await self._store.delete_prefix(instance.prefix)
+        await self._documents.delete_all(instance)
         root = self.files_dir(instance)
         await self._run_blocking(lambda: shutil.rmtree(root, ignore_errors=False)
                                  if os.path.isdir(root) else None)
@@ -525,7 +530,8 @@ class InstanceManager:
             await self._release_alias(alias, instance.domain)
         try:
             current = await self._store.get_doc(INSTANCES_DB, instance.id)
-            await self._store.delete_doc(INSTANCES_DB, instance.id, current["_rev"])
+            await self._documents.delete(GLOBAL, INSTANCES_DOCTYPE, instance.id,
+                                         current["_rev"], doc=current)
         except DocNotFound:
             pass
         self._on_change(instance.domain)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cozyd.auth import tokens
+from cozyd.auth.clients import CLIENTS_DOCTYPE
 from cozyd.errors import InvalidToken
 from cozyd.instance.model import Instance
 from cozyd.permissions.rules import InvalidPermission, PermissionSet
@@ -23,7 +24,6 @@ from cozyd.storage.interface import DatabaseNotFound, DocNotFound, DocumentStore
 from cozyd.storage.names import db_name
 
 PERMISSIONS_DOCTYPE = "io.cozy.permissions"
-CLIENTS_DOCTYPE = "io.cozy.oauth.clients"
 MAX_CACHED = 50_000
 
 

@@ -1,9 +1,15 @@
 """The in-process event hub: who wrote what, for realtime and triggers.
 
-Every document write made through cozyd is published here as an event::
+Every document write made through cozyd is published here as an event, by
+the document layer (``cozyd.documents``) and by nothing else::
 
     {"verb": "CREATED" | "UPDATED" | "DELETED", "doctype": "io.cozy.x",
      "id": "<doc id>", "doc": {... the document, with _id and _rev ...}}
+
+Events come once per changed document, after the engine stored it; design
+and ``_local/`` documents are never published. The databases shared by all
+instances (``global/instances``, ``global/domain_aliases``) publish under the
+key ``"global"``.
 
 Subscribers listen to one instance, either to one doctype or to all of
 them (``doctype=None``). Instances are told apart by a key: an object with

@@ -13,6 +13,8 @@
   addition: cozy-stack leaves the logout button to its apps).
 - ``GET /auth/passphrase?registerToken=…``: the onboarding form, which posts
   to ``/settings/passphrase``.
+- ``GET https://home.<domain>/``: the built-in home page (``HomeApp``),
+  until the apps service serves the installed home app there.
 
 The OAuth routes under ``/auth`` (register, authorize, access_token…)
 belong to another service; ``WebSessions`` here is what it uses to know
@@ -36,8 +38,9 @@ from cozyd.auth.sessions import (
     decode_cookie,
     encode_cookie,
 )
-from cozyd.auth.urls import InstanceURLs
+from cozyd.auth.urls import HOME_SLUG, InstanceURLs
 from cozyd.errors import CozyError
+from cozyd.i18n import N_
 from cozyd.instance.model import Instance
 from cozyd.web.common import (
     current_instance,
@@ -55,6 +58,7 @@ from cozyd.web.routing import Service, route, shield, state_of
 log = Logger()
 
 MAX_AGE_CORS = "43200"
+WRONG_PASSPHRASE = N_("This password is not the right one. Please try again.")
 
 
 def wants_json(request: IRequest) -> bool:
@@ -166,10 +170,8 @@ def page_errors(service: Any, request: IRequest, error: BaseException) -> bytes:
     browsers, else JSON:API. The service must have a ``pages`` attribute."""
     if isinstance(error, CozyError):
         if wants_html(request) and current_instance(request) is not None:
-            return service.pages.render(
-                request, "error.html", status=error.status,
-                error_title=service.pages.translate(request, "error.title"),
-                error_message=error.detail)
+            return service.pages.render(request, "error.html", status=error.status,
+                                        error_message=error.detail)
         return error_response(request, error)
     return jsonapi_errors(service, request, error)
 
@@ -234,7 +236,7 @@ class AuthService(Service):
         if not await self.sessions.logged_in(request):
             if not await self.passphrases.check(instance, passphrase):
                 await self.failures.failed(instance)
-                message = self.pages.translate(request, "login.error")
+                message = self.pages.translate(request, WRONG_PASSPHRASE)
                 if wants_json(request):
                     return json_response(request, {"error": message}, status=401)
                 return await self._render_login(request, instance, status=401,
@@ -362,3 +364,40 @@ class HomePage(Service):
         query = [(name, form_value(request, name))
                  for name in ("jwt", "email_verified_code") if form_value(request, name)]
         return self.pages.redirect(request, self.urls.page(instance, "/auth/login", query))
+
+
+class HomeApp(Service):
+    """The built-in ``home`` app, served at ``home.<domain>`` by
+    ``cozyd.web.apphosts`` until the apps service serves the installed one:
+    the instance's name (its public name, else its domain), links to the
+    owner's settings and sessions (pages of the settings app, as the home
+    app links to them) and to log out. For the owner only: without a session,
+    302 to the login page, which comes back here (as cozy-stack's apps)."""
+
+    errors = page_errors
+
+    def __init__(self, *, pages: Pages, sessions: WebSessions, urls: InstanceURLs):
+        super().__init__()
+        self.pages = pages
+        self.sessions = sessions
+        self.urls = urls
+
+    @route("", "GET")
+    async def home(self, request: IRequest):
+        instance = instance_of(request)
+        if not await self.sessions.logged_in(request):
+            here = self.urls.subdomain(instance, HOME_SLUG, "/")
+            query = request.uri.partition(b"?")[2].decode("utf-8", "replace")
+            params = [("redirect", f"{here}?{query}" if query else here)]
+            if form_value(request, "jwt"):
+                params.append(("jwt", form_value(request, "jwt")))
+            return self.pages.redirect(
+                request, self.urls.page(instance, "/auth/login", params), status=302)
+        settings = await self.urls.settings_document(instance)
+        name = settings.get("public_name")
+        return self.pages.render(
+            request, "home.html",
+            name=name if isinstance(name, str) and name.strip() else instance.domain,
+            settings_url=self.urls.subdomain(instance, "settings", "/", "/profile"),
+            sessions_url=self.urls.subdomain(instance, "settings", "/", "/sessions"),
+            logout_url=self.urls.page(instance, "/auth/logout"))

@@ -23,10 +23,10 @@ escaped slash (``/data/io.cozy.x/with%2Fslash``): routes are declared with
 ``proxy`` error shape) and ``collection`` / ``document`` (the token
 policy).
 
-Every write is published on the event hub (CREATED / UPDATED / DELETED)
-after it is stored, as cozy-stack does for realtime and ``@event``
-triggers. Where cozyd differs from cozy-stack on purpose, a comment says
-so (permissions on ``?revs=true`` reads, design-document copies).
+Every write goes through the document layer (``cozyd.documents``), which
+refuses reserved doctypes, stores, and publishes the events realtime and
+``@event`` triggers see. Where cozyd differs from cozy-stack on purpose, a
+comment says so (permissions on ``?revs=true`` reads, design-document copies).
 """
 
 from __future__ import annotations
@@ -39,18 +39,21 @@ import attrs
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from cozyd.errors import CozyError, EchoError
-from cozyd.instance import defaults
-from cozyd.realtime.hub import CREATED, DELETED, UPDATED, EventHub
-from cozyd.storage.interface import (
+from cozyd.documents import (
     DatabaseNotFound,
     DocNotFound,
-    DocumentStore,
+    DocumentRefused,
+    Documents,
     NoIndex,
+    ProtectedDesignDoc,
     StorageError,
-    new_doc_id,
+    check_id_values,
+    check_readable,
+    check_writable,
+    db_name,
+    protected_design_docs,
 )
-from cozyd.storage.names import db_name
+from cozyd.errors import CozyError, EchoError
 from cozyd.web.common import (
     error_response,
     instance_of,
@@ -80,52 +83,13 @@ MAX_FIND_LIMIT = 1000
 #: The doctype whose GET permission lists the doctypes (``_all_doctypes``).
 DOCTYPES_DOCTYPE = "io.cozy.doctypes"
 
-# cozy-stack's reserved doctypes (model/permission/doctype.go): nobody reads
-# or writes these through /data...
-UNREADABLE_DOCTYPES = frozenset({
-    # global databases
-    "instances", "io.cozy.instances", "io.cozy.account_types",
-    "io.cozy.konnectors.maintenance", "io.cozy.remote.secrets",
-    # only the stack manipulates them
-    "io.cozy.sessions", "io.cozy.permissions", "io.cozy.intents",
-    "io.cozy.oauth.clients", "io.cozy.oauth.access_codes", "io.cozy.files.archives",
-    "io.cozy.sharings", "io.cozy.shared", "io.cozy.accounts.soft_deleted",
-    # synthetic doctypes (API only)
-    "io.cozy.certified.carbon_copy", "io.cozy.certified.electronic_safe",
-    "io.cozy.files.sizes", "io.cozy.triggers.state", "io.cozy.sharings.answer",
-    "io.cozy.sharings.moved", "io.cozy.support", "com.bitwarden.profiles",
-    "io.cozy.office.url", "io.cozy.notes.url", "io.cozy.apps.open",
-    # synthetic doctypes (realtime events only)
-    "io.cozy.auth.confirmations", "io.cozy.jobs.events", "io.cozy.sharings.initial_sync",
-    "io.cozy.notes.events", "io.cozy.notes.telepointers", "io.cozy.files.thumbnails",
-    "io.cozy.apps.logs",
-})
-# ... and only the stack writes these.
-READ_ONLY_DOCTYPES = frozenset({
-    "io.cozy.jobs", "io.cozy.triggers", "io.cozy.apps", "io.cozy.konnectors",
-    "io.cozy.files", "io.cozy.files.versions", "io.cozy.notifications",
-    "io.cozy.remote.requests", "io.cozy.sessions.logins", "io.cozy.notes.steps",
-    "io.cozy.notes.images", "com.bitwarden.contacts",
-})
-
-#: Views cozy-stack defines on instance databases (pkg/couchdb/index.go):
-#: their design documents cannot be deleted through /data either.
-STACK_VIEWS: dict[str, tuple[str, ...]] = {
-    "io.cozy.files": ("disk-usage", "not-synchronized-on", "referenced-by",
-                      "referenced-by-sorted-by-datetime", "by-parent-type-name"),
-    "io.cozy.files.versions": ("old-versions-disk-usage",),
-    "io.cozy.permissions": ("byToken", "by-short-code", "byDoc", "permissions-by-doctype"),
-    "io.cozy.shared": ("shared-docs-by-sharingid",),
-    "io.cozy.sharings": ("sharings-by-doctype",),
-    "io.cozy.contacts": ("contacts-by-email",),
-}
+# The reserved doctypes and protected design documents: cozyd.documents.rules.
 
 #: The only query parameters ``_changes`` accepts (``filter`` on POST only).
 CHANGES_PARAMS = frozenset({"feed", "style", "since", "limit", "timeout", "include_docs",
                             "heartbeat", "_nonce", "seq_interval", "descending"})
 CHANGES_FILTERS = ("_doc_ids", "_selector", "_design")
 
-_VALID_DOCTYPE = re.compile(r"[a-z0-9._]+")
 _GO_STATUS_TEXT = {400: "Bad Request", 403: "Forbidden", 404: "Not Found",
                    405: "Method Not Allowed", 409: "Conflict",
                    413: "Request Entity Too Large", 500: "Internal Server Error"}
@@ -160,31 +124,6 @@ def couch_error(status: int, error: str, reason: str) -> StorageError:
 def wrong_doctype() -> StorageError:
     """A missing database read as a document's: cozy-stack's wording."""
     return couch_error(404, "not_found", "wrong_doctype")
-
-
-def check_doctype_name(doctype: str) -> None:
-    if (not _VALID_DOCTYPE.fullmatch(doctype) or doctype.startswith(".")
-            or doctype.endswith(".") or ".." in doctype):
-        raise echo_error(403, f"{doctype} is not a valid doctype name")
-
-
-def check_readable(doctype: str) -> None:
-    check_doctype_name(doctype)
-    if doctype in UNREADABLE_DOCTYPES:
-        raise echo_error(403, f"reserved doctype {doctype} unreadable")
-
-
-def check_writable(doctype: str) -> None:
-    check_doctype_name(doctype)
-    if doctype in UNREADABLE_DOCTYPES or doctype in READ_ONLY_DOCTYPES:
-        raise echo_error(403, f"reserved doctype {doctype} unwritable")
-
-
-def protected_design_docs(doctype: str) -> frozenset[str]:
-    """Design documents of the stack's own indexes and views on ``doctype``."""
-    names = {name for name, _fields, _partial in defaults.INDEXES.get(doctype, ())}
-    names.update(STACK_VIEWS.get(doctype, ()))
-    return frozenset(names)
 
 
 # =============================================================================
@@ -356,14 +295,15 @@ class DataService(Service):
     """Its routes are declared with this module's ``route``; errors take
     the shapes of the module docstring (``_error``)."""
 
-    def __init__(self, store: DocumentStore, guard: Guard, hub: EventHub, *,
-                 max_body_size: int, pause: Callable[[], Awaitable[Any]] | None = None):
+    def __init__(self, documents: Documents, guard: Guard, *, max_body_size: int,
+                 pause: Callable[[], Awaitable[Any]] | None = None):
         """``pause()`` gives the reactor a turn between the pieces of a large
         answer (``cozyd.web.streaming``)."""
         super().__init__()
-        self.store = store
+        self.store = documents.store  # reads
+        #: Writes: the clients' path (reserved doctypes refused; events published).
+        self.documents = documents.checked
         self.guard = guard
-        self.hub = hub
         self.max_body_size = max_body_size
         self.pause = pause
 
@@ -379,6 +319,12 @@ class DataService(Service):
         return jsonapi_error(400, "the path is not valid UTF-8")
 
     def _error(self, request: IRequest, error: BaseException) -> bytes:
+        if isinstance(error, ProtectedDesignDoc):
+            return json_response(request, {"error": error.detail}, status=error.status)
+        if isinstance(error, DocumentRefused):  # cozy-stack's echo errors
+            return json_response(request, {"error": f"code={error.status}, "
+                                                    f"message={error.detail}"},
+                                 status=error.status)
         if isinstance(error, EchoError):
             return error_response(request, error)
         if isinstance(error, DataError):
@@ -430,20 +376,6 @@ class DataService(Service):
                                lambda reason: couch_error(400, "bad_request",
                                                           "invalid UTF-8 JSON"))
 
-    async def _with_db(self, request: IRequest, doctype: str, write: Callable[[], Awaitable[Any]]
-                       ) -> Any:
-        """Run ``write``; create the doctype's database and retry once if it
-        was missing (cozy-stack creates databases on first write)."""
-        try:
-            return await write()
-        except DatabaseNotFound:
-            await self.store.ensure_db(self._db(request, doctype))
-            return await write()
-
-    def _publish(self, request: IRequest, verb: str, doctype: str,
-                 doc: dict[str, Any]) -> None:
-        self.hub.publish_doc(instance_of(request), verb, doctype, doc)
-
     # -- routes without a doctype -------------------------------------------------
     @route("", "GET", auth=False)
     async def welcome(self, request: IRequest) -> bytes:
@@ -459,7 +391,7 @@ class DataService(Service):
             doctype = name.partition("/")[2].replace("-", ".")
             try:
                 check_readable(doctype)
-            except DataError:
+            except DocumentRefused:
                 continue
             doctypes.append(doctype)
         return json_response(request, doctypes)
@@ -487,13 +419,13 @@ class DataService(Service):
     @route("{doctype}", "PUT", access="writable", proxy=True)
     @collection("POST")
     async def create_db(self, request: IRequest, doctype: str) -> bytes:
-        await self.store.create_db(self._db(request, doctype))
+        await self.documents.create_db(instance_of(request), doctype)
         return json_response(request, {"ok": True}, status=201)
 
     @route("{doctype}", "DELETE", access="writable")
     @collection("DELETE")
     async def delete_db(self, request: IRequest, doctype: str) -> bytes:
-        await self.store.delete_db(self._db(request, doctype))
+        await self.documents.delete_db(instance_of(request), doctype)
         return json_response(request, {"ok": True, "deleted": True})
 
     # -- single documents ------------------------------------------------------
@@ -506,11 +438,9 @@ class DataService(Service):
                            body, verb="POST")
         if _has_text(given_id):
             raise couch_error(400, "defined_id", "document _id should be empty")
-        doc = body if "_id" in body else {**body, "_id": new_doc_id()}
-        db = self._db(request, doctype)
-        result = await self._with_db(request, doctype, lambda: self.store.put_doc(db, doc))
-        stored = {**doc, "_id": result["id"], "_rev": result["rev"]}
-        self._publish(request, CREATED, doctype, stored)
+        result = await self.documents.create(instance_of(request), doctype, body,
+                                             create_db=True)
+        stored = {**body, "_id": result["id"], "_rev": result["rev"]}
         return json_response(request, {"ok": True, "id": result["id"], "rev": result["rev"],
                                        "type": doctype, "data": _with_type(stored, doctype)},
                              status=201)
@@ -590,11 +520,10 @@ class DataService(Service):
             if docid.startswith("_"):
                 raise couch_error(400, "bad_id", f"Unsuported couchdb operation {docid}")
             try:
-                result = await self._with_db(request, doctype,
-                                             lambda: self.store.put_doc(db, doc))
+                result = await self.documents.put(instance_of(request), doctype, doc,
+                                                  create_db=True)
             except DatabaseNotFound:
                 raise wrong_doctype() from None
-            verb = CREATED
         else:
             if docid.startswith("_"):
                 raise couch_error(400, "bad_id", f"Unsuported couchdb operation {docid}")
@@ -607,12 +536,10 @@ class DataService(Service):
                 authorize_document(request, doctype, docid, body, verb="PUT")
             doc = body
             try:
-                result = await self.store.put_doc(db, doc)
+                result = await self.documents.put(instance_of(request), doctype, doc)
             except DatabaseNotFound:
                 raise wrong_doctype() from None
-            verb = DELETED if doc.get("_deleted") is True else UPDATED
         stored = {**doc, "_id": result["id"], "_rev": result["rev"]}
-        self._publish(request, verb, doctype, stored)
         return json_response(request, {"ok": True, "id": result["id"], "rev": result["rev"],
                                        "type": doctype, "data": _with_type(stored, doctype)})
 
@@ -631,8 +558,8 @@ class DataService(Service):
         db = self._db(request, doctype)
         old = await self.store.get_doc(db, docid)
         authorize_document(request, doctype, docid, {**old, "_rev": rev}, verb="DELETE")
-        result = await self.store.delete_doc(db, docid, rev)
-        self._publish(request, DELETED, doctype, {**old, "_rev": result["rev"]})
+        result = await self.documents.delete(instance_of(request), doctype, docid, rev,
+                                             doc=old)
         return json_response(request, {"ok": True, "id": docid, "rev": result["rev"],
                                        "type": doctype, "deleted": True})
 
@@ -652,6 +579,8 @@ class DataService(Service):
                 raise couch_error(400, "bad_request", "`keys` body member must be an array.")
             if keys is not None:
                 options["keys"] = keys
+        check_id_values([*options.get("keys", ()), options.get("start_key"),
+                         options.get("end_key")])
         if not fields_text and not design_docs:
             result = await self.store.all_docs(self._db(request, doctype), **options)
             return await json_rows_response(request, result, pause=self.pause)
@@ -766,9 +695,9 @@ class DataService(Service):
                 options[key] = body[key]
         if "partial_filter_selector" in index:
             options["partial_filter_selector"] = index["partial_filter_selector"]
-        db = self._db(request, doctype)
-        result = await self._with_db(request, doctype, lambda: self.store.create_index(
-            db, index["fields"], **options))
+        result = await self.documents.create_index(instance_of(request), doctype,
+                                                   index["fields"], create_db=True,
+                                                   **options)
         return json_response(request, {key: result[key] for key in ("result", "id", "name")
                                        if key in result})
 
@@ -837,7 +766,8 @@ class DataService(Service):
             raise DataError(400, {"error": "You must pass a rev param"})
         if ddoc in protected_design_docs(doctype):
             raise DataError(403, {"error": "This design doc cannot be deleted"})
-        result = await self.store.delete_doc(self._db(request, doctype), f"_design/{ddoc}", rev)
+        result = await self.documents.delete(instance_of(request), doctype,
+                                             f"_design/{ddoc}", rev)
         return json_response(request, {"ok": True, "id": result["id"], "rev": result["rev"]})
 
     @route("{doctype}/_design/{ddoc}/copy", "POST", access="readable", proxy=True)
@@ -863,7 +793,7 @@ class DataService(Service):
         copy["_id"] = target
         if target_rev:
             copy["_rev"] = target_rev
-        result = await self.store.put_doc(db, copy)
+        result = await self.documents.put(instance_of(request), doctype, copy)
         return json_response(request, {"ok": True, "id": result["id"], "rev": result["rev"]},
                              status=201)
 
@@ -938,6 +868,7 @@ class DataService(Service):
         docs = body.get("docs") if isinstance(body, dict) else None
         if not isinstance(docs, list):
             raise couch_error(400, "bad_request", "Missing JSON list of 'docs'.")
+        check_id_values(doc.get("id") for doc in docs if isinstance(doc, dict))
         results = await self.store.bulk_get(self._db(request, doctype), docs,
                                             revs=_is_true(request, "revs"),
                                             latest=_is_true(request, "latest"))
@@ -954,47 +885,9 @@ class DataService(Service):
         if not isinstance(new_edits, bool):
             raise couch_error(400, "bad_request", "`new_edits` parameter must be a boolean.")
         docs = body["docs"]
-        db = self._db(request, doctype)
-        results = await self._with_db(request, doctype, lambda: self.store.bulk_docs(
-            db, docs, new_edits=new_edits))
-        self._publish_bulk(request, doctype, docs, results, new_edits)
+        results = await self.documents.bulk(instance_of(request), doctype, docs,
+                                            new_edits=new_edits, create_db=True)
         return json_response(request, results, status=201)
-
-    def _publish_bulk(self, request: IRequest, doctype: str, docs: list[Any],
-                      results: list[dict[str, Any]], new_edits: bool) -> None:
-        if not self.hub.has_subscribers(instance_of(request), doctype):
-            return
-        if new_edits:
-            for doc, result in zip(docs, results):
-                if not isinstance(doc, dict) or "error" in result or not result.get("ok"):
-                    continue
-                if str(result.get("id", "")).startswith("_local/"):
-                    continue
-                if not _has_text(doc.get("_rev")):
-                    verb = CREATED
-                elif doc.get("_deleted") is True:
-                    verb = DELETED
-                else:
-                    verb = UPDATED
-                self._publish(request, verb, doctype,
-                              {**doc, "_id": result["id"], "_rev": result["rev"]})
-            return
-        # Replicated revisions: CouchDB lists only the documents it refused.
-        refused = {result.get("id") for result in results}
-        for doc in docs:
-            if not isinstance(doc, dict) or doc.get("_id") in refused:
-                continue
-            doc_id, rev = doc.get("_id"), doc.get("_rev")
-            if not isinstance(doc_id, str) or doc_id.startswith("_local/"):
-                continue
-            if doc.get("_deleted") is True:
-                verb = DELETED
-            elif isinstance(rev, str) and rev.startswith("1-"):
-                verb = CREATED
-            else:
-                verb = UPDATED
-            self._publish(request, verb, doctype,
-                          {k: v for k, v in doc.items() if k != "_revisions"})
 
     @route("{doctype}/_revs_diff", "POST", access="readable", proxy=True)
     @collection("GET")
@@ -1005,6 +898,7 @@ class DataService(Service):
                 for revs in body.values()):
             raise couch_error(400, "bad_request",
                               "Request body must be a JSON object of revision lists")
+        check_id_values(body)
         result = await self.store.revs_diff(self._db(request, doctype), body)
         return json_response(request, result)
 
@@ -1020,8 +914,8 @@ class DataService(Service):
         body = self._couch_body(request)
         if not isinstance(body, dict):
             raise couch_error(400, "bad_request", "Document must be a JSON object")
-        result = await self.store.put_local(self._db(request, doctype),
-                                            {**body, "_id": f"_local/{docid}"})
+        result = await self.documents.put_local(instance_of(request), doctype,
+                                                {**body, "_id": f"_local/{docid}"})
         return json_response(request, result, status=201)
 
 

@@ -23,11 +23,12 @@ from cozyd.auth.oauth import PKCE_METHOD, AccessCodes, TokenEndpoint, TokenReque
 from cozyd.errors import CozyError, EchoError
 from cozyd.instance.model import Instance
 from cozyd.permissions.resolver import CLIENTS_DOCTYPE
-from cozyd.permissions.rules import ALL_VERBS, InvalidPermission, PermissionSet, Rule
+from cozyd.i18n import N_
+from cozyd.permissions.rules import InvalidPermission, PermissionSet
+from cozyd.permissions.words import describe_rule, describe_scope
 from cozyd.web.bodies import read_json
 from cozyd.web.common import (
     JSONAPI,
-    current_instance,
     instance_of,
     json_response,
     jsonapi_errors,
@@ -35,7 +36,7 @@ from cozyd.web.common import (
     query_text,
 )
 from cozyd.web.guard import Guard, holds_cli_token
-from cozyd.web.pages import Pages, language_of
+from cozyd.web.pages import Pages
 from cozyd.web.routing import Service, json_body, route, token
 
 log = Logger()
@@ -66,183 +67,21 @@ class PageError(CozyError):
         self.key = key
 
 
-# -- the words of the pages -------------------------------------------------------
-
-MESSAGES = {
-    "en": {
-        "no_state": "The state parameter is mandatory",
-        "no_client_id": "The client_id parameter is mandatory",
-        "no_redirect_uri": "The redirect_uri parameter is mandatory",
-        "no_scope": "The scope parameter is mandatory",
-        "no_client": "The client must be registered",
-        "bad_redirect_uri": "The redirect_uri parameter doesn't match the registered ones",
-        "bad_response_type": "Invalid response type",
-        "bad_scope": "Invalid scope",
-        "bad_challenge_method": "Invalid challenge code method",
-        "no_challenge": "The code_challenge parameter must be given when "
-                        "code_challenge_method is present",
-        "not_logged_in": "You must be authenticated",
-        "error_title": "Something went wrong",
-        "title": "Give {client} access to your cozy?",
-        "intro": "{client} asks to access your cozy {domain}:",
-        "policy": "How it uses your data is explained in its privacy policy.",
-        "warning": "Only the redirect address {redirect} is guaranteed to belong to "
-                   "this application. Authorize it only if you trust it.",
-        "accept": "Authorize",
-        "deny": "Deny",
-    },
-    "fr": {
-        "no_state": "Le paramètre state est obligatoire",
-        "no_client_id": "Le paramètre client_id est obligatoire",
-        "no_redirect_uri": "Le paramètre redirect_uri est obligatoire",
-        "no_scope": "Le paramètre scope est obligatoire",
-        "no_client": "Le client doit être enregistré",
-        "bad_redirect_uri": "Le paramètre redirect_uri ne correspond pas à ceux enregistrés",
-        "bad_response_type": "Le type de réponse est invalide",
-        "bad_scope": "Le paramètre scope est invalide",
-        "bad_challenge_method": "Le paramètre code_challenge_method est invalide",
-        "no_challenge": "Le paramètre code_challenge doit être fourni en présence du "
-                        "paramètre code_challenge_method",
-        "not_logged_in": "Vous devez être connecté",
-        "error_title": "Une erreur est survenue",
-        "title": "Donner à {client} l'accès à votre cozy ?",
-        "intro": "{client} demande l'accès à votre cozy {domain} :",
-        "policy": "Sa politique de confidentialité explique l'usage qu'elle fera de "
-                  "vos données.",
-        "warning": "Seule l'adresse de retour {redirect} appartient à coup sûr à cette "
-                   "application. Ne l'autorisez que si vous lui faites confiance.",
-        "accept": "Autoriser",
-        "deny": "Refuser",
-    },
+#: The messages of the authorize pages' errors (cozyd.i18n catalogs).
+PAGE_ERRORS = {
+    "no_state": N_("The state parameter is mandatory"),
+    "no_client_id": N_("The client_id parameter is mandatory"),
+    "no_redirect_uri": N_("The redirect_uri parameter is mandatory"),
+    "no_scope": N_("The scope parameter is mandatory"),
+    "no_client": N_("The client must be registered"),
+    "bad_redirect_uri": N_("The redirect_uri parameter doesn't match the registered ones"),
+    "bad_response_type": N_("Invalid response type"),
+    "bad_scope": N_("Invalid scope"),
+    "bad_challenge_method": N_("Invalid challenge code method"),
+    "no_challenge": N_("The code_challenge parameter must be given when "
+                       "code_challenge_method is present"),
+    "not_logged_in": N_("You must be authenticated"),
 }
-
-#: What a doctype holds, in words (en, fr).
-DOCTYPE_WORDS = {
-    "io.cozy.files": ("your files and folders", "vos fichiers et dossiers"),
-    "io.cozy.files.versions": ("the previous versions of your files",
-                               "les versions précédentes de vos fichiers"),
-    "io.cozy.contacts": ("your contacts", "vos contacts"),
-    "io.cozy.contacts.groups": ("your groups of contacts", "vos groupes de contacts"),
-    "io.cozy.calendar.events": ("your calendar events", "les événements de votre agenda"),
-    "io.cozy.calendar": ("your calendars", "vos agendas"),
-    "io.cozy.apps": ("your applications", "vos applications"),
-    "io.cozy.konnectors": ("your connectors", "vos connecteurs"),
-    "io.cozy.accounts": ("the accounts of your connectors", "les comptes de vos connecteurs"),
-    "io.cozy.bills": ("your bills", "vos factures"),
-    "io.cozy.bank": ("your banking data", "vos données bancaires"),
-    "io.cozy.bank.accounts": ("your bank accounts", "vos comptes bancaires"),
-    "io.cozy.bank.operations": ("your bank transactions", "vos opérations bancaires"),
-    "io.cozy.bank.groups": ("your groups of bank accounts",
-                            "vos groupes de comptes bancaires"),
-    "io.cozy.bank.settings": ("your banking settings", "vos réglages bancaires"),
-    "io.cozy.jobs": ("your background tasks", "vos tâches de fond"),
-    "io.cozy.triggers": ("the schedules of your background tasks",
-                         "la planification de vos tâches de fond"),
-    "io.cozy.notifications": ("your notifications", "vos notifications"),
-    "io.cozy.settings": ("your settings", "vos paramètres"),
-    "io.cozy.permissions": ("the permissions of your apps and shared links",
-                            "les permissions de vos applications et liens partagés"),
-    "io.cozy.oauth.clients": ("the devices and programs connected to your cozy",
-                              "les appareils et programmes connectés à votre cozy"),
-    "io.cozy.sharings": ("your sharings", "vos partages"),
-    "io.cozy.photos.albums": ("your photo albums", "vos albums photo"),
-    "io.cozy.identities": ("your identities", "vos identités"),
-    "io.cozy.tags": ("your tags", "vos étiquettes"),
-    "io.cozy.sessions.logins": ("the history of your logins",
-                                "l'historique de vos connexions"),
-    "io.cozy.notes": ("your notes", "vos notes"),
-    "com.bitwarden.ciphers": ("your saved passwords", "vos mots de passe enregistrés"),
-    "com.bitwarden.folders": ("the folders of your passwords",
-                              "les dossiers de vos mots de passe"),
-    "com.bitwarden.profiles": ("your password manager profile",
-                               "votre profil du gestionnaire de mots de passe"),
-    "com.bitwarden.organizations": ("your password sharing organizations",
-                                    "vos organisations de partage de mots de passe"),
-}
-
-#: Workers a rule restricted to one worker lets the client start.
-WORKER_WORDS = {
-    "sendmail": ("Send you emails", "Vous envoyer des e-mails"),
-    "konnector": ("Run your connectors", "Lancer vos connecteurs"),
-    "service": ("Run the services of your applications",
-                "Lancer les services de vos applications"),
-    "thumbnail": ("Make thumbnails of your images", "Créer les miniatures de vos images"),
-    "log": ("Write to the logs of your cozy", "Écrire dans les journaux de votre cozy"),
-}
-
-_ACTIONS = {"GET": ("read", "lire"), "POST": ("create", "créer"),
-            "PUT": ("modify", "modifier"), "DELETE": ("delete", "supprimer")}
-
-
-def _locale(locale: str) -> int:
-    return 1 if (locale or "").lower().startswith("fr") else 0
-
-
-def _join(words: list[str], fr: bool) -> str:
-    if len(words) == 1:
-        return words[0]
-    last = " et " if fr else " and "
-    return ", ".join(words[:-1]) + last + words[-1]
-
-
-def _what(doctype: str, fr: bool) -> str:
-    wildcard = doctype.endswith(".*")
-    base = doctype[:-2] if wildcard else doctype
-    words = DOCTYPE_WORDS.get(base)
-    if words is not None:
-        text = words[fr]
-        if wildcard:
-            text += " et les données associées" if fr else " and related data"
-        return text
-    if wildcard:
-        return (f"les documents de type {base} et de ses sous-types" if fr else
-                f"documents of type {base} and its sub-types")
-    return f"les documents de type {doctype}" if fr else f"documents of type {doctype}"
-
-
-def describe_rule(rule: Rule, locale: str = "en") -> str:
-    """One rule in words, e.g. ``Read your contacts``."""
-    fr = bool(_locale(locale))
-    if rule.type == "*":
-        return "Un accès complet à tout votre cozy" if fr else \
-            "Full access to your whole cozy"
-    if rule.type in ("io.cozy.jobs", "io.cozy.triggers") and rule.selector == "worker" \
-            and len(rule.values) == 1:
-        words = WORKER_WORDS.get(rule.values[0])
-        if words is not None:
-            return words[fr]
-        return (f"Lancer des tâches de fond « {rule.values[0]} »" if fr else
-                f"Start background tasks of type “{rule.values[0]}”")
-    if rule.type == "io.cozy.settings" and rule.verbs == {"GET"} and \
-            rule.values == ("io.cozy.settings.disk-usage",):
-        return "Voir l'espace de stockage utilisé" if fr else \
-            "See how much storage you use"
-    if rule.verbs == ALL_VERBS:
-        action = "lire et modifier" if fr else "read and modify"
-    else:
-        verbs = set(rule.verbs)
-        if "PATCH" in verbs:
-            verbs.add("PUT")
-        action = _join([_ACTIONS[v][fr] for v in ("GET", "POST", "PUT", "DELETE")
-                        if v in verbs], fr)
-    text = f"{action[0].upper()}{action[1:]} {_what(rule.type, fr)}"
-    if rule.values:
-        shown = ", ".join(rule.values[:5]) + (", …" if len(rule.values) > 5 else "")
-        if rule.selector:
-            text += (f" (seulement ceux dont « {rule.selector} » vaut {shown})" if fr else
-                     f" (only those whose “{rule.selector}” is {shown})")
-        else:
-            text += f" (seulement : {shown})" if fr else f" (only: {shown})"
-    return text
-
-
-def describe_scope(permissions: PermissionSet, locale: str = "en") -> list[str]:
-    return [describe_rule(rule, locale) for _, rule in permissions.rules]
-
-
-def message(locale: str, key: str, **values: str) -> str:
-    table = MESSAGES["fr"] if _locale(locale) else MESSAGES["en"]
-    return table[key].format(**values)
 
 
 # -- request parameters ------------------------------------------------------------
@@ -345,10 +184,7 @@ def oauth_errors(service: OAuthService, request: IRequest, error: BaseException)
     if isinstance(error, JSONError):
         return json_response(request, {"error": error.detail}, status=error.status)
     if isinstance(error, PageError):
-        language = service._language(request)
-        return service._pages.render(request, "error.html", status=error.status,
-                                     error_title=message(language, "error_title"),
-                                     error_message=message(language, error.key))
+        return service._pages.error_page(request, error.status, PAGE_ERRORS[error.key])
     return jsonapi_errors(service, request, error)
 
 
@@ -476,9 +312,6 @@ class OAuthService(Service):
         except InvalidPermission:
             raise PageError(400, "bad_scope") from None
 
-    def _language(self, request: IRequest) -> str:
-        return language_of(request, current_instance(request))
-
     async def _logged_in(self, request: IRequest, instance: Instance) -> bool:
         if self._session_of is None:
             return False
@@ -502,22 +335,16 @@ class OAuthService(Service):
 
     def _consent_page(self, request: IRequest, instance: Instance, client: dict,
                       params: AuthorizeParams, permissions: PermissionSet) -> bytes:
-        language = self._language(request)
         name = str(client.get("client_name") or client["_id"])
         scheme = urlsplit(params.redirect_uri).scheme.lower()
         deny = redirect_with(params.redirect_uri, error="access_denied", state=params.state)
         csrf = self._pages.csrf_token(request)
         body = self._pages.render(
             request, "authorize.html",
-            title=message(language, "title", client=name),
-            intro=message(language, "intro", client=name, domain=instance.domain),
             client_name=name, client_uri=_web_link(client.get("client_uri")),
             policy_uri=_web_link(client.get("policy_uri")),
-            policy=message(language, "policy"),
-            permissions="\n".join("• " + line for line in
-                                   describe_scope(permissions, language)),
-            warning=message(language, "warning", redirect=params.redirect_uri),
-            accept=message(language, "accept"), deny=message(language, "deny"),
+            permissions="\n".join("• " + line for line in describe_scope(
+                permissions, self._pages.language(request))),
             deny_uri=deny if scheme in ("http", "https", "cozy") else "/",
             csrf_token=csrf, client_id=client["_id"], state=params.state,
             redirect_uri=params.redirect_uri, scope=params.scope,

@@ -1,26 +1,31 @@
-"""HTML pages: templates, translations (en, fr) and CSRF protection.
+"""HTML pages: Jinja2 templates in the owner's language, and CSRF protection.
 
 Any service that shows a page uses one ``Pages`` object (built once in
 ``cozyd.service``)::
 
     pages.render(request, "login.html", status=401, error=...)  # -> bytes
+    pages.error_page(request, 400, N_("Invalid scope"))         # the error page
+    pages.translate(request, "Log in")    # a message in the request's language
     token = pages.csrf_token(request)   # put it in a csrf_token form field
     pages.check_csrf(request)           # first thing in a POST handler
     pages.login_redirect(request, instance, next_url)  # 303 to /auth/login
 
-Templates (``cozyd/web/templates/*.html``) use a deliberately tiny syntax,
-with everything escaped::
+Templates are ``cozyd/web/templates/*.html``, Jinja2 with autoescaping on:
 
-    {{ name }}                  a value of the context, HTML-escaped
-    {% t "login.title" %}       a message of the page's language; {name}
-                                placeholders are filled from the context
-    {% if name %}…{% else %}…{% endif %}   (also ``if not name``)
-    {% include "_head.html" %}  another template, same context
+- a page ``{% extends "_layout.html" %}`` and fills ``{% block content %}``
+  (also ``title`` and ``head``); ``_``-prefixed files are not pages;
+- every word a person reads goes through ``{{ _("English text") }}`` or
+  ``{{ _("Welcome, %(name)s!", name=public_name) }}`` (``cozyd.i18n``:
+  gettext catalogs, English message ids); never pre-translate in Python what
+  a template can say itself;
+- every ``<style>`` and ``<script>`` carries ``nonce="{{ csp_nonce }}"`` (the
+  Content-Security-Policy allows nothing else); pages load no external asset;
+- ``None`` renders as nothing; missing values render as nothing too.
 
-``render`` adds ``lang``, ``csp_nonce`` (put it on every ``<style>`` and
-``<script>``: the Content-Security-Policy allows nothing else), ``csrf_token``
-(when the page asked for one) and ``domain`` (the instance) to the context.
-Pages carry no external asset: their style and scripts are inline.
+``render`` adds ``lang``, ``csp_nonce``, ``csrf_token`` (when the page asked
+for one) and ``domain`` (the instance) to the context. The language is the
+instance's locale when cozyd has a catalog for it, else the browser's
+``Accept-Language``, else English.
 
 CSRF: a random token in the ``_csrf`` cookie (HttpOnly, SameSite=Strict,
 one hour, as cozy-stack) must come back in the ``csrf_token`` field of
@@ -31,26 +36,23 @@ from __future__ import annotations
 
 import functools
 import hmac
-import html
-import json
 import os
 import re
 import secrets
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
+import jinja2
 from twisted.web.iweb import IRequest
 
+from cozyd import i18n
 from cozyd.errors import EchoError
+from cozyd.i18n import LANGUAGES, accept_language
 from cozyd.instance.model import Instance
 from cozyd.web.common import current_instance, instance_of
 from cozyd.web.routing import state_of
 
 TEMPLATES_DIR = os.path.join(os.path.dirname(__file__), "templates")
-LOCALES_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "locales")
-LANGUAGES = ("en", "fr")
-DEFAULT_LANGUAGE = "en"
 
 CSRF_COOKIE = "_csrf"
 CSRF_FIELD = "csrf_token"
@@ -58,6 +60,8 @@ CSRF_MAX_AGE = 3600
 _CSRF_RE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
 #: Largest form body read for a page's POST.
 MAX_FORM_BODY = 64 * 1024
+
+__all__ = ["LANGUAGES", "Pages", "accept_language", "language_of", "render_template"]
 
 
 class CSRFMissing(EchoError):
@@ -76,136 +80,23 @@ class CSRFInvalid(EchoError):
         super().__init__(detail)
 
 
-class TemplateError(Exception):
-    pass
-
-
-# -- translations -------------------------------------------------------------------
-
-@functools.cache
-def messages(language: str) -> Mapping[str, str]:
-    with open(os.path.join(LOCALES_DIR, f"{language}.json"), encoding="utf-8") as f:
-        return json.load(f)
-
-
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
-
-
-def translate(language: str, key: str, context: Mapping[str, Any] | None = None) -> str:
-    """The message ``key`` in ``language`` (English if missing), with its
-    ``{name}`` placeholders filled from ``context`` (plain text)."""
-    text = messages(language).get(key) or messages(DEFAULT_LANGUAGE).get(key) or key
-    if context is None:
-        return text
-    return _PLACEHOLDER.sub(lambda m: str(context.get(m.group(1), m.group(0))), text)
-
-
-def accept_language(header: str) -> str | None:
-    """The best of LANGUAGES for an ``Accept-Language`` header."""
-    best: tuple[float, str] | None = None
-    for part in header.split(","):
-        tag, _, params = part.strip().partition(";")
-        language = tag.strip().lower().split("-")[0]
-        if language not in LANGUAGES:
-            continue
-        quality = 1.0
-        params = params.strip()
-        if params.startswith("q="):
-            try:
-                quality = float(params[2:])
-            except ValueError:
-                quality = 0.0
-        if quality > 0 and (best is None or quality > best[0]):
-            best = (quality, language)
-    return best[1] if best else None
-
-
 def language_of(request: IRequest, instance: Instance | None) -> str:
     """The instance's locale when pages exist in it, else the browser's."""
     if instance is not None:
-        language = (instance.locale or "").lower().replace("_", "-").split("-")[0]
-        if language in LANGUAGES:
+        language = i18n.language_of_locale(instance.locale)
+        if language is not None:
             return language
     header = (request.getHeader(b"accept-language") or b"").decode("latin-1")
-    return accept_language(header) or DEFAULT_LANGUAGE
-
-
-# -- templates ------------------------------------------------------------------------
-
-_TOKEN = re.compile(r"(\{\{.*?\}\}|\{%.*?%\})", re.DOTALL)
+    return accept_language(header) or i18n.DEFAULT_LANGUAGE
 
 
 @functools.cache
-def _compile(name: str) -> list[Any]:
-    if "/" in name or name.startswith("."):
-        raise TemplateError(f"bad template name {name!r}")
-    with open(os.path.join(TEMPLATES_DIR, name), encoding="utf-8") as f:
-        source = f.read()
-    root: list[Any] = []
-    stack: list[tuple[str, Any]] = [("root", root)]
-    for piece in _TOKEN.split(source):
-        if not piece:
-            continue
-        target = stack[-1][1] if stack[-1][0] != "if" else stack[-1][1]["current"]
-        if piece.startswith("{{"):
-            expr = piece[2:-2].strip()
-            if not re.fullmatch(r"\w+", expr):
-                raise TemplateError(f"{name}: bad expression {piece!r}")
-            target.append(("var", expr))
-        elif piece.startswith("{%"):
-            words = piece[2:-2].strip().split(None, 1)
-            tag, arg = words[0], (words[1] if len(words) > 1 else "")
-            if tag == "t":
-                target.append(("t", json.loads(arg)))
-            elif tag == "include":
-                target.append(("include", json.loads(arg)))
-            elif tag == "if":
-                negate = arg.startswith("not ")
-                variable = arg[4:].strip() if negate else arg.strip()
-                node = {"var": variable, "negate": negate, "then": [], "else": None}
-                node["current"] = node["then"]
-                target.append(("if", node))
-                stack.append(("if", node))
-            elif tag == "else" and stack[-1][0] == "if":
-                node = stack[-1][1]
-                node["else"] = []
-                node["current"] = node["else"]
-            elif tag == "endif" and stack[-1][0] == "if":
-                stack.pop()
-            else:
-                raise TemplateError(f"{name}: unknown tag {piece!r}")
-        else:
-            target.append(("text", piece))
-    if len(stack) != 1:
-        raise TemplateError(f"{name}: unclosed if")
-    return root
+def environment() -> jinja2.Environment:
+    return i18n.template_environment(TEMPLATES_DIR)
 
 
-def _render_nodes(nodes: list[Any], context: Mapping[str, Any], language: str,
-                  out: list[str]) -> None:
-    for kind, value in nodes:
-        if kind == "text":
-            out.append(value)
-        elif kind == "var":
-            item = context.get(value)
-            out.append("" if item is None else html.escape(str(item)))
-        elif kind == "t":
-            out.append(html.escape(translate(language, value, context)))
-        elif kind == "include":
-            _render_nodes(_compile(value), context, language, out)
-        elif kind == "if":
-            truth = bool(context.get(value["var"]))
-            if value["negate"]:
-                truth = not truth
-            branch = value["then"] if truth else value["else"]
-            if branch:
-                _render_nodes(branch, context, language, out)
-
-
-def render_template(name: str, context: Mapping[str, Any], language: str) -> str:
-    out: list[str] = []
-    _render_nodes(_compile(name), context, language, out)
-    return "".join(out)
+def render_template(name: str, context: dict[str, Any], language: str) -> str:
+    return i18n.render(environment(), name, language, **context)
 
 
 # -- the helper services use -------------------------------------------------------------
@@ -230,7 +121,7 @@ class Pages:
     def render(self, request: IRequest, template: str, *, status: int = 200,
                **context: Any) -> bytes:
         instance = current_instance(request)
-        language = language_of(request, instance)
+        language = self.language(request)
         nonce = secrets.token_urlsafe(16)
         values: dict[str, Any] = {"lang": language, "csp_nonce": nonce}
         if instance is not None:
@@ -252,17 +143,29 @@ class Pages:
         request.setHeader(b"Referrer-Policy", b"no-referrer")
         return body.encode("utf-8")
 
-    def error_page(self, request: IRequest, status: int, message_key: str, *,
-                   title_key: str = "error.title", **context: Any) -> bytes:
-        """The generic error page, with translated title and message."""
-        return self.render(request, "error.html", status=status,
-                           error_title=self.translate(request, title_key, **context),
-                           error_message=self.translate(request, message_key, **context),
-                           **context)
+    def error_page(self, request: IRequest, status: int, message: str, *,
+                   title: str | None = None, values: dict[str, Any] | None = None,
+                   **context: Any) -> bytes:
+        """The generic error page. ``message`` and ``title`` are message ids
+        (``N_("…")``) translated here, ``values`` filling their placeholders;
+        no title: "Something went wrong". ``context``: more of the page
+        (``link_url`` and ``link_label`` for a button)."""
+        words = self.words(request)
+        return self.render(
+            request, "error.html", status=status,
+            error_title=words.gettext(title, **(values or {})) if title else None,
+            error_message=words.gettext(message, **(values or {})), **context)
 
-    def translate(self, request: IRequest, key: str, **context: Any) -> str:
-        language = language_of(request, current_instance(request))
-        return translate(language, key, context)
+    def language(self, request: IRequest) -> str:
+        return language_of(request, current_instance(request))
+
+    def words(self, request: IRequest) -> i18n.Words:
+        """The request's words (``words.gettext``…)."""
+        return i18n.words(self.language(request))
+
+    def translate(self, request: IRequest, message: str, **values: Any) -> str:
+        """``message`` in the request's language, placeholders filled."""
+        return self.words(request).gettext(message, **values)
 
     # -- CSRF ------------------------------------------------------------------
     def csrf_token(self, request: IRequest) -> str:

@@ -70,7 +70,7 @@ class PublicRoot(Resource):
     def resource(self) -> IResource:
         return self
 
-    def route_for_uri(self, method: bytes, uri: bytes) -> Routed | None:
+    def route_for_uri(self, method: bytes, uri: bytes, host: bytes = b"") -> Routed | None:
         """The route a request will meet (None if none or not known yet)."""
         try:
             segments = split_raw_path(uri.split(b"?", 1)[0])

@@ -89,6 +89,8 @@ class RequestState:
 
     #: The instance its Host names (the public site), once resolved.
     instance: Any = None
+    #: The app of an app host (``<slug>.<instance domain>``), if it is one.
+    app_slug: str | None = None
     #: The route matched, and its path parameters.
     route: Route | None = None
     params: dict[str, str] = attrs.field(factory=dict)
@@ -446,7 +448,7 @@ class Service(Resource):
         found = self.router.find(method.decode("ascii", "replace"), segments)
         return None if found is None else Routed(self, *found)
 
-    def route_for_uri(self, method: bytes, uri: bytes) -> Routed | None:
+    def route_for_uri(self, method: bytes, uri: bytes, host: bytes = b"") -> Routed | None:
         """The route of a request to this service mounted as a site's root."""
         try:
             segments = split_raw_path(_path_only(uri))

@@ -25,6 +25,7 @@ from twisted.web.iweb import IRequest
 from cozyd.auth.login import PassParameters, Passphrases, check_iterations
 from cozyd.auth.sessions import SESSIONS_DOCTYPE, Duration, Session
 from cozyd.auth.urls import INSTANCE_SETTINGS_ID, SETTINGS_DOCTYPE, InstanceURLs
+from cozyd.documents import DocConflict, Documents
 from cozyd.errors import (
     BadRequest,
     Conflict,
@@ -34,8 +35,6 @@ from cozyd.errors import (
 )
 from cozyd.instance.lifecycle import InstanceManager, ModifyOptions
 from cozyd.instance.model import Instance
-from cozyd.storage.interface import DocConflict, DocumentStore
-from cozyd.storage.names import db_name
 from cozyd.web.auth import WebSessions, form_value
 from cozyd.web import bodies
 from cozyd.web.common import JSONAPI, instance_of, json_response, jsonapi_errors
@@ -94,12 +93,12 @@ def session_object(session: Session) -> dict[str, Any]:
 class SettingsService(Service):
     errors = jsonapi_errors
 
-    def __init__(self, guard: Guard, *, store: DocumentStore, instances: InstanceManager,
+    def __init__(self, guard: Guard, *, documents: Documents, instances: InstanceManager,
                  pages: Pages, sessions: WebSessions, passphrases: Passphrases,
                  urls: InstanceURLs):
         super().__init__()
         self.guard = guard
-        self.store = store
+        self.documents = documents
         self.instances = instances
         self.pages = pages
         self.sessions = sessions
@@ -288,14 +287,13 @@ class SettingsService(Service):
                 else:
                     doc.pop(key, None)
         instance = await self._apply_instance_fields(instance, doc)
-        db = db_name(instance.prefix, SETTINGS_DOCTYPE)
         old = {k: v for k, v in current.items() if k not in ("_id", "_rev")}
         if old != doc or not current:
             stored = {"_id": INSTANCE_SETTINGS_ID, **doc}
             if rev:
                 stored["_rev"] = rev
             try:
-                rev = (await self.store.put_doc(db, stored))["rev"]
+                rev = (await self.documents.put(instance, SETTINGS_DOCTYPE, stored))["rev"]
             except DocConflict:
                 raise Conflict("Document update conflict") from None
         self._with_instance_fields(doc, instance)

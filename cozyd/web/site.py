@@ -3,7 +3,7 @@
 twisted.web reads a whole request body (into memory, or into a temporary
 file past 100 kB) before any resource sees the request. ``CozySite``
 instead asks its root resource which route the request goes to as soon as
-the headers are in (``route_for_uri(method, uri)``, see
+the headers are in (``route_for_uri(method, uri, host)``, see
 ``cozyd.web.routing``) and applies the route's body policy there:
 
 - every body is refused with 413 once larger than the route's limit
@@ -86,7 +86,8 @@ class CozyRequest(server.Request):
         command = getattr(self.channel, "_command", b"")
         uri = getattr(self.channel, "_path", b"")
         if resolve is not None:
-            found = resolve(command, uri)
+            hosts = self.requestHeaders.getRawHeaders(b"host") or [b""]
+            found = resolve(command, uri, hosts[0])
         policy = BUFFERED
         if found is not None:
             policy = found.route.body

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from twisted.web.iweb import IRequest
 
 from cozyd import __version__
-from cozyd.storage.interface import DocumentStore
+from cozyd.documents import DocumentStore
 from cozyd.web.common import json_response, jsonapi_errors
 from cozyd.web.routing import Service, route
 

@@ -8,7 +8,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from cozyd.auth import passphrase as passphrases
+from cozyd import passphrase as passphrases
+from cozyd.documents import Documents
 from cozyd.errors import Conflict, NotFound
 from cozyd.instance import defaults
 from cozyd.instance.lifecycle import CreateOptions, InstanceManager, ModifyOptions
@@ -25,8 +26,9 @@ def domain(prefix):
 
 
 def manager(store, tmp_path, node_id="node-1"):
-    return InstanceManager(store, str(tmp_path / "files"), run_blocking=run_now,
-                           kdf_iterations=TEST_KDF_ITERATIONS, node_id=node_id)
+    return InstanceManager(Documents(store), str(tmp_path / "files"),
+                           run_blocking=run_now, kdf_iterations=TEST_KDF_ITERATIONS,
+                           node_id=node_id)
 
 
 async def setup(store, tmp_path):
@@ -193,7 +195,7 @@ async def test_modify_settings_and_aliases(store, tmp_path, domain):
 async def test_another_nodes_claim_is_abandoned_only_after_the_lease(store, tmp_path,
                                                                      domain):
     now = [1000.0]
-    instances = InstanceManager(store, str(tmp_path / "files"), run_blocking=run_now,
+    instances = InstanceManager(Documents(store), str(tmp_path / "files"), run_blocking=run_now,
                                 node_id="node-1", seconds=lambda: now[0],
                                 creation_lease=600)
     await instances.setup()

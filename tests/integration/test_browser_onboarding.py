@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from cozyd.auth import passphrase as hashing
+from cozyd import passphrase as hashing
 from cozyd.testing import TEST_KDF_ITERATIONS
 from tests.support import browser as B
 
@@ -58,14 +58,28 @@ def test_onboarding_logout_and_login_in_chromium(daemon):
         assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
         assert cookie["domain"] == ".alice.localhost"
         secrets["session cookie"] = cookie["value"]
+        # The home page, not a JSON 404: the instance's name and its links.
+        assert B.home_name(driver) == domain
+        assert "{" not in driver.find_element(By.TAG_NAME, "body").text
+        assert driver.find_element(By.ID, "home-logout").get_attribute("href") == \
+            base + "/auth/logout"
+        assert driver.find_element(By.ID, "home-settings").get_attribute("href") == \
+            f"http://settings.{domain}/#/profile"
         B.shoot(driver, "home-after-onboarding")
 
         # Logged in: the login page sends the owner home at once.
         driver.get(base + "/auth/login")
         B.wait_for_url(driver, B.home_url(base))
+        assert B.home_name(driver) == domain
 
+        # Log out from the home page's link.
+        driver.find_element(By.ID, "home-logout").click()
+        B.wait_for_url(driver, base + "/auth/logout")
         assert B.log_out(driver, base) == base + "/auth/login"
         assert B.session_cookie(driver) is None
+        # Logged out, the home sends to the login page.
+        driver.get(B.home_url(base))
+        B.wait_for_url(driver, base + "/auth/login")
 
         # A wrong passphrase: the form again, with a message.
         driver.get(base + "/auth/login")
@@ -75,9 +89,19 @@ def test_onboarding_logout_and_login_in_chromium(daemon):
         assert "not the right one" in driver.find_element(By.ID, "login-error").text
         B.shoot(driver, "login-failed")
 
+        # The right one: the home page (the login page came back there).
+        assert B.log_in(driver, base, PASSPHRASE, redirect=B.home_url(base)) == \
+            B.home_url(base)
+        assert B.home_name(driver) == domain
+        B.shoot(driver, "home-after-login")
+        B.log_out(driver, base)
+
         # The right one, with a redirection to an app of the instance.
         target = f"http://drive.{domain}/#/folder"
         assert B.log_in(driver, base, PASSPHRASE, redirect=target, long_run=True) == target
+        # No such app yet: the page of an app not installed, with a way home.
+        B.wait_for(driver, lambda d: "does not exist" in d.page_source)
+        B.shoot(driver, "app-not-installed")
         cookie = B.session_cookie(driver)
         assert cookie is not None and cookie.get("expiry")  # long-run: persistent
         secrets["second session cookie"] = cookie["value"]

@@ -3,7 +3,8 @@
 ``chromium(...)`` starts Chromium (Debian's ``chromium`` and
 ``chromium-driver``, driven by selenium) with a fresh profile; the helpers
 walk the pages: ``onboard`` (the registerToken link → passphrase form →
-home), ``log_in`` and ``log_out``. Instances are served on
+home), ``log_in``, ``home_name`` (the home page at ``home.<domain>``) and
+``log_out``. Instances are served on
 ``<name>.localhost:<port>``: Chromium resolves every ``*.localhost`` name to
 the loopback address by itself, and treats those origins as secure (Web
 Crypto works there without TLS).
@@ -132,6 +133,15 @@ def log_in(driver, base_url: str, passphrase: str, *, redirect: str | None = Non
     shoot(driver, "login")
     driver.find_element(By.ID, "login-submit").click()
     return wait_for_url(driver, expect or redirect or home_url(base_url))
+
+
+def home_name(driver) -> str:
+    """The instance's name on the home page, once it is shown (it fails on
+    anything else, a JSON error say)."""
+    from selenium.webdriver.common.by import By
+
+    wait_for(driver, lambda d: d.find_elements(By.ID, "home-name"))
+    return driver.find_element(By.ID, "home-name").text
 
 
 def log_out(driver, base_url: str) -> str:

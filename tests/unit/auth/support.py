@@ -14,7 +14,7 @@ import attrs
 from treq.testing import StubTreq
 from twisted.internet import defer
 
-from cozyd.auth import passphrase as hashing
+from cozyd import passphrase as hashing
 from cozyd.testing import TEST_ADMIN_PASSPHRASE, TEST_KDF_ITERATIONS, result_of
 
 ADMIN = "http://127.0.0.1:6060"

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from cozyd.auth import tokens
 from cozyd.auth.clients import (OAuthClients, RegistrationError, RegistrationRateLimited,
                                 linked_app_slug, public_view, secrets_equal)
+from cozyd.documents import Documents
 from cozyd.instance.model import Instance
 from cozyd.permissions.resolver import PermissionResolver
 from cozyd.storage.names import db_name
@@ -33,7 +34,8 @@ def instance(store):
 @pytest.fixture
 def clients(store, clock):
     resolver = PermissionResolver(store, seconds=clock.seconds)
-    return OAuthClients(store, resolver, seconds=clock.seconds, registrations_per_hour=3)
+    return OAuthClients(Documents(store), on_change=resolver.forget_client,
+                        seconds=clock.seconds, registrations_per_hour=3)
 
 
 def metadata(**fields):

@@ -6,6 +6,7 @@ import pytest
 
 from cozyd.auth.oauth import (ACCESS_CODES_DOCTYPE, AccessCodes, code_challenge,
                               pkce_matches)
+from cozyd.documents import Documents
 from cozyd.instance.model import Instance
 from cozyd.storage.names import db_name
 from cozyd.storage.sqlite import EmbeddedStore
@@ -21,7 +22,7 @@ def store(clock):
 
 @pytest.fixture
 def codes(store, clock):
-    return AccessCodes(store, seconds=clock.seconds)
+    return AccessCodes(Documents(store), seconds=clock.seconds)
 
 
 INSTANCE = Instance.new("alice.cozy.test")

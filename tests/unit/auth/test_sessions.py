@@ -4,6 +4,7 @@ import pytest
 
 from cozyd.auth import sessions as S
 from cozyd.auth.limits import RateLimiter, Verdict
+from cozyd.documents import Documents
 from cozyd.instance.model import Instance
 from cozyd.storage.names import db_name
 from cozyd.storage.sqlite import EmbeddedStore
@@ -77,7 +78,7 @@ def store(clock):
 
 
 def test_session_lifetime(store, clock, instance):
-    sessions = S.SessionStore(store, seconds=clock.seconds)
+    sessions = S.SessionStore(Documents(store), seconds=clock.seconds)
     session = sync(sessions.create(instance, S.Duration.NORMAL))  # creates the db
     assert session.cookie_max_age() is None
     rev = session.rev
@@ -94,7 +95,7 @@ def test_session_lifetime(store, clock, instance):
 
 
 def test_durations_and_listing(store, clock, instance):
-    sessions = S.SessionStore(store, seconds=clock.seconds)
+    sessions = S.SessionStore(Documents(store), seconds=clock.seconds)
     long = sync(sessions.create(instance, S.Duration.LONG))
     short = sync(sessions.create(instance, S.Duration.SHORT))
     assert long.cookie_max_age() == 10 * 365 * S.DAY
@@ -106,7 +107,7 @@ def test_durations_and_listing(store, clock, instance):
 
 
 def test_login_history(store, clock, instance):
-    sessions = S.SessionStore(store, seconds=clock.seconds)
+    sessions = S.SessionStore(Documents(store), seconds=clock.seconds)
     sync(sessions.record_login(instance, "sid", ip="192.0.2.1",
                                user_agent="Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0"))
     rows = sync(store.all_docs(db_name(instance.prefix, S.LOGINS_DOCTYPE),

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from cozyd.auth import passphrase as hashing
+from cozyd import passphrase as hashing
 from cozyd.instance.model import Instance
 from cozyd.storage.names import INSTANCES_DB, db_name
 from cozyd.testing import TEST_KDF_ITERATIONS, sync

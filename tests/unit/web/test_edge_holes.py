@@ -231,7 +231,7 @@ def test_a_large_all_docs_is_written_in_pieces(stack, admin, public):
 
     async def pause():
         turns.append(1)
-    stack.public._services["data"].pause = pause
+    stack.public._site._services["data"].pause = pause
     response = data.get("/io.cozy.notes/_all_docs", params={"include_docs": "true"})
     assert response.status == 200
     body = response.json()

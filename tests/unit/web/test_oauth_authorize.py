@@ -33,7 +33,7 @@ def public(oauth_stack, admin):
 
 def session_cookie(stack, clock, domain="alice.cozy.test"):
     instance = instance_of(stack, domain)
-    session = sync(SessionStore(stack.store, seconds=clock.seconds).create(
+    session = sync(SessionStore(stack.documents, seconds=clock.seconds).create(
         instance, Duration.NORMAL))
     return f"cozysessid={encode_cookie(instance, session.id)}"
 

@@ -66,7 +66,7 @@ def registered(public, **fields):
 
 
 def make_code(stack, clock, client_id, scope, challenge="", domain="alice.cozy.test"):
-    codes = AccessCodes(stack.store, seconds=clock.seconds)
+    codes = AccessCodes(stack.documents, seconds=clock.seconds)
     return sync(codes.create(instance_of(stack, domain), client_id, scope, challenge))
 
 

@@ -3,7 +3,8 @@
 import pytest
 
 from cozyd.permissions.rules import PermissionSet, parse_rule
-from cozyd.web.oauth import allow_form_target, describe_rule, describe_scope, redirect_with
+from cozyd.permissions.words import describe_rule, describe_scope
+from cozyd.web.oauth import allow_form_target, redirect_with
 
 
 @pytest.mark.parametrize("scope,en,fr", [
@@ -47,6 +48,13 @@ def test_a_scope_in_words_keeps_its_order():
                                            type="oauth")
     assert describe_scope(permissions) == ["Read and modify your files and folders",
                                            "Read your contacts"]
+    assert describe_scope(permissions, "fr") == [
+        "Lire et modifier vos fichiers et dossiers", "Lire vos contacts"]
+
+
+def test_long_lists_of_values_are_cut():
+    rule = parse_rule("io.cozy.files:GET:a,b,c,d,e,f")
+    assert describe_rule(rule) == "Read your files and folders (only: a, b, c, d, e, …)"
 
 
 def test_redirect_with():

@@ -146,7 +146,7 @@ def test_the_root_puts_the_instance_in_the_state(stack, admin, public):
         def peek(self, request):
             seen["instance"] = state_of(request).instance
             return b"ok"
-    stack.public._services["peek"] = Peek()
+    stack.public._site._services["peek"] = Peek()
     assert public.request("GET", "http://alice.cozy.test/peek/peek").body == b"ok"
     assert seen["instance"].domain == "alice.cozy.test"
 

@@ -1,5 +1,8 @@
 """Instance passphrases, hashed the way cozy-stack's clients expect.
 
+A primitive under both ``auth`` (login) and ``instance`` (creation), so it
+lives beside ``adminpass`` and neither package imports the other for it.
+
 Clients never send the passphrase itself: they send PBKDF2-SHA256 of it,
 salted with ``me@<host>`` (the Bitwarden convention cozy-stack follows), and
 the server stores a slow scrypt hash of that value.
