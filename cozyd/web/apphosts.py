@@ -66,10 +66,12 @@ class AppHosts(Resource):
         return self
 
     def route_for_uri(self, method: bytes, uri: bytes, host: bytes = b"") -> Routed | None:
-        _, slug = split_app_host(normalize_host(host.decode("utf-8", "replace"))
-                                 if host else "")
+        parent, slug = split_app_host(normalize_host(host.decode("utf-8", "replace"))
+                                      if host else "")
         if slug:
-            return None
+            known, instance = self._registry.peek(parent)
+            if known and instance is not None:
+                return None  # an app's: no body policy of the site's
         find = getattr(self._site, "route_for_uri", None)
         return None if find is None else find(method, uri)
 

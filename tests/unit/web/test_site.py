@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from cozyd.errors import Forbidden
 from cozyd.service import access_log_line
+from cozyd.testing import sync
 from cozyd.web.bodies import body_stream
 from cozyd.web.common import json_response, jsonapi_errors
 from cozyd.web.routing import Service, route, streamed
@@ -277,3 +278,17 @@ def test_an_empty_streamed_body(served):
     assert status == 200 and json.loads(body)["size"] == 0
     protocol.dataReceived(head("GET", "/read"))
     assert transport.value().endswith(b"kept 0") and not transport.disconnecting
+
+
+def test_the_public_root_tells_the_site_its_routes(stack, admin):
+    from tests.unit.web.conftest import create
+    create(admin, "alice.cozy.test")
+    root = stack.public  # the app hosts, then the instances' site
+    found = root.route_for_uri(b"POST", b"/data/io.cozy.notes/?x=1", b"alice.cozy.test")
+    assert found.route.handler.__name__ == "create_doc"
+    assert found.params == {"doctype": "io.cozy.notes"}
+    # Any host that is not an app of a known instance goes to the site.
+    assert root.route_for_uri(b"GET", b"/version", b"unknown.test").route.handler \
+        .__name__ == "version"
+    sync(stack.registry.resolve("alice.cozy.test"))
+    assert root.route_for_uri(b"GET", b"/version", b"home.alice.cozy.test") is None
