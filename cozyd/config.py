@@ -117,6 +117,11 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         # Scheme of the public URLs (https behind a TLS front end): links,
         # redirections, and the Secure flag of cookies.
         "scheme": (_choice("http", "https"), "http"),
+        # Seconds a client has to send a request's whole head (request line
+        # and headers) once it started it: 408 and closed beyond.
+        "header_timeout": (_positive_float, "30"),
+        # Routes only meant for cozyd's own tests (/_debug/...): keep off.
+        "test_routes": (_bool, "false"),
     },
     "admin": {
         "host": (_text, "127.0.0.1"),

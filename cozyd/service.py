@@ -8,6 +8,7 @@ the reverse.
 
 from __future__ import annotations
 
+import inspect
 import os
 import secrets
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, task
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -44,7 +45,8 @@ from cozyd.web.pages import Pages
 from cozyd.web.permissions import PermissionsService
 from cozyd.web.root import PublicRoot
 from cozyd.web.settings import SettingsService
-from cozyd.web.site import BodyLimitSite
+from cozyd.web.debug import DebugService
+from cozyd.web.site import CozySite
 from cozyd.web.status import StatusService
 
 log = Logger()
@@ -96,9 +98,31 @@ def node_id(data_dir: str) -> str:
         return value
 
 
+def next_turn(reactor) -> Callable[[], Awaitable[Any]]:
+    """A pause until the reactor's next turn (between pieces of long work)."""
+    def pause():
+        return task.deferLater(reactor, 0, lambda: None)
+    return pause
+
+
+def off_reactor(check: Callable[[str], Any],
+                run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]]
+                ) -> Callable[[str], Awaitable[Any]]:
+    """``check`` run through ``run_blocking`` unless it is asynchronous already."""
+    if inspect.iscoroutinefunction(check):
+        return check
+
+    def checked(value: str) -> Awaitable[Any]:
+        return run_blocking(lambda: check(value))
+    return checked
+
+
 def build_stack(config: Config, *, store: DocumentStore,
                 run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]],
-                seconds: Callable[[], float] = time.time, node: str = "") -> Stack:
+                seconds: Callable[[], float] = time.time, node: str = "",
+                pause: Callable[[], Awaitable[Any]] | None = None) -> Stack:
+    """``pause()`` lets long answers give the reactor a turn between their
+    pieces (None in memory: nothing else to let run)."""
     hub = EventHub()
     documents = Documents(store, hub)
     registry_box: list[InstanceRegistry] = []
@@ -123,22 +147,28 @@ def build_stack(config: Config, *, store: DocumentStore,
     services = {
         "permissions": PermissionsService(guard).resource(),
         "data": DataService(documents, guard,
-                            max_body_size=config.get("server", "max_body_size")).resource(),
+                            max_body_size=config.get("server", "max_body_size"),
+                            pause=pause).resource(),
         **owner_services(config, documents, instances, registry, guard, pages=pages,
                          sessions=web_sessions, run_blocking=run_blocking,
                          seconds=seconds),
         **oauth_services(clients, access_codes, guard, pages=pages,
                          session_of=web_sessions.session_id_of, seconds=seconds),
     }
-    public = PublicRoot(registry, status, services=services, seconds=seconds).resource()
+    unscoped = {"_debug": DebugService(pause)} if config.get("server", "test_routes") \
+        else {}
+    public = PublicRoot(registry, status, services=services, seconds=seconds,
+                        unscoped=unscoped,
+                        max_body_size=config.get("server", "max_body_size")).resource()
     # <slug>.<domain>: the instance's apps (only the built-in home for now).
     home = HomeApp(pages=pages, sessions=web_sessions,
                    urls=InstanceURLs(store, scheme=scheme)).resource()
     public = AppHosts(registry, public, {HOME_SLUG: home}, pages=pages,
                       scheme=scheme).resource()
     checker = PassphraseChecker(config.admin_passphrase_hash)
-    admin = AdminService(instances, checker.check, clients=clients,
-                         seconds=seconds).resource()
+    # scrypt: off the reactor (the caller's pool), wrong guesses rate-limited.
+    admin = AdminService(instances, off_reactor(checker.check, run_blocking),
+                         clients=clients, seconds=seconds).resource()
     return Stack(config, store, instances, registry, public, admin, hub, documents)
 
 
@@ -211,7 +241,8 @@ class CozydService(Service):
         await store.start()
         self.stack = build_stack(config, store=store,
                                  run_blocking=thread_runner(self._reactor),
-                                 node=node_id(config.data_dir))
+                                 node=node_id(config.data_dir),
+                                 pause=next_turn(self._reactor))
         await self.stack.instances.setup()
         log.info("storage ready: {engine} engine", engine=store.engine)
         await self._listen("public API", self.stack.public,
@@ -221,8 +252,9 @@ class CozydService(Service):
 
     async def _listen(self, name: str, resource, host: str, port: int) -> None:
         # Bodies over the limit are refused before they are read.
-        site = BodyLimitSite(resource, logFormatter=access_log_line,
-                             max_body_size=self._config.get("server", "max_body_size"))
+        site = CozySite(resource, logFormatter=access_log_line,
+                        max_body_size=self._config.get("server", "max_body_size"),
+                        header_timeout=self._config.get("server", "header_timeout"))
         site.displayTracebacks = False
         if ":" in host:
             endpoint = endpoints.TCP6ServerEndpoint(self._reactor, port, interface=host)

@@ -3,23 +3,28 @@
 Every route is behind HTTP Basic auth whose password is the admin
 passphrase (any user name), as cozy-stack does. Parameters come in the
 query string, as cozy-stack's admin API takes them.
+
+The passphrase check (scrypt, tens of milliseconds) runs off the reactor
+(``check_passphrase`` may return an awaitable: the hashing pool), and wrong
+passphrases are rate-limited: past ``max_failures`` in ``failure_period``
+seconds, requests are answered 429 without hashing anything until the
+window ends.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import unquote
 
-from klein import Klein
 from twisted.web.iweb import IRequest
 
 from cozyd.auth import tokens
 from cozyd.auth.clients import RegistrationError
+from cozyd.auth.limits import RateLimiter
 from cozyd.durations import parse_duration
-from cozyd.errors import BadRequest, NotFound, Unauthorized, Unprocessable
+from cozyd.errors import BadRequest, CozyError, NotFound, Unauthorized, Unprocessable
 from cozyd.instance.lifecycle import (
     CreateOptions,
     InstanceManager,
@@ -28,31 +33,46 @@ from cozyd.instance.lifecycle import (
 )
 from cozyd.web.common import (
     JSONAPI,
-    install_error_handlers,
     json_response,
-    not_found,
+    jsonapi_errors,
     query_bool,
     query_int,
     query_list,
     query_text,
 )
+from cozyd.web.routing import ADMIN, Service, maybe_await, route, shield
+
+#: Wrong admin passphrases accepted in a window before requests get 429.
+MAX_FAILURES = 10
+FAILURE_PERIOD = 60.0
 
 
-class AdminService:
-    app = Klein()
-    install_error_handlers(app)
+class TooManyFailures(CozyError):
+    status = 429
+    code = "too_many_requests"
 
-    def __init__(self, instances: InstanceManager, check_passphrase: Callable[[str], bool],
-                 *, clients: Any, seconds: Callable[[], float]):
+
+class AdminService(Service):
+    errors = jsonapi_errors
+
+    def __init__(self, instances: InstanceManager,
+                 check_passphrase: Callable[[str], bool | Awaitable[bool]],
+                 *, clients: Any, seconds: Callable[[], float],
+                 max_failures: int = MAX_FAILURES, failure_period: float = FAILURE_PERIOD):
+        super().__init__()
         self._instances = instances
         self._check_passphrase = check_passphrase
         self._clients = clients
         self._seconds = seconds
+        self._failures = RateLimiter(seconds=seconds)
+        self._max_failures = max_failures
+        self._failure_period = failure_period
 
-    def resource(self):
-        return self.app.resource()
+    async def no_route(self, request: IRequest, error: CozyError):
+        await self.authenticate(request)  # nothing is told before the passphrase
+        raise error
 
-    def _authenticate(self, request: IRequest) -> None:
+    async def authenticate(self, request: IRequest) -> None:
         header = request.getHeader(b"authorization") or b""
         scheme, _, encoded = header.partition(b" ")
         password = None
@@ -62,14 +82,19 @@ class AdminService:
                 password = decoded.partition(":")[2]
             except (binascii.Error, UnicodeDecodeError):
                 password = None
-        if not password or not self._check_passphrase(password):
+        if self._failures.count("admin") >= self._max_failures:
+            request.setHeader(b"Retry-After", b"%d" % int(self._failure_period))
+            raise TooManyFailures("too many wrong admin passphrases; try again later")
+        if not password or not await maybe_await(self._check_passphrase(password)):
+            if password:
+                self._failures.hit("admin", limit=self._max_failures,
+                                   period=self._failure_period)
             request.setHeader(b"WWW-Authenticate", b'Basic realm="cozyd admin"')
             raise Unauthorized("the admin passphrase is required (HTTP Basic auth)")
 
     # -- instances ----------------------------------------------------------
-    @app.route("/instances", methods=["POST"])
+    @route("instances", "POST", auth=ADMIN)
     async def create_instance(self, request: IRequest):
-        self._authenticate(request)
         domain = query_text(request, "Domain")
         if not domain:
             raise Unprocessable("the Domain parameter is required", code="illegal_domain")
@@ -90,13 +115,13 @@ class AdminService:
             tos=query_text(request, "TOSSigned") or "",
             apps=query_list(request, "Apps") or (),
         )
-        instance = await self._instances.create(options)
+        # All the steps of a creation, even if the client hangs up.
+        instance = await shield(self._instances.create(options))
         return json_response(request, {"data": instance.jsonapi()}, status=201,
                              content_type=JSONAPI)
 
-    @app.route("/instances", methods=["GET"])
+    @route("instances", "GET", auth=ADMIN)
     async def list_instances(self, request: IRequest):
-        self._authenticate(request)
         instances = await self._instances.list()
         skip = query_int(request, "page[skip]", minimum=0) or 0
         limit = query_int(request, "page[limit]", minimum=1)
@@ -108,20 +133,17 @@ class AdminService:
                                      f"&page[skip]={skip + limit}"}
         return json_response(request, body, content_type=JSONAPI)
 
-    @app.route("/instances/count", methods=["GET"])
+    @route("instances/count", "GET", auth=ADMIN)
     async def count_instances(self, request: IRequest):
-        self._authenticate(request)
         return json_response(request, {"count": len(await self._instances.list())})
 
-    @app.route("/instances/<string:domain>", methods=["GET"])
+    @route("instances/{domain}", "GET", auth=ADMIN)
     async def show_instance(self, request: IRequest, domain: str):
-        self._authenticate(request)
-        instance = await self._instances.get(unquote(domain))
+        instance = await self._instances.get(domain)
         return json_response(request, {"data": instance.jsonapi()}, content_type=JSONAPI)
 
-    @app.route("/instances/<string:domain>", methods=["PATCH"])
+    @route("instances/{domain}", "PATCH", auth=ADMIN)
     async def modify_instance(self, request: IRequest, domain: str):
-        self._authenticate(request)
         settings = query_text(request, "Settings")
         changes = ModifyOptions(
             locale=query_text(request, "Locale"),
@@ -141,19 +163,17 @@ class AdminService:
             blocking_reason=query_text(request, "BlockingReason"),
             deleting=query_bool(request, "Deleting"),
         )
-        instance = await self._instances.modify(unquote(domain), changes)
+        instance = await self._instances.modify(domain, changes)
         return json_response(request, {"data": instance.jsonapi()}, content_type=JSONAPI)
 
-    @app.route("/instances/<string:domain>", methods=["DELETE"])
+    @route("instances/{domain}", "DELETE", auth=ADMIN)
     async def destroy_instance(self, request: IRequest, domain: str):
-        self._authenticate(request)
-        await self._instances.destroy(unquote(domain))
+        await self._instances.destroy(domain)
         request.setResponseCode(204)
         return b""
 
-    @app.route("/instances/token", methods=["POST"])
+    @route("instances/token", "POST", auth=ADMIN)
     async def issue_token(self, request: IRequest):
-        self._authenticate(request)
         instance = await self._instances.get(query_text(request, "Domain") or "")
         name = query_text(request, "Audience") or ""
         audience = tokens.AUDIENCE_NAMES.get(name)
@@ -185,9 +205,8 @@ class AdminService:
         return token.encode("ascii")
 
     # -- OAuth clients ------------------------------------------------------
-    @app.route("/instances/oauth_client", methods=["POST"])
+    @route("instances/oauth_client", "POST", auth=ADMIN)
     async def create_oauth_client(self, request: IRequest):
-        self._authenticate(request)
         instance = await self._instances.get(query_text(request, "Domain") or "")
         allow_login_scope = query_bool(request, "AllowLoginScope") or False
         metadata = {"redirect_uris": [query_text(request, "RedirectURI") or ""],
@@ -204,9 +223,8 @@ class AdminService:
         request.setHeader(b"Cache-Control", b"no-store")
         return json_response(request, client)
 
-    @app.route("/instances/oauth_client", methods=["GET"])
+    @route("instances/oauth_client", "GET", auth=ADMIN)
     async def find_oauth_client(self, request: IRequest):
-        self._authenticate(request)
         instance = await self._instances.get(query_text(request, "domain") or "")
         software_id = query_text(request, "software_id") or ""
         client = await self._clients.find_by_software_id(instance, software_id)
@@ -215,8 +233,4 @@ class AdminService:
                            code="client_not_found")
         return json_response(request, {**client, "client_id": client["_id"]})
 
-    @app.route("/", branch=True)
-    def unknown(self, request: IRequest):
-        self._authenticate(request)
-        return not_found(request)
 

@@ -15,7 +15,9 @@ of apps given here.
 For an app host, in cozy-stack's order: instance being deleted → 404,
 blocked → its blocking error, method other than GET/HEAD → 405, onboarding
 not finished → 302 to the instance's ``/``, unknown app → 404. The app sees
-``request.cozy_instance`` and ``request.cozy_app_slug``.
+``state_of(request).instance`` and ``.app_slug``. The site asks which
+route a request goes to (``route_for_uri``): an app host's requests have no
+body to stream; the others are the public site's.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from cozyd.i18n import N_
 from cozyd.instance.domain import normalize_host, split_app_host
 from cozyd.instance.model import Instance
 from cozyd.instance.registry import InstanceRegistry
-from cozyd.web.common import error_response, json_response, render_coroutine
+from cozyd.web.common import error_response, json_response
 from cozyd.web.pages import Pages
 from cozyd.web.root import blocked_error
+from cozyd.web.routing import Routed, render_coroutine, state_of
 
 log = Logger()
 
@@ -62,6 +65,16 @@ class AppHosts(Resource):
     def resource(self) -> IResource:
         return self
 
+    def route_for_uri(self, method: bytes, uri: bytes, host: bytes = b"") -> Routed | None:
+        parent, slug = split_app_host(normalize_host(host.decode("utf-8", "replace"))
+                                      if host else "")
+        if slug:
+            known, instance = self._registry.peek(parent)
+            if known and instance is not None:
+                return None  # an app's: no body policy of the site's
+        find = getattr(self._site, "route_for_uri", None)
+        return None if find is None else find(method, uri)
+
     def render(self, request: IRequest):
         raw = request.getHeader(b"host")
         parent, slug = split_app_host(normalize_host(raw.decode("utf-8", "replace"))
@@ -88,8 +101,9 @@ class AppHosts(Resource):
                                                     "address", code="instance_not_found"))
         if instance.blocked:
             return error_response(request, blocked_error(instance))
-        request.cozy_instance = instance  # type: ignore[attr-defined]
-        request.cozy_app_slug = slug  # type: ignore[attr-defined]
+        state = state_of(request)
+        state.instance = instance
+        state.app_slug = slug
         if request.method not in (b"GET", b"HEAD"):
             method = request.method.decode("ascii", "replace")
             return self._app_error(request, 405, f"Method {method} not allowed")
@@ -114,7 +128,7 @@ class AppHosts(Resource):
         if "application/json" in accept:
             return json_response(request, {"error": detail}, status=status)
         if "text/html" in accept:
-            instance = request.cozy_instance  # type: ignore[attr-defined]
+            instance = state_of(request).instance
             home = f"{self._scheme}://{HOME_SLUG}.{instance.domain}/"
             return self._pages.error_page(
                 request, status, message or detail, title=title,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
@@ -44,18 +43,20 @@ from cozyd.errors import CozyError
 from cozyd.i18n import N_
 from cozyd.instance.model import Instance
 from cozyd.web.common import (
+    current_instance,
     error_response,
-    install_error_handlers,
     instance_of,
     json_response,
+    jsonapi_errors,
 )
 from cozyd.web.guard import Guard, register_token_matches
 from cozyd.web.pages import Pages
+from cozyd.web.params import parse_bool
+from cozyd.web.params import form_value as form_value
+from cozyd.web.routing import Service, route, shield, state_of
 
 log = Logger()
 
-_SESSION = "cozy_session"
-_NO_SESSION = object()
 MAX_AGE_CORS = "43200"
 WRONG_PASSPHRASE = N_("This password is not the right one. Please try again.")
 
@@ -70,18 +71,8 @@ def wants_html(request: IRequest) -> bool:
     return "text/html" in accept and "application/json" not in accept
 
 
-def form_value(request: IRequest, name: str) -> str:
-    values = request.args.get(name.encode("ascii"))
-    if not values:
-        return ""
-    try:
-        return values[-1].decode("utf-8")
-    except UnicodeDecodeError:
-        return ""
-
-
 def parse_go_bool(text: str) -> bool:
-    return text in ("1", "t", "T", "true", "TRUE", "True")
+    return parse_bool(text) is True
 
 
 def client_ip(request: IRequest) -> str:
@@ -100,18 +91,18 @@ class WebSessions:
         self._secure = secure
 
     async def current(self, request: IRequest) -> Session | None:
-        """The request's live session (cached on the request)."""
-        cached = getattr(request, _SESSION, None)
-        if cached is not None:
-            return None if cached is _NO_SESSION else cached
-        instance = instance_of(request)
+        """The request's live session (kept in the request's state)."""
+        state = state_of(request)
+        if state.session_known:
+            return state.session
+        instance = state.instance
         session = None
         raw = request.getCookie(cookie_name(instance).encode("ascii"))
         if raw:
             session_id = decode_cookie(instance, raw.decode("latin-1"))
             if session_id is not None:
                 session = await self.store.get(instance, session_id)
-        setattr(request, _SESSION, _NO_SESSION if session is None else session)
+        state.session = session
         return session
 
     async def session_id_of(self, request: IRequest, instance: Instance) -> str | None:
@@ -124,31 +115,44 @@ class WebSessions:
 
     async def open(self, request: IRequest, instance: Instance, duration: Duration, *,
                    method: str = "password", client_registration: bool = False) -> Session:
-        """A new session, its cookie, and an entry in the login history."""
-        session = await self.store.create(instance, duration)
-        self.set_cookie(request, instance, session)
-        setattr(request, _SESSION, session)
+        """A new session, its cookie, and an entry in the login history (all
+        of it, even if the client hangs up meanwhile)."""
         user_agent = (request.getHeader(b"user-agent") or b"").decode("utf-8", "replace")
-        try:
-            await self.store.record_login(instance, session.id, ip=client_ip(request),
-                                          user_agent=user_agent, method=method,
-                                          client_registration=client_registration)
-        except CozyError:
-            log.failure("could not record a login on {domain}", domain=instance.domain)
-        return session
+        ip = client_ip(request)
+
+        async def steps() -> Session:
+            session = await self.store.create(instance, duration)
+            self.set_cookie(request, instance, session)
+            state_of(request).session = session
+            try:
+                await self.store.record_login(instance, session.id, ip=ip,
+                                              user_agent=user_agent, method=method,
+                                              client_registration=client_registration)
+            except CozyError:
+                log.failure("could not record a login on {domain}", domain=instance.domain)
+            return session
+        return await shield(steps())
 
     def set_cookie(self, request: IRequest, instance: Instance, session: Session) -> None:
+        # As cozy-stack's Session.ToCookie, written as Go writes an
+        # http.Cookie: Path, Domain (no leading dot), Max-Age (none for a
+        # browser-session cookie), HttpOnly, Secure (https), SameSite=Lax.
         max_age = session.cookie_max_age()
-        request.addCookie(cookie_name(instance), encode_cookie(instance, session.id),
-                          path="/", domain=cookie_domain(instance),
-                          max_age=None if max_age is None else str(max_age),
-                          secure=self._secure, httpOnly=True, sameSite="lax")
+        parts = [f"{cookie_name(instance)}={encode_cookie(instance, session.id)}",
+                 "Path=/", f"Domain={cookie_domain(instance).lstrip('.')}"]
+        if max_age:
+            parts.append(f"Max-Age={max_age}")
+        parts.append("HttpOnly")
+        if self._secure:
+            parts.append("Secure")
+        parts.append("SameSite=Lax")
+        request.cookies.append("; ".join(parts).encode("utf-8"))
 
     def clear_cookie(self, request: IRequest, instance: Instance) -> None:
-        request.addCookie(cookie_name(instance), "", path="/",
-                          domain=cookie_domain(instance), max_age="0",
-                          expires="Thu, 01 Jan 1970 00:00:00 GMT",
-                          secure=self._secure, httpOnly=True, sameSite="lax")
+        # As cozy-stack's Session.Delete: MaxAge -1, which Go writes Max-Age=0.
+        request.cookies.append((f"{cookie_name(instance)}=; Path=/; "
+                                f"Domain={cookie_domain(instance).lstrip('.')}; "
+                                "Max-Age=0").encode("utf-8"))
 
     async def close(self, request: IRequest, instance: Instance) -> bool:
         """Log out: delete the current session and its cookie."""
@@ -157,20 +161,19 @@ class WebSessions:
             return False
         await self.store.delete(instance, session)
         self.clear_cookie(request, instance)
-        setattr(request, _SESSION, _NO_SESSION)
+        state_of(request).session = None
         return True
 
 
-def install_page_error_handlers(app: Klein) -> None:
-    """Errors as the generic error page for browsers, else as usual. The
-    service must have a ``pages`` attribute."""
-    @app.handle_errors(CozyError)
-    def page_error(service: Any, request: IRequest, failure: Any) -> bytes:
-        error = failure.value
-        if wants_html(request) and getattr(request, "cozy_instance", None) is not None:
+def page_errors(service: Any, request: IRequest, error: BaseException) -> bytes:
+    """The error style of page services: the generic error page for
+    browsers, else JSON:API. The service must have a ``pages`` attribute."""
+    if isinstance(error, CozyError):
+        if wants_html(request) and current_instance(request) is not None:
             return service.pages.render(request, "error.html", status=error.status,
                                         error_message=error.detail)
         return error_response(request, error)
+    return jsonapi_errors(service, request, error)
 
 
 def _cors(request: IRequest) -> None:
@@ -180,22 +183,18 @@ def _cors(request: IRequest) -> None:
         request.setHeader(b"Access-Control-Allow-Credentials", b"true")
 
 
-class AuthService:
-    app = Klein()
-    install_page_error_handlers(app)
-    install_error_handlers(app)
+class AuthService(Service):
+    errors = page_errors
 
     def __init__(self, guard: Guard, *, pages: Pages, sessions: WebSessions,
                  passphrases: Passphrases, failures: LoginFailures, urls: InstanceURLs):
+        super().__init__()
         self.guard = guard
         self.pages = pages
         self.sessions = sessions
         self.passphrases = passphrases
         self.failures = failures
         self.urls = urls
-
-    def resource(self):
-        return self.app.resource()
 
     # -- login --------------------------------------------------------------
     async def _render_login(self, request: IRequest, instance: Instance, *,
@@ -209,7 +208,7 @@ class AuthService:
             iterations=parameters["iterations"],
             public_name=settings.get("public_name") or "")
 
-    @app.route("/login", methods=["GET", "HEAD"])
+    @route("login", "GET")
     async def login_form(self, request: IRequest):
         instance = instance_of(request)
         self.pages.csrf_token(request)
@@ -222,7 +221,7 @@ class AuthService:
             return self.pages.redirect(request, target)
         return await self._render_login(request, instance, redirect=redirect)
 
-    @app.route("/login", methods=["POST"])
+    @route("login", "POST")
     async def login(self, request: IRequest):
         instance = instance_of(request)
         self.pages.check_csrf(request)
@@ -260,7 +259,7 @@ class AuthService:
             return False
         return permissions.type == "app"
 
-    @app.route("/login", methods=["DELETE"])
+    @route("login", "DELETE")
     async def logout(self, request: IRequest):
         _cors(request)
         instance = instance_of(request)
@@ -271,7 +270,7 @@ class AuthService:
         request.setResponseCode(204)
         return b""
 
-    @app.route("/login/others", methods=["DELETE"])
+    @route("login/others", "DELETE")
     async def logout_others(self, request: IRequest):
         _cors(request)
         instance = instance_of(request)
@@ -286,8 +285,8 @@ class AuthService:
         request.setResponseCode(204)
         return b""
 
-    @app.route("/login", methods=["OPTIONS"])
-    @app.route("/login/others", methods=["OPTIONS"])
+    @route("login", "OPTIONS")
+    @route("login/others", "OPTIONS")
     def logout_preflight(self, request: IRequest):
         origin = request.getHeader(b"origin") or b""
         for header in (b"Origin", b"Access-Control-Request-Method",
@@ -304,7 +303,7 @@ class AuthService:
         return b""
 
     # -- logout by people --------------------------------------------------------
-    @app.route("/logout", methods=["GET", "HEAD"])
+    @route("logout", "GET")
     async def logout_page(self, request: IRequest):
         instance = instance_of(request)
         if not await self.sessions.logged_in(request):
@@ -313,7 +312,7 @@ class AuthService:
         return self.pages.render(request, "logout.html",
                                  cancel_url=await self.urls.default_redirection(instance))
 
-    @app.route("/logout", methods=["POST"])
+    @route("logout", "POST")
     async def logout_confirmed(self, request: IRequest):
         instance = instance_of(request)
         self.pages.check_csrf(request)
@@ -321,7 +320,7 @@ class AuthService:
         return self.pages.login_redirect(request, instance)
 
     # -- onboarding ----------------------------------------------------------------
-    @app.route("/passphrase", methods=["GET", "HEAD"])
+    @route("passphrase", "GET")
     async def passphrase_form(self, request: IRequest):
         instance = instance_of(request)
         if instance.onboarding_finished:
@@ -338,22 +337,18 @@ class AuthService:
             redirection=form_value(request, "redirection"))
 
 
-class HomePage:
+class HomePage(Service):
     """``GET /`` of an instance."""
 
-    app = Klein()
-    install_page_error_handlers(app)
-    install_error_handlers(app)
+    errors = page_errors
 
     def __init__(self, *, pages: Pages, sessions: WebSessions, urls: InstanceURLs):
+        super().__init__()
         self.pages = pages
         self.sessions = sessions
         self.urls = urls
 
-    def resource(self):
-        return self.app.resource()
-
-    @app.route("/", methods=["GET", "HEAD"])
+    @route("", "GET")
     async def home(self, request: IRequest):
         instance = instance_of(request)
         if instance.register_token and not instance.onboarding_finished:
@@ -371,7 +366,7 @@ class HomePage:
         return self.pages.redirect(request, self.urls.page(instance, "/auth/login", query))
 
 
-class HomeApp:
+class HomeApp(Service):
     """The built-in ``home`` app, served at ``home.<domain>`` by
     ``cozyd.web.apphosts`` until the apps service serves the installed one:
     the instance's name (its public name, else its domain), links to the
@@ -379,19 +374,15 @@ class HomeApp:
     app links to them) and to log out. For the owner only: without a session,
     302 to the login page, which comes back here (as cozy-stack's apps)."""
 
-    app = Klein()
-    install_page_error_handlers(app)
-    install_error_handlers(app)
+    errors = page_errors
 
     def __init__(self, *, pages: Pages, sessions: WebSessions, urls: InstanceURLs):
+        super().__init__()
         self.pages = pages
         self.sessions = sessions
         self.urls = urls
 
-    def resource(self):
-        return self.app.resource()
-
-    @app.route("/", methods=["GET", "HEAD"])
+    @route("", "GET")
     async def home(self, request: IRequest):
         instance = instance_of(request)
         if not await self.sessions.logged_in(request):

@@ -1,9 +1,14 @@
-"""Helpers shared by every web service: JSON answers, errors, query args.
+"""Helpers shared by every web service: JSON answers and the error styles.
 
-A service's Klein app calls ``install_error_handlers(app, style)`` once; its
-handlers then raise ``CozyError``s and return ``json_response(...)``.
-Anything else that escapes a handler becomes a 500 with a JSON body and a
-logged traceback, never a traceback sent to the client.
+Handlers raise ``CozyError``s and return ``json_response(...)``; the
+route's error style renders what they raise (``jsonapi_errors`` for most
+services; ``/data`` and the page services have their own). Anything else
+that escapes a handler becomes a 500 with a JSON body and a logged
+traceback, never a traceback sent to the client.
+
+Routes are declared with ``cozyd.web.routing``; parameters are read with
+``cozyd.web.params``, bodies with ``cozyd.web.bodies`` (both re-exported
+here for the modules that import them from this one).
 """
 
 from __future__ import annotations
@@ -13,15 +18,14 @@ import json
 from typing import Any
 
 from klein import Klein
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
 
-from cozyd.errors import BadRequest, CozyError, EchoError, NotFound, PayloadTooLarge
+from cozyd.errors import CozyError, EchoError, NotFound
 from cozyd.instance.model import Instance
+from cozyd.web.routing import IRequestState, state_of
 
 JSONAPI = "application/vnd.api+json"
 JSON = "application/json"
@@ -31,38 +35,13 @@ log = Logger()
 
 def instance_of(request: IRequest) -> Instance:
     """The instance the public root resolved for this request."""
-    return request.cozy_instance  # type: ignore[attr-defined]
+    return state_of(request).instance
 
 
-def render_coroutine(request: IRequest, coroutine, on_error) -> object:
-    """Render a handler coroutine from a plain resource's ``render``.
-
-    A coroutine that finished without waiting gives its body at once; else
-    the body is written when it comes. A client that goes away cancels the
-    handler (Klein does the same for its routes). ``on_error(failure)``
-    returns the body for an unexpected failure.
-    """
-    d = defer.Deferred.fromCoroutine(coroutine)
-    if d.called:
-        results: list = []
-        d.addBoth(results.append)
-        if isinstance(results[0], Failure):
-            return on_error(results[0])
-        return results[0]
-
-    def write(body) -> None:
-        if body is NOT_DONE_YET or request.finished or request._disconnected:
-            return
-        request.write(body)
-        request.finish()
-
-    def failed(failure: Failure) -> None:
-        if not failure.check(defer.CancelledError):
-            write(on_error(failure))
-
-    request.notifyFinish().addErrback(lambda _: d.cancel())
-    d.addCallbacks(write, failed)
-    return NOT_DONE_YET
+def current_instance(request: IRequest) -> Instance | None:
+    """The request's instance, or None outside an instance (admin API…)."""
+    state = request.getComponent(IRequestState)
+    return None if state is None else state.instance
 
 
 def json_response(request: IRequest, body: Any, *, status: int = 200,
@@ -101,6 +80,8 @@ def echo_response(request: IRequest, error: CozyError) -> bytes:
 
 
 def install_error_handlers(app: Klein, style: str = "jsonapi") -> None:
+    """For a Klein app mounted somewhere (cozyd's own services use
+    ``routing.Service``)."""
     # Klein passes the service instance first when the app is bound to one.
     @app.handle_errors(CozyError)
     def cozy_error(*args: Any) -> bytes:
@@ -130,121 +111,47 @@ def not_found(request: IRequest, style: str = "jsonapi") -> bytes:
     return error_response(request, NotFound("no such route"), style)
 
 
-# -- query string -----------------------------------------------------------
-
-def query_text(request: IRequest, name: str) -> str | None:
-    values = request.args.get(name.encode("ascii"))
-    if not values:
-        return None
-    try:
-        return values[-1].decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest(f"the {name} parameter is not valid UTF-8") from None
+def unexpected_error(request: IRequest, error: BaseException) -> CozyError:
+    """Log what escaped a handler; the 500 to answer instead."""
+    log.failure("unexpected error on {method} {path}",
+                Failure(error, type(error), error.__traceback__),
+                method=request.method.decode("ascii", "replace"),
+                path=request.path.decode("ascii", "replace"))
+    return CozyError("an unexpected error occurred; it has been logged")
 
 
-def query_bool(request: IRequest, name: str) -> bool | None:
-    text = query_text(request, name)
-    if text is None:
-        return None
-    lowered = text.strip().lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise BadRequest(f"the {name} parameter must be true or false")
+def jsonapi_errors(service: Any, request: IRequest, error: BaseException) -> bytes:
+    """The JSON:API error style (``{"errors": [...]}``; echo errors as
+    cozy-stack's middlewares render them)."""
+    if not isinstance(error, CozyError):
+        error = unexpected_error(request, error)
+    return error_response(request, error)
 
 
-def query_int(request: IRequest, name: str, *, minimum: int | None = None) -> int | None:
-    text = query_text(request, name)
-    if text is None or text == "":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise BadRequest(f"the {name} parameter must be an integer") from None
-    if minimum is not None and value < minimum:
-        raise BadRequest(f"the {name} parameter must be at least {minimum}")
-    return value
+from cozyd.web.bodies import (  # noqa: E402 - re-exported
+    MAX_JSON_DEPTH,
+    json_depth,
+    parse_json,
+    read_body,
+    read_json,
+)
+from cozyd.web.params import (  # noqa: E402 - re-exported
+    form_value,
+    parse_bool,
+    parse_int,
+    query_bool,
+    query_int,
+    query_list,
+    query_param,
+    query_text,
+)
+from cozyd.web.routing import render_coroutine, shield  # noqa: E402 - re-exported
+
+__all__ = ["JSONAPI", "JSON", "instance_of", "current_instance", "json_response",
+           "error_response", "echo_response", "jsonapi_errors", "not_found",
+           "unexpected_error", "install_error_handlers", "MAX_JSON_DEPTH", "json_depth",
+           "parse_json", "read_body", "read_json", "form_value", "parse_bool",
+           "parse_int", "query_bool", "query_int", "query_list", "query_param",
+           "query_text", "render_coroutine", "shield"]
 
 
-def query_list(request: IRequest, name: str) -> tuple[str, ...] | None:
-    text = query_text(request, name)
-    if text is None:
-        return None
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-# -- request bodies ---------------------------------------------------------
-
-#: Deepest nesting of arrays and objects accepted in a JSON body.
-MAX_JSON_DEPTH = 200
-
-
-def read_body(request: IRequest, max_size: int) -> bytes:
-    """The request body, or ``PayloadTooLarge`` (413) when it is larger than
-    ``max_size`` bytes (told by Content-Length or found while reading)."""
-    declared = request.getHeader(b"content-length")
-    if declared is not None:
-        try:
-            if int(declared) > max_size:
-                raise PayloadTooLarge(f"the request body is larger than {max_size} bytes")
-        except ValueError:
-            raise BadRequest("invalid Content-Length header") from None
-    content = getattr(request, "content", None)
-    if content is None:
-        return b""
-    content.seek(0)
-    data = content.read(max_size + 1)
-    if len(data) > max_size:
-        raise PayloadTooLarge(f"the request body is larger than {max_size} bytes")
-    return data
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_json(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Strict JSON (UTF-8, no NaN/Infinity, at most ``max_depth`` levels of
-    nesting): the value, or ``ValueError`` saying what is wrong."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError("the body is not valid UTF-8") from None
-    try:
-        value = json.loads(text, parse_constant=_refuse_constant)
-    except RecursionError:
-        raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") \
-            from None
-    if json_depth(value) > max_depth:
-        raise ValueError(f"JSON nested deeper than {max_depth} levels")
-    return value
-
-
-def json_depth(value: Any) -> int:
-    """Levels of arrays and objects in a parsed JSON value (0 for a scalar)."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
-
-
-def read_json(request: IRequest, max_size: int, *,
-              max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """``read_body`` then ``parse_json``; ``BadRequest`` for bad JSON."""
-    data = read_body(request, max_size)
-    try:
-        return parse_json(data, max_depth=max_depth)
-    except ValueError as e:
-        raise BadRequest(str(e)) from None

@@ -17,7 +17,11 @@ where the error comes from there:
   or ``{"error"}`` for JSON clients).
 
 Paths are matched on the raw URL so that a document id may hold an
-escaped slash (``/data/io.cozy.x/with%2Fslash``).
+escaped slash (``/data/io.cozy.x/with%2Fslash``): routes are declared with
+``cozyd.web.routing`` like every service's, through this module's
+``route`` (which adds the reserved-doctype ``access`` check and the
+``proxy`` error shape) and ``collection`` / ``document`` (the token
+policy).
 
 Every write goes through the document layer (``cozyd.documents``), which
 refuses reserved doctypes, stores, and publishes the events realtime and
@@ -28,15 +32,12 @@ comment says so (permissions on ``?revs=true`` reads, design-document copies).
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 import attrs
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
 
 from cozyd.documents import (
     DatabaseNotFound,
@@ -59,9 +60,20 @@ from cozyd.web.common import (
     json_response,
     parse_json,
     read_body,
-    render_coroutine,
+    unexpected_error,
 )
-from cozyd.web.guard import Guard, authorize_document, permissions_of, requires
+from cozyd.web.guard import Guard, authorize_document, permissions_of
+from cozyd.web.params import parse_bool, parse_int, query_param
+from cozyd.web.routing import (
+    MethodNotAllowed,
+    Service,
+    TokenAuth,
+    param,
+    state_of,
+    token,
+)
+from cozyd.web.routing import route as declare_route
+from cozyd.web.streaming import json_rows_response
 
 log = Logger()
 
@@ -78,8 +90,6 @@ CHANGES_PARAMS = frozenset({"feed", "style", "since", "limit", "timeout", "inclu
                             "heartbeat", "_nonce", "seq_interval", "descending"})
 CHANGES_FILTERS = ("_doc_ids", "_selector", "_design")
 
-_INTEGER = re.compile(r"[+-]?[0-9]+")
-_TRUE_WORDS = ("1", "t", "T", "TRUE", "true", "True")  # Go's strconv.ParseBool
 _GO_STATUS_TEXT = {400: "Bad Request", 403: "Forbidden", 404: "Not Found",
                    405: "Method Not Allowed", 409: "Conflict",
                    413: "Request Entity Too Large", 500: "Internal Server Error"}
@@ -120,105 +130,89 @@ def wrong_doctype() -> StorageError:
 # Routing on the raw path
 # =============================================================================
 @attrs.frozen
-class _Route:
-    pattern: tuple[str, ...]
-    methods: frozenset[str]
-    handler: Callable[..., Awaitable[bytes]]
-    #: "readable" / "writable": reserved doctypes refused before the handler.
+class DataAccess:
+    """The auth policy of /data routes: the token first (401/400), then the
+    reserved doctypes of ``access`` ("readable" / "writable"), then the
+    token's rule on the doctype (``permission``, if any)."""
+
+    permission: TokenAuth | None
     access: str | None
-    #: Storage errors answered as CouchDB's own bodies (cozy-stack proxies).
-    proxy: bool
-    #: A valid token is needed (everything but the welcome).
-    auth: bool
+    authenticated: bool = True
 
-    #: How many fixed names the pattern has (they win over parameters).
-    literals: int = attrs.field(init=False)
-
-    @literals.default
-    def _count_literals(self) -> int:
-        return sum(1 for token in self.pattern if not token.startswith("{"))
-
-    def match(self, segments: list[str]) -> dict[str, str] | None:
-        if len(segments) != len(self.pattern):
-            return None
-        params = {}
-        for token, segment in zip(self.pattern, segments):
-            if token.startswith("{"):
-                params[token[1:-1]] = segment
-            elif token != segment:
-                return None
-        return params
-
-
-_ROUTES: list[_Route] = []
+    async def check(self, service: Any, request: IRequest, params: Mapping[str, str]
+                    ) -> None:
+        if self.authenticated:
+            await service.guard.permissions(request)
+        doctype = params.get("doctype")
+        if doctype is not None:
+            if self.access == "readable":
+                check_readable(doctype)
+            elif self.access == "writable":
+                check_writable(doctype)
+        if self.permission is not None:
+            await self.permission.check(service, request, params)
 
 
 def route(pattern: str, *methods: str, access: str | None = None, proxy: bool = False,
           auth: bool = True):
-    tokens = tuple(pattern.split("/")) if pattern else ()
-    verbs = set(methods)
-    if "GET" in verbs:
-        verbs.add("HEAD")
-
+    """A /data route: ``access`` refuses reserved doctypes before the
+    handler, ``proxy`` answers storage errors as CouchDB's own bodies
+    (cozy-stack proxies), ``auth`` needs a valid token (everything but
+    the welcome)."""
     def register(handler):
-        _ROUTES.append(_Route(tokens, frozenset(verbs), handler, access, proxy, auth))
-        return handler
+        policy = DataAccess(getattr(handler, "__data_permission__", None), access, auth)
+        return declare_route(pattern, *methods, auth=policy, proxy=proxy)(handler)
     return register
 
 
-def _doctype_of(request: IRequest, **params: str) -> str:
-    return params["doctype"]
+_doctype_of = param("doctype")
 
 
-def collection(verb: str | None = None):
-    """The verb (by default the request's) on the whole doctype of the URL."""
-    return requires(doctype=_doctype_of, verb=verb)
+def collection(verb: str | None = None, *, doctype: str | None = None):
+    """The verb (by default the request's) on the whole doctype of the URL
+    (or on ``doctype``)."""
+    def mark(handler):
+        handler.__data_permission__ = token(doctype or _doctype_of, verb=verb)
+        return handler
+    return mark
 
 
 def document():
     """A valid token; the handler checks the document itself."""
-    return requires(doctype=_doctype_of, collection=False)
+    def mark(handler):
+        handler.__data_permission__ = None
+        return handler
+    return mark
 
 
 # =============================================================================
 # Small parsers
 # =============================================================================
-def _param(request: IRequest, name: str) -> str | None:
-    """The first value of a query parameter (as Go's QueryParam)."""
-    values = request.args.get(name.encode("ascii"))
-    if not values:
-        return None
-    try:
-        return values[0].decode("utf-8")
-    except UnicodeDecodeError:
-        raise jsonapi_error(400, f"the {name} parameter is not valid UTF-8") from None
+_param = query_param
 
 
 def _is_true(request: IRequest, name: str) -> bool:
-    return _param(request, name) == "true"
+    return parse_bool(_param(request, name), strict=True) is True
 
 
 def _go_int(text: str | None) -> int | None:
-    """``strconv.Atoi``: an integer, or None when the text is not one."""
-    if text is None or not _INTEGER.fullmatch(text):
-        return None
-    return int(text)
+    """``strconv.Atoi``: a 64-bit integer, or None when the text is not one."""
+    return parse_int(text)
 
 
 def _couch_bool(request: IRequest, name: str) -> bool | None:
     text = _param(request, name)
-    if text is None:
-        return None
-    if text in ("true", "false"):
-        return text == "true"
-    raise couch_error(400, "query_parse_error", f'Invalid boolean parameter: "{text}"')
+    value = parse_bool(text, strict=True)
+    if value is None and text is not None:
+        raise couch_error(400, "query_parse_error", f'Invalid boolean parameter: "{text}"')
+    return value
 
 
 def _couch_count(request: IRequest, name: str) -> int | None:
     text = _param(request, name)
     if text is None:
         return None
-    value = _go_int(text)
+    value = parse_int(text)
     if value is None:
         raise couch_error(400, "query_parse_error", f'Invalid value for integer: "{text}"')
     if value < 0:
@@ -235,6 +229,21 @@ def _couch_json(request: IRequest, name: str) -> Any:
         return parse_json(text.encode("utf-8"))
     except ValueError:
         raise couch_error(400, "bad_request", "invalid UTF-8 JSON") from None
+
+
+_SEQ_NUMBER = re.compile(r"[0-9]+")
+
+
+def _since(request: IRequest) -> str | None:
+    """The ``since`` of ``_changes``; a sequence number past 64 bits is
+    malformed (as a negative one is)."""
+    since = _param(request, "since")
+    if since is not None:
+        number = _SEQ_NUMBER.match(since)
+        if number is not None and parse_int(number.group(0)) is None:
+            raise couch_error(400, "bad_request",
+                              "Malformed sequence supplied in 'since' parameter.")
+    return since
 
 
 def _has_text(value: Any) -> bool:
@@ -282,76 +291,34 @@ def _execution_stats(stats: Any) -> dict[str, Any] | None:
 # =============================================================================
 # The service
 # =============================================================================
-class DataService(Resource):
-    """A plain resource: it routes on the raw path itself (see ``_Route``),
-    so a second router would only cost time."""
+class DataService(Service):
+    """Its routes are declared with this module's ``route``; errors take
+    the shapes of the module docstring (``_error``)."""
 
-    isLeaf = True
-
-    def __init__(self, documents: Documents, guard: Guard, *, max_body_size: int):
+    def __init__(self, documents: Documents, guard: Guard, *, max_body_size: int,
+                 pause: Callable[[], Awaitable[Any]] | None = None):
+        """``pause()`` gives the reactor a turn between the pieces of a large
+        answer (``cozyd.web.streaming``)."""
         super().__init__()
         self.store = documents.store  # reads
         #: Writes: the clients' path (reserved doctypes refused; events published).
         self.documents = documents.checked
         self.guard = guard
         self.max_body_size = max_body_size
+        self.pause = pause
 
-    def resource(self):
-        return self
+    def errors(self, request: IRequest, error: BaseException) -> bytes:
+        return self._error(request, error)
 
-    def render(self, request: IRequest):
-        return render_coroutine(request, self.dispatch(request),
-                                lambda failure: self._error(request, failure.value))
+    async def no_route(self, request: IRequest, error: Exception):
+        if isinstance(error, MethodNotAllowed):
+            raise echo_error(405, "Method Not Allowed")
+        raise echo_error(404, "Not Found")
 
-    # -- dispatch ------------------------------------------------------------
-    async def dispatch(self, request: IRequest):
-        try:
-            segments = self._segments(request)
-            found, params = self._match(request.method.decode("ascii", "replace"),
-                                        segments)
-            request.cozy_data_proxy = found.proxy  # type: ignore[attr-defined]
-            if found.auth:
-                await self.guard.permissions(request)  # the token first: 401/400
-            doctype = params.get("doctype")
-            if doctype is not None:
-                if found.access == "readable":
-                    check_readable(doctype)
-                elif found.access == "writable":
-                    check_writable(doctype)
-            return await found.handler(self, request, **params)
-        except defer.CancelledError:
-            raise  # the client went away: nothing to answer
-        except Exception as e:  # noqa: BLE001 - every error gets its /data body
-            return self._error(request, e)
+    def bad_path(self) -> Exception:
+        return jsonapi_error(400, "the path is not valid UTF-8")
 
-    @staticmethod
-    def _segments(request: IRequest) -> list[str]:
-        raw = request.path.split(b"?", 1)[0].split(b"/")[1:]
-        raw = raw[len(request.prepath):]
-        segments = []
-        for part in raw:
-            try:
-                segments.append(unquote_to_bytes(part).decode("utf-8"))
-            except UnicodeDecodeError:
-                raise jsonapi_error(400, "the path is not valid UTF-8") from None
-        while segments and segments[-1] == "":
-            segments.pop()
-        return segments
-
-    @staticmethod
-    def _match(method: str, segments: list[str]) -> tuple[_Route, dict[str, str]]:
-        candidates = [(r, p) for r in _ROUTES if (p := r.match(segments)) is not None]
-        if not candidates:
-            raise echo_error(404, "Not Found")
-        # Fixed names win over parameters (/_find over /:docid), as in echo.
-        best = max(r.literals for r, _ in candidates)
-        candidates = [(r, p) for r, p in candidates if r.literals == best]
-        for found, params in candidates:
-            if method in found.methods:
-                return found, params
-        raise echo_error(405, "Method Not Allowed")
-
-    def _error(self, request: IRequest, error: Exception) -> bytes:
+    def _error(self, request: IRequest, error: BaseException) -> bytes:
         if isinstance(error, ProtectedDesignDoc):
             return json_response(request, {"error": error.detail}, status=error.status)
         if isinstance(error, DocumentRefused):  # cozy-stack's echo errors
@@ -364,7 +331,10 @@ class DataService(Resource):
             return json_response(request, error.body, status=error.status)
         if isinstance(error, StorageError):
             body: dict[str, Any] = {"error": error.code, "reason": error.detail}
-            if not getattr(request, "cozy_data_proxy", False):
+            state = state_of(request)
+            proxy = state.flags.get("proxy", state.route is not None
+                                    and state.route.option("proxy", False))
+            if not proxy:
                 body = {"ok": False, "status": str(error.status), **body}
             return json_response(request, body, status=error.status)
         if isinstance(error, CozyError):
@@ -372,9 +342,7 @@ class DataService(Resource):
             return json_response(request, {"error": f"{title}({error.status}): "
                                                     f"{error.detail}"},
                                  status=error.status)
-        log.failure("unexpected error on {method} {path}", None,
-                    method=request.method.decode("ascii", "replace"),
-                    path=request.path.decode("ascii", "replace"))
+        unexpected_error(request, error)
         return json_response(request, {"error": "an unexpected error occurred; it has "
                                                 "been logged"}, status=500)
 
@@ -415,7 +383,7 @@ class DataService(Resource):
         return json_response(request, {"message": "welcome to a cozy API"})
 
     @route("_all_doctypes", "GET")
-    @requires(doctype=DOCTYPES_DOCTYPE, verb="GET")
+    @collection("GET", doctype=DOCTYPES_DOCTYPE)
     async def all_doctypes(self, request: IRequest) -> bytes:
         prefix = instance_of(request).prefix
         doctypes = []
@@ -501,7 +469,7 @@ class DataService(Resource):
         """The replication read (``revs=true``, ``open_revs``, ``latest``…),
         answered as CouchDB does. cozy-stack proxies it without any
         permission check; cozyd checks each revision returned."""
-        request.cozy_data_proxy = True  # type: ignore[attr-defined]
+        state_of(request).flags["proxy"] = True
         db = self._db(request, doctype)
         latest = _is_true(request, "latest")
         open_revs_text = _param(request, "open_revs")
@@ -615,7 +583,7 @@ class DataService(Resource):
                          options.get("end_key")])
         if not fields_text and not design_docs:
             result = await self.store.all_docs(self._db(request, doctype), **options)
-            return json_response(request, result)
+            return await json_rows_response(request, result, pause=self.pause)
         # cozy-stack's filtered variant: documents always included, design
         # documents left out on request, documents cut down to the Fields.
         options["include_docs"] = True
@@ -635,7 +603,8 @@ class DataService(Resource):
                     kept["doc"] = _project(row["doc"], fields)
                 row = kept
             rows.append(row)
-        return json_response(request, {"rows": rows, "offset": 0, "total_rows": len(rows)})
+        return await json_rows_response(request, {"rows": rows, "offset": 0,
+                                                  "total_rows": len(rows)}, pause=self.pause)
 
     def _all_docs_options(self, request: IRequest) -> dict[str, Any]:
         options: dict[str, Any] = {}
@@ -674,7 +643,7 @@ class DataService(Resource):
         if limit is None or limit < 0 or limit > MAX_FIND_LIMIT:
             limit = DEFAULT_FIND_LIMIT
         bookmark = _param(request, "bookmark") or ""
-        stats = (_param(request, "execution_stats") or "") in _TRUE_WORDS
+        stats = parse_bool(_param(request, "execution_stats")) is True
         query: dict[str, Any] = {"selector": {"_id": {"$gte": None}},
                                  "execution_stats": stats}
         if limit:
@@ -857,12 +826,13 @@ class DataService(Resource):
             raise jsonapi_error(400, f"Invalid seq_interval value '{interval_text}': "
                                      "not an integer")
         options: dict[str, Any] = {
-            "since": _param(request, "since"), "limit": limit or None,
+            "since": _since(request), "limit": limit or None,
             "descending": _is_true(request, "descending"),
             "include_docs": _is_true(request, "include_docs"), "style": style}
         db = self._db(request, doctype)
         if not filter_name:
-            return json_response(request, await self.store.changes(db, **options))
+            return await json_rows_response(request, await self.store.changes(db, **options),
+                                            "results", pause=self.pause)
         body = self._couch_body(request)
         if filter_name == "_doc_ids":
             doc_ids = body.get("doc_ids") if isinstance(body, dict) else None

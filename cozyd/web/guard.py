@@ -6,23 +6,23 @@ against the request's instance and resolves its permission set (cached on
 the request). A ``?registerToken=`` of an instance still onboarding grants
 the tiny "register" set, as cozy-stack does.
 
-Routes declare what they need with one decorator::
+Routes declare what they need in their declaration
+(``cozyd.web.routing``)::
 
-    @app.route("/<doctype>/_find", methods=["POST"])
-    @requires(doctype=lambda request, doctype, **_: doctype)
+    @route("{doctype}/_find", "POST", auth=token(param("doctype"), verb="GET"))
     async def find(self, request, doctype): ...
 
-It checks the verb of the request method on the whole doctype (collection
-routes). Routes about one document use ``requires(...,
+``token`` checks the verb (by default the request method's) on the whole
+doctype (collection routes). Routes about one document use ``token(...,
 collection=False)`` and then call ``authorize_document(request, doctype,
-doc_id, doc)`` once they have read the document.
+doc_id, doc)`` once they have read the document. The permission set is
+kept in the request's ``RequestState``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hmac
 from collections.abc import Callable
 from typing import Any
@@ -34,9 +34,7 @@ from cozyd.errors import CozyError, InvalidToken, NoToken, PermissionDenied
 from cozyd.instance.model import Instance
 from cozyd.permissions.resolver import PermissionResolver
 from cozyd.permissions.rules import PermissionSet, Rule, document_field, verb_of
-from cozyd.web.common import instance_of
-
-_PERMISSIONS = "cozy_permissions"
+from cozyd.web.routing import state_of
 
 
 def request_token(request: IRequest) -> str | None:
@@ -91,10 +89,10 @@ class Guard:
         self._session_id_of = session_id_of
 
     async def permissions(self, request: IRequest) -> PermissionSet:
-        cached = getattr(request, _PERMISSIONS, None)
-        if cached is not None:
-            return cached
-        instance = instance_of(request)
+        state = state_of(request)
+        if state.permissions is not None:
+            return state.permissions
+        instance = state.instance
         token = request_token(request)
         if token is None:
             if register_token_matches(request, instance):
@@ -112,32 +110,16 @@ class Guard:
                 if session_id != claims.session_id:
                     raise InvalidToken()
             result = await self._resolver.for_claims(instance, claims)
-        setattr(request, _PERMISSIONS, result)
+        state.permissions = result
         return result
 
 
-def requires(doctype: str | Callable[..., str] | None = None, *,
-             collection: bool = True, verb: str | None = None):
-    """Decorate a service method: a valid token, and (when ``doctype`` is
-    given) a rule on it for the request's verb — on the whole doctype for
-    collection routes. The service must have a ``guard`` attribute."""
-    def decorate(handler):
-        @functools.wraps(handler)
-        async def checked(service, request, *args, **kwargs):
-            permissions = await service.guard.permissions(request)
-            if doctype is not None and collection:
-                name = doctype(request, *args, **kwargs) if callable(doctype) else doctype
-                wanted = verb or verb_of(request.method.decode("ascii"))
-                if not permissions.allows_collection(wanted, name):
-                    raise PermissionDenied()
-            return await handler(service, request, *args, **kwargs)
-        return checked
-    return decorate
-
-
 def permissions_of(request: IRequest) -> PermissionSet:
-    """The set the decorator resolved for this request."""
-    return getattr(request, _PERMISSIONS)
+    """The set the route's token policy resolved for this request."""
+    permissions = state_of(request).permissions
+    if permissions is None:
+        raise RuntimeError("no permissions were checked for this request")
+    return permissions
 
 
 def authorize_document(request: IRequest, doctype: str, doc_id: str,

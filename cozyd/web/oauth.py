@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
-from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
@@ -27,18 +26,18 @@ from cozyd.permissions.resolver import CLIENTS_DOCTYPE
 from cozyd.i18n import N_
 from cozyd.permissions.rules import InvalidPermission, PermissionSet
 from cozyd.permissions.words import describe_rule, describe_scope
+from cozyd.web.bodies import read_json
 from cozyd.web.common import (
     JSONAPI,
-    install_error_handlers,
     instance_of,
     json_response,
-    parse_json,
+    jsonapi_errors,
     query_int,
     query_text,
-    read_body,
 )
-from cozyd.web.guard import Guard, holds_cli_token, requires
+from cozyd.web.guard import Guard, holds_cli_token
 from cozyd.web.pages import Pages
+from cozyd.web.routing import Service, json_body, route, token
 
 log = Logger()
 
@@ -120,12 +119,9 @@ def redirect_with(uri: str, **params: str) -> str:
 
 def read_registration(request: IRequest) -> Any:
     """The JSON body of a registration request (small, shallow)."""
-    data = read_body(request, MAX_REGISTRATION_BODY)
-    try:
-        return parse_json(data, max_depth=8)
-    except ValueError:
-        raise RegistrationError("invalid_client_metadata",
-                                "the request body must be JSON") from None
+    return read_json(request, MAX_REGISTRATION_BODY, max_depth=8,
+                     bad=lambda reason: RegistrationError(
+                         "invalid_client_metadata", "the request body must be JSON"))
 
 
 def _accepts_json(request: IRequest) -> None:
@@ -181,38 +177,32 @@ def _no_store(request: IRequest) -> None:
 
 # -- /auth ------------------------------------------------------------------------------
 
-class OAuthService:
+def oauth_errors(service: OAuthService, request: IRequest, error: BaseException) -> bytes:
+    """The shapes cozy-stack answers on the OAuth routes (module docstring)."""
+    if isinstance(error, (RegistrationError, TokenRequestError)):
+        return json_response(request, error.body(), status=error.status)
+    if isinstance(error, JSONError):
+        return json_response(request, {"error": error.detail}, status=error.status)
+    if isinstance(error, PageError):
+        return service._pages.error_page(request, error.status, PAGE_ERRORS[error.key])
+    return jsonapi_errors(service, request, error)
+
+
+#: Registration bodies are small: refused past this by the site already.
+REGISTRATION_BODY = json_body(MAX_REGISTRATION_BODY)
+
+
+class OAuthService(Service):
     """``/auth/register…``, ``/auth/authorize`` and ``/auth/access_token``."""
 
-    app = Klein()
-
-    @app.handle_errors(RegistrationError)
-    def _registration_error(self, request: IRequest, failure) -> bytes:
-        error = failure.value
-        return json_response(request, error.body(), status=error.status)
-
-    @app.handle_errors(TokenRequestError)
-    def _token_error(self, request: IRequest, failure) -> bytes:
-        error = failure.value
-        return json_response(request, error.body(), status=error.status)
-
-    @app.handle_errors(JSONError)
-    def _json_error(self, request: IRequest, failure) -> bytes:
-        error = failure.value
-        return json_response(request, {"error": error.detail}, status=error.status)
-
-    @app.handle_errors(PageError)
-    def _page_error(self, request: IRequest, failure) -> bytes:
-        error = failure.value
-        return self._pages.error_page(request, error.status, PAGE_ERRORS[error.key])
-
-    install_error_handlers(app)
+    errors = oauth_errors
 
     def __init__(self, clients: OAuthClients, codes: AccessCodes, tokens_endpoint:
                  TokenEndpoint, *, pages: Pages, session_of: SessionOf | None,
                  seconds: Callable[[], float]):
         """``session_of(request, instance)`` gives the owner's session of the
         request (its cookie), or None when nobody is logged in."""
+        super().__init__()
         self._clients = clients
         self._codes = codes
         self._token_endpoint = tokens_endpoint
@@ -220,11 +210,8 @@ class OAuthService:
         self._session_of = session_of
         self._seconds = seconds
 
-    def resource(self):
-        return self.app.resource()
-
     # -- dynamic registration (RFC 7591 / 7592) -------------------------------------
-    @app.route("/register", methods=["POST"])
+    @route("register", "POST", body=REGISTRATION_BODY)
     async def register(self, request: IRequest):
         instance = instance_of(request)
         _accepts_json(request)
@@ -251,14 +238,14 @@ class OAuthService:
             raise JSONError("invalid_token", status=401)
         return client
 
-    @app.route("/register/<string:client_id>", methods=["GET", "HEAD"])
+    @route("register/{client_id}", "GET")
     async def read_client(self, request: IRequest, client_id: str):
         _accepts_json(request)
         client = await self._client_with_token(request, client_id)
         _no_store(request)
         return json_response(request, public_view(client))
 
-    @app.route("/register/<string:client_id>", methods=["PUT"])
+    @route("register/{client_id}", "PUT", body=REGISTRATION_BODY)
     async def update_client(self, request: IRequest, client_id: str):
         instance = instance_of(request)
         _accepts_json(request)
@@ -270,7 +257,7 @@ class OAuthService:
         _no_store(request)
         return json_response(request, client)
 
-    @app.route("/register/<string:client_id>", methods=["DELETE"])
+    @route("register/{client_id}", "DELETE")
     async def delete_client(self, request: IRequest, client_id: str):
         instance = instance_of(request)
         client = await self._clients.get(instance, client_id)
@@ -330,7 +317,7 @@ class OAuthService:
             return False
         return bool(await self._session_of(request, instance))
 
-    @app.route("/authorize", methods=["GET", "HEAD"])
+    @route("authorize", "GET")
     async def authorize_form(self, request: IRequest):
         instance = instance_of(request)
         params = AuthorizeParams.from_request(request)
@@ -370,14 +357,16 @@ class OAuthService:
             request.setHeader(b"Content-Security-Policy", changed.encode("latin-1"))
         return body
 
-    @app.route("/authorize", methods=["POST"])
+    @route("authorize", "POST")
     async def authorize(self, request: IRequest):
         instance = instance_of(request)
         self._pages.check_csrf(request)
         params = AuthorizeParams.from_request(request)
         client = await self._check_params(instance, params)
         if not await self._logged_in(request, instance):
-            raise PageError(401, "not_logged_in")
+            # As cozy-stack's tests expect: a consent without a session is
+            # forbidden.
+            raise PageError(403, "not_logged_in")
         scope = "" if params.scope == LOGIN_SCOPE else params.scope
         if scope:
             self._permissions(client, params)
@@ -399,7 +388,7 @@ class OAuthService:
         return b""
 
     # -- tokens -------------------------------------------------------------------------
-    @app.route("/access_token", methods=["POST"])
+    @route("access_token", "POST")
     async def access_token(self, request: IRequest):
         instance = instance_of(request)
         form = {name: query_text(request, name) or "" for name in (
@@ -412,21 +401,17 @@ class OAuthService:
 
 # -- /settings/clients -----------------------------------------------------------------
 
-class ClientsSettingsService:
+class ClientsSettingsService(Service):
     """``GET /settings/clients`` and ``DELETE /settings/clients/:id``."""
 
-    app = Klein()
-    install_error_handlers(app)
+    errors = jsonapi_errors
 
     def __init__(self, clients: OAuthClients, guard: Guard):
+        super().__init__()
         self._clients = clients
         self.guard = guard
 
-    def resource(self):
-        return self.app.resource()
-
-    @app.route("/clients", methods=["GET", "HEAD"])
-    @requires(CLIENTS_DOCTYPE)
+    @route("clients", "GET", auth=token(CLIENTS_DOCTYPE))
     async def list_clients(self, request: IRequest):
         instance = instance_of(request)
         limit = query_int(request, "page[limit]", minimum=0)
@@ -451,8 +436,7 @@ class ClientsSettingsService:
                                        "meta": {"count": len(data)}},
                              content_type=JSONAPI)
 
-    @app.route("/clients/<string:client_id>", methods=["DELETE"])
-    @requires(CLIENTS_DOCTYPE)
+    @route("clients/{client_id}", "DELETE", auth=token(CLIENTS_DOCTYPE))
     async def revoke_client(self, request: IRequest, client_id: str):
         instance = instance_of(request)
         client = await self._clients.find(instance, client_id)

@@ -49,7 +49,8 @@ from cozyd import i18n
 from cozyd.errors import EchoError
 from cozyd.i18n import LANGUAGES, accept_language
 from cozyd.instance.model import Instance
-from cozyd.web.common import instance_of
+from cozyd.web.common import current_instance, instance_of
+from cozyd.web.routing import state_of
 
 TEMPLATES_DIR = os.path.join(os.path.dirname(__file__), "templates")
 
@@ -119,13 +120,13 @@ class Pages:
     # -- rendering --------------------------------------------------------
     def render(self, request: IRequest, template: str, *, status: int = 200,
                **context: Any) -> bytes:
-        instance = getattr(request, "cozy_instance", None)
+        instance = current_instance(request)
         language = self.language(request)
         nonce = secrets.token_urlsafe(16)
         values: dict[str, Any] = {"lang": language, "csp_nonce": nonce}
         if instance is not None:
             values["domain"] = instance.domain
-        token = getattr(request, "cozy_csrf", None)
+        token = state_of(request).csrf
         if token is not None:
             values["csrf_token"] = token
         values.update(context)
@@ -156,7 +157,7 @@ class Pages:
             error_message=words.gettext(message, **(values or {})), **context)
 
     def language(self, request: IRequest) -> str:
-        return language_of(request, getattr(request, "cozy_instance", None))
+        return language_of(request, current_instance(request))
 
     def words(self, request: IRequest) -> i18n.Words:
         """The request's words (``words.gettext``…)."""
@@ -169,12 +170,12 @@ class Pages:
     # -- CSRF ------------------------------------------------------------------
     def csrf_token(self, request: IRequest) -> str:
         """The token to put in the page's forms (also sets the cookie)."""
-        token = getattr(request, "cozy_csrf", None)
+        token = state_of(request).csrf
         if token is None:
             raw = (request.getCookie(CSRF_COOKIE.encode("ascii")) or b"").decode(
                 "latin-1")
             token = raw if _CSRF_RE.match(raw) else secrets.token_urlsafe(32)
-            request.cozy_csrf = token  # type: ignore[attr-defined]
+            state_of(request).csrf = token
             request.addCookie(CSRF_COOKIE, token, path="/", max_age=str(CSRF_MAX_AGE),
                               secure=self.secure, httpOnly=True, sameSite="strict")
             request.setHeader(b"Vary", b"Cookie")
@@ -190,7 +191,7 @@ class Pages:
         if not expected or not hmac.compare_digest(given.encode("utf-8"),
                                                    expected.encode("utf-8")):
             raise CSRFInvalid()
-        request.cozy_csrf = expected  # type: ignore[attr-defined]
+        state_of(request).csrf = expected
 
     # -- navigation -------------------------------------------------------------
     def page_url(self, instance: Instance, path: str, query: Any = None) -> str:

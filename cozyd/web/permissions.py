@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-from klein import Klein
 from twisted.web.iweb import IRequest
 
-from cozyd.web.common import JSONAPI, install_error_handlers, json_response
-from cozyd.web.guard import Guard, requires
+from cozyd.web.common import JSONAPI, json_response, jsonapi_errors
+from cozyd.web.guard import Guard
+from cozyd.web.routing import Service, route, token
 
 
-class PermissionsService:
-    app = Klein()
-    install_error_handlers(app)
+class PermissionsService(Service):
+    errors = jsonapi_errors
 
     def __init__(self, guard: Guard):
+        super().__init__()
         self.guard = guard
 
-    def resource(self):
-        return self.app.resource()
-
-    @app.route("/self", methods=["GET", "HEAD"])
-    @requires()
+    @route("self", "GET", auth=token())
     async def show_self(self, request: IRequest):
         permissions = await self.guard.permissions(request)
         return json_response(request, {"data": {

@@ -5,6 +5,11 @@ Order of checks, as cozy-stack's middlewares: unknown host or instance
 being deleted → 404; blocked instance → 503 (402 for PAYMENT_FAILED) with
 the blocking reason as error code, except on the routes a blocked user
 still needs (settings, apps…).
+
+Some services answer on any host (``/version``, ``/status``, the test
+routes): they are ``unscoped`` and see the whole path. The site asks
+``route_for_uri`` which route a request goes to as soon as its headers are in
+(to apply the route's body policy before the body is read).
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from twisted.web.resource import IResource, Resource
 from cozyd.errors import CozyError, NotFound, PaymentRequired, ServiceUnavailable
 from cozyd.instance.model import Instance
 from cozyd.instance.registry import InstanceRegistry
-from cozyd.web.common import error_response, not_found, render_coroutine
+from cozyd.web.common import error_response, not_found
 from cozyd.web.guard import holds_cli_token
+from cozyd.web.routing import Routed, render_coroutine, split_raw_path, state_of
 from cozyd.web.status import StatusService
 
 log = Logger()
@@ -44,23 +50,51 @@ class PublicRoot(Resource):
     isLeaf = True
 
     def __init__(self, registry: InstanceRegistry, status: StatusService,
-                 services: Mapping[str, IResource], *, seconds: Callable[[], float]):
+                 services: Mapping[str, IResource], *, seconds: Callable[[], float],
+                 unscoped: Mapping[str, IResource] | None = None,
+                 max_body_size: int | None = None):
         """``services`` maps a first path segment (``"data"``) to the resource
         serving below it, or ``"auth/register"``-style keys to let another
         service own some sub-paths of a prefix (it still sees paths below
-        the first segment, e.g. ``/register``)."""
+        the first segment, e.g. ``/register``). ``unscoped`` services answer
+        on any host, below their first segment (they see the whole path)."""
         super().__init__()
         self._registry = registry
-        self._status = status.resource()
+        status_resource = status.resource()
+        self._unscoped = {"version": status_resource, "status": status_resource,
+                          **(unscoped or {})}
         self._services = dict(services)
         self._seconds = seconds
+        self._max_body_size = max_body_size
 
     def resource(self) -> IResource:
         return self
 
+    def route_for_uri(self, method: bytes, uri: bytes, host: bytes = b"") -> Routed | None:
+        """The route a request will meet (None if none or not known yet)."""
+        try:
+            segments = split_raw_path(uri.split(b"?", 1)[0])
+        except UnicodeDecodeError:
+            return None
+        first = segments[0] if segments else ""
+        service = self._unscoped.get(first)
+        if service is None:
+            second = segments[1] if len(segments) > 1 else ""
+            service = self._services.get(f"{first}/{second}") or self._services.get(first)
+            if first:
+                segments = segments[1:]
+        find = getattr(service, "route_for", None)
+        return None if find is None else find(method, segments)
+
     def render(self, request: IRequest):
-        if request.postpath in ([b"version"], [b"status"]):
-            return self._status.render(request)
+        state = state_of(request)
+        if state.max_body_size is None:
+            state.max_body_size = self._max_body_size
+        postpath = request.postpath
+        first = postpath[0].decode("utf-8", "replace") if postpath else ""
+        unscoped = self._unscoped.get(first)
+        if unscoped is not None:
+            return unscoped.render(request)
         host = (request.getHeader(b"host") or b"").decode("utf-8", "replace")
         known, instance = self._registry.peek(host) if host else (True, None)
         if known:
@@ -80,7 +114,7 @@ class PublicRoot(Resource):
         if (instance.blocked and segment not in SERVED_WHEN_BLOCKED
                 and not holds_cli_token(request, instance, self._seconds())):
             return error_response(request, blocked_error(instance))
-        request.cozy_instance = instance
+        state_of(request).instance = instance
         second = postpath[1].decode("utf-8", "replace") if len(postpath) > 1 else ""
         service = self._services.get(f"{segment}/{second}") or self._services.get(segment)
         if service is None:

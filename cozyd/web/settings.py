@@ -18,10 +18,8 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from klein import Klein
 from twisted.web.iweb import IRequest
 
 from cozyd.auth.login import PassParameters, Passphrases, check_iterations
@@ -33,17 +31,18 @@ from cozyd.errors import (
     Conflict,
     Forbidden,
     NotFound,
-    PayloadTooLarge,
     Unprocessable,
 )
 from cozyd.instance.lifecycle import InstanceManager, ModifyOptions
 from cozyd.instance.model import Instance
 from cozyd.web.auth import WebSessions, form_value
-from cozyd.web.common import JSONAPI, install_error_handlers, instance_of, json_response
-from cozyd.web.guard import Guard, authorize_document, permissions_of, requires
+from cozyd.web import bodies
+from cozyd.web.common import JSONAPI, instance_of, json_response, jsonapi_errors
+from cozyd.web.guard import Guard, authorize_document, permissions_of
 from cozyd.web.pages import Pages
+from cozyd.web.params import parse_int
+from cozyd.web.routing import Service, route, shield, state_of, token
 
-MAX_JSON_BODY = 1024 * 1024
 PASSPHRASE_ID = "io.cozy.settings.passphrase"
 CAPABILITIES_ID = "io.cozy.settings.capabilities"
 
@@ -55,13 +54,8 @@ _GUARDED = ("email", "pending_email")
 
 
 def read_json(request: IRequest) -> Any:
-    body = request.content.read(MAX_JSON_BODY + 1) if request.content else b""
-    if len(body) > MAX_JSON_BODY:
-        raise PayloadTooLarge("the body is too large")
-    try:
-        return json.loads(body or b"null")
-    except ValueError:
-        raise BadRequest("the body is not valid JSON", code="bad_json") from None
+    """The JSON body (None when empty), within ``[server] max_body_size``."""
+    return bodies.read_json(request, empty=None)
 
 
 def is_json(request: IRequest) -> bool:
@@ -70,12 +64,13 @@ def is_json(request: IRequest) -> bool:
 
 
 def _int(value: Any, name: str) -> int:
-    if value in (None, ""):
+    if value is None or value == "":
         return 0
-    try:
-        return int(value)
-    except (TypeError, ValueError):
+    number = value if isinstance(value, int) and not isinstance(value, bool) else \
+        parse_int(value) if isinstance(value, str) else None
+    if number is None or parse_int(str(number)) is None:
         raise BadRequest(f"the {name} parameter must be an integer") from None
+    return number
 
 
 def _str(value: Any) -> str:
@@ -95,13 +90,13 @@ def session_object(session: Session) -> dict[str, Any]:
     return jsonapi_doc(SESSIONS_DOCTYPE, session.id, session.attributes(), rev=session.rev)
 
 
-class SettingsService:
-    app = Klein()
-    install_error_handlers(app)
+class SettingsService(Service):
+    errors = jsonapi_errors
 
     def __init__(self, guard: Guard, *, documents: Documents, instances: InstanceManager,
                  pages: Pages, sessions: WebSessions, passphrases: Passphrases,
                  urls: InstanceURLs):
+        super().__init__()
         self.guard = guard
         self.documents = documents
         self.instances = instances
@@ -110,12 +105,8 @@ class SettingsService:
         self.passphrases = passphrases
         self.urls = urls
 
-    def resource(self):
-        return self.app.resource()
-
     # -- passphrase -------------------------------------------------------------
-    @app.route("/passphrase", methods=["GET", "HEAD"])
-    @requires(SETTINGS_DOCTYPE)
+    @route("passphrase", "GET", auth=token(SETTINGS_DOCTYPE))
     async def passphrase_parameters(self, request: IRequest):
         instance = instance_of(request)
         attributes = await self.passphrases.parameters(instance)
@@ -135,7 +126,7 @@ class SettingsService:
             "register_token", "passphrase", "hint", "key", "public_key", "private_key",
             "iterations", "redirection")}
 
-    @app.route("/passphrase", methods=["POST"])
+    @route("passphrase", "POST")
     async def register_passphrase(self, request: IRequest):
         instance = instance_of(request)
         accept_html = b"text/html" in (request.getHeader(b"accept") or b"")
@@ -146,12 +137,19 @@ class SettingsService:
             raise BadRequest(str(exc)) from None
         iterations = _int(args.get("iterations"), "iterations")
         check_iterations(iterations)
-        instance = await self.passphrases.register(instance, register_token, PassParameters(
+        params = PassParameters(
             passphrase=_str(args.get("passphrase")), iterations=iterations,
             key=_str(args.get("key")), public_key=_str(args.get("public_key")),
-            private_key=_str(args.get("private_key")), hint=_str(args.get("hint"))))
-        request.cozy_instance = instance  # type: ignore[attr-defined]
-        await self.sessions.open(request, instance, Duration.LONG, method="registration")
+            private_key=_str(args.get("private_key")), hint=_str(args.get("hint")))
+
+        async def register(onboarding: Instance) -> Instance:
+            # The passphrase and the session: both, even if the client hangs up.
+            registered = await self.passphrases.register(onboarding, register_token, params)
+            state_of(request).instance = registered
+            await self.sessions.open(request, registered, Duration.LONG,
+                                     method="registration")
+            return registered
+        instance = await shield(register(instance))
         redirect = self.urls.onboarded_redirection(instance)
         redirection = _str(args.get("redirection"))
         if redirection:
@@ -160,8 +158,7 @@ class SettingsService:
             return self.pages.redirect(request, redirect)
         return json_response(request, {"redirect": redirect})
 
-    @app.route("/passphrase", methods=["PUT"])
-    @requires(SETTINGS_DOCTYPE)
+    @route("passphrase", "PUT", auth=token(SETTINGS_DOCTYPE))
     async def update_passphrase(self, request: IRequest):
         instance = instance_of(request)
         session = await self.sessions.current(request)
@@ -173,29 +170,36 @@ class SettingsService:
                                 iterations=iterations, key=_str(args.get("key")),
                                 public_key=_str(args.get("publicKey")),
                                 private_key=_str(args.get("privateKey")))
-        if args.get("force") is True:
+        force = args.get("force") is True
+        if force:
             if permissions_of(request).type != "cli" and instance.password_defined:
                 raise BadRequest("Bitwarden extension has already been installed on this "
                                  "Cozy, cannot force update the passphrase.")
-            instance = await self.passphrases.force_update(instance, params)
         else:
             check_iterations(iterations)
-            instance = await self.passphrases.update(
-                instance, _str(args.get("current_passphrase")), params)
-        request.cozy_instance = instance  # type: ignore[attr-defined]
-        # The session secret changed: every other session ends; this one
-        # goes on with a cookie signed with the new secret.
-        if session is not None:
-            self.sessions.set_cookie(request, instance, session)
-        elif args.get("force") is not True:
-            session = await self.sessions.store.create(instance, Duration.LONG)
-            self.sessions.set_cookie(request, instance, session)
-        await self.sessions.store.delete_others(instance, session.id if session else None)
+
+        async def change(instance: Instance, session: Session | None) -> None:
+            # All the steps, even if the client hangs up half-way.
+            if force:
+                instance = await self.passphrases.force_update(instance, params)
+            else:
+                instance = await self.passphrases.update(
+                    instance, _str(args.get("current_passphrase")), params)
+            state_of(request).instance = instance
+            # The session secret changed: every other session ends; this one
+            # goes on with a cookie signed with the new secret.
+            if session is not None:
+                self.sessions.set_cookie(request, instance, session)
+            elif not force:
+                session = await self.sessions.store.create(instance, Duration.LONG)
+                self.sessions.set_cookie(request, instance, session)
+            await self.sessions.store.delete_others(instance,
+                                                    session.id if session else None)
+        await shield(change(instance, session))
         request.setResponseCode(204)
         return b""
 
-    @app.route("/passphrase/check", methods=["POST"])
-    @requires(SETTINGS_DOCTYPE, verb="PUT")
+    @route("passphrase/check", "POST", auth=token(SETTINGS_DOCTYPE, verb="PUT"))
     async def check_passphrase(self, request: IRequest):
         args = read_json(request)
         passphrase = _str(args.get("passphrase")) if isinstance(args, dict) else ""
@@ -204,8 +208,7 @@ class SettingsService:
         request.setResponseCode(204)
         return b""
 
-    @app.route("/hint", methods=["GET", "HEAD"])
-    @requires(SETTINGS_DOCTYPE)
+    @route("hint", "GET", auth=token(SETTINGS_DOCTYPE))
     async def get_hint(self, request: IRequest):
         settings = await self.passphrases.bitwarden_settings(instance_of(request))
         if not settings.get("passphrase_hint"):
@@ -213,8 +216,7 @@ class SettingsService:
         request.setResponseCode(204)
         return b""
 
-    @app.route("/hint", methods=["PUT"])
-    @requires(SETTINGS_DOCTYPE)
+    @route("hint", "PUT", auth=token(SETTINGS_DOCTYPE))
     async def update_hint(self, request: IRequest):
         instance = instance_of(request)
         args = read_json(request)
@@ -242,11 +244,13 @@ class SettingsService:
         doc["org_id"] = instance.extra.get("org_id", "")
         doc["context"] = instance.context
 
-    @app.route("/instance", methods=["GET", "HEAD"])
-    @requires()
+    @route("instance", "GET", auth=token(SETTINGS_DOCTYPE, collection=False))
     async def get_instance(self, request: IRequest):
         instance = instance_of(request)
         doc = dict(await self.urls.settings_document(instance))
+        # A read permission on the settings document (or its doctype).
+        authorize_document(request, SETTINGS_DOCTYPE, INSTANCE_SETTINGS_ID,
+                           {"_id": INSTANCE_SETTINGS_ID, **doc}, verb="GET")
         doc.pop("_id", None)
         rev = doc.pop("_rev", None)
         self._with_instance_fields(doc, instance)
@@ -257,8 +261,7 @@ class SettingsService:
             SETTINGS_DOCTYPE, INSTANCE_SETTINGS_ID, doc, rev=rev,
             self_link="/settings/instance")}, content_type=JSONAPI)
 
-    @app.route("/instance", methods=["PUT"])
-    @requires(collection=False)
+    @route("instance", "PUT", auth=token(SETTINGS_DOCTYPE, collection=False))
     async def update_instance(self, request: IRequest):
         instance = instance_of(request)
         body = read_json(request)
@@ -322,8 +325,7 @@ class SettingsService:
             return instance
         return await self.instances.modify(instance.domain, ModifyOptions(**changes))
 
-    @app.route("/capabilities", methods=["GET", "HEAD"])
-    @requires()
+    @route("capabilities", "GET", auth=token())
     async def capabilities(self, request: IRequest):
         instance = instance_of(request)
         magic_link = bool(instance.extra.get("magic_link"))
@@ -336,15 +338,14 @@ class SettingsService:
             self_link="/settings/capabilities")}, content_type=JSONAPI)
 
     # -- sessions ---------------------------------------------------------------------
-    @app.route("/sessions", methods=["GET", "HEAD"])
-    @requires(SESSIONS_DOCTYPE)
+    @route("sessions", "GET", auth=token(SESSIONS_DOCTYPE))
     async def list_sessions(self, request: IRequest):
         sessions = await self.sessions.store.all(instance_of(request))
         return json_response(request, {"data": [session_object(s) for s in sessions],
                                        "meta": {"count": len(sessions)}},
                              content_type=JSONAPI)
 
-    @app.route("/sessions/current", methods=["GET", "HEAD"])
+    @route("sessions/current", "GET")
     async def current_session(self, request: IRequest):
         session = await self.sessions.current(request)
         if session is None:
@@ -352,7 +353,7 @@ class SettingsService:
         return json_response(request, {"data": session_object(session)},
                              content_type=JSONAPI)
 
-    @app.route("/onboarded", methods=["GET", "HEAD"])
+    @route("onboarded", "GET")
     async def onboarded(self, request: IRequest):
         instance = instance_of(request)
         if not await self.sessions.logged_in(request):

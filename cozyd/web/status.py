@@ -7,32 +7,29 @@ import platform
 import time
 from collections.abc import Callable
 
-from klein import Klein
 from twisted.web.iweb import IRequest
 
 from cozyd import __version__
 from cozyd.documents import DocumentStore
-from cozyd.web.common import install_error_handlers, json_response
+from cozyd.web.common import json_response, jsonapi_errors
+from cozyd.web.routing import Service, route
 
 
 def _duration(seconds: float) -> str:
     return f"{seconds * 1000:.3f}ms"
 
 
-class StatusService:
-    app = Klein()
-    install_error_handlers(app)
+class StatusService(Service):
+    errors = jsonapi_errors
 
     def __init__(self, store: DocumentStore, fs_root: str,
                  seconds: Callable[[], float] = time.monotonic):
+        super().__init__()
         self._store = store
         self._fs_root = fs_root
         self._seconds = seconds
 
-    def resource(self):
-        return self.app.resource()
-
-    @app.route("/version", methods=["GET", "HEAD"])
+    @route("version", "GET")
     def version(self, request: IRequest) -> bytes:
         return json_response(request, {
             "version": __version__,
@@ -41,7 +38,7 @@ class StatusService:
             "runtime_version": f"python{platform.python_version()}",
         })
 
-    @app.route("/status", methods=["GET", "HEAD"])
+    @route("status", "GET")
     async def status(self, request: IRequest) -> bytes:
         start = self._seconds()
         try:

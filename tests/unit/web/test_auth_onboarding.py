@@ -81,8 +81,8 @@ def test_onboarding_with_the_form(stack, admin, browser):
     assert done.status == 303, done.body
     assert done.header("location") == "http://home.alice.cozy.test/"
     cookie = done.cookies()["cozysessid"]
-    assert "Domain=.alice.cozy.test" in cookie and "Path=/" in cookie
-    assert "HttpOnly" in cookie and "SameSite=lax" in cookie
+    assert "Domain=alice.cozy.test" in cookie and "Path=/" in cookie
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
     assert "Max-Age=315360000" in cookie  # a long-run session
     assert "Secure" not in cookie  # [server] scheme = http
     instance = stored(stack)

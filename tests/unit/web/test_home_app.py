@@ -70,7 +70,7 @@ def test_login_lands_on_the_home_page(owner, stack):
     assert reply.status == 303
     assert reply.header("location") == HOME
     # The session cookie is the instance's and its sub-domains'.
-    assert "Domain=.alice.cozy.test" in reply.cookies()["cozysessid"]
+    assert "Domain=alice.cozy.test" in reply.cookies()["cozysessid"]
     home = browser.request("GET", reply.header("location"))
     assert home.status == 200
     assert "Log out" in home.text

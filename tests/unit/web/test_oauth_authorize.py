@@ -231,14 +231,20 @@ def test_csrf_is_required(oauth_stack, public, clock):
 def test_post_needs_a_session(oauth_stack, public, clock):
     client = registered(public)
     csrf = csrf_of(get_form(public, client, session_cookie(oauth_stack, clock)))
+    # 403 without a session, as cozy-stack's AuthorizeWhenNotLoggedIn expects.
     response = post_form(public, client, None, csrf)
-    assert response.status == 401
+    assert response.status == 403
     assert "You must be authenticated" in html.unescape(response.body.decode())
     forged = post_form(public, client, "cozysessid=abc.def", csrf)
-    assert forged.status == 401
+    assert forged.status == 403
     other = post_form(public, client, session_cookie(oauth_stack, clock, "bob.cozy.test"),
                       csrf)
-    assert other.status == 401
+    assert other.status == 403
+    # No consent page nor code without a session, CSRF cookie or not.
+    bare = public.request("POST", ALICE + "/auth/authorize", data=form({
+        **authorize_query(client), "csrf_token": csrf}),
+        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert bare.status == 403 and "location" not in bare.headers
 
 
 def test_pkce_through_the_consent(oauth_stack, public, clock):

@@ -1,0 +1,511 @@
+"""One way to declare a route, one router, one dispatch, for every service.
+
+A service is a plain ``twisted.web`` resource (``Service``) whose handlers
+declare what they need next to their path::
+
+    class NotesService(Service):
+        errors = jsonapi_errors                  # the service's error style
+
+        def __init__(self, guard: Guard):
+            super().__init__()
+            self.guard = guard                   # for the token policies
+
+        @route("{doctype}/_count", "GET", auth=token(doctype=param("doctype")))
+        async def count(self, request, doctype: str) -> bytes:
+            ...
+            return json_response(request, {"count": n})
+
+        @route("uploads", "POST", auth=token("io.cozy.files", verb="POST"),
+               body=streamed(max_size=10 * 2**30))
+        async def upload(self, request) -> bytes:
+            size = await body_stream(request).read_into(sink)
+
+A route is matched on the **raw** path below the service's prefix (each
+segment unescaped on its own, so ``%2F`` stays inside its segment), fixed
+names winning over ``{parameters}``. What it declares:
+
+- ``auth``: ``None`` (nobody checked), ``token(...)`` (a valid token of the
+  instance, and a rule on a doctype for a verb), ``SESSION`` (the owner's
+  browser session), ``ADMIN`` (the admin passphrase: the service's
+  ``authenticate``);
+- ``errors``: how its errors are rendered (a function ``(service, request,
+  exception) -> bytes``), by default the service's ``errors``;
+- ``body``: ``NO_BODY`` (not even buffered: GET, HEAD, DELETE by default),
+  ``json_body(max_size)`` (buffered up to the limit, 413 beyond — the
+  default for other methods, limit ``[server] max_body_size``) or
+  ``streamed(max_size)`` (the handler receives the chunks as they arrive,
+  see ``cozyd.web.bodies.BodyStream``);
+- anything else (``**options``) is the service's own (``/data``'s
+  ``access=`` and ``proxy=``), read back from ``state_of(request).route``.
+
+Why not Klein here: Klein (werkzeug) matches the *decoded* path, so an
+escaped slash in a document id splits it; a request would meet two
+routers (the Host dispatch, then Klein's); and the site must know a
+request's route — its body policy — before the body is read, which a
+Klein app only tells once it renders. One small router, asked by the site
+at header time and by the service at render time, does all three.
+
+The site (``cozyd.web.site``) resolves the route as soon as the request's
+headers are in (``route_for``), to apply its body policy before a byte of
+the body is read. Per-request state (instance, permissions, session, the
+route and its parameters…) lives in one ``RequestState``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import attrs
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python import reflect
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import Interface
+
+from cozyd.errors import CozyError, Forbidden, NotFound, PermissionDenied
+
+log = Logger()
+
+
+# =============================================================================
+# Per-request state
+# =============================================================================
+class IRequestState(Interface):
+    """The key under which a request's ``RequestState`` is its component."""
+
+
+_UNSET: Any = object()
+
+
+@attrs.define(eq=False)
+class RequestState:
+    """What cozyd knows of one request, filled in as it goes down."""
+
+    #: The instance its Host names (the public site), once resolved.
+    instance: Any = None
+    #: The app of an app host (``<slug>.<instance domain>``), if it is one.
+    app_slug: str | None = None
+    #: The route matched, and its path parameters.
+    route: Route | None = None
+    params: dict[str, str] = attrs.field(factory=dict)
+    #: The permission set of the request's token, once checked.
+    permissions: Any = None
+    #: The owner's session: ``_UNSET`` until looked up, then it or None.
+    session: Any = _UNSET
+    #: The CSRF token of the page's forms, once known.
+    csrf: str | None = None
+    #: Largest body accepted (the route's, else the site's).
+    max_body_size: int | None = None
+    #: The body of a streamed route, fed by the site as it arrives.
+    body: Any = None
+    #: Free slots for a service's own flags (e.g. /data's error shape).
+    flags: dict[str, Any] = attrs.field(factory=dict)
+    #: The route the site found when the headers came (matched once).
+    routed: Routed | None = None
+
+    @property
+    def session_known(self) -> bool:
+        return self.session is not _UNSET
+
+
+_STATE_KEY = reflect.qual(IRequestState)
+
+
+def state_of(request: IRequest) -> RequestState:
+    """The request's state (created empty on first use)."""
+    try:
+        # ``getComponent``'s own cache, read directly: this is called
+        # several times per request.
+        return request._adapterCache[_STATE_KEY]  # type: ignore[attr-defined]
+    except (KeyError, AttributeError):
+        pass
+    state = request.getComponent(IRequestState)
+    if state is None:
+        state = RequestState()
+        request.setComponent(IRequestState, state)
+    return state
+
+
+# =============================================================================
+# Policies
+# =============================================================================
+@attrs.frozen
+class Body:
+    """How a route takes its body: ``none``, ``buffered`` or ``stream``."""
+
+    kind: str
+    #: Bytes at most (None: the site's ``max_body_size``).
+    max_size: int | None = None
+
+
+NO_BODY = Body("none")
+
+
+def json_body(max_size: int | None = None) -> Body:
+    """A body read whole (JSON or a form), refused with 413 past ``max_size``."""
+    return Body("buffered", max_size)
+
+
+def streamed(max_size: int | None = None) -> Body:
+    """A body handed to the handler chunk by chunk (``body_stream``)."""
+    return Body("stream", max_size)
+
+
+BUFFERED = json_body()
+
+
+@attrs.frozen
+class TokenAuth:
+    """A valid token of the instance; with ``doctype``, a rule on it for
+    ``verb`` (by default the request's) — on the whole doctype unless
+    ``collection=False`` (the handler then checks the document itself)."""
+
+    doctype: str | Callable[..., str] | None = None
+    verb: str | None = None
+    collection: bool = True
+
+    async def check(self, service: Any, request: IRequest, params: Mapping[str, str]
+                    ) -> None:
+        from cozyd.permissions.rules import verb_of
+
+        permissions = await service.guard.permissions(request)
+        if self.doctype is None or not self.collection:
+            return
+        doctype = self.doctype(params) if callable(self.doctype) else self.doctype
+        wanted = self.verb or verb_of(request.method.decode("ascii"))
+        if not permissions.allows_collection(wanted, doctype):
+            raise PermissionDenied()
+
+
+def token(doctype: str | Callable[..., str] | None = None, *, verb: str | None = None,
+          collection: bool = True) -> TokenAuth:
+    return TokenAuth(doctype, verb, collection)
+
+
+def param(name: str) -> Callable[[Mapping[str, str]], str]:
+    """A path parameter as the doctype of a ``token`` policy."""
+    def read(params: Mapping[str, str]) -> str:
+        return params[name]
+    read.__name__ = f"param_{name}"
+    return read
+
+
+@attrs.frozen
+class SessionAuth:
+    """The owner's session (the service's ``sessions``), else 403."""
+
+    async def check(self, service: Any, request: IRequest, params: Mapping[str, str]
+                    ) -> None:
+        if not await service.sessions.logged_in(request):
+            raise Forbidden("a session is required")
+
+
+@attrs.frozen
+class AdminAuth:
+    """The admin passphrase (the service's ``authenticate(request)``)."""
+
+    async def check(self, service: Any, request: IRequest, params: Mapping[str, str]
+                    ) -> None:
+        await service.authenticate(request)
+
+
+SESSION = SessionAuth()
+ADMIN = AdminAuth()
+
+
+# =============================================================================
+# Routes and the router
+# =============================================================================
+ErrorStyle = Callable[[Any, IRequest, BaseException], bytes]
+
+
+@attrs.frozen
+class Route:
+    pattern: tuple[str, ...]
+    methods: frozenset[str]
+    handler: Callable[..., Any]
+    auth: Any = None
+    body: Body = BUFFERED
+    errors: ErrorStyle | None = None
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    #: How many fixed names the pattern has (they win over parameters).
+    literals: int = attrs.field(init=False)
+    #: Parameter positions, and fixed names by position.
+    _params: tuple[tuple[int, str], ...] = attrs.field(init=False, repr=False)
+    _fixed: tuple[tuple[int, str], ...] = attrs.field(init=False, repr=False)
+
+    @literals.default
+    def _count_literals(self) -> int:
+        return sum(1 for token in self.pattern if not token.startswith("{"))
+
+    @_params.default
+    def _find_params(self) -> tuple[tuple[int, str], ...]:
+        return tuple((i, t[1:-1]) for i, t in enumerate(self.pattern) if t.startswith("{"))
+
+    @_fixed.default
+    def _find_fixed(self) -> tuple[tuple[int, str], ...]:
+        return tuple((i, t) for i, t in enumerate(self.pattern) if not t.startswith("{"))
+
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        for i, name in self._fixed:
+            if segments[i] != name:
+                return None
+        return {name: segments[i] for i, name in self._params}
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return self.options.get(name, default)
+
+
+_BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+
+
+def route(pattern: str, *methods: str, auth: Any = None, body: Body | None = None,
+          errors: ErrorStyle | None = None, **options: Any):
+    """Declare a handler of ``Service`` (see the module docstring)."""
+    tokens = tuple(pattern.strip("/").split("/")) if pattern.strip("/") else ()
+    verbs = set(methods)
+    if "GET" in verbs:
+        verbs.add("HEAD")
+    if body is None:
+        body = NO_BODY if verbs <= _BODYLESS else BUFFERED
+
+    def register(handler):
+        declared = getattr(handler, "__cozyd_routes__", ())
+        handler.__cozyd_routes__ = (*declared, Route(
+            tokens, frozenset(verbs), handler, auth, body, errors, dict(options)))
+        return handler
+    return register
+
+
+class RouteNotFound(NotFound):
+    def __init__(self) -> None:
+        super().__init__("no such route")
+
+
+class MethodNotAllowed(CozyError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self) -> None:
+        super().__init__("method not allowed")
+
+
+class Router:
+    """Routes by number of segments; fixed names win over parameters."""
+
+    def __init__(self, routes: list[Route]):
+        self.routes = list(routes)
+        by_length: dict[int, list[Route]] = {}
+        for one in self.routes:
+            by_length.setdefault(len(one.pattern), []).append(one)
+        for group in by_length.values():
+            group.sort(key=lambda r: -r.literals)
+        self._by_length = by_length
+
+    def match(self, method: str, segments: list[str]) -> tuple[Route, dict[str, str]]:
+        """The route and its parameters, or ``RouteNotFound`` /
+        ``MethodNotAllowed`` (a path served for other methods)."""
+        best = -1
+        for one in self._by_length.get(len(segments), ()):
+            if one.literals < best:
+                break
+            params = one.match(segments)
+            if params is None:
+                continue
+            if method in one.methods:
+                return one, params
+            best = one.literals
+        if best >= 0:
+            raise MethodNotAllowed()
+        raise RouteNotFound()
+
+    def find(self, method: str, segments: list[str]) -> tuple[Route, dict[str, str]] | None:
+        try:
+            return self.match(method, segments)
+        except CozyError:
+            return None
+
+
+@attrs.frozen
+class Routed:
+    """A request's route, found by the site before the service renders."""
+
+    service: Any
+    route: Route
+    params: dict[str, str]
+
+
+def split_raw_path(raw: bytes, skip: int = 0) -> list[str]:
+    """The segments of a raw path (no query), each unescaped alone, the
+    first ``skip`` left out and trailing empty ones dropped. ``ValueError``
+    for a path that is not UTF-8 once unescaped."""
+    parts = raw.split(b"/")[1 + skip:]
+    segments = [unquote_to_bytes(part).decode("utf-8") if b"%" in part
+                else part.decode("utf-8") for part in parts]
+    while segments and segments[-1] == "":
+        segments.pop()
+    return segments
+
+
+def _path_only(uri: bytes) -> bytes:
+    return uri.split(b"?", 1)[0]
+
+
+# =============================================================================
+# Rendering handler coroutines
+# =============================================================================
+def render_coroutine(request: IRequest, coroutine, on_error) -> object:
+    """Render a handler coroutine from a plain resource's ``render``.
+
+    A coroutine that finished without waiting gives its body at once; else
+    the body is written when it comes. A client that goes away cancels the
+    handler (multi-step writes protect themselves with ``shield``).
+    ``on_error(failure)`` returns the body for an unexpected failure.
+    """
+    d = defer.Deferred.fromCoroutine(coroutine)
+    if d.called:
+        results: list = []
+        d.addBoth(results.append)
+        if isinstance(results[0], Failure):
+            return on_error(results[0])
+        return results[0]
+
+    def write(body) -> None:
+        if body is NOT_DONE_YET or request.finished or request._disconnected:
+            return
+        request.write(body)
+        request.finish()
+
+    def failed(failure: Failure) -> None:
+        if not failure.check(defer.CancelledError):
+            write(on_error(failure))
+
+    request.notifyFinish().addErrback(lambda _: d.cancel())
+    d.addCallbacks(write, failed)
+    return NOT_DONE_YET
+
+
+def shield(awaitable) -> defer.Deferred:
+    """Await ``awaitable`` without letting a cancellation stop it: a client
+    that hangs up stops waiting for the answer, but the steps in
+    ``awaitable`` (a multi-step write) all run to their end."""
+    inner = defer.ensureDeferred(awaitable)
+    if inner.called:
+        return inner
+    outer: defer.Deferred = defer.Deferred()
+
+    def done(result):
+        if not outer.called:
+            outer.callback(result)
+        elif isinstance(result, Failure):
+            log.failure("a shielded step failed after its request was cancelled",
+                        result)
+        return None
+    inner.addBoth(done)
+    return outer
+
+
+async def maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+# =============================================================================
+# Services
+# =============================================================================
+class Service(Resource):
+    """A set of routes under one URL prefix, rendered in one error style.
+
+    Subclasses declare handlers with ``route``; ``errors`` is the default
+    error style. The router is built once per class.
+    """
+
+    isLeaf = True
+    router: Router
+    #: The error style of routes that do not name one (and of 404/405).
+    errors: ErrorStyle
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        routes: list[Route] = []
+        for klass in reversed(cls.__mro__):
+            for value in vars(klass).values():
+                routes.extend(getattr(value, "__cozyd_routes__", ()))
+        cls.router = Router(routes)
+
+    def resource(self):
+        return self
+
+    # -- the site's question, before the body is read ---------------------------
+    def route_for(self, method: bytes, segments: list[str]) -> Routed | None:
+        found = self.router.find(method.decode("ascii", "replace"), segments)
+        return None if found is None else Routed(self, *found)
+
+    def route_for_uri(self, method: bytes, uri: bytes, host: bytes = b"") -> Routed | None:
+        """The route of a request to this service mounted as a site's root."""
+        try:
+            segments = split_raw_path(_path_only(uri))
+        except UnicodeDecodeError:
+            return None
+        return self.route_for(method, segments)
+
+    # -- dispatch ------------------------------------------------------------------
+    def render(self, request: IRequest):
+        return render_coroutine(request, self.dispatch(request),
+                                lambda failure: self.render_error(request, failure.value))
+
+    async def dispatch(self, request: IRequest):
+        state = state_of(request)
+        found: Route | None = None
+        try:
+            routed = state.routed
+            if routed is not None and routed.service is self:
+                found, params = routed.route, routed.params  # the site matched it
+            else:
+                try:
+                    segments = split_raw_path(_path_only(request.uri), len(request.prepath))
+                except UnicodeDecodeError:
+                    raise self.bad_path() from None
+                try:
+                    found, params = self.router.match(
+                        request.method.decode("ascii", "replace"), segments)
+                except CozyError as error:
+                    return await self.no_route(request, error)
+            state.route = found
+            state.params = params
+            if found.body.max_size is not None:
+                state.max_body_size = found.body.max_size
+            if found.auth is not None:
+                await found.auth.check(self, request, params)
+            result = found.handler(self, request, **params)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        except defer.CancelledError:
+            raise  # the client went away: nothing to answer
+        except Exception as e:  # noqa: BLE001 - every error gets its style's body
+            return self.render_error(request, e, found)
+
+    async def no_route(self, request: IRequest, error: CozyError):
+        """No route for this path or method: ``error`` (404 or 405)."""
+        raise error
+
+    def bad_path(self) -> CozyError:
+        from cozyd.errors import BadRequest
+
+        return BadRequest("the path is not valid UTF-8")
+
+    def render_error(self, request: IRequest, error: BaseException,
+                     found: Route | None = None) -> bytes:
+        if found is None:
+            found = state_of(request).route
+        style = (found.errors if found is not None and found.errors is not None
+                 else type(self).errors)
+        return style(self, request, error)
