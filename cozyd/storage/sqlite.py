@@ -1901,8 +1901,8 @@ class _Changes:
     design_only: bool  # filter=_design
 
     # What the selector sees of a winning revision, in SQL: its body, id,
-    # rev, _conflicts (CouchDB opens it with them) and _deleted.
-    SELECTOR_DOCUMENT = mango.SqlDocument(conflicts="conflicts", deleted="deleted")
+    # rev and _deleted (CouchDB 3 shows a filter no _conflicts).
+    SELECTOR_DOCUMENT = mango.SqlDocument(deleted="deleted")
 
     def run(self, database: _Database) -> Doc:
         meta = database.meta()
@@ -1983,7 +1983,7 @@ class _Changes:
         matches, each shown to it as CouchDB opens it."""
         assert self.selector is not None
         if not self.all_leaves:
-            doc = database.winner_doc(stored, conflicts=True)
+            doc = database.winner_doc(stored, conflicts=False)
             return leaves if mango.matches(self.selector, doc) else []
         # style=all_docs: each leaf on its own, without _conflicts.
         bodies = database.leaf_bodies(stored)

@@ -113,7 +113,8 @@ def test_documents(data_daemon):
                           headers={"If-Match": updated.json()["rev"]})
     assert deleted.status == 200
     assert deleted.json()["deleted"] is True and deleted.json()["rev"].startswith("3-")
-    assert data.get(f"/io.cozy.events/{doc_id}").json()["reason"] == "deleted"
+    if like_couchdb(data_daemon):  # pouchdb-server says "missing"
+        assert data.get(f"/io.cozy.events/{doc_id}").json()["reason"] == "deleted"
     assert data.get("/io.cozy.events/nope").json()["reason"] == "missing"
     assert data.get("/io.cozy.nottype/nope").status == 403  # not in the token's scope
     wrong = Client(data_daemon, cli_token(data_daemon, "io.cozy.nottype"))
@@ -204,18 +205,22 @@ def test_collections(data_daemon):
     assert data.get("/io.cozy.fresh/").status == 404
 
 
+@pytest.mark.realcouchdb  # pouchdb-server sends sequences as numbers
 def test_changes(data_daemon):
     data = setup_instance(data_daemon)
     data.put("/io.cozy.notes/")
     since = data.get("/io.cozy.notes/_changes").json()["last_seq"]
     for n in range(4):
         data.put(f"/io.cozy.notes/c{n}", {"n": n})
+    # A sharded CouchDB orders its feed per shard only: pages are compared
+    # as sets.
     two = data.get("/io.cozy.notes/_changes", params={"since": since, "limit": "2"}).json()
-    assert [row["id"] for row in two["results"]] == ["c0", "c1"]
+    assert len({row["id"] for row in two["results"]}) == 2
     rest = data.get("/io.cozy.notes/_changes",
                     params={"since": two["last_seq"], "include_docs": "true"}).json()
-    assert [row["id"] for row in rest["results"]] == ["c2", "c3"]
-    assert rest["results"][0]["doc"]["n"] == 2
+    assert sorted(row["id"] for row in two["results"] + rest["results"]) == [
+        "c0", "c1", "c2", "c3"]
+    assert all(row["doc"]["n"] == int(row["id"][1:]) for row in rest["results"])
     by_ids = data.post("/io.cozy.notes/_changes", {"doc_ids": ["c1", "c3"]},
                        params={"filter": "_doc_ids"}).json()
     assert sorted(row["id"] for row in by_ids["results"]) == ["c1", "c3"]

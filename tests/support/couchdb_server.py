@@ -10,10 +10,11 @@ credentials in it (``http://admin:pw@127.0.0.1:PORT/``):
   port for the session. A missing node/npm or a failed install or start is
   a test *error*, never a silent skip.
 
-Tests marked ``realcouchdb`` need what only Apache CouchDB does (see
-shared/reference/couchdb-stand-in.md): they are skipped for the CouchDB
-engine when ``COZYD_TEST_COUCHDB_URL`` is unset, and always run for the
-embedded engine.
+The CouchDB engine targets Apache CouchDB 3.x only and does not make up
+for pouchdb-server's differences. Tests marked ``realcouchdb`` need what
+only Apache CouchDB does: they are skipped for the CouchDB engine when
+``COZYD_TEST_COUCHDB_URL`` is unset, and always run for the embedded
+engine.
 
 ``start_pouchdb_server(workdir)`` does the same outside pytest (integration
 tests and benchmarks that spawn the daemon against it)::
@@ -49,6 +50,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE_PREFIX = REPO_ROOT / ".cache" / "node"
 ENV_URL = "COZYD_TEST_COUCHDB_URL"
 ADMIN_NAME = "admin"
+#: The values of the parameters that choose a storage engine.
+ENGINE_PARAMS = ("embedded", "couchdb")
 
 _INSTALL_TIMEOUT = 600.0
 _START_TIMEOUT = 30.0
@@ -315,8 +318,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("realcouchdb") is None:
             continue
+        # Parametrized by engine (``engine``, or a daemon fixture such as
+        # ``data_daemon`` with "embedded"/"couchdb" params): skip the
+        # CouchDB one; not parametrized: skip if it uses the server.
         callspec = getattr(item, "callspec", None)
-        engine = callspec.params.get("engine") if callspec is not None else None
-        if engine == "couchdb" or (
-                engine is None and "couchdb_url" in getattr(item, "fixturenames", ())):
+        params = callspec.params.values() if callspec is not None else ()
+        engines = [value for value in params if value in ENGINE_PARAMS]
+        if "couchdb" in engines or (
+                not engines and "couchdb_url" in getattr(item, "fixturenames", ())):
             item.add_marker(skip)

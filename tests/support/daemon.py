@@ -60,8 +60,10 @@ def http(method: str, url: str, *, host: str | None = None,
 
 class Daemon:
     def __init__(self, workdir: str, *, couchdb_url: str | None = None,
-                 env: dict[str, str] | None = None, **sections: dict[str, Any]):
+                 env: dict[str, str] | None = None, bin_dir: str = BIN,
+                 **sections: dict[str, Any]):
         self.workdir = workdir
+        self.bin_dir = bin_dir  # where twistd and cozyctl are (a virtualenv's bin)
         self.couchdb_url = couchdb_url
         self.extra_env = dict(env or {})
         self.config_path = write_config(workdir, **sections)
@@ -76,7 +78,7 @@ class Daemon:
         return os.path.join(self.workdir, "data")
 
     def command(self) -> list[str]:
-        command = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "cozyd",
+        command = [os.path.join(self.bin_dir, "twistd"), "-n", "--pidfile=", "cozyd",
                    "-c", self.config_path, "--port", "0", "--admin-port", "0"]
         if self.couchdb_url:
             command += ["--couchdb-url", self.couchdb_url]
@@ -87,7 +89,7 @@ class Daemon:
         env.pop("COZY_ADMIN_PASSPHRASE", None)
         self._lines = []
         self.ports = {}
-        log = open(self.log_path, "a", encoding="utf-8")
+        log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed by _read)
         self.process = subprocess.Popen(
             self.command(), cwd=self.workdir, env=env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -158,7 +160,7 @@ class Daemon:
         env = {k: v for k, v in os.environ.items() if not k.startswith("COZY_")}
         if passphrase is not None:
             env["COZY_ADMIN_PASSPHRASE"] = passphrase
-        command = [os.path.join(BIN, "cozyctl"), "--admin-host", "127.0.0.1",
+        command = [os.path.join(self.bin_dir, "cozyctl"), "--admin-host", "127.0.0.1",
                    "--admin-port", str(self.ports.get("admin", 6060)), *args]
         return subprocess.run(command, env=env, input=input, capture_output=True,
                               text=True, timeout=timeout, stdin=None if input is not None

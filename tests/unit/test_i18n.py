@@ -3,7 +3,7 @@ catalogs: every message the code and templates use is in every catalog,
 translated in French with the same placeholders, and nothing else is."""
 
 import configparser
-import glob
+import fnmatch
 import os
 import re
 
@@ -103,19 +103,21 @@ def test_the_package_ships_the_catalogs_and_templates():
     plain (non-editable) install has them."""
     config = configparser.ConfigParser()
     config.read(os.path.join(ROOT, "setup.cfg"))
+    # "*": the patterns apply in every package (find_namespace: makes each
+    # directory under cozyd/ one).
     patterns = [p.strip() for p in
-                config["options.package_data"]["cozyd"].replace("\n", ",").split(",")
+                config["options.package_data"]["*"].replace("\n", ",").split(",")
                 if p.strip()]
     package = os.path.join(ROOT, "cozyd")
     shipped = set()
-    for pattern in patterns:
-        shipped.update(os.path.relpath(p, package)
-                       for p in glob.glob(os.path.join(package, pattern)))
     needed = set()
     for folder, _, files in os.walk(package):
         for name in files:
+            path = os.path.relpath(os.path.join(folder, name), package)
+            if any(fnmatch.fnmatch(name, pattern) for pattern in patterns):
+                shipped.add(path)
             if name.endswith((".po", ".html")):
-                needed.add(os.path.relpath(os.path.join(folder, name), package))
+                needed.add(path)
     assert needed and needed <= shipped, needed - shipped
     requirements = config["options"]["install_requires"]
     assert "Jinja2" in requirements and "Babel" in requirements

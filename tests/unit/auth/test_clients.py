@@ -88,7 +88,7 @@ def test_accepted_redirect_uris(clients, instance, uri):
     assert sync(clients.register(instance, metadata(redirect_uris=[uri])))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(st.dictionaries(st.sampled_from(["redirect_uris", "client_name", "software_id",
                                         "client_kind", "logo_uri", "flagship",
                                         "notification_platform"]),

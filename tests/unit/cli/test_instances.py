@@ -9,14 +9,7 @@ import sys
 
 import pytest
 
-from tests.unit.cli import (  # noqa: F401  (fixtures)
-    DOMAIN,
-    PASSPHRASE,
-    admin_fixture,
-    cli_fixture,
-    instance_data,
-    quoted,
-)
+from tests.support.cli import DOMAIN, PASSPHRASE, instance_data, quoted
 
 TOKEN = bytes(range(16))
 TOKEN_B64 = base64.b64encode(TOKEN).decode()

@@ -11,11 +11,7 @@ import pytest
 
 from cozyd.cli import client as client_module
 from cozyd.cli.main import expand_bool_flags, main
-from tests.unit.cli import (  # noqa: F401  (fixtures)
-    PASSPHRASE,
-    admin_fixture,
-    cli_fixture,
-)
+from tests.support.cli import PASSPHRASE
 
 
 def _count(admin):

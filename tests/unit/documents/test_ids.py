@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from cozyd.testing import MemoryClient
-from tests.unit.web.test_data_support import Data, cli_token, events_of, new_instance
+from tests.support.data import Data, cli_token, events_of, new_instance
 
 REASON = "Document id must be valid UTF-8 (it holds a lone surrogate)"
 EVENTS = "/io.cozy.events"

@@ -25,7 +25,7 @@ from cozyd.instance.model import Instance
 from cozyd.realtime.hub import CREATED, DELETED, UPDATED
 from cozyd.storage.names import INSTANCES_DB, db_name
 from cozyd.testing import TEST_KDF_ITERATIONS, sync
-from tests.unit.auth.support import (
+from tests.support.auth import (
     ADMIN,
     BASE,
     DOMAIN,

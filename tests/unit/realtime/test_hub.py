@@ -86,9 +86,34 @@ def test_subscribers_get_a_copy():
     assert got[0]["doc"]["tags"] == ["x"]
 
 
+class CountsCopies:
+    """A document value that records each deep copy made of it."""
+
+    def __init__(self, copies):
+        self.copies = copies
+
+    def __deepcopy__(self, memo):
+        self.copies.append(self)
+        return CountsCopies(self.copies)
+
+
 def test_publish_doc_builds_nothing_without_subscribers():
     hub = EventHub()
-    hub.publish_doc("alice", CREATED, "io.cozy.events", {"_id": object()})  # not copied
+    copies = []
+    doc = {"_id": "a", "_rev": "1-x", "value": CountsCopies(copies)}
+    hub.publish_doc("alice", CREATED, "io.cozy.events", doc)
+    # Listeners of another doctype or another instance do not count.
+    hub.subscribe("alice", "io.cozy.notes", lambda e: None)
+    hub.subscribe("bob", None, lambda e: None)
+    hub.publish_doc("alice", CREATED, "io.cozy.events", doc)
+    assert copies == []
+    # With listeners, the event is copied once, however many they are.
+    got = []
+    hub.subscribe("alice", "io.cozy.events", got.append)
+    hub.subscribe("alice", None, got.append)
+    hub.publish_doc("alice", CREATED, "io.cozy.events", doc)
+    assert len(copies) == 1 and len(got) == 2
+    assert got[0] is got[1] and got[0]["doc"]["value"] is not doc["value"]
 
 
 def test_instances_are_keyed_by_prefix():

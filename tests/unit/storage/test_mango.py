@@ -547,13 +547,13 @@ def check_sql_agrees_with_python(data, selector):
         assert in_sql == in_python
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_sql_agrees_with_python_on_conditions(data):
     check_sql_agrees_with_python(data, data.draw(single_selectors, label="selector"))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_sql_agrees_with_python_on_combinations(data):
     check_sql_agrees_with_python(data, data.draw(selectors, label="selector"))

@@ -8,7 +8,7 @@ from cozyd.auth import tokens
 from cozyd.instance.model import Instance
 from cozyd.storage.names import INSTANCES_DB, db_name
 from cozyd.testing import memory_stack, sync
-from tests.unit.auth.support import (
+from tests.support.auth import (
     ADMIN,
     BASE,
     DOMAIN,

@@ -8,7 +8,7 @@ from cozyd import passphrase as hashing
 from cozyd.instance.model import Instance
 from cozyd.storage.names import INSTANCES_DB, db_name
 from cozyd.testing import TEST_KDF_ITERATIONS, sync
-from tests.unit.auth.support import (
+from tests.support.auth import (
     BASE,
     DOMAIN,
     PASSPHRASE,

@@ -4,7 +4,7 @@ documents, ``_all_doctypes`` and ``_changes``."""
 
 import pytest
 
-from tests.unit.web.test_data_support import Data, cli_token, new_instance, seq_number
+from tests.support.data import Data, cli_token, new_instance, seq_number
 
 
 @pytest.fixture

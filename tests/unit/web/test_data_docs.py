@@ -5,7 +5,7 @@ permissions; the events every write publishes."""
 import pytest
 
 from cozyd.realtime.hub import CREATED, DELETED, UPDATED
-from tests.unit.web.test_data_support import (
+from tests.support.data import (
     BASE,
     Data,
     app_token,

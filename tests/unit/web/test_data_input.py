@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from cozyd.storage import mango
 from cozyd.storage.interface import InvalidRequest
 from cozyd.testing import MemoryClient, memory_stack
-from tests.unit.web.test_data_support import Data, cli_token, events_of, new_instance
+from tests.support.data import Data, cli_token, events_of, new_instance
 
 SMALL_LIMIT = 4096
 
@@ -167,7 +167,7 @@ def shared_data() -> Data:
     return _DOCS_DATA[0]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(DOCUMENTS)
 def test_generated_documents_round_trip(doc):
     data = shared_data()
@@ -182,7 +182,7 @@ def test_generated_documents_round_trip(doc):
     assert data.get(f"/io.cozy.events/{body['id']}").json()["extra"] == doc
 
 
-@settings(max_examples=80, deadline=None)
+@settings(deadline=None)
 @given(st.binary(max_size=200), st.sampled_from(WRITE_ROUTES))
 def test_arbitrary_bytes_never_give_a_500(raw, route):
     data = shared_data()
@@ -260,7 +260,7 @@ def selector_data() -> tuple[Data, dict[str, dict]]:
     return _SELECTOR_DATA[0]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(SELECTORS)
 def test_find_matches_a_python_evaluation(selector):
     data, docs = selector_data()

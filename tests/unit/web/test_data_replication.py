@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cozyd.realtime.hub import CREATED, DELETED, UPDATED
-from tests.unit.web.test_data_support import Data, cli_token, events_of, new_instance
+from tests.support.data import Data, cli_token, events_of, new_instance
 
 A = "a" * 32
 B = "b" * 32

@@ -23,7 +23,7 @@ from cozyd.service import off_reactor
 from cozyd.storage.names import db_name
 from cozyd.testing import TEST_ADMIN_PASSPHRASE, TEST_KDF_ITERATIONS, sync
 from cozyd.web.admin import AdminService
-from tests.unit.auth.support import (
+from tests.support.auth import (
     BASE,
     DOMAIN,
     Browser,
@@ -34,7 +34,7 @@ from tests.unit.auth.support import (
     onboard,
 )
 from tests.unit.web.conftest import ADMIN, AUTH
-from tests.unit.web.test_data_support import Data, cli_token, new_instance
+from tests.support.data import Data, cli_token, new_instance
 
 NEW = "another long passphrase"
 WRITES = ("put_doc", "create_db", "ensure_db", "bulk_docs", "delete_doc", "put_local")

@@ -8,7 +8,7 @@ import pytest
 from cozyd.auth.urls import INSTANCE_SETTINGS_ID, SETTINGS_DOCTYPE
 from cozyd.storage.names import db_name
 from cozyd.testing import memory_stack, sync
-from tests.unit.auth.support import (
+from tests.support.auth import (
     ADMIN,
     BASE,
     DOMAIN,

@@ -11,10 +11,10 @@ from cozyd.auth.sessions import Duration, SessionStore, encode_cookie
 from cozyd.instance.model import Instance
 from cozyd.storage.names import db_name
 from cozyd.testing import MemoryClient, sync
-from tests.unit.web.test_oauth_common import (ADMIN, ALICE, AUTH, BOB, REDIRECT,  # noqa: F401
+from tests.support.oauth import (ADMIN, ALICE, AUTH, BOB, REDIRECT,  # noqa: F401
                                               PageClient, bearer, create, form,
                                               instance_of,
-                                              oauth_stack, registered, token_request)
+                                              registered, token_request)
 
 SCOPE = "io.cozy.contacts:GET io.cozy.files io.cozy.jobs:POST:sendmail:worker"
 

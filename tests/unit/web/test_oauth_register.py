@@ -6,9 +6,9 @@ import pytest
 from cozyd.instance.model import Instance
 from cozyd.storage.names import db_name
 from cozyd.testing import MemoryClient, sync
-from tests.unit.web.test_oauth_common import (ALICE, BOB, JSON_HEADERS, REDIRECT,
+from tests.support.oauth import (ALICE, BOB, JSON_HEADERS, REDIRECT,
                                               admin_token, bearer, create,  # noqa: F401
-                                              oauth_stack, register, registered)
+                                              register, registered)
 
 
 @pytest.fixture

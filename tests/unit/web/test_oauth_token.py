@@ -8,9 +8,9 @@ from cozyd.auth.oauth import code_challenge
 from cozyd.instance.model import Instance
 from cozyd.storage.names import db_name
 from cozyd.testing import MemoryClient, sync
-from tests.unit.web.test_oauth_common import (ADMIN, ALICE, AUTH, BOB, REDIRECT,
+from tests.support.oauth import (ADMIN, ALICE, AUTH, BOB, REDIRECT,
                                               admin_token, bearer, create,  # noqa: F401
-                                              make_code, oauth_stack, registered,
+                                              make_code, registered,
                                               token_request)
 
 VERIFIER = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"

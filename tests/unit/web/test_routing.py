@@ -31,7 +31,7 @@ from cozyd.web.routing import (
     state_of,
     streamed,
 )
-from tests.unit.web.test_data_support import BASE, Data, cli_token, new_instance
+from tests.support.data import BASE, Data, cli_token, new_instance
 
 
 def couchish(service, request, error):

@@ -6,7 +6,7 @@ from cozyd.auth import tokens
 from cozyd.instance.model import Instance
 from cozyd.storage.names import INSTANCES_DB, db_name
 from cozyd.testing import TEST_KDF_ITERATIONS, sync
-from tests.unit.auth.support import (
+from tests.support.auth import (
     BASE,
     DOMAIN,
     PASSPHRASE,

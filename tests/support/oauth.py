@@ -1,8 +1,6 @@
-"""Helpers shared by the OAuth tests (imported by the test_oauth_* modules)."""
+"""Helpers shared by the OAuth tests (tests/unit/web/test_oauth_*)."""
 
 import json
-
-import pytest
 
 from cozyd.auth.oauth import AccessCodes
 from cozyd.instance.model import Instance
@@ -14,11 +12,6 @@ ALICE = "http://alice.cozy.test"
 BOB = "http://bob.cozy.test"
 REDIRECT = "https://client.example.org/oauth/callback"
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
-
-
-@pytest.fixture
-def oauth_stack(stack):
-    return stack
 
 
 class PageClient(MemoryClient):
