@@ -31,6 +31,7 @@ from cozyd.config import Config
 from cozyd.instance.lifecycle import InstanceManager, ModifyOptions
 from cozyd.instance.registry import InstanceRegistry
 from cozyd.permissions.resolver import PermissionResolver
+from cozyd.pools import WorkerPools, daemon_pools
 from cozyd.realtime.hub import EventHub
 from cozyd.storage.interface import DocumentStore
 from cozyd.web.admin import AdminService
@@ -66,7 +67,7 @@ def thread_runner(reactor) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
     return run_blocking
 
 
-def build_store(config: Config, reactor) -> DocumentStore:
+def build_store(config: Config, reactor, pools: WorkerPools | None = None) -> DocumentStore:
     if config.get("storage", "engine") == "couchdb":
         from cozyd.storage.couchdb import CouchDBStore
 
@@ -74,7 +75,9 @@ def build_store(config: Config, reactor) -> DocumentStore:
                             timeout=config.get("couchdb", "timeout"))
     from cozyd.storage.sqlite import EmbeddedStore
 
-    return EmbeddedStore(config.db_dir, reactor=reactor, threadpool=reactor.getThreadPool(),
+    if pools is None:
+        pools = daemon_pools(reactor)
+    return EmbeddedStore(config.db_dir, reactor=reactor, pool=pools.storage,
                          idle_timeout=config.get("storage", "idle_timeout"),
                          max_open=config.get("storage", "max_open_files"))
 
@@ -94,10 +97,14 @@ def node_id(data_dir: str) -> str:
 
 def build_stack(config: Config, *, store: DocumentStore,
                 run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]],
+                run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
                 seconds: Callable[[], float] = time.time, node: str = "") -> Stack:
+    """``run_hashing`` runs password hashing (the daemon's bounded pool;
+    ``run_blocking`` when not given)."""
+    run_hashing = run_hashing or run_blocking
     registry_box: list[InstanceRegistry] = []
     instances = InstanceManager(
-        store, config.fs_root, run_blocking=run_blocking,
+        store, config.fs_root, run_blocking=run_blocking, run_hashing=run_hashing,
         kdf_iterations=config.get("instances", "kdf_iterations"),
         on_change=lambda domain: registry_box[0].invalidate(domain),
         node_id=node, seconds=seconds)
@@ -120,13 +127,13 @@ def build_stack(config: Config, *, store: DocumentStore,
         "data": DataService(store, guard, hub,
                             max_body_size=config.get("server", "max_body_size")).resource(),
         **owner_services(config, store, instances, registry, guard, pages=pages,
-                         sessions=web_sessions, run_blocking=run_blocking,
+                         sessions=web_sessions, run_hashing=run_hashing,
                          seconds=seconds),
         **oauth_services(clients, access_codes, guard, pages=pages,
                          session_of=web_sessions.session_id_of, seconds=seconds),
     }
     public = PublicRoot(registry, status, services=services, seconds=seconds).resource()
-    checker = PassphraseChecker(config.admin_passphrase_hash)
+    checker = PassphraseChecker(config.admin_passphrase_hash, run_hashing=run_hashing)
     admin = AdminService(instances, checker.check, clients=clients,
                          seconds=seconds).resource()
     return Stack(config, store, instances, registry, public, admin, hub)
@@ -135,12 +142,12 @@ def build_stack(config: Config, *, store: DocumentStore,
 def owner_services(config: Config, store: DocumentStore, instances: InstanceManager,
                    registry: InstanceRegistry, guard: Guard, *, pages: Pages,
                    sessions: WebSessions,
-                   run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]],
+                   run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]],
                    seconds: Callable[[], float]) -> dict[str, Any]:
     """The owner's routes: ``/`` (home), ``/auth`` (login, logout,
     onboarding form) and ``/settings`` (passphrase, instance, sessions)."""
     urls = InstanceURLs(store, scheme=config.get("server", "scheme"))
-    passphrases = Passphrases(store, run_blocking=run_blocking,
+    passphrases = Passphrases(store, run_blocking=run_hashing,
                               kdf_iterations=config.get("instances", "kdf_iterations"),
                               update_instance=instances.update)
 
@@ -184,6 +191,7 @@ class CozydService(Service):
         self._reactor = reactor
         self._ports: list = []
         self.stack: Stack | None = None
+        self.pools: WorkerPools = daemon_pools(reactor)
 
     def startService(self) -> None:
         super().startService()
@@ -197,10 +205,12 @@ class CozydService(Service):
     async def _start(self) -> None:
         config = self._config
         os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
-        store = build_store(config, self._reactor)
+        self.pools.start()
+        store = build_store(config, self._reactor, self.pools)
         await store.start()
         self.stack = build_stack(config, store=store,
                                  run_blocking=thread_runner(self._reactor),
+                                 run_hashing=self.pools.hashing.run,
                                  node=node_id(config.data_dir))
         await self.stack.instances.setup()
         log.info("storage ready: {engine} engine", engine=store.engine)
@@ -235,4 +245,5 @@ class CozydService(Service):
         self._ports.clear()
         if self.stack is not None:
             await self.stack.store.close()
+        self.pools.stop()
         log.info("cozyd stopped")

@@ -37,14 +37,13 @@ import os
 import re
 import secrets
 import sqlite3
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -126,6 +125,10 @@ _MIGRATIONS: dict[int, list[str]] = {
            ) WITHOUT ROWID""",
     ],
 }
+
+# How long a job in the pool waits for a file another connection holds
+# (inline reads on the reactor thread never wait).
+_BUSY_TIMEOUT_MS = 10_000
 
 # SQLite errors worth a retry later rather than a bug report.
 _TRANSIENT_SQLITE_ERRORS = (
@@ -312,7 +315,10 @@ def _connect(path: str | None) -> sqlite3.Connection:
         # Instance data is private: create the file readable by us only.
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
     connection = sqlite3.connect(
-        path or ":memory:", isolation_level=None, check_same_thread=False, timeout=10.0
+        path or ":memory:",
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=_BUSY_TIMEOUT_MS / 1000,
     )
     try:
         mango.register_sql_functions(connection)
@@ -370,14 +376,18 @@ def _transaction(connection: sqlite3.Connection, *, write: bool) -> Iterator[Non
 class _PrefixFile:
     """The SQLite file of one prefix and its connection, opened on demand.
 
-    ``connection`` is only touched by the thread holding ``lock``; the
-    other attributes belong to the reactor thread.
+    Work on the file is serialised by ``queue``, a ``DeferredLock`` taken
+    on the reactor thread *before* a job goes to the thread pool: a pool
+    thread never waits for another one, and ``connection`` is only touched
+    by the job holding the queue (or by an inline read on the reactor
+    thread, which takes the free queue for its duration). The attributes
+    belong to the reactor thread.
     """
 
     def __init__(self, prefix: str, path: str | None):
         self.prefix = prefix
         self.path = path  # None: an in-memory database
-        self.lock = threading.Lock()
+        self.queue = DeferredLock()
         self.connection: sqlite3.Connection | None = None
         self.users = 0  # operations under way
         self.may_be_open = False
@@ -388,54 +398,84 @@ class _PrefixFile:
         return self.path is None
 
     def run(self, work: Callable[[sqlite3.Connection], T], create: bool) -> T:
-        with self.lock:
-            try:
-                if self.connection is None:
-                    if not create and (
-                        self.path is None or not os.path.exists(self.path)
-                    ):
-                        raise _NoFile()
-                    self.connection = _connect(self.path)
-                return work(self.connection)
-            except (sqlite3.OperationalError, OSError) as e:
-                if isinstance(e, OSError) or any(
-                    word in str(e).lower() for word in _TRANSIENT_SQLITE_ERRORS
-                ):
-                    raise StorageUnavailable(f"storage unavailable ({e})") from e
-                raise
-
-    def try_run(self, work: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
-        """Run ``work`` now if the file is open and nobody is using it;
-        ``(False, None)`` otherwise (never waits)."""
-        if self.connection is None or not self.lock.acquire(blocking=False):
-            return False, None
+        """Run ``work`` (in a pool thread, the queue held for it)."""
         try:
             if self.connection is None:
+                if not create and (self.path is None or not os.path.exists(self.path)):
+                    raise _NoFile()
+                self.connection = _connect(self.path)
+            return work(self.connection)
+        except (sqlite3.DatabaseError, OSError) as e:
+            raise _unavailable(self.prefix, e) from e
+
+    def try_run(self, work: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
+        """Run ``work`` now, on the calling thread, if the file is open and
+        no job holds it; ``(False, None)`` otherwise. It never waits: SQLite
+        gets a zero busy timeout, and a file another connection holds busy
+        also answers ``(False, None)``, for the pool to wait instead."""
+        if self.connection is None or self.queue.locked:
+            return False, None
+        self.queue.acquire()  # free: taken at once
+        connection = self.connection
+        try:
+            connection.execute("PRAGMA busy_timeout = 0")
+            try:
+                return True, work(connection)
+            finally:
+                connection.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        except sqlite3.OperationalError as e:
+            if _is_busy(e):
                 return False, None
-            return True, work(self.connection)
-        except (sqlite3.OperationalError, OSError) as e:
-            raise StorageUnavailable(f"storage unavailable ({e})") from e
+            raise _unavailable(self.prefix, e) from e
+        except (sqlite3.DatabaseError, OSError) as e:
+            raise _unavailable(self.prefix, e) from e
         finally:
-            self.lock.release()
+            self.queue.release()
 
     def close(self) -> None:
-        with self.lock:
-            if self.connection is not None:
-                self.connection.close()
-                self.connection = None
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
 
     def remove(self) -> None:
         """Close, then delete the file and its WAL companions."""
-        with self.lock:
-            if self.connection is not None:
-                self.connection.close()
-                self.connection = None
-            if self.path is not None:
-                for suffix in ("", "-wal", "-shm", "-journal"):
-                    try:
-                        os.remove(self.path + suffix)
-                    except FileNotFoundError:
-                        pass
+        self.close()
+        if self.path is not None:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                try:
+                    os.remove(self.path + suffix)
+                except FileNotFoundError:
+                    pass
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    text = str(error).lower()
+    return "locked" in text or "busy" in text
+
+
+def _unavailable(prefix: str, error: BaseException) -> BaseException:
+    """What a failure of a file becomes: ``StorageUnavailable`` (503) for
+    what is worth a retry or an operator's look (a full disk, an unreadable
+    or corrupt file), without the file's path; other SQLite errors are
+    bugs and stay what they are."""
+    if isinstance(error, OSError):
+        reason = error.strerror or type(error).__name__
+    elif type(error) is sqlite3.DatabaseError:
+        reason = "unreadable storage file"  # not a database, or malformed
+    elif isinstance(error, sqlite3.OperationalError) and any(
+        word in str(error).lower() for word in _TRANSIENT_SQLITE_ERRORS
+    ):
+        reason = str(error)
+    else:
+        return error
+    # The log has the details (the path is there); the client does not.
+    log.error("storage file of {prefix} unavailable: {error}", prefix=prefix,
+              error=repr(error))
+    return StorageUnavailable(f"storage unavailable ({_strip_paths(reason)})")
+
+
+def _strip_paths(text: str) -> str:
+    return re.sub(r"(?<!\w)/[^\s'\"]+", "<path>", text)
 
 
 # =============================================================================
@@ -1061,11 +1101,12 @@ class EmbeddedStore:
     """``DocumentStore`` on SQLite files (see the module docstring).
 
     ``directory``: where the files live; None keeps each prefix in an
-    in-memory database for the store's lifetime (fast tests). Without a
-    ``threadpool`` the SQLite calls run in the calling thread, so the
-    coroutines complete at once. ``reactor`` (an ``IReactorTime``) runs the
-    idle timers; without one, connections close only when ``max_open`` is
-    reached or on ``close()``.
+    in-memory database for the store's lifetime (fast tests). The SQLite
+    calls run in ``pool`` (a ``cozyd.pools`` pool: ``run(f, *args)`` returns
+    a Deferred) or in a Twisted ``threadpool``; without either they run in
+    the calling thread, so the coroutines complete at once. ``reactor`` (an
+    ``IReactorTime``) runs the idle timers; without one, connections close
+    only when ``max_open`` is reached or on ``close()``.
     """
 
     engine = "embedded"
@@ -1076,17 +1117,21 @@ class EmbeddedStore:
         *,
         reactor: Any = None,
         threadpool: Any = None,
+        pool: Any = None,
         idle_timeout: float = 30.0,
         max_open: int = 64,
         revs_limit: int = DEFAULT_REVS_LIMIT,
     ):
         if threadpool is not None and reactor is None:
             raise ValueError("a threadpool needs a reactor")
+        if threadpool is not None and pool is not None:
+            raise ValueError("a threadpool or a pool, not both")
         if max_open < 1 or revs_limit < 1:
             raise ValueError("max_open and revs_limit must be at least 1")
         self._directory = directory
         self._reactor = reactor
         self._threadpool = threadpool
+        self._pool = pool
         self._idle_timeout = idle_timeout
         self._max_open = max_open
         self._revs_limit = revs_limit
@@ -1111,10 +1156,49 @@ class EmbeddedStore:
         self._files.move_to_end(prefix)
         return prefix_file
 
-    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
-        if self._threadpool is None:
-            return function(*args)
-        return await deferToThreadPool(self._reactor, self._threadpool, function, *args)
+    def _in_thread(self, function: Callable[..., T], *args: Any) -> Deferred:
+        if self._pool is not None:
+            return self._pool.run(function, *args)
+        if self._threadpool is not None:
+            return deferToThreadPool(self._reactor, self._threadpool, function, *args)
+        return maybeDeferred(function, *args)
+
+    def _queued(
+        self, prefix_file: _PrefixFile, function: Callable[..., T], *args: Any
+    ) -> Deferred:
+        """``function(*args)`` in the pool once the file's queue is ours.
+
+        The queue is taken here, on the reactor thread, so a job reaches
+        the pool only when its file is free. It is released when the job
+        ends, not when the caller stops waiting: a caller cancelled (a
+        client gone) leaves the job to finish before the next one starts.
+        """
+        acquired = prefix_file.queue.acquire()
+
+        def cancel(_: Deferred) -> None:
+            if not acquired.called:
+                acquired.cancel()  # still waiting: leave the queue
+
+        result = Deferred(cancel)
+
+        def start(_: Any) -> None:
+            try:
+                job = self._in_thread(function, *args)
+            except BaseException:
+                prefix_file.queue.release()
+                raise
+            job.addBoth(finish)
+
+        def finish(outcome: Any) -> None:
+            prefix_file.queue.release()
+            result.callback(outcome)  # ignored if the caller cancelled
+
+        def failed(failure: Any) -> None:
+            if not result.called:
+                result.errback(failure)
+
+        acquired.addCallback(start).addErrback(failed)
+        return result
 
     async def _run(
         self,
@@ -1144,7 +1228,7 @@ class EmbeddedStore:
                 done, result = prefix_file.try_run(work)
                 if done:
                     return result  # type: ignore[return-value]
-            return await self._in_thread(prefix_file.run, work, create)
+            return await self._queued(prefix_file, prefix_file.run, work, create)
         except _NoFile:
             if if_missing is None:
                 raise DatabaseNotFound() from None
@@ -1244,7 +1328,7 @@ class EmbeddedStore:
         if prefix_file.idle_call is not None and prefix_file.idle_call.active():
             prefix_file.idle_call.cancel()
         prefix_file.idle_call = None
-        d = Deferred.fromCoroutine(self._in_thread(prefix_file.close))
+        d = self._queued(prefix_file, prefix_file.close)
         if not d.called:
             self._background.add(d)
             d.addBoth(self._forget_background, d)
@@ -1265,7 +1349,10 @@ class EmbeddedStore:
         try:
             os.makedirs(self._directory, mode=0o700, exist_ok=True)
         except OSError as e:
-            raise StorageUnavailable(f"cannot create the storage directory: {e}") from e
+            log.error("cannot create the storage directory: {error}", error=repr(e))
+            raise StorageUnavailable(
+                f"cannot create the storage directory ({e.strerror})"
+            ) from e
 
     async def close(self) -> None:
         if self._closed:
@@ -1276,7 +1363,7 @@ class EmbeddedStore:
             if prefix_file.idle_call is not None and prefix_file.idle_call.active():
                 prefix_file.idle_call.cancel()
             prefix_file.may_be_open = False
-        closing = [Deferred.fromCoroutine(self._in_thread(f.close)) for f in files]
+        closing = [self._queued(f, f.close) for f in files]
         await DeferredList([*closing, *self._background], consumeErrors=True)
 
     async def health(self) -> bool:
@@ -1328,7 +1415,7 @@ class EmbeddedStore:
         if prefix_file.idle_call is not None and prefix_file.idle_call.active():
             prefix_file.idle_call.cancel()
         prefix_file.may_be_open = False
-        await self._in_thread(prefix_file.remove)
+        await self._queued(prefix_file, prefix_file.remove)
 
     # -- documents -------------------------------------------------------------
     async def get_doc(

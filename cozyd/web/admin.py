@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -42,7 +42,8 @@ class AdminService:
     app = Klein()
     install_error_handlers(app)
 
-    def __init__(self, instances: InstanceManager, check_passphrase: Callable[[str], bool],
+    def __init__(self, instances: InstanceManager,
+                 check_passphrase: Callable[[str], Awaitable[bool]],
                  *, clients: Any, seconds: Callable[[], float]):
         self._instances = instances
         self._check_passphrase = check_passphrase
@@ -52,7 +53,7 @@ class AdminService:
     def resource(self):
         return self.app.resource()
 
-    def _authenticate(self, request: IRequest) -> None:
+    async def _authenticate(self, request: IRequest) -> None:
         header = request.getHeader(b"authorization") or b""
         scheme, _, encoded = header.partition(b" ")
         password = None
@@ -62,14 +63,14 @@ class AdminService:
                 password = decoded.partition(":")[2]
             except (binascii.Error, UnicodeDecodeError):
                 password = None
-        if not password or not self._check_passphrase(password):
+        if not password or not await self._check_passphrase(password):
             request.setHeader(b"WWW-Authenticate", b'Basic realm="cozyd admin"')
             raise Unauthorized("the admin passphrase is required (HTTP Basic auth)")
 
     # -- instances ----------------------------------------------------------
     @app.route("/instances", methods=["POST"])
     async def create_instance(self, request: IRequest):
-        self._authenticate(request)
+        await self._authenticate(request)
         domain = query_text(request, "Domain")
         if not domain:
             raise Unprocessable("the Domain parameter is required", code="illegal_domain")
@@ -96,7 +97,7 @@ class AdminService:
 
     @app.route("/instances", methods=["GET"])
     async def list_instances(self, request: IRequest):
-        self._authenticate(request)
+        await self._authenticate(request)
         instances = await self._instances.list()
         skip = query_int(request, "page[skip]", minimum=0) or 0
         limit = query_int(request, "page[limit]", minimum=1)
@@ -110,18 +111,18 @@ class AdminService:
 
     @app.route("/instances/count", methods=["GET"])
     async def count_instances(self, request: IRequest):
-        self._authenticate(request)
+        await self._authenticate(request)
         return json_response(request, {"count": len(await self._instances.list())})
 
     @app.route("/instances/<string:domain>", methods=["GET"])
     async def show_instance(self, request: IRequest, domain: str):
-        self._authenticate(request)
+        await self._authenticate(request)
         instance = await self._instances.get(unquote(domain))
         return json_response(request, {"data": instance.jsonapi()}, content_type=JSONAPI)
 
     @app.route("/instances/<string:domain>", methods=["PATCH"])
     async def modify_instance(self, request: IRequest, domain: str):
-        self._authenticate(request)
+        await self._authenticate(request)
         settings = query_text(request, "Settings")
         changes = ModifyOptions(
             locale=query_text(request, "Locale"),
@@ -146,14 +147,14 @@ class AdminService:
 
     @app.route("/instances/<string:domain>", methods=["DELETE"])
     async def destroy_instance(self, request: IRequest, domain: str):
-        self._authenticate(request)
+        await self._authenticate(request)
         await self._instances.destroy(unquote(domain))
         request.setResponseCode(204)
         return b""
 
     @app.route("/instances/token", methods=["POST"])
     async def issue_token(self, request: IRequest):
-        self._authenticate(request)
+        await self._authenticate(request)
         instance = await self._instances.get(query_text(request, "Domain") or "")
         name = query_text(request, "Audience") or ""
         audience = tokens.AUDIENCE_NAMES.get(name)
@@ -187,7 +188,7 @@ class AdminService:
     # -- OAuth clients ------------------------------------------------------
     @app.route("/instances/oauth_client", methods=["POST"])
     async def create_oauth_client(self, request: IRequest):
-        self._authenticate(request)
+        await self._authenticate(request)
         instance = await self._instances.get(query_text(request, "Domain") or "")
         allow_login_scope = query_bool(request, "AllowLoginScope") or False
         metadata = {"redirect_uris": [query_text(request, "RedirectURI") or ""],
@@ -206,7 +207,7 @@ class AdminService:
 
     @app.route("/instances/oauth_client", methods=["GET"])
     async def find_oauth_client(self, request: IRequest):
-        self._authenticate(request)
+        await self._authenticate(request)
         instance = await self._instances.get(query_text(request, "domain") or "")
         software_id = query_text(request, "software_id") or ""
         client = await self._clients.find_by_software_id(instance, software_id)
@@ -216,7 +217,7 @@ class AdminService:
         return json_response(request, {**client, "client_id": client["_id"]})
 
     @app.route("/", branch=True)
-    def unknown(self, request: IRequest):
-        self._authenticate(request)
+    async def unknown(self, request: IRequest):
+        await self._authenticate(request)
         return not_found(request)
 
