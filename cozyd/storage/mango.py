@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import re2
+
 from cozyd.storage.interface import InvalidRequest, StorageError
 
 Doc = dict[str, Any]
@@ -478,7 +480,9 @@ def _check_operand(op: str, arg: Any) -> None:
             and arg[0] != 0
         )
     elif op == "$regex":
-        valid = isinstance(arg, str) and _regex_compiles(arg)
+        valid = isinstance(arg, str)
+        if valid:
+            _check_regex(arg)
     elif op in _COMPARISON_OPS:
         valid = True
     elif op in _UNSUPPORTED_OPS:
@@ -493,14 +497,37 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# Regular expressions run on RE2, whose matching time is linear in the
+# text: a pattern such as "(a+)+$" cannot stall the server. RE2 has no
+# backreferences nor lookarounds; patterns that need them are refused.
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
 @functools.lru_cache(maxsize=256)
-def _compiled_regex(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+def _compiled_regex(pattern: str) -> Any:
+    return re2.compile(pattern, _RE2_OPTIONS)
 
 
-def _regex_compiles(pattern: str) -> bool:
+def _check_regex(pattern: str) -> None:
     try:
         _compiled_regex(pattern)
+    except re2.error as e:
+        reason = f"Bad argument for operator $regex: {_json(pattern)}"
+        detail = e.args[0] if e.args else b""
+        if isinstance(detail, bytes):
+            detail = detail.decode("utf-8", "replace")
+        if detail:
+            reason += f" ({detail}"
+            if _python_regex_compiles(pattern):
+                reason += "; backreferences and lookarounds are not supported"
+            reason += ")"
+        raise mango_error("bad_arg", reason) from None
+
+
+def _python_regex_compiles(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
     except (re.error, RecursionError, OverflowError):
         return False
     return True
@@ -914,6 +941,8 @@ def _compile_cond(cond: Cond, f: SqlField) -> SqlCondition:
     if op in ("$in", "$nin"):
         return _compile_in(arg, f, negate=op == "$nin")
     if op == "$size":
+        if not _fits_sqlite([arg]):
+            return SQL_FALSE  # no array is that long
         if f.length_sql is None:
             return _inexact_type(f, "array")
         return _sql_all(

@@ -159,6 +159,7 @@ _IGNORED_SPECIAL_FIELDS = frozenset(
 _LOCAL_PREFIX = "_local/"
 _DESIGN_PREFIX = "_design/"
 _SINCE_RE = re.compile(r"([0-9]+)(?:-(.*))?", re.DOTALL)
+_SQLITE_MAX_INT = 2**63 - 1
 
 
 # =============================================================================
@@ -224,9 +225,11 @@ def _dump_body(body: Mapping[str, Any]) -> str:
 
 
 def _count(value: Any, name: str) -> int:
+    """A limit or a skip: any non-negative integer, the ones beyond what
+    SQLite holds (64 bits) clamped: no database has that many rows."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise InvalidRequest(f"{name} must be a non-negative integer")
-    return value
+    return min(value, _SQLITE_MAX_INT)
 
 
 def _limit(value: Any) -> int | None:
@@ -405,6 +408,8 @@ class _PrefixFile:
                     raise _NoFile()
                 self.connection = _connect(self.path)
             return work(self.connection)
+        except UnicodeEncodeError:
+            raise _not_unicode() from None
         except (sqlite3.DatabaseError, OSError) as e:
             raise _unavailable(self.prefix, e) from e
 
@@ -423,6 +428,8 @@ class _PrefixFile:
                 return True, work(connection)
             finally:
                 connection.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        except UnicodeEncodeError:
+            raise _not_unicode() from None
         except sqlite3.OperationalError as e:
             if _is_busy(e):
                 return False, None
@@ -446,6 +453,12 @@ class _PrefixFile:
                     os.remove(self.path + suffix)
                 except FileNotFoundError:
                     pass
+
+
+def _not_unicode() -> InvalidRequest:
+    # A string with a lone surrogate (an id, a key, a selector's operand)
+    # cannot be given to SQLite: the transaction is rolled back.
+    return InvalidRequest("Strings must be valid Unicode (a lone surrogate was given)")
 
 
 def _is_busy(error: sqlite3.OperationalError) -> bool:
@@ -805,7 +818,10 @@ def _local_counter(rev: str | None) -> int:
     if rev is None:
         return 0
     generation, counter = parse_rev(rev)
-    if generation != 0 or not counter.isdigit():
+    # The next counter must fit SQLite's 64-bit integers.
+    if generation != 0 or not (counter.isascii() and counter.isdigit()) or (
+        int(counter) >= _SQLITE_MAX_INT
+    ):
         raise InvalidRevision()
     return int(counter)
 
@@ -1032,7 +1048,7 @@ class _FindRun:
         )
         if exact:
             sql += " LIMIT ? OFFSET ?"
-            params += [query.limit, query.skip]
+            params += [min(query.limit, _SQLITE_MAX_INT), min(query.skip, _SQLITE_MAX_INT)]
         return sql, params
 
     def _rows(
@@ -1088,13 +1104,13 @@ def _parse_since(since: Any, meta: _DbMeta) -> int:
     if since == "now":
         return meta.update_seq
     if isinstance(since, int) and not isinstance(since, bool) and since >= 0:
-        return since
+        return min(since, _SQLITE_MAX_INT)  # beyond the end either way
     match = _SINCE_RE.fullmatch(since) if isinstance(since, str) else None
     if match is None:
         raise InvalidRequest("Malformed sequence supplied in 'since' parameter.")
     if match.group(2) is not None and match.group(2) != meta.uuid:
         return 0  # from an earlier incarnation of the database: start over
-    return int(match.group(1))
+    return min(int(match.group(1)), _SQLITE_MAX_INT)
 
 
 class EmbeddedStore:
@@ -1191,7 +1207,8 @@ class EmbeddedStore:
 
         def finish(outcome: Any) -> None:
             prefix_file.queue.release()
-            result.callback(outcome)  # ignored if the caller cancelled
+            if not result.called:  # else the caller was cancelled: drop it
+                result.callback(outcome)
 
         def failed(failure: Any) -> None:
             if not result.called:
