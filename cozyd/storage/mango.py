@@ -842,14 +842,27 @@ def _is_plain_name(name: str) -> bool:
     return '"' not in name and "\\" not in name and not _INDEX_RE.fullmatch(name)
 
 
+# SQLite refuses expressions deeper than 1000 levels: a larger condition is
+# left to the Python evaluation (an inexact "1").
+_MAX_SQL_TERMS = 300
+
+
 def compile_sql(
     selector: Selector, document: SqlDocument = SqlDocument()
 ) -> SqlCondition:
     """A SQLite condition for a normalized selector (see ``SqlCondition``)."""
+    condition = _compile_sql(selector, document)
+    sql = condition.sql
+    if sql.count("(") + sql.count(" AND ") + sql.count(" OR ") > _MAX_SQL_TERMS:
+        return _SQL_INEXACT
+    return condition
+
+
+def _compile_sql(selector: Selector, document: SqlDocument) -> SqlCondition:
     if isinstance(selector, MatchAll):
         return SQL_TRUE
     if isinstance(selector, Logic):
-        parts = [compile_sql(arg, document) for arg in selector.args]
+        parts = [_compile_sql(arg, document) for arg in selector.args]
         if selector.op == "$and":
             return _sql_all(parts)
         if selector.op == "$or":
@@ -1199,12 +1212,18 @@ class MangoIndex:
 
 
 ALL_DOCS_INDEX = MangoIndex(None, "_all_docs", (("_id", "asc"),))
+#: SQLite indexes (and the expressions over them) have bounds of their own.
+MAX_INDEX_FIELDS = 100
 
 
 def index_view(fields: Any, partial_filter_selector: Any = None) -> Doc:
     """The design document view CouchDB stores for a JSON index."""
     if not isinstance(fields, list) or not fields:
         raise mango_error("invalid_index", "Index fields must be a non-empty array.")
+    if len(fields) > MAX_INDEX_FIELDS:
+        raise mango_error(
+            "invalid_index", f"An index can have at most {MAX_INDEX_FIELDS} fields."
+        )
     parsed = parse_sort(fields)
     definition: Doc = {"fields": fields}
     selector: Selector = MATCH_ALL
@@ -1256,6 +1275,8 @@ def _index_of_view(ddoc_id: str, name: str, view: Any) -> MangoIndex | None:
     fields = definition["fields"]
     if not fields or not all(d in ("asc", "desc") for d in fields.values()):
         return None
+    if len(fields) > MAX_INDEX_FIELDS:
+        return None  # written by hand in a design document: not indexed
     try:
         for field_name in fields:
             parse_field(field_name)
