@@ -65,7 +65,8 @@ class Pool(Protocol):
 
 
 class WorkerPool:
-    """A named pool of threads (``cozyd-<name>-N`` in thread listings).
+    """A named pool of threads (``PoolThread-cozyd-<name>-N`` in thread
+    listings).
 
     ``max_pending``: how many jobs may be queued or running at once (None:
     no bound); ``niceness``: added to the CPU niceness of the pool's threads
@@ -107,8 +108,9 @@ class WorkerPool:
             return
         self._threads.start()
         # Also stopped with the reactor, whoever forgot to stop it.
-        self._shutdown_trigger = self._reactor.addSystemEventTrigger(
-            "during", "shutdown", self._stop_threads)
+        if hasattr(self._reactor, "addSystemEventTrigger"):
+            self._shutdown_trigger = self._reactor.addSystemEventTrigger(
+                "during", "shutdown", self._stop_threads)
 
     def stop(self) -> None:
         """Finish the jobs under way, then end the threads."""

@@ -10,17 +10,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 
 from cozyd.pools import InlinePool, PoolBusy, WorkerPool, daemon_pools, inline_pools
-
-
-async def until(condition, seconds: float = 5.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await deferLater(reactor, 0.01)
-    raise AssertionError("condition never held")
 
 
 @pytest.fixture
