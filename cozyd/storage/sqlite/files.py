@@ -8,10 +8,13 @@ import contextlib
 import os
 import re
 import sqlite3
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from twisted.internet.defer import DeferredLock
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 from cozyd.storage import mango
@@ -155,21 +158,142 @@ def _transaction(connection: sqlite3.Connection, *, write: bool) -> Iterator[Non
     connection.execute("COMMIT")
 
 
+class _Job:
+    def __init__(self, function: Callable[..., Any], args: tuple[Any, ...]):
+        self.function = function
+        self.args = args
+        self.cancelled = False
+        self.deferred: Deferred = Deferred(self._cancel)
+
+    def _cancel(self, _: Deferred) -> None:
+        self.cancelled = True  # skipped if not started; else its result is dropped
+
+    def deliver(self, result: Any) -> None:
+        if not self.deferred.called:
+            self.deferred.callback(result)  # a Failure goes down the errbacks
+
+
+class _JobQueue:
+    """The jobs of one file, run one at a time and in order.
+
+    Jobs wait here, on the reactor thread's side, until the file is theirs:
+    they never wait in the pool, and a pool thread never waits for another
+    one. While the queue has jobs, one pool job drains it, running them
+    one after another without a trip through the reactor in between (each
+    result is sent back as soon as it is ready), and gives its thread back
+    after ``BATCH`` jobs so that other files get their turn. Without a pool
+    (fast tests) jobs run at once, in the calling thread.
+
+    ``submit`` is called on the reactor thread only; ``_mutex`` guards
+    ``running`` and the deque against the draining thread and is never
+    held while a job runs.
+    """
+
+    BATCH = 32
+
+    def __init__(
+        self,
+        run_in_pool: Callable[[Callable[[], None]], Deferred] | None,
+        call_from_thread: Callable[..., None] | None,
+    ):
+        self._run_in_pool = run_in_pool
+        self._call_from_thread = call_from_thread
+        self._jobs: deque[_Job] = deque()
+        self._mutex = threading.Lock()
+        self.running = False  # a drain is under way (or an inline read)
+
+    def submit(self, function: Callable[..., T], *args: Any) -> Deferred:
+        job = _Job(function, args)
+        with self._mutex:
+            self._jobs.append(job)
+            start = not self.running
+            self.running = True
+        if start:
+            self._start()
+        return job.deferred
+
+    def _start(self) -> None:
+        if self._run_in_pool is None:
+            self._drain(inline=True)
+            return
+        try:
+            d = self._run_in_pool(self._drain)
+        except BaseException:
+            self._fail_all(Failure())
+            return
+        d.addErrback(self._fail_all)
+
+    def _fail_all(self, failure: Failure) -> None:
+        log.failure("storage jobs could not run", failure)
+        with self._mutex:
+            jobs, self._jobs = list(self._jobs), deque()
+            self.running = False
+        for job in jobs:
+            job.deliver(failure)
+
+    def _drain(self, inline: bool = False) -> None:
+        done = 0
+        while True:
+            with self._mutex:
+                if not self._jobs:
+                    self.running = False
+                    return
+                if not inline and done >= self.BATCH:
+                    break
+                job = self._jobs.popleft()
+            if job.cancelled:
+                continue
+            done += 1
+            try:
+                result = job.function(*job.args)
+            except BaseException:
+                result = Failure()
+            # Free again before the caller hears back, so that the read it
+            # makes next may run inline.
+            with self._mutex:
+                finished = not self._jobs
+                if finished:
+                    self.running = False
+            if inline:
+                job.deliver(result)
+            else:
+                self._call_from_thread(job.deliver, result)  # type: ignore[misc]
+            if finished:
+                return
+        # A batch is done and jobs remain: come again, behind other files.
+        self._call_from_thread(self._start)  # type: ignore[misc]
+
+    def hold(self) -> bool:
+        """Take the free file for work done right now on the reactor
+        thread (``release`` after); False if jobs are under way."""
+        with self._mutex:
+            if self.running:
+                return False
+            self.running = True
+            return True
+
+    def release(self) -> None:
+        with self._mutex:
+            start = bool(self._jobs)
+            self.running = start
+        if start:
+            self._start()
+
+
 class _PrefixFile:
     """The SQLite file of one prefix and its connection, opened on demand.
 
-    Work on the file is serialised by ``queue``, a ``DeferredLock`` taken
-    on the reactor thread *before* a job goes to the thread pool: a pool
-    thread never waits for another one, and ``connection`` is only touched
-    by the job holding the queue (or by an inline read on the reactor
-    thread, which takes the free queue for its duration). The attributes
-    belong to the reactor thread.
+    Work on the file is serialised by ``queue`` (a ``_JobQueue``) *before*
+    it goes to the thread pool: ``connection`` is only touched by the job
+    the queue runs (or by an inline read on the reactor thread, which holds
+    the free queue for its duration). The other attributes belong to the
+    reactor thread.
     """
 
-    def __init__(self, prefix: str, path: str | None):
+    def __init__(self, prefix: str, path: str | None, queue: _JobQueue):
         self.prefix = prefix
         self.path = path  # None: an in-memory database
-        self.queue = DeferredLock()
+        self.queue = queue
         self.connection: sqlite3.Connection | None = None
         self.users = 0  # operations under way
         self.may_be_open = False
@@ -180,7 +304,7 @@ class _PrefixFile:
         return self.path is None
 
     def run(self, work: Callable[[sqlite3.Connection], T], create: bool) -> T:
-        """Run ``work`` (in a pool thread, the queue held for it)."""
+        """Run ``work`` (a job of the queue, in a pool thread)."""
         try:
             if self.connection is None:
                 if not create and (self.path is None or not os.path.exists(self.path)):
@@ -197,9 +321,8 @@ class _PrefixFile:
         no job holds it; ``(False, None)`` otherwise. It never waits: SQLite
         gets a zero busy timeout, and a file another connection holds busy
         also answers ``(False, None)``, for the pool to wait instead."""
-        if self.connection is None or self.queue.locked:
+        if self.connection is None or not self.queue.hold():
             return False, None
-        self.queue.acquire()  # free: taken at once
         connection = self.connection
         try:
             connection.execute("PRAGMA busy_timeout = 0")

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -46,6 +46,7 @@ from cozyd.storage.sqlite.documents import (
     _split_name,
 )
 from cozyd.storage.sqlite.files import (
+    _JobQueue,
     _NoFile,
     _PrefixFile,
     _transaction,
@@ -122,54 +123,27 @@ class EmbeddedStore:
                 if self._directory is None
                 else os.path.join(self._directory, f"{prefix}.sqlite")
             )
-            prefix_file = self._files[prefix] = _PrefixFile(prefix, path)
+            pooled = self._pool is not None or self._threadpool is not None
+            queue = _JobQueue(
+                self._in_thread if pooled else None,
+                self._reactor.callFromThread if pooled else None,
+            )
+            prefix_file = self._files[prefix] = _PrefixFile(prefix, path, queue)
         self._files.move_to_end(prefix)
         return prefix_file
 
     def _in_thread(self, function: Callable[..., T], *args: Any) -> Deferred:
         if self._pool is not None:
             return self._pool.run(function, *args)
-        if self._threadpool is not None:
-            return deferToThreadPool(self._reactor, self._threadpool, function, *args)
-        return maybeDeferred(function, *args)
+        return deferToThreadPool(self._reactor, self._threadpool, function, *args)
 
     def _queued(
         self, prefix_file: _PrefixFile, function: Callable[..., T], *args: Any
     ) -> Deferred:
-        """``function(*args)`` in the pool once the file's queue is ours.
-
-        The queue is taken here, on the reactor thread, so a job reaches
-        the pool only when its file is free. It is released when the job
-        ends, not when the caller stops waiting: a caller cancelled (a
-        client gone) leaves the job to finish before the next one starts.
-        """
-        acquired = prefix_file.queue.acquire()
-
-        def cancel(_: Deferred) -> None:
-            if not acquired.called:
-                acquired.cancel()  # still waiting: leave the queue
-
-        result = Deferred(cancel)
-
-        def start(_: Any) -> None:
-            try:
-                job = self._in_thread(function, *args)
-            except BaseException:
-                prefix_file.queue.release()
-                raise
-            job.addBoth(finish)
-
-        def finish(outcome: Any) -> None:
-            prefix_file.queue.release()
-            if not result.called:  # else the caller was cancelled: drop it
-                result.callback(outcome)
-
-        def failed(failure: Any) -> None:
-            if not result.called:
-                result.errback(failure)
-
-        acquired.addCallback(start).addErrback(failed)
-        return result
+        """``function(*args)`` in the pool, in the file's queue (see
+        ``_JobQueue``): a caller cancelled (a client gone) leaves a job that
+        has started to finish before the next one starts."""
+        return prefix_file.queue.submit(function, *args)
 
     async def _run(
         self,

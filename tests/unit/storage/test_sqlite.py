@@ -545,3 +545,42 @@ async def test_inline_reads_never_wait_and_fall_back_to_the_pool(pooled):
         assert seen == [(True, 0)]
     finally:
         await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_busy_file_gives_its_thread_back_between_batches(directory):
+    """One pool thread, a long queue on one file: another file's job runs
+    after at most one batch of the first, not after all of it."""
+    from cozyd.pools import WorkerPool
+    from cozyd.storage.sqlite.files import _JobQueue
+
+    pool = WorkerPool(reactor, "storage-one", threads=1)
+    pool.start()
+    store = EmbeddedStore(str(directory), reactor=reactor, pool=pool)
+    hot, cold = "cozyaa/io-cozy-files", "cozybb/io-cozy-files"
+    order: list[str] = []
+    try:
+        await store.create_db(hot)
+        await store.create_db(cold)
+        release = threading.Event()
+
+        def first(database):
+            release.wait(10)
+            order.append("hot")
+
+        def job(name):
+            return lambda database: order.append(name)
+
+        jobs = [Deferred.fromCoroutine(store._read(hot, first))]
+        await _until(lambda: pool.pending == 1)
+        count = 3 * _JobQueue.BATCH
+        jobs += [Deferred.fromCoroutine(store._read(hot, job("hot"))) for _ in range(count)]
+        jobs.append(Deferred.fromCoroutine(store._read(cold, job("cold"))))
+        release.set()
+        for d in jobs:
+            await d
+        assert order.index("cold") <= _JobQueue.BATCH + 1
+        assert order.count("hot") == count + 1
+    finally:
+        await store.close()
+        pool.stop()
