@@ -11,6 +11,8 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 SCRYPT_N = 16384
 SCRYPT_R = 8
@@ -71,17 +73,24 @@ def write_hash_file(path: str, line: str) -> None:
         raise
 
 
+async def _run_here(function: Callable[[], Any]) -> Any:
+    return function()
+
+
 class PassphraseChecker:
     """Checks Basic-auth passwords against the hash, caching good answers.
 
-    scrypt costs tens of milliseconds by design; a password that verified
-    once is remembered as an HMAC under a per-process key, so later
-    requests cost one constant-time comparison and the clear password is
-    never kept.
+    scrypt costs tens of milliseconds by design, so it runs off the reactor
+    thread, in ``run_hashing`` (the daemon's hashing pool; by default in the
+    calling thread). A password that verified once is remembered as an HMAC
+    under a per-process key, so later requests cost one constant-time
+    comparison on the reactor thread and the clear password is never kept.
     """
 
-    def __init__(self, hash_line: str):
+    def __init__(self, hash_line: str, *,
+                 run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]] = _run_here):
         parse_hash(hash_line)
+        self._run_hashing = run_hashing
         self._hash_line = hash_line
         self._key = secrets.token_bytes(32)
         self._known: bytes | None = None
@@ -89,11 +98,12 @@ class PassphraseChecker:
     def _mac(self, passphrase: str) -> bytes:
         return hmac.new(self._key, passphrase.encode("utf-8"), hashlib.sha256).digest()
 
-    def check(self, passphrase: str) -> bool:
+    async def check(self, passphrase: str) -> bool:
         mac = self._mac(passphrase)
         if self._known is not None and hmac.compare_digest(mac, self._known):
             return True
-        if verify_passphrase(passphrase, self._hash_line):
+        line = self._hash_line
+        if await self._run_hashing(lambda: verify_passphrase(passphrase, line)):
             self._known = mac
             return True
         return False

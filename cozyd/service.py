@@ -8,7 +8,6 @@ the reverse.
 
 from __future__ import annotations
 
-import inspect
 import os
 import secrets
 import time
@@ -33,6 +32,7 @@ from cozyd.documents import Documents
 from cozyd.instance.lifecycle import InstanceManager, ModifyOptions
 from cozyd.instance.registry import InstanceRegistry
 from cozyd.permissions.resolver import PermissionResolver
+from cozyd.pools import WorkerPools, daemon_pools
 from cozyd.realtime.hub import EventHub
 from cozyd.storage.interface import DocumentStore
 from cozyd.web.admin import AdminService
@@ -72,7 +72,7 @@ def thread_runner(reactor) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
     return run_blocking
 
 
-def build_store(config: Config, reactor) -> DocumentStore:
+def build_store(config: Config, reactor, pools: WorkerPools | None = None) -> DocumentStore:
     if config.get("storage", "engine") == "couchdb":
         from cozyd.storage.couchdb import CouchDBStore
 
@@ -80,7 +80,9 @@ def build_store(config: Config, reactor) -> DocumentStore:
                             timeout=config.get("couchdb", "timeout"))
     from cozyd.storage.sqlite import EmbeddedStore
 
-    return EmbeddedStore(config.db_dir, reactor=reactor, threadpool=reactor.getThreadPool(),
+    if pools is None:
+        pools = daemon_pools(reactor)
+    return EmbeddedStore(config.db_dir, reactor=reactor, pool=pools.storage,
                          idle_timeout=config.get("storage", "idle_timeout"),
                          max_open=config.get("storage", "max_open_files"))
 
@@ -105,29 +107,21 @@ def next_turn(reactor) -> Callable[[], Awaitable[Any]]:
     return pause
 
 
-def off_reactor(check: Callable[[str], Any],
-                run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]]
-                ) -> Callable[[str], Awaitable[Any]]:
-    """``check`` run through ``run_blocking`` unless it is asynchronous already."""
-    if inspect.iscoroutinefunction(check):
-        return check
-
-    def checked(value: str) -> Awaitable[Any]:
-        return run_blocking(lambda: check(value))
-    return checked
-
-
 def build_stack(config: Config, *, store: DocumentStore,
                 run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]],
+                run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
                 seconds: Callable[[], float] = time.time, node: str = "",
                 pause: Callable[[], Awaitable[Any]] | None = None) -> Stack:
-    """``pause()`` lets long answers give the reactor a turn between their
-    pieces (None in memory: nothing else to let run)."""
+    """``run_hashing`` runs password hashing (the daemon's bounded pool;
+    ``run_blocking`` when not given). ``pause()`` lets long answers give the
+    reactor a turn between their pieces (None in memory: nothing else to let
+    run)."""
+    run_hashing = run_hashing or run_blocking
     hub = EventHub()
     documents = Documents(store, hub)
     registry_box: list[InstanceRegistry] = []
     instances = InstanceManager(
-        documents, config.fs_root, run_blocking=run_blocking,
+        documents, config.fs_root, run_blocking=run_blocking, run_hashing=run_hashing,
         kdf_iterations=config.get("instances", "kdf_iterations"),
         on_change=lambda domain: registry_box[0].invalidate(domain),
         node_id=node, seconds=seconds)
@@ -150,7 +144,7 @@ def build_stack(config: Config, *, store: DocumentStore,
                             max_body_size=config.get("server", "max_body_size"),
                             pause=pause).resource(),
         **owner_services(config, documents, instances, registry, guard, pages=pages,
-                         sessions=web_sessions, run_blocking=run_blocking,
+                         sessions=web_sessions, run_hashing=run_hashing,
                          seconds=seconds),
         **oauth_services(clients, access_codes, guard, pages=pages,
                          session_of=web_sessions.session_id_of, seconds=seconds),
@@ -165,22 +159,22 @@ def build_stack(config: Config, *, store: DocumentStore,
                    urls=InstanceURLs(store, scheme=scheme)).resource()
     public = AppHosts(registry, public, {HOME_SLUG: home}, pages=pages,
                       scheme=scheme).resource()
-    checker = PassphraseChecker(config.admin_passphrase_hash)
-    # scrypt: off the reactor (the caller's pool), wrong guesses rate-limited.
-    admin = AdminService(instances, off_reactor(checker.check, run_blocking),
-                         clients=clients, seconds=seconds).resource()
+    # scrypt in the hashing pool (off the reactor); wrong guesses rate-limited.
+    checker = PassphraseChecker(config.admin_passphrase_hash, run_hashing=run_hashing)
+    admin = AdminService(instances, checker.check, clients=clients,
+                         seconds=seconds).resource()
     return Stack(config, store, instances, registry, public, admin, hub, documents)
 
 
 def owner_services(config: Config, documents: Documents, instances: InstanceManager,
                    registry: InstanceRegistry, guard: Guard, *, pages: Pages,
                    sessions: WebSessions,
-                   run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]],
+                   run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]],
                    seconds: Callable[[], float]) -> dict[str, Any]:
     """The owner's routes: ``/`` (home), ``/auth`` (login, logout,
     onboarding form) and ``/settings`` (passphrase, instance, sessions)."""
     urls = InstanceURLs(documents.store, scheme=config.get("server", "scheme"))
-    passphrases = Passphrases(documents, run_blocking=run_blocking,
+    passphrases = Passphrases(documents, run_blocking=run_hashing,
                               kdf_iterations=config.get("instances", "kdf_iterations"),
                               update_instance=instances.update)
 
@@ -224,6 +218,7 @@ class CozydService(Service):
         self._reactor = reactor
         self._ports: list = []
         self.stack: Stack | None = None
+        self.pools: WorkerPools = daemon_pools(reactor)
 
     def startService(self) -> None:
         super().startService()
@@ -237,10 +232,12 @@ class CozydService(Service):
     async def _start(self) -> None:
         config = self._config
         os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
-        store = build_store(config, self._reactor)
+        self.pools.start()
+        store = build_store(config, self._reactor, self.pools)
         await store.start()
         self.stack = build_stack(config, store=store,
                                  run_blocking=thread_runner(self._reactor),
+                                 run_hashing=self.pools.hashing.run,
                                  node=node_id(config.data_dir),
                                  pause=next_turn(self._reactor))
         await self.stack.instances.setup()
@@ -277,4 +274,5 @@ class CozydService(Service):
         self._ports.clear()
         if self.stack is not None:
             await self.stack.store.close()
+        self.pools.stop()
         log.info("cozyd stopped")

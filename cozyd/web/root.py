@@ -126,6 +126,9 @@ class PublicRoot(Resource):
         return service.render(request)
 
     def _failed(self, failure, request: IRequest) -> bytes:
+        if isinstance(failure.value, CozyError) and failure.value.status == 503:
+            # The storage is unavailable (its own log said why): a 503.
+            return error_response(request, failure.value)
         log.failure("cannot resolve the instance of a request", failure)
         return error_response(request, CozyError(
             "an unexpected error occurred; it has been logged"))
