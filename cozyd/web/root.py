@@ -42,6 +42,16 @@ def blocked_error(instance: Instance) -> CozyError:
     return ServiceUnavailable("this instance is blocked", code=reason)
 
 
+def resolution_failed(failure, request: IRequest) -> bytes:
+    """The answer when a host's instance cannot be looked up: the storage's
+    503 when it is unavailable (its own log said why), else a logged 500."""
+    if isinstance(failure.value, CozyError) and failure.value.status == 503:
+        return error_response(request, failure.value)
+    log.failure("cannot resolve the instance of a request", failure)
+    return error_response(request, CozyError(
+        "an unexpected error occurred; it has been logged"))
+
+
 class PublicRoot(Resource):
     """A plain resource rather than a Klein app, so that a request meets one
     router only (the service's): the instance of a known host comes from the
@@ -126,9 +136,4 @@ class PublicRoot(Resource):
         return service.render(request)
 
     def _failed(self, failure, request: IRequest) -> bytes:
-        if isinstance(failure.value, CozyError) and failure.value.status == 503:
-            # The storage is unavailable (its own log said why): a 503.
-            return error_response(request, failure.value)
-        log.failure("cannot resolve the instance of a request", failure)
-        return error_response(request, CozyError(
-            "an unexpected error occurred; it has been logged"))
+        return resolution_failed(failure, request)

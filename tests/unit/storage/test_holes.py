@@ -12,7 +12,7 @@ from cozyd.storage.interface import InvalidRequest, StorageUnavailable
 from cozyd.storage.names import INSTANCES_DB
 from cozyd.storage.sqlite import EmbeddedStore
 from cozyd.testing import MemoryClient, memory_stack, sync
-from tests.unit.web.test_data_support import Data, cli_token, new_instance, token
+from tests.support.data import Data, cli_token, new_instance, token
 
 HUGE = 2**64 + 12345  # beyond SQLite's 64-bit integers
 
