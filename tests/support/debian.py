@@ -31,6 +31,8 @@ from pathlib import Path
 from tests.support.daemon import LISTENING, REPO
 
 SUITE = "bookworm"
+#: Where the pip cache of .cache/debian is seen in a root (PIP_CACHE_DIR).
+PIP_CACHE = "/var/cache/cozyd-test-pip"
 CACHE = Path(REPO) / ".cache" / "debian"
 APT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -173,14 +175,29 @@ class Chroot:
         try:
             _run(["tar", "-C", self.root, "-xf", base_tarball()], timeout=600)
             shutil.copy("/etc/resolv.conf", self.root / "etc/resolv.conf")
+            self._trust_host_authorities()
             self._mount(["-t", "proc", "proc"], "proc")
+            self._mount(["--bind", "/dev/pts"], "dev/pts")  # apt's terminal log
             for cache, inside in (("apt-archives", "var/cache/apt/archives"),
-                                  ("pip", "root/.cache/pip")):
+                                  ("pip", PIP_CACHE.lstrip("/"))):
                 (CACHE / cache / "partial").mkdir(parents=True, exist_ok=True)
                 self._mount(["--bind", CACHE / cache], inside)
         except BaseException:
             self.close()
             raise
+
+    def _trust_host_authorities(self) -> None:
+        """The host's local certificate authorities (a TLS-inspecting egress
+        proxy's, say) are trusted inside too, as on the host."""
+        local = Path("/usr/local/share/ca-certificates")
+        certificates = sorted(local.glob("*.crt")) if local.is_dir() else []
+        if not certificates:
+            return
+        target = self.root / "usr/local/share/ca-certificates"
+        target.mkdir(parents=True, exist_ok=True)
+        for certificate in certificates:
+            shutil.copy(certificate, target / certificate.name)
+        self.run("update-ca-certificates", timeout=300)
 
     def _mount(self, args: list, inside: str) -> None:
         target = self.root / inside
@@ -346,7 +363,7 @@ def build(chroot: Chroot, tree: str) -> Path:
     """``dpkg-buildpackage -us -uc -b`` in ``tree`` (a path in the root);
     the built .deb (in the tree's parent directory)."""
     chroot.run("sh", "-c", f"cd {shlex.quote(tree)} && dpkg-buildpackage -us -uc -b",
-               timeout=1800)
+               env={"PIP_CACHE_DIR": PIP_CACHE}, timeout=1800)
     parent = chroot.path(tree).parent
     version = chroot.run("dpkg-parsechangelog", "-l", f"{tree}/debian/changelog",
                          "-S", "Version").stdout.strip()
