@@ -175,6 +175,10 @@ class Chroot:
         try:
             _run(["tar", "-C", self.root, "-xf", base_tarball()], timeout=600)
             shutil.copy("/etc/resolv.conf", self.root / "etc/resolv.conf")
+            hosts = self.root / "etc/hosts"
+            if not hosts.exists():  # as the installer writes it
+                hosts.write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost "
+                                 "ip6-loopback\n")
             self._trust_host_authorities()
             self._mount(["-t", "proc", "proc"], "proc")
             self._mount(["--bind", "/dev/pts"], "dev/pts")  # apt's terminal log
@@ -238,11 +242,11 @@ class Chroot:
         return ["chroot", *spec, str(self.root), *args]
 
     def run(self, *args: str, env: dict[str, str] | None = None, check: bool = True,
-            timeout: float = 900.0, netns_of: subprocess.Popen | None = None,
+            timeout: float = 900.0, netns_of: RunningDaemon | None = None,
             user: str | None = None) -> subprocess.CompletedProcess:
         command = self.command(*args, user=user)
         if netns_of is not None:
-            command = ["nsenter", f"--net=/proc/{netns_of.pid}/ns/net", *command]
+            command = ["nsenter", f"--net=/proc/{netns_of.process.pid}/ns/net", *command]
         return _run(command, env={**APT_ENV, **(env or {})}, check=check,
                     timeout=timeout)
 
