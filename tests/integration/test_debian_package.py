@@ -70,7 +70,8 @@ def built(host, tmp_path_factory):
         root.run("sh", "-c", f"cd {trees['first']} && apt-get -y -o "
                  "APT::Sandbox::User=root build-dep ./", timeout=1800)
         root.apt_get("install", "--no-install-recommends", "lintian")
-        debs = {name: debian.build(root, tree) for name, tree in trees.items()}
+        debs = {name: debian.build(root, tree, fast_compression=name == "next")
+                for name, tree in trees.items()}
         assert upgrade_version in debs["next"].name
         lintian = root.run("lintian", "--no-tag-display-limit",
                            "/" + str(debs["first"].relative_to(root.root)),
