@@ -98,7 +98,7 @@ def test_the_package_is_named_for_the_version_and_architecture(built):
     assert built["first"].name == f"cozyd_{version}_{arch}.deb"
 
 
-WARNING = re.compile(r"^[WE]: |warning|traceback|\berror:|\bfailed\b", re.I | re.M)
+WARNING = re.compile(r"^[WE]: |warning|traceback|\berror:|\bfailed\b", re.IGNORECASE | re.MULTILINE)
 
 
 def _no_warning(text: str) -> None:
@@ -155,7 +155,7 @@ def _http(daemon: debian.RunningDaemon, method: str, path: str, *, port: int,
     done = subprocess.run(
         ["nsenter", f"--net=/proc/{daemon.process.pid}/ns/net", sys.executable, "-c",
          script, argument], capture_output=True, text=True, timeout=60,
-        stdin=subprocess.DEVNULL)
+        stdin=subprocess.DEVNULL, check=False)
     assert done.returncode == 0, done.stderr
     status, text = json.loads(done.stdout)
     try:

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Self
 
 from tests.support.daemon import LISTENING, REPO
 
@@ -34,7 +35,9 @@ SUITE = "bookworm"
 #: Where .cache/debian/wheels is seen in a root: the wheels of the lock files,
 #: downloaded once (pip's HTTP cache stores nothing behind some proxies).
 WHEELS = "/var/cache/cozyd-test-wheels"
-CACHE = Path(REPO) / ".cache" / "debian"
+#: Downloads kept between runs (the bootstrapped root, apt's .debs, wheels).
+CACHE = Path(os.environ.get("COZYD_TEST_DEBIAN_CACHE")
+             or Path(REPO) / ".cache" / "debian")
 APT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -52,7 +55,7 @@ def _run(command: Sequence[str | os.PathLike], *, timeout: float = 900.0,
          env: dict[str, str] | None = None, check: bool = True,
          **kwargs) -> subprocess.CompletedProcess:
     done = subprocess.run([str(c) for c in command], capture_output=True, text=True,
-                          timeout=timeout, env=env or APT_ENV,
+                          timeout=timeout, env=env or APT_ENV, check=False,
                           stdin=subprocess.DEVNULL, **kwargs)
     if check and done.returncode != 0:
         raise CommandFailed(
@@ -212,7 +215,7 @@ class Chroot:
         _run(["mount", *args, target], env=APT_ENV, timeout=60)
         self.mounts.append(target)
 
-    def __enter__(self) -> Chroot:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -356,7 +359,7 @@ def bump_version(tree: Path, suffix: str) -> str:
     assert match, first
     source, version, dist, urgency = match.groups()
     new = f"{version}{suffix}"
-    trailer = re.search(r"^ -- (.+?)  ", text, re.M)
+    trailer = re.search(r"^ -- (.+?)  ", text, re.MULTILINE)
     assert trailer, "no trailer line in debian/changelog"
     stamp = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
     entry = (f"{source} ({new}) {dist}; {urgency}\n\n"
