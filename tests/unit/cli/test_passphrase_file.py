@@ -100,3 +100,11 @@ def test_a_bad_named_file_is_a_clear_error(admin, cli, no_env_no_terminal,
     assert r.err.startswith("Error: ") and message in r.err, r.err
     assert "Traceback" not in r.err
     assert admin.requests == []
+
+
+def test_a_default_path_that_cannot_be_read_is_skipped(admin, cli, no_env_no_terminal):
+    no_env_no_terminal.mkdir()  # open() fails on it, whoever runs the test
+    r = cli("instances", "count")
+    assert r.code == 1 and "no admin passphrase" in r.err
+    assert "Traceback" not in r.err
+    assert admin.requests == []
