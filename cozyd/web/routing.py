@@ -246,6 +246,9 @@ class Route:
     _fixed: tuple[tuple[int, str], ...] = attrs.field(init=False, repr=False)
     #: Routes of more fixed names that may match the same paths (see ``settle``).
     shadows: list[Route] = attrs.field(init=False, factory=list, repr=False, eq=False)
+    #: For each parameter, the fixed names the shadows have in its place.
+    shadowing_names: list[tuple[str, frozenset[str]]] = attrs.field(
+        init=False, factory=list, repr=False, eq=False)
 
     @literals.default
     def _count_literals(self) -> int:
@@ -294,6 +297,11 @@ class Route:
         before, the path belongs to the route of more fixed names, and a
         method it lacks is a 405."""
         if not self.shadows:
+            return self, params
+        for name, names in self.shadowing_names:
+            if params[name] in names:
+                break
+        else:  # no parameter is a fixed name of a route of more
             return self, params
         segments = self.segments(params)
         for other in self.shadows:
@@ -390,6 +398,10 @@ class Router:
             one.shadows[:] = sorted((other for other in self.routes
                                      if other.may_shadow(one)),
                                     key=lambda other: -other.literals)
+            one.shadowing_names[:] = [
+                (name, frozenset(other.pattern[i] for other in one.shadows
+                                 if not other.pattern[i].startswith("{")))
+                for i, name in one._params]
         #: Bound once: werkzeug's adapter keeps nothing of a match.
         self._adapter = app.url_map.bind("", "/")
 
