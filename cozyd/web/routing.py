@@ -376,8 +376,9 @@ class RawSegment(BaseConverter):
 
 def url_map() -> Map:
     """The werkzeug map of a service's Klein app: raw segments, trailing
-    slashes ignored (no redirect), no merging of slashes."""
-    return Map(strict_slashes=False, merge_slashes=False, converters={"seg": RawSegment})
+    slashes ignored, no merging of slashes, never a redirect."""
+    return Map(strict_slashes=False, merge_slashes=False, redirect_defaults=False,
+               converters={"seg": RawSegment})
 
 
 class Router:
