@@ -44,9 +44,9 @@ def blocked_error(instance: Instance) -> CozyError:
 
 
 class PublicRoot(Resource):
-    """A plain resource rather than a Klein app, so that a request meets one
-    router only (the service's): the instance of a known host comes from the
-    registry's cache without any asynchronous step."""
+    """The Host dispatcher in front of the services (each a Klein app), a
+    plain resource: it routes on one path segment, and the instance of a
+    known host comes from the registry's cache without any asynchronous step."""
 
     isLeaf = True
 

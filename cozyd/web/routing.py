@@ -1,7 +1,8 @@
-"""One way to declare a route, one router, one dispatch, for every service.
+"""One way to declare a route, for every service; each service a Klein app.
 
-A service is a plain ``twisted.web`` resource (``Service``) whose handlers
-declare what they need next to their path::
+A service is a ``Service`` whose handlers declare what they need next to
+their path; its class gets its own ``klein.Klein`` app (``app``), built from
+those declarations, and the service renders through it (``KleinResource``)::
 
     class NotesService(Service):
         errors = jsonapi_errors                  # the service's error style
@@ -20,9 +21,23 @@ declare what they need next to their path::
         async def upload(self, request) -> bytes:
             size = await body_stream(request).read_into(sink)
 
-A route is matched on the **raw** path below the service's prefix (each
-segment unescaped on its own, so ``%2F`` stays inside its segment), fixed
-names winning over ``{parameters}``. What it declares:
+Each ``route`` becomes a werkzeug rule of the app (``{name}`` →
+``<seg:name>``), matched on the **raw** path below the service's prefix:
+twisted.web unescapes each segment and Klein joins ``request.postpath``
+with ``/``, so ``Service.render`` first puts the still-escaped segments of
+``request.uri`` there, and the ``seg`` converter (``RawSegment``, one
+segment, ``[^/]+``) unescapes each parameter alone — ``%2F`` stays inside
+a document id; a segment that is not UTF-8 gets the service's
+``bad_path()`` (400). Fixed names win over parameters (werkzeug weighs
+them; ``Route.settle`` keeps a fixed name's path its own when only the
+method differs: ``GET things/_count`` is a 405, not ``things/{name}``).
+HEAD comes with GET; trailing slashes are ignored, never redirected. A
+path served for other methods is answered 405, an unknown one 404, by the
+service's ``no_route`` in its error style: werkzeug's 404/405 are the only
+errors that reach Klein's ``handle_errors``; nothing renders werkzeug's
+HTML pages or Klein's tracebacks.
+
+What a route declares:
 
 - ``auth``: ``None`` (nobody checked), ``token(...)`` (a valid token of the
   instance, and a rule on a doctype for a verb), ``SESSION`` (the owner's
@@ -38,17 +53,16 @@ names winning over ``{parameters}``. What it declares:
 - anything else (``**options``) is the service's own (``/data``'s
   ``access=`` and ``proxy=``), read back from ``state_of(request).route``.
 
-Why not Klein here: Klein (werkzeug) matches the *decoded* path, so an
-escaped slash in a document id splits it; a request would meet two
-routers (the Host dispatch, then Klein's); and the site must know a
-request's route — its body policy — before the body is read, which a
-Klein app only tells once it renders. One small router, asked by the site
-at header time and by the service at render time, does all three.
+Klein's endpoint of a route runs ``Service.dispatch``: the auth policy,
+then the handler, its errors rendered in the route's style. Klein cancels
+the handler when the client goes away; multi-step writes protect
+themselves with ``shield``.
 
-The site (``cozyd.web.site``) resolves the route as soon as the request's
-headers are in (``route_for``), to apply its body policy before a byte of
-the body is read. Per-request state (instance, permissions, session, the
-route and its parameters…) lives in one ``RequestState``.
+The site (``cozyd.web.site``) resolves the route of a request that carries
+a body as soon as its headers are in (``route_for_uri``, through the same
+werkzeug map: ``Router`` is a view of it), to apply the body policy before
+a byte of the body is read. Per-request state (instance, permissions,
+session, the route and its parameters…) lives in one ``RequestState``.
 """
 
 from __future__ import annotations
@@ -111,7 +125,7 @@ class RequestState:
     body: Any = None
     #: Free slots for a service's own flags (e.g. /data's error shape).
     flags: dict[str, Any] = attrs.field(factory=dict)
-    #: The route the site found when the headers came (matched once).
+    #: The route the site found when the headers came (for its body policy).
     routed: Routed | None = None
 
     @property
