@@ -400,7 +400,8 @@ class Router:
     router: this is a view of it, for listings and the site)."""
 
     def __init__(self, routes: list[Route], app: Klein | None = None):
-        self.routes = list(routes)
+        # Its own copies: what a route's shadows are depends on its service.
+        self.routes = [attrs.evolve(one) for one in routes]
         if app is None:
             app = Klein()
             app._url_map = url_map()  # before any rule is added
@@ -635,6 +636,14 @@ class Service(Resource):
         # the prefix, so that an escaped slash stays in its segment (the
         # ``seg`` converter unescapes each parameter alone).
         request.postpath = raw_segments(_path_only(request.uri), len(request.prepath))
+        host = request.getHeader(b"host")
+        if host is not None and not host.isascii():
+            try:  # (Klein would answer a plain-text 400, and log a traceback)
+                host.decode("utf-8")
+            except UnicodeDecodeError:
+                from cozyd.errors import BadRequest
+
+                return self.render_error(request, BadRequest("the Host is not UTF-8"))
         return self.klein.render(request)
 
     def serve(self, request: IRequest, found: Route, params: dict[str, str]) -> Any:

@@ -163,3 +163,30 @@ def test_escapes_through_the_site(stack, admin):
     finally:
         Service.serve = serve
     assert seen == [DOMAIN, DOMAIN]
+
+
+def test_a_host_that_is_not_utf8_gets_a_json_400(stack):
+    site = CozySite(stack.public, max_body_size=1 << 20)
+    site.logFile = io.StringIO()
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4321))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"GET /version HTTP/1.1\r\nHost: \xff.test\r\n\r\n")
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), transport.value()
+    assert b"not UTF-8" in body and b"errors" in body
+
+
+def test_a_subclass_has_its_own_app_and_routes():
+    class More(Echo):
+        @route("ids/_more", "GET")
+        def more(self, request):
+            return json_response(request, {"more": True})
+
+    assert More.app is not Echo.app
+    from cozyd.testing import MemoryClient
+    base, more = MemoryClient(Echo()), MemoryClient(More())
+    assert more.request("GET", "http://x/ids/_more").json() == {"more": True}
+    # The base knows nothing of the subclass's fixed name.
+    assert base.request("GET", "http://x/ids/_more").json() == {"name": "_more"}
+    assert more.request("GET", "http://x/ids/_fixed").status == 405
