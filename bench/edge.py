@@ -12,6 +12,7 @@ running it alternately in each (its figures move with the machine's load).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -20,11 +21,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from twisted.internet.address import IPv4Address  # noqa: E402
-from twisted.internet.testing import StringTransport  # noqa: E402
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
 
-from cozyd.testing import TEST_ADMIN_PASSPHRASE, MemoryClient, memory_stack  # noqa: E402
-from cozyd.web.site import CozySite  # noqa: E402
+from cozyd.testing import TEST_ADMIN_PASSPHRASE, MemoryClient, memory_stack
+from cozyd.web.site import CozySite
 
 ADMIN = "http://127.0.0.1:6060"
 AUTH = ("admin", TEST_ADMIN_PASSPHRASE)
@@ -46,7 +47,7 @@ def main():
         "Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         data=b'{"a": 1}').json()
     site = CozySite(stack.public, max_body_size=1 << 20)
-    site.logFile = open("/dev/null", "w")
+    site.logFile = io.StringIO()
     site.log = lambda request: None
     protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4321))
     transport = StringTransport()
