@@ -17,7 +17,7 @@ from cozyd.web.common import json_response, jsonapi_errors
 from cozyd.web.routing import Service, route, state_of
 from cozyd.web.site import CozySite
 from tests.unit.web.conftest import ADMIN, AUTH
-from tests.unit.web.test_data_support import DOMAIN, Data, cli_token, new_instance
+from tests.support.data import DOMAIN, Data, cli_token, new_instance
 
 ODD_ID = "a%2Fb%25c"  # the id "a/b%c", escaped
 
