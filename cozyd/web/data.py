@@ -48,6 +48,7 @@ from cozyd.documents import (
     Documents,
     NoIndex,
     ProtectedDesignDoc,
+    RawReads,
     StorageError,
     check_id_values,
     check_readable,
@@ -56,7 +57,6 @@ from cozyd.documents import (
     protected_design_docs,
 )
 from cozyd.errors import CozyError, EchoError
-from cozyd.storage.interface import RawReads
 from cozyd.web.common import (
     JSON,
     error_response,
