@@ -37,6 +37,7 @@ async def test_get_doc_json_is_get_doc(store, db):
     assert json.loads(data)["n"] == 3
 
 
+@pytest.mark.realcouchdb  # pouchdb-server says "missing" for a deleted document
 @pytest_twisted.ensureDeferred
 async def test_get_doc_json_raises_the_same_errors(store, db):
     raw = _raw(store)
