@@ -159,6 +159,24 @@ def _split_credentials(url: str) -> tuple[str, bytes | None]:
     return urlunsplit((parts.scheme, netloc, path, "", "")), auth
 
 
+def tls_policy(ca_file: str | None):
+    """How an ``https://`` CouchDB is trusted: its certificate must chain to
+    the CAs of ``ca_file`` (PEM, one or more certificates), or to the
+    system's when None, and name the URL's host (service-identity)."""
+    if not ca_file:
+        return web_client.BrowserLikePolicyForHTTPS()
+    from twisted.internet import ssl
+
+    with open(ca_file, "rb") as f:
+        pem = f.read()
+    certificates = [ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + block)
+                    for block in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+    if not certificates:
+        raise ValueError(f"{ca_file} holds no PEM certificate")
+    return web_client.BrowserLikePolicyForHTTPS(
+        trustRoot=ssl.trustRootFromCertificates(certificates))
+
+
 class CouchDBStore:
     """``DocumentStore`` on an Apache CouchDB 3.x server."""
 
@@ -171,7 +189,7 @@ class CouchDBStore:
     idle_connection_timeout = 4.0
 
     def __init__(self, url: str, *, reactor=None, timeout: float = 30.0,
-                 pool=None, http_client=None):
+                 pool=None, http_client=None, ca_file: str | None = None):
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -190,7 +208,8 @@ class CouchDBStore:
                 pool.retryAutomatically = True
                 self._own_pool = True
             agent = web_client.Agent(reactor, pool=pool,
-                                     connectTimeout=self._timeout)
+                                     connectTimeout=self._timeout,
+                                     contextFactory=tls_policy(ca_file))
             http_client = HTTPClient(agent)
         self._pool = pool
         self._http = http_client
