@@ -100,17 +100,29 @@ class ServingSite(CozySite):
 
     # -- draining ------------------------------------------------------------
     def _idle(self, channel) -> bool:
-        return not getattr(channel, "requests", None)
+        # (twisted.web wraps its HTTPChannel to negotiate HTTP/2)
+        inner = getattr(channel, "_channel", channel)
+        return not getattr(inner, "requests", None)
+
+    @staticmethod
+    def _transport(channel) -> Any:
+        inner = getattr(channel, "_channel", channel)
+        return getattr(inner, "transport", None)
+
+    @staticmethod
+    def _not_persistent(channel) -> None:
+        inner = getattr(channel, "_channel", channel)
+        inner.persistent = False
 
     def drain(self) -> defer.Deferred:
         """Fires once every connection is closed: idle ones at once, busy
         ones after their answer."""
         self.draining = True
         for channel in list(self.channels):
-            if self._idle(channel) and channel.transport is not None:
-                channel.transport.loseConnection()
+            if self._idle(channel) and self._transport(channel) is not None:
+                self._transport(channel).loseConnection()
             else:
-                channel.persistent = False
+                self._not_persistent(channel)
         self._drained = defer.Deferred()
         d = self._drained
         self._check_drained()
@@ -120,18 +132,19 @@ class ServingSite(CozySite):
         if not self.draining:
             return
         for channel in list(self.channels):
-            if self._idle(channel) and channel.transport is not None \
+            if self._idle(channel) and self._transport(channel) is not None \
                     and not getattr(channel, "_cozyd_closing", False):
                 channel._cozyd_closing = True
-                channel.transport.loseConnection()
+                self._transport(channel).loseConnection()
         if not self.channels and self._drained is not None and not self._drained.called:
             self._drained.callback(None)
 
     def abort_all(self) -> int:
         left = list(self.channels)
         for channel in left:
-            if channel.transport is not None:
-                channel.transport.abortConnection()
+            transport = self._transport(channel)
+            if transport is not None:
+                transport.abortConnection()
         return len(left)
 
 
@@ -209,7 +222,11 @@ class ListenerService(Service):
         try:
             await drained
         except defer.CancelledError:
-            left = self.site.abort_all()
+            try:
+                left = self.site.abort_all()
+            except Exception:
+                log.failure("{name}: aborting the connections left", name=self.name)
+                return
             log.warn("{name}: {count} connection(s) aborted after the {grace}s grace",
                      name=self.name, count=left, grace=self._grace)
         finally:
