@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 from twisted.logger import (
@@ -74,7 +74,7 @@ def _json_safe(value: Any) -> Any:
 
 def event_as_json(event: dict) -> str:
     """One JSON line for a twisted.logger event."""
-    when = datetime.fromtimestamp(event.get("log_time", 0), tz=timezone.utc)
+    when = datetime.fromtimestamp(event.get("log_time", 0), tz=UTC)
     level = event.get("log_level")
     fields = {k: _json_safe(v) for k, v in event.items()
               if not k.startswith("log_") and k not in ("message", "format", "time",

@@ -32,6 +32,7 @@ from typing import Any
 import attrs
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -44,10 +45,10 @@ from cozyd.auth.sessions import SessionStore
 from cozyd.auth.urls import HOME_SLUG, InstanceURLs
 from cozyd.config import Config
 from cozyd.documents import Documents
-from cozyd.listeners import ListenerService, ServingSite, StartError
-from cozyd.metrics import Metrics, instrument_store
 from cozyd.instance.lifecycle import InstanceManager, ModifyOptions
 from cozyd.instance.registry import InstanceRegistry
+from cozyd.listeners import ListenerService, ServingSite, StartError
+from cozyd.metrics import Metrics, instrument_store
 from cozyd.permissions.resolver import PermissionResolver
 from cozyd.realtime.hub import EventHub
 from cozyd.storage.interface import DocumentStore
@@ -55,13 +56,13 @@ from cozyd.web.admin import AdminService
 from cozyd.web.apphosts import AppHosts
 from cozyd.web.auth import AuthService, HomeApp, HomePage, WebSessions
 from cozyd.web.data import DataService
+from cozyd.web.debug import DebugService
 from cozyd.web.guard import Guard
 from cozyd.web.oauth import ClientsSettingsService, OAuthService
 from cozyd.web.pages import Pages
 from cozyd.web.permissions import PermissionsService
 from cozyd.web.root import PublicRoot
 from cozyd.web.settings import SettingsService
-from cozyd.web.debug import DebugService
 from cozyd.web.status import StatusService
 
 log = Logger()
@@ -412,10 +413,16 @@ class CozydService(OrderedMultiService):
                 destination.flush()
             os._exit(1)
         self._reactor.addSystemEventTrigger("after", "shutdown", exit_now)
+
+        def stop() -> None:
+            try:
+                self._reactor.stop()
+            except ReactorNotRunning:
+                pass  # stopping already (a signal came during the start)
         if self._reactor.running:
-            self._reactor.stop()
+            stop()
         else:
-            self._reactor.callWhenRunning(self._reactor.stop)
+            self._reactor.callWhenRunning(stop)
 
     # -- SIGHUP ---------------------------------------------------------------
     def _install_sighup(self) -> None:

@@ -26,7 +26,7 @@ def _get_in_thread(url: str, results: list, **kwargs) -> threading.Thread:
         started = time.monotonic()
         try:
             results.append((http("GET", url, **kwargs), time.monotonic() - started))
-        except Exception as exc:  # noqa: BLE001 (reported by the test)
+        except Exception as exc:
             results.append((exc, time.monotonic() - started))
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -304,3 +304,36 @@ def test_json_log_format(make_daemon):
     assert access["level"] == "info"
     assert any("listening on" in r["message"] for r in records)
     assert "hunter2" not in daemon.output
+
+
+def test_systemd_socket_activation(tmp_path):
+    # What systemd does: bind the socket, pass it as fd 3 with LISTEN_FDS=1
+    # and LISTEN_PID set to the daemon's own pid (bash's $$ survives exec).
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    daemon = Daemon(str(tmp_path))
+    twistd = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "cozyd", "-c",
+              daemon.config_path, "--listen", "systemd:domain=INET:index=0",
+              "--admin-port", "0"]
+    fd = sock.fileno()
+    script = (f"exec 3<&{fd} {fd}<&-; "
+              'export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=cozyd-public; exec "$@"')
+    process = subprocess.Popen(["bash", "-c", script, "bash", *twistd], cwd=str(tmp_path),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               pass_fds=(fd,))
+    try:
+        _wait_for(lambda: _port_answers(port) or process.poll() is not None, 30)
+        assert process.poll() is None, process.communicate()[0]
+        assert http("GET", f"http://127.0.0.1:{port}/version").status == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0]
+        sock.close()
+    assert f"public API listening on http://127.0.0.1:{port}/" in output, output
+
+
+def _port_answers(port: int) -> bool:
+    try:
+        return http("GET", f"http://127.0.0.1:{port}/version", timeout=1).status == 200
+    except OSError:
+        return False

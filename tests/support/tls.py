@@ -51,7 +51,7 @@ class CA:
 
     def issue(self, directory: str, name: str, hosts: tuple[str, ...]) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         sans = []
         for host in hosts:
             try:
@@ -77,7 +77,7 @@ class CA:
 def make_ca(directory: str, name: str = "ca") -> CA:
     os.makedirs(directory, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(_name(f"cozyd test {name}"))
             .issuer_name(_name(f"cozyd test {name}")).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -113,7 +113,7 @@ class TLSProxy:
         while not self._stopped.is_set():
             try:
                 client, _ = self._listener.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
