@@ -8,25 +8,36 @@ database), then measures in one run the requests/s of ``GET /version``
 (no authentication), and ``GET /permissions/self`` with each token. The
 ratios authenticated / unauthenticated are what matter (goal: close to 1).
 Rounds alternate between the routes so machine noise hits all alike.
+
+Then a flood of wrong logins: the p50 of document GETs of one instance,
+alone and while another instance receives ``--flood`` wrong logins
+(``--flood-concurrency`` at a time). Password hashing has its own small
+pool, so the ratio flooded / alone should stay within 1.5.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
+import statistics
 import sys
 import tempfile
+import threading
 from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.loadgen import median_of, run_load  # noqa: E402
+from bench.loadgen import LoadResult, median_of, run_load  # noqa: E402
 from cozyd.storage.names import db_name, instance_prefix  # noqa: E402
 from cozyd.testing import TEST_ADMIN_PASSPHRASE, sync  # noqa: E402
 from tests.support.daemon import Daemon, http  # noqa: E402
 
 DOMAIN = "bench.cozy.localhost"
+#: A new flooded instance each round: 1000 failures an hour block one.
+FLOODED = "flooded{}.cozy.localhost"
+DOCTYPE = "io.cozy.bench"
 AUTH = {"Authorization": "Basic " + base64.b64encode(
     f"admin:{TEST_ADMIN_PASSPHRASE}".encode()).decode()}
 
@@ -52,11 +63,83 @@ def write_app_permissions(daemon: Daemon) -> None:
     sync(store.close())
 
 
+def wrong_logins(daemon: Daemon, domain: str, *, requests: int,
+                 concurrency: int) -> LoadResult:
+    """Wrong passphrases for ``domain`` (JSON answers: 401)."""
+    csrf = "bench-csrf-token"
+    return run_load(daemon.public_url + "/auth/login", method="POST",
+                    headers={"Host": domain, "Accept": "application/json",
+                             "Content-Type": "application/x-www-form-urlencoded",
+                             "Cookie": f"_csrf={csrf}"},
+                    body=f"passphrase=wrong&csrf_token={csrf}".encode(),
+                    concurrency=concurrency, requests=requests)
+
+
+def gets_while(daemon: Daemon, path: str, headers: dict[str, str],
+               running: threading.Event | None, *, minimum: int) -> list[float]:
+    """Latencies of sequential GETs: ``minimum`` of them, and more until
+    ``running`` is cleared."""
+    latencies: list[float] = []
+    while len(latencies) < minimum or (running is not None and running.is_set()):
+        result = run_load(daemon.public_url + path, headers=headers, concurrency=1,
+                          requests=20)
+        assert set(result.statuses) == {200}, result.statuses
+        latencies.extend(result.latencies)
+    return latencies
+
+
+def login_flood(daemon: Daemon, args) -> None:
+    for n in range(args.rounds):
+        create = http("POST", f"{daemon.admin_url}/instances?Domain="
+                      f"{FLOODED.format(n)}&Passphrase=right-one&KdfIterations=50000",
+                      headers=AUTH)
+        assert create.status == 201, create.body
+    token = admin_token(daemon, Audience="cli", Scope=DOCTYPE)
+    headers = {"Host": DOMAIN, "Authorization": f"Bearer {token}"}
+    created = http("POST", f"{daemon.public_url}/data/{DOCTYPE}/", headers={
+        **headers, "Content-Type": "application/json"},
+        data=json.dumps({"title": "read under a login flood"}).encode())
+    assert created.status == 201, created.body
+    path = f"/data/{DOCTYPE}/{created.json()['id']}"
+    gets_while(daemon, path, headers, None, minimum=100)  # warm up
+    figures: dict[str, list[float]] = {"alone": [], "flooded": []}
+    floods: list[LoadResult] = []
+    for n in range(args.rounds):
+        figures["alone"].append(statistics.median(
+            gets_while(daemon, path, headers, None, minimum=args.flood_gets)))
+        running = threading.Event()
+        running.set()
+
+        def flood(domain: str = FLOODED.format(n)) -> None:
+            try:
+                floods.append(wrong_logins(daemon, domain, requests=args.flood,
+                                           concurrency=args.flood_concurrency))
+            finally:
+                running.clear()
+        thread = threading.Thread(target=flood)
+        thread.start()
+        figures["flooded"].append(statistics.median(
+            gets_while(daemon, path, headers, running, minimum=args.flood_gets)))
+        thread.join()
+    alone = statistics.median(figures["alone"])
+    flooded = statistics.median(figures["flooded"])
+    print(f"login flood: {args.flood} wrong logins x {args.rounds} rounds, "
+          f"concurrency {args.flood_concurrency}, os.getloadavg()={os.getloadavg()}")
+    print(floods[-1].line("POST /auth/login (wrong passphrase)"))
+    print(f"GET /data doc p50 alone {alone * 1000:.2f} ms, during the flood "
+          f"{flooded * 1000:.2f} ms")
+    print(f"ratio GET p50 flooded / alone: {flooded / alone:.2f} (goal: at most 1.5)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--flood", type=int, default=400)
+    parser.add_argument("--flood-concurrency", type=int, default=16)
+    parser.add_argument("--flood-gets", type=int, default=200)
+    parser.add_argument("--only", choices=["tokens", "flood"], default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cozyd-bench-") as workdir:
         daemon = Daemon(workdir)
@@ -78,15 +161,19 @@ def main() -> None:
                                                       {"Authorization": f"Bearer {app}"}),
             }
             results: dict[str, list] = {label: [] for label in cases}
-            for _ in range(args.rounds):
+            for _ in range(0 if args.only == "flood" else args.rounds):
                 for label, (path, headers) in cases.items():
                     result = run_load(daemon.public_url + path,
                                       headers={"Host": DOMAIN, **headers},
                                       concurrency=args.concurrency, requests=args.requests)
                     assert set(result.statuses) == {200}, result.statuses
                     results[label].append(result)
+            if args.only != "tokens":
+                login_flood(daemon, args)
         finally:
             daemon.stop()
+    if args.only == "flood":
+        return
     print(f"authentication cost: {args.rounds} rounds x {args.requests} requests, "
           f"concurrency {args.concurrency}, os.getloadavg()={os.getloadavg()}")
     for label, runs in results.items():

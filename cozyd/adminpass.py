@@ -12,6 +12,8 @@ import hmac
 import os
 import secrets
 import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 SCRYPT_N = 16384
 SCRYPT_R = 8
@@ -72,13 +74,18 @@ def write_hash_file(path: str, line: str) -> None:
         raise
 
 
+async def _run_here(function: Callable[[], Any]) -> Any:
+    return function()
+
+
 class PassphraseChecker:
     """Checks Basic-auth passwords against the hash, caching good answers.
 
-    scrypt costs tens of milliseconds by design; a password that verified
-    once is remembered as an HMAC under a per-process key, so later
-    requests cost one constant-time comparison and the clear password is
-    never kept.
+    scrypt costs tens of milliseconds by design, so it runs off the reactor
+    thread, in ``run_hashing`` (the daemon's hashing pool; by default in the
+    calling thread). A password that verified once is remembered as an HMAC
+    under a per-process key, so later requests cost one constant-time
+    comparison on the reactor thread and the clear password is never kept.
 
     With ``path``, the file is watched: every check first looks whether it
     changed (its inode, size or modification time), and re-reads it if so
@@ -87,8 +94,11 @@ class PassphraseChecker:
     the last good hash (and logs why).
     """
 
-    def __init__(self, hash_line: str, *, path: str | None = None):
+    def __init__(self, hash_line: str, *,
+                 run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]] = _run_here,
+                 path: str | None = None):
         parse_hash(hash_line)
+        self._run_hashing = run_hashing
         self._hash_line = hash_line
         self._key = secrets.token_bytes(32)
         self._known: bytes | None = None
@@ -107,6 +117,8 @@ class PassphraseChecker:
 
     def reload(self) -> bool:
         """Re-read the file; True if the hash changed."""
+        from twisted.logger import Logger
+
         if self._path is None:
             return False
         with self._lock:
@@ -114,8 +126,6 @@ class PassphraseChecker:
             try:
                 line = read_hash_file(self._path)
             except (OSError, InvalidHashFile) as exc:
-                from twisted.logger import Logger
-
                 Logger().error("admin passphrase file {path} not re-read: {why}",
                                path=self._path, why=getattr(exc, "strerror", None) or exc)
                 return False
@@ -123,8 +133,6 @@ class PassphraseChecker:
                 return False
             self._hash_line = line
             self._known = None
-        from twisted.logger import Logger
-
         Logger().info("admin passphrase changed ({path} re-read)", path=self._path)
         return True
 
@@ -135,12 +143,14 @@ class PassphraseChecker:
     def _mac(self, passphrase: str) -> bytes:
         return hmac.new(self._key, passphrase.encode("utf-8"), hashlib.sha256).digest()
 
-    def check(self, passphrase: str) -> bool:
+    async def check(self, passphrase: str) -> bool:
         self._maybe_reload()
         mac = self._mac(passphrase)
         if self._known is not None and hmac.compare_digest(mac, self._known):
             return True
-        if verify_passphrase(passphrase, self._hash_line):
-            self._known = mac
+        line = self._hash_line
+        if await self._run_hashing(lambda: verify_passphrase(passphrase, line)):
+            if line == self._hash_line:  # not replaced meanwhile
+                self._known = mac
             return True
         return False

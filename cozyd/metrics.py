@@ -76,8 +76,11 @@ class Metrics:
 
     def watch_pool(self, name: str, pool: Any) -> None:
         """A ``twisted.python.threadpool.ThreadPool``'s backlog and busy threads."""
+        # (a cozyd.pools.WorkerPool keeps its ThreadPool in ``_threads``)
+        threads = getattr(pool, "_threads", pool)
+
         def stats():
-            team = getattr(pool, "_team", None)
+            team = getattr(threads, "_team", None)
             return team.statistics() if team is not None else None
 
         def depth() -> float:

@@ -20,7 +20,6 @@ passphrase file and reopens the log file.
 
 from __future__ import annotations
 
-import inspect
 import os
 import secrets
 import signal
@@ -50,6 +49,7 @@ from cozyd.instance.registry import InstanceRegistry
 from cozyd.listeners import ListenerService, ServingSite, StartError
 from cozyd.metrics import Metrics, instrument_store
 from cozyd.permissions.resolver import PermissionResolver
+from cozyd.pools import WorkerPools, daemon_pools
 from cozyd.realtime.hub import EventHub
 from cozyd.storage.interface import DocumentStore
 from cozyd.web.admin import AdminService
@@ -91,7 +91,7 @@ def thread_runner(reactor) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
     return run_blocking
 
 
-def build_store(config: Config, reactor) -> DocumentStore:
+def build_store(config: Config, reactor, pools: WorkerPools | None = None) -> DocumentStore:
     if config.get("storage", "engine") == "couchdb":
         from cozyd.storage.couchdb import CouchDBStore
 
@@ -100,7 +100,9 @@ def build_store(config: Config, reactor) -> DocumentStore:
                             ca_file=config.get("couchdb", "ca_file") or None)
     from cozyd.storage.sqlite import EmbeddedStore
 
-    return EmbeddedStore(config.db_dir, reactor=reactor, threadpool=reactor.getThreadPool(),
+    if pools is None:
+        pools = daemon_pools(reactor)
+    return EmbeddedStore(config.db_dir, reactor=reactor, pool=pools.storage,
                          idle_timeout=config.get("storage", "idle_timeout"),
                          max_open=config.get("storage", "max_open_files"))
 
@@ -125,32 +127,23 @@ def next_turn(reactor) -> Callable[[], Awaitable[Any]]:
     return pause
 
 
-def off_reactor(check: Callable[[str], Any],
-                run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]]
-                ) -> Callable[[str], Awaitable[Any]]:
-    """``check`` run through ``run_blocking`` unless it is asynchronous already."""
-    if inspect.iscoroutinefunction(check):
-        return check
-
-    def checked(value: str) -> Awaitable[Any]:
-        return run_blocking(lambda: check(value))
-    return checked
-
-
 def build_stack(config: Config, *, store: DocumentStore,
                 run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]],
+                run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
                 seconds: Callable[[], float] = time.time, node: str = "",
                 pause: Callable[[], Awaitable[Any]] | None = None,
                 sleep: Callable[[float], Awaitable[Any]] | None = None,
                 metrics: Metrics | None = None) -> Stack:
-    """``pause()`` lets long answers give the reactor a turn between their
-    pieces (None in memory: nothing else to let run); ``sleep(seconds)``
-    waits (the test routes' slow answer)."""
+    """``run_hashing`` runs password hashing (the daemon's bounded pool;
+    ``run_blocking`` when not given). ``pause()`` lets long answers give the
+    reactor a turn between their pieces (None in memory: nothing else to let
+    run); ``sleep(seconds)`` waits (the test routes' slow answer)."""
+    run_hashing = run_hashing or run_blocking
     hub = EventHub()
     documents = Documents(store, hub)
     registry_box: list[InstanceRegistry] = []
     instances = InstanceManager(
-        documents, config.fs_root, run_blocking=run_blocking,
+        documents, config.fs_root, run_blocking=run_blocking, run_hashing=run_hashing,
         kdf_iterations=config.get("instances", "kdf_iterations"),
         on_change=lambda domain: registry_box[0].invalidate(domain),
         node_id=node, seconds=seconds)
@@ -173,7 +166,7 @@ def build_stack(config: Config, *, store: DocumentStore,
                             max_body_size=config.get("server", "max_body_size"),
                             pause=pause).resource(),
         **owner_services(config, documents, instances, registry, guard, pages=pages,
-                         sessions=web_sessions, run_blocking=run_blocking,
+                         sessions=web_sessions, run_hashing=run_hashing,
                          seconds=seconds),
         **oauth_services(clients, access_codes, guard, pages=pages,
                          session_of=web_sessions.session_id_of, seconds=seconds),
@@ -194,11 +187,11 @@ def build_stack(config: Config, *, store: DocumentStore,
                    urls=InstanceURLs(store, scheme=scheme)).resource()
     public = AppHosts(registry, public, {HOME_SLUG: home}, pages=pages,
                       scheme=scheme).resource()
-    checker = PassphraseChecker(config.admin_passphrase_hash,
+    # scrypt in the hashing pool (off the reactor); wrong guesses rate-limited.
+    checker = PassphraseChecker(config.admin_passphrase_hash, run_hashing=run_hashing,
                                 path=config.get("admin", "secret_filename") or None)
-    # scrypt: off the reactor (the caller's pool), wrong guesses rate-limited.
-    admin = AdminService(instances, off_reactor(checker.check, run_blocking),
-                         clients=clients, seconds=seconds, metrics=metrics).resource()
+    admin = AdminService(instances, checker.check, clients=clients,
+                         seconds=seconds, metrics=metrics).resource()
     return Stack(config, store, instances, registry, public, admin, hub, documents,
                  metrics=metrics, passphrase_checker=checker)
 
@@ -206,12 +199,12 @@ def build_stack(config: Config, *, store: DocumentStore,
 def owner_services(config: Config, documents: Documents, instances: InstanceManager,
                    registry: InstanceRegistry, guard: Guard, *, pages: Pages,
                    sessions: WebSessions,
-                   run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]],
+                   run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]],
                    seconds: Callable[[], float]) -> dict[str, Any]:
     """The owner's routes: ``/`` (home), ``/auth`` (login, logout,
     onboarding form) and ``/settings`` (passphrase, instance, sessions)."""
     urls = InstanceURLs(documents.store, scheme=config.get("server", "scheme"))
-    passphrases = Passphrases(documents, run_blocking=run_blocking,
+    passphrases = Passphrases(documents, run_blocking=run_hashing,
                               kdf_iterations=config.get("instances", "kdf_iterations"),
                               update_instance=instances.update)
 
@@ -289,6 +282,7 @@ class StorageService(Service):
         self._reactor = reactor
         self.stack: Stack | None = None
         self.metrics = Metrics()
+        self.pools: WorkerPools = daemon_pools(reactor)
 
     def startService(self) -> defer.Deferred:
         super().startService()
@@ -307,15 +301,19 @@ class StorageService(Service):
         except OSError as exc:
             raise StartError(f"the data directory {config.data_dir} is not usable: "
                              f"{exc.strerror or exc}") from None
+        self.pools.start()
         try:
-            store = instrument_store(build_store(config, reactor), self.metrics)
+            store = instrument_store(build_store(config, reactor, self.pools), self.metrics)
             await store.start()
         except Exception as exc:
             raise StartError(f"the {config.get('storage', 'engine')} storage cannot "
                              f"start: {' '.join(str(exc).split()) or type(exc).__name__}") \
                 from None
         self.metrics.watch_pool("default", reactor.getThreadPool())
+        for pool in self.pools.all():
+            self.metrics.watch_pool(pool.name, pool)
         self.stack = build_stack(config, store=store, run_blocking=thread_runner(reactor),
+                                 run_hashing=self.pools.hashing.run,
                                  node=node, pause=next_turn(reactor),
                                  sleep=lambda s: task.deferLater(reactor, s, lambda: None),
                                  metrics=self.metrics)
@@ -329,6 +327,7 @@ class StorageService(Service):
     async def _stop(self) -> None:
         if self.stack is not None:
             await self.stack.store.close()
+        self.pools.stop()
 
 
 class CozydService(OrderedMultiService):

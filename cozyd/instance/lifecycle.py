@@ -125,6 +125,7 @@ class InstanceManager:
 
     def __init__(self, documents: Documents, fs_root: str, *,
                  run_blocking: Callable[[Callable[[], T]], Awaitable[T]],
+                 run_hashing: Callable[[Callable[[], T]], Awaitable[T]] | None = None,
                  now: Callable[[], datetime.datetime] | None = None,
                  kdf_iterations: int = passphrases.DEFAULT_KDF_ITERATIONS,
                  on_change: Callable[[str], None] | None = None,
@@ -134,6 +135,8 @@ class InstanceManager:
         self._store = documents.store  # reads
         self._fs_root = fs_root
         self._run_blocking = run_blocking
+        # Passphrase hashing: the daemon's small bounded pool.
+        self._run_hashing = run_hashing or run_blocking
         self._now = now or (lambda: datetime.datetime.now(datetime.timezone.utc))
         self._kdf_iterations = kdf_iterations
         self._on_change = on_change or (lambda domain: None)
@@ -373,7 +376,7 @@ class InstanceManager:
                                                        iterations)
             return passphrases.server_hash(client_hash)
 
-        instance.passphrase_hash = await self._run_blocking(hash_it)
+        instance.passphrase_hash = await self._run_hashing(hash_it)
         instance.register_token = None
         instance.onboarding_finished = True
         instance.password_defined = True

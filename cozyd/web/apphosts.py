@@ -36,7 +36,7 @@ from cozyd.instance.model import Instance
 from cozyd.instance.registry import InstanceRegistry
 from cozyd.web.common import error_response, json_response
 from cozyd.web.pages import Pages
-from cozyd.web.root import blocked_error
+from cozyd.web.root import resolution_failed, blocked_error
 from cozyd.web.routing import Routed, render_coroutine, state_of
 
 log = Logger()
@@ -139,6 +139,4 @@ class AppHosts(Resource):
         return detail.encode("utf-8")
 
     def _failed(self, failure, request: IRequest) -> bytes:
-        log.failure("cannot resolve the instance of an app host", failure)
-        return error_response(request, CozyError(
-            "an unexpected error occurred; it has been logged"))
+        return resolution_failed(failure, request)

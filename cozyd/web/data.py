@@ -54,6 +54,7 @@ from cozyd.documents import (
     protected_design_docs,
 )
 from cozyd.errors import CozyError, EchoError
+from cozyd.web.bodies import LoneSurrogate
 from cozyd.web.common import (
     error_response,
     instance_of,
@@ -227,6 +228,8 @@ def _couch_json(request: IRequest, name: str) -> Any:
         return None
     try:
         return parse_json(text.encode("utf-8"))
+    except LoneSurrogate as e:
+        raise couch_error(400, "bad_request", str(e)) from None
     except ValueError:
         raise couch_error(400, "bad_request", "invalid UTF-8 JSON") from None
 
@@ -358,6 +361,9 @@ class DataService(Service):
         data = self._read_body(request)
         try:
             return parse_json(data)
+        except LoneSurrogate as e:
+            # Whatever the route, CouchDB's answer to what it cannot store.
+            raise couch_error(400, "bad_request", str(e)) from None
         except ValueError as e:
             raise bad(str(e)) from None
 

@@ -418,3 +418,63 @@ async def test_require_index_refuses_full_scans(store, prefix):
     await store.create_index(db, ["n"], ddoc="by-n", name="by-n")
     found = await store.find(db, {"selector": {"n": 1}}, require_index=True)
     assert [d["_id"] for d in found["docs"]] == ["a"]
+
+
+# -- regular expressions and big indexes (issue 7) ------------------------------
+CATASTROPHIC = "(a+)+$"  # exponential for a backtracking engine
+
+
+@pytest.mark.realcouchdb  # pouchdb-server's JavaScript regexes backtrack
+@pytest_twisted.ensureDeferred
+async def test_a_catastrophic_regex_answers_at_once(store, created):
+    import time
+
+    await store.bulk_docs(created, [
+        {"_id": "no", "v": "a" * 40 + "!"},
+        {"_id": "yes", "v": "a" * 40},
+    ])
+    started = time.monotonic()
+    found = await store.find(created, {"selector": {"v": {"$regex": CATASTROPHIC}}})
+    changes = await store.changes(created, selector={"v": {"$regex": CATASTROPHIC}})
+    assert time.monotonic() - started < 5  # a backtracking matcher: hours
+    assert ids(found) == ["yes"]
+    assert [row["id"] for row in changes["results"]] == ["yes"]
+
+
+@pytest.mark.parametrize("pattern", [r"(a)\1", "(?=a)a", "(?<!b)a"])
+@pytest_twisted.ensureDeferred
+async def test_regexes_a_linear_engine_cannot_run_are_refused(store, created, engine,
+                                                               pattern):
+    """RE2 has no backreferences nor lookarounds: the embedded engine
+    refuses them with CouchDB's bad_arg, as the selector filter of
+    ``_changes`` does on both engines (cozyd evaluates it)."""
+    selector = {"v": {"$regex": pattern}}
+    with pytest.raises(InvalidRequest) as caught:
+        await store.changes(created, selector=selector)
+    assert caught.value.code == "bad_arg"
+    assert "not supported" in caught.value.detail
+    if engine == "embedded":
+        with pytest.raises(InvalidRequest) as caught:
+            await store.find(created, {"selector": selector})
+        assert caught.value.code == "bad_arg"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_index_of_too_many_fields_is_a_clear_error(store, created, engine):
+    from cozyd.storage.mango import MAX_INDEX_FIELDS
+
+    doc = {"_id": "wide", **{f"f{i}": i for i in range(1000)}}
+    await store.put_doc(created, doc)
+    fields = [f"f{i}" for i in range(MAX_INDEX_FIELDS)]
+    await store.create_index(created, fields, ddoc="wide", name="wide")
+    selector = {name: int(name[1:]) for name in fields}
+    assert ids(await store.find(created, {"selector": selector})) == ["wide"]
+    if engine == "embedded":  # CouchDB itself takes 1,000 fields
+        with pytest.raises(InvalidRequest) as caught:
+            await store.create_index(created, [f"f{i}" for i in range(1000)])
+        assert caught.value.code == "invalid_index"
+    # A selector of 1,000 conditions still answers on both.
+    selector = {f"f{i}": i for i in range(1000)}
+    assert ids(await store.find(created, {"selector": selector})) == ["wide"]
+    wide_or = {"$or": [{f"f{i}": -1} for i in range(1000)] + [{"f0": 0}]}
+    assert ids(await store.find(created, {"selector": wide_or})) == ["wide"]

@@ -4,6 +4,7 @@ import stat
 import pytest
 
 from cozyd import adminpass
+from cozyd.testing import sync
 
 
 def test_hash_verify_and_file_mode(tmp_path):
@@ -26,8 +27,25 @@ def test_malformed_hash_lines_are_refused(line):
 
 
 def test_checker_caches_only_the_right_passphrase():
+    hashed: list[bool] = []
+
+    async def run_hashing(function):
+        result = function()
+        hashed.append(result)
+        return result
+
+    checker = adminpass.PassphraseChecker(adminpass.hash_passphrase("good", n=1024),
+                                          run_hashing=run_hashing)
+    assert not sync(checker.check("bad"))
+    assert sync(checker.check("good"))
+    assert hashed == [False, True]  # scrypt ran in the hashing runner
+    assert sync(checker.check("good"))
+    assert hashed == [False, True]  # remembered: no scrypt again
+    assert not sync(checker.check("bad"))
+    assert hashed == [False, True, False]
+
+
+def test_checker_without_a_runner_checks_in_place():
     checker = adminpass.PassphraseChecker(adminpass.hash_passphrase("good", n=1024))
-    assert not checker.check("bad")
-    assert checker.check("good")
-    assert checker.check("good")
-    assert not checker.check("bad")
+    assert sync(checker.check("good"))
+    assert not sync(checker.check("bad"))

@@ -12,12 +12,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 
@@ -431,3 +432,155 @@ def test_conflicts_in_mango_queries():
     done(store.create_index(DB, ["_conflicts"], ddoc="c", name="c"))
     result = done(store.find(DB, {**query, "conflicts": True, "use_index": "c"}))
     assert [d["_id"] for d in result["docs"]] == ["torn"] and "warning" not in result
+
+
+# -- the pool and the per-file queue --------------------------------------------
+async def _until(condition, seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await deferLater(reactor, 0.01)
+    raise AssertionError("condition never held")
+
+
+@pytest.fixture
+def pooled(directory):
+    """A store on a storage pool of two threads (``(store, pool)``)."""
+    from cozyd.pools import WorkerPool
+
+    pool = WorkerPool(reactor, "storage-test", threads=2)
+    pool.start()
+    store = EmbeddedStore(str(directory), reactor=reactor, pool=pool)
+    yield store, pool
+    pool.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobs_of_a_busy_file_wait_before_the_pool(pooled):
+    """A file's jobs queue on the reactor thread, not in pool threads: one
+    stuck job of one instance cannot take every thread from the others."""
+    store, pool = pooled
+    hot, cold = "cozyaa/io-cozy-files", "cozybb/io-cozy-files"
+    release = threading.Event()
+    try:
+        await store.create_db(hot)
+        await store.create_db(cold)
+        await store.put_doc(cold, {"_id": "c"})
+
+        def stuck(database):
+            release.wait(10)
+            return "done"
+
+        held = [Deferred.fromCoroutine(store._read(hot, stuck)) for _ in range(4)]
+        await _until(lambda: pool.pending == 1)
+        assert pool.pending == 1  # the other three wait on the file's queue
+        other = Deferred.fromCoroutine(store.all_docs(cold))
+        other.addTimeout(5, reactor)
+        assert [row["id"] for row in (await other)["rows"]] == ["c"]
+        assert not any(d.called for d in held)
+        release.set()
+        assert [await d for d in held] == ["done"] * 4
+    finally:
+        release.set()
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_caller_keeps_its_file_until_its_job_ends(pooled):
+    store, _ = pooled
+    release = threading.Event()
+    started: list[str] = []
+    try:
+        await store.create_db(DB)
+
+        def stuck(database):
+            started.append("first")
+            release.wait(10)
+
+        def second(database):
+            started.append("second")
+            return "second done"
+
+        first = Deferred.fromCoroutine(store._write(DB, stuck))
+        await _until(lambda: started == ["first"])
+        following = Deferred.fromCoroutine(store._read(DB, second))
+        first.cancel()  # the client went away: its job still runs
+        with pytest.raises(CancelledError):
+            await first
+        await deferLater(reactor, 0.1)
+        assert started == ["first"]  # the connection is not shared meanwhile
+        release.set()
+        assert await following == "second done"
+    finally:
+        release.set()
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_inline_reads_never_wait_and_fall_back_to_the_pool(pooled):
+    """Primary-key reads run on the reactor thread when the file is free,
+    with a zero busy timeout; a busy file sends them to the pool."""
+    store, _ = pooled
+    seen: list[tuple[bool, int]] = []
+    busy = [True]
+    try:
+        await store.create_db(DB)
+        await store.put_doc(DB, {"_id": "a"})
+
+        def read(database):
+            timeout = database.conn.execute("PRAGMA busy_timeout").fetchone()[0]
+            on_reactor = threading.current_thread() is threading.main_thread()
+            seen.append((on_reactor, timeout))
+            if on_reactor and busy[0]:
+                busy[0] = False
+                raise sqlite3.OperationalError("database is locked")
+            return "read"
+
+        assert await store._read(DB, read, inline=True) == "read"
+        assert seen == [(True, 0), (False, 10_000)]
+        assert (await store.get_doc(DB, "a"))["_id"] == "a"
+        # A free file: on the reactor thread at once.
+        seen.clear()
+        assert await store._read(DB, read, inline=True) == "read"
+        assert seen == [(True, 0)]
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_busy_file_gives_its_thread_back_between_batches(directory):
+    """One pool thread, a long queue on one file: another file's job runs
+    after at most one batch of the first, not after all of it."""
+    from cozyd.pools import WorkerPool
+    from cozyd.storage.sqlite.files import _JobQueue
+
+    pool = WorkerPool(reactor, "storage-one", threads=1)
+    pool.start()
+    store = EmbeddedStore(str(directory), reactor=reactor, pool=pool)
+    hot, cold = "cozyaa/io-cozy-files", "cozybb/io-cozy-files"
+    order: list[str] = []
+    try:
+        await store.create_db(hot)
+        await store.create_db(cold)
+        release = threading.Event()
+
+        def first(database):
+            release.wait(10)
+            order.append("hot")
+
+        def job(name):
+            return lambda database: order.append(name)
+
+        jobs = [Deferred.fromCoroutine(store._read(hot, first))]
+        await _until(lambda: pool.pending == 1)
+        count = 3 * _JobQueue.BATCH
+        jobs += [Deferred.fromCoroutine(store._read(hot, job("hot"))) for _ in range(count)]
+        jobs.append(Deferred.fromCoroutine(store._read(cold, job("cold"))))
+        release.set()
+        for d in jobs:
+            await d
+        assert order.index("cold") <= _JobQueue.BATCH + 1
+        assert order.count("hot") == count + 1
+    finally:
+        await store.close()
+        pool.stop()
