@@ -4,6 +4,7 @@ passphrase file watch (the daemon tests cover them end to end)."""
 import json
 import os
 
+from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
@@ -57,13 +58,16 @@ def test_passphrase_file_is_re_read_when_it_changes(tmp_path):
     path = str(tmp_path / "secret")
     adminpass.write_hash_file(path, adminpass.hash_passphrase("old", n=TEST_SCRYPT_N))
     checker = adminpass.PassphraseChecker(adminpass.read_hash_file(path), path=path)
-    assert checker.check("old")
+
+    def check(passphrase):
+        return result_of(defer.Deferred.fromCoroutine(checker.check(passphrase)))
+    assert check("old")
     adminpass.write_hash_file(path, adminpass.hash_passphrase("new", n=TEST_SCRYPT_N))
-    assert checker.check("new")
-    assert not checker.check("old")  # the cached good answer is forgotten too
+    assert check("new")
+    assert not check("old")  # the cached good answer is forgotten too
     # A broken file keeps the last good hash.
     with open(path, "w") as f:
         f.write("garbage\n")
     os.utime(path, ns=(1, 1))
-    assert checker.check("new")
+    assert check("new")
     assert not checker.reload()
