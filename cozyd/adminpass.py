@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -85,25 +86,71 @@ class PassphraseChecker:
     calling thread). A password that verified once is remembered as an HMAC
     under a per-process key, so later requests cost one constant-time
     comparison on the reactor thread and the clear password is never kept.
+
+    With ``path``, the file is watched: every check first looks whether it
+    changed (its inode, size or modification time), and re-reads it if so
+    (``reload`` forces it: SIGHUP). A new passphrase works at once, the
+    old one stops working. A file that became unreadable or invalid keeps
+    the last good hash (and logs why).
     """
 
     def __init__(self, hash_line: str, *,
-                 run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]] = _run_here):
+                 run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]] = _run_here,
+                 path: str | None = None):
         parse_hash(hash_line)
         self._run_hashing = run_hashing
         self._hash_line = hash_line
         self._key = secrets.token_bytes(32)
         self._known: bytes | None = None
+        self._path = path
+        self._lock = threading.Lock()
+        self._stamp = self._stat()
+
+    def _stat(self) -> tuple | None:
+        if self._path is None:
+            return None
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def reload(self) -> bool:
+        """Re-read the file; True if the hash changed."""
+        from twisted.logger import Logger
+
+        if self._path is None:
+            return False
+        with self._lock:
+            self._stamp = self._stat()
+            try:
+                line = read_hash_file(self._path)
+            except (OSError, InvalidHashFile) as exc:
+                Logger().error("admin passphrase file {path} not re-read: {why}",
+                               path=self._path, why=getattr(exc, "strerror", None) or exc)
+                return False
+            if line == self._hash_line:
+                return False
+            self._hash_line = line
+            self._known = None
+        Logger().info("admin passphrase changed ({path} re-read)", path=self._path)
+        return True
+
+    def _maybe_reload(self) -> None:
+        if self._path is not None and self._stat() != self._stamp:
+            self.reload()
 
     def _mac(self, passphrase: str) -> bytes:
         return hmac.new(self._key, passphrase.encode("utf-8"), hashlib.sha256).digest()
 
     async def check(self, passphrase: str) -> bool:
+        self._maybe_reload()
         mac = self._mac(passphrase)
         if self._known is not None and hmac.compare_digest(mac, self._known):
             return True
         line = self._hash_line
         if await self._run_hashing(lambda: verify_passphrase(passphrase, line)):
-            self._known = mac
+            if line == self._hash_line:  # not replaced meanwhile
+                self._known = mac
             return True
         return False

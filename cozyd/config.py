@@ -90,6 +90,64 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
+#: Endpoint kinds a listener description may use (Twisted's syntax).
+LISTENER_KINDS = ("tcp", "tcp6", "ssl", "unix", "systemd")
+
+
+def _listener(text: str) -> str:
+    """A Twisted server endpoint description, ``tcp:8080:interface=127.0.0.1``,
+    ``ssl:8443:privateKey=key.pem:certKey=cert.pem``, ``unix:/run/cozyd.sock``,
+    ``systemd:domain=INET:index=0``; empty: from ``host`` and ``port``."""
+    text = text.strip()
+    if not text:
+        return ""
+    from twisted.internet.endpoints import _parse
+
+    kind = text.split(":", 1)[0].lower()
+    if kind not in LISTENER_KINDS:
+        raise ValueError("must be a listener description starting with one of "
+                         + ", ".join(f"{k}:" for k in LISTENER_KINDS))
+    try:
+        args, kwargs = _parse(text)
+    except Exception:
+        raise ValueError("must be a Twisted endpoint description") from None
+    if kind in ("tcp", "tcp6", "ssl") and len(args) < 2 and "port" not in kwargs:
+        raise ValueError(f"must name a port ({kind}:PORT or {kind}:port=PORT)")
+    if kind == "unix" and len(args) < 2 and "address" not in kwargs:
+        raise ValueError("must name a socket path (unix:/path/to/socket)")
+    if kind == "ssl" and "privateKey" not in kwargs:
+        raise ValueError("must name its key and certificate files "
+                         "(ssl:PORT:privateKey=key.pem:certKey=cert.pem)")
+    return text
+
+
+def listener_interface(description: str) -> str | None:
+    """The address a tcp/ssl description binds (``""``: every address),
+    None for kinds without one known before listening (unix, systemd)."""
+    from twisted.internet.endpoints import _parse
+
+    kind = description.split(":", 1)[0].lower()
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
+    args, kwargs = _parse(description)
+    positional = args[2] if kind != "ssl" and len(args) > 2 else ""
+    return kwargs.get("interface", positional)
+
+
+def tcp_description(host: str, port: int) -> str:
+    """The endpoint description of the ``host``/``port`` shorthand."""
+    escaped = host.replace(":", "\\:")
+    kind = "tcp6" if ":" in host else "tcp"
+    return f"{kind}:port={port}:interface={escaped}"
+
+
 def _http_url(text: str) -> str:
     text = text.strip()
     if not text:
@@ -122,10 +180,16 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "header_timeout": (_positive_float, "30"),
         # Routes only meant for cozyd's own tests (/_debug/...): keep off.
         "test_routes": (_bool, "false"),
+        # A Twisted endpoint description (tcp:, ssl:, unix:, systemd:);
+        # empty: tcp on host and port.
+        "listen": (_listener, ""),
+        # Seconds in-flight requests get to finish after SIGTERM.
+        "shutdown_grace": (_non_negative_float, "10"),
     },
     "admin": {
         "host": (_text, "127.0.0.1"),
         "port": (_port, "6060"),
+        "listen": (_listener, ""),
         "secret_filename": (_text, "cozy-admin-passphrase"),
         "allow_remote": (_bool, "false"),
     },
@@ -138,6 +202,13 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
     "couchdb": {
         "url": (_http_url, "http://127.0.0.1:5984/"),
         "timeout": (_positive_float, "30"),
+        # PEM file of the certificate authorities trusted for an https://
+        # CouchDB (empty: the system's).
+        "ca_file": (_text, ""),
+    },
+    "log": {
+        # text (twistd's lines) or json (one object per line).
+        "format": (_choice("text", "json"), "text"),
     },
     "fs": {
         "url": (_file_url, ""),
@@ -158,6 +229,8 @@ FLAG_KEYS = {
     "port": ("server", "port"),
     "admin-host": ("admin", "host"),
     "admin-port": ("admin", "port"),
+    "listen": ("server", "listen"),
+    "admin-listen": ("admin", "listen"),
     "couchdb-url": ("couchdb", "url"),
     "fs-url": ("fs", "url"),
     "data-dir": ("storage", "data_dir"),
@@ -218,6 +291,13 @@ def load_config(path: str | None, *, env: Mapping[str, str] | None = None,
             # Naming a CouchDB server selects the CouchDB engine.
             raw[("storage", "engine")] = ("couchdb", f"option --{flag}")
 
+    # --host/--port (shorthands) beat a listen description from the file
+    # or the environment; --listen beats them.
+    for section, prefix in (("server", ""), ("admin", "admin-")):
+        shorthand = any(flags.get(prefix + f) is not None for f in ("host", "port"))
+        if shorthand and flags.get(prefix + "listen") is None:
+            raw.pop((section, "listen"), None)
+
     values: dict[tuple[str, str], Any] = {}
     for (section, key) in _all_keys():
         parser, default = SCHEMA[section][key]
@@ -231,6 +311,13 @@ def load_config(path: str | None, *, env: Mapping[str, str] | None = None,
     for key in ("data_dir",):
         if ("storage", key) in values:
             values[("storage", key)] = _resolve(base_dir, values[("storage", key)])
+    if values.get(("couchdb", "ca_file")):
+        values[("couchdb", "ca_file")] = _resolve(base_dir, values[("couchdb", "ca_file")])
+    for section in ("server", "admin"):
+        if (section, "listen") in values and not values[(section, "listen")] \
+                and (section, "host") in values and (section, "port") in values:
+            values[(section, "listen")] = tcp_description(values[(section, "host")],
+                                                          values[(section, "port")])
     if values.get(("fs", "url")):
         values[("fs", "url")] = "file://" + _resolve(base_dir, values[("fs", "url")][7:])
 
@@ -277,19 +364,30 @@ def _read_file(path: str, raw: dict, problems: list[str]) -> None:
                 raw[(section, key)] = (value, "file")
 
 
-def _check_admin_host(values: dict, source: str, problems: list[str]) -> None:
-    host = values.get(("admin", "host"))
-    if host is None or values.get(("admin", "allow_remote")):
-        return
+def is_loopback(host: str) -> bool:
     if host == "localhost":
-        return
+        return True
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
     except ValueError:
-        loopback = False
-    if not loopback:
+        return False
+
+
+def _check_admin_host(values: dict, source: str, problems: list[str]) -> None:
+    if values.get(("admin", "allow_remote")):
+        return
+    listen = values.get(("admin", "listen"))
+    if not listen:
+        return
+    host = listener_interface(listen)
+    if host is not None and not is_loopback(host):
+        shown = f"{host!r} is not a loopback address" if host else \
+            f"{listen!r} listens on every address"
+        key = "host" if listen == tcp_description(values.get(("admin", "host"), ""),
+                                                  values.get(("admin", "port"), -1)) \
+            else "listen"
         problems.append(
-            f"{source}: [admin] host: {host!r} is not a loopback address; the admin "
+            f"{source}: [admin] {key}: {shown}; the admin "
             "API must stay on loopback unless [admin] allow_remote = true")
 
 

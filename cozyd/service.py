@@ -2,21 +2,36 @@
 
 ``build_stack`` wires storage, instances and the web apps; it is used both
 by the daemon (``CozydService``) and by the in-memory test stack
-(``cozyd.testing``). Start order: storage, then the listeners; stop order is
-the reverse.
+(``cozyd.testing``).
+
+The daemon is an ``OrderedMultiService`` of children started one after
+the other, each once the previous one is ready, and stopped in reverse:
+
+1. ``StorageService``: the data directory, the storage engine, the stack;
+2. (later) jobs and realtime;
+3. ``listeners``: the public and admin ``ListenerService`` (started in
+   order, stopped together: both stop accepting at once, then their
+   requests in flight get ``[server] shutdown_grace`` seconds).
+
+A failed start prints one line naming the cause on stderr (and in the
+log) and ends the process with status 1. SIGHUP re-reads the admin
+passphrase file and reopens the log file.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
-from twisted.application.service import Service
-from twisted.internet import defer, endpoints, task
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, task
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -31,6 +46,8 @@ from cozyd.config import Config
 from cozyd.documents import Documents
 from cozyd.instance.lifecycle import InstanceManager, ModifyOptions
 from cozyd.instance.registry import InstanceRegistry
+from cozyd.listeners import ListenerService, ServingSite, StartError
+from cozyd.metrics import Metrics, instrument_store
 from cozyd.permissions.resolver import PermissionResolver
 from cozyd.pools import WorkerPools, daemon_pools
 from cozyd.realtime.hub import EventHub
@@ -39,14 +56,13 @@ from cozyd.web.admin import AdminService
 from cozyd.web.apphosts import AppHosts
 from cozyd.web.auth import AuthService, HomeApp, HomePage, WebSessions
 from cozyd.web.data import DataService
+from cozyd.web.debug import DebugService
 from cozyd.web.guard import Guard
 from cozyd.web.oauth import ClientsSettingsService, OAuthService
 from cozyd.web.pages import Pages
 from cozyd.web.permissions import PermissionsService
 from cozyd.web.root import PublicRoot
 from cozyd.web.settings import SettingsService
-from cozyd.web.debug import DebugService
-from cozyd.web.site import CozySite
 from cozyd.web.status import StatusService
 
 log = Logger()
@@ -64,6 +80,9 @@ class Stack:
     hub: EventHub = attrs.field(factory=EventHub)
     #: The one path of every document write (it publishes on ``hub``).
     documents: Documents | None = None
+    metrics: Metrics | None = None
+    #: Re-reads the admin passphrase file (SIGHUP).
+    passphrase_checker: PassphraseChecker | None = None
 
 
 def thread_runner(reactor) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
@@ -77,7 +96,8 @@ def build_store(config: Config, reactor, pools: WorkerPools | None = None) -> Do
         from cozyd.storage.couchdb import CouchDBStore
 
         return CouchDBStore(config.get("couchdb", "url"), reactor=reactor,
-                            timeout=config.get("couchdb", "timeout"))
+                            timeout=config.get("couchdb", "timeout"),
+                            ca_file=config.get("couchdb", "ca_file") or None)
     from cozyd.storage.sqlite import EmbeddedStore
 
     if pools is None:
@@ -111,11 +131,13 @@ def build_stack(config: Config, *, store: DocumentStore,
                 run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]],
                 run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
                 seconds: Callable[[], float] = time.time, node: str = "",
-                pause: Callable[[], Awaitable[Any]] | None = None) -> Stack:
+                pause: Callable[[], Awaitable[Any]] | None = None,
+                sleep: Callable[[float], Awaitable[Any]] | None = None,
+                metrics: Metrics | None = None) -> Stack:
     """``run_hashing`` runs password hashing (the daemon's bounded pool;
     ``run_blocking`` when not given). ``pause()`` lets long answers give the
     reactor a turn between their pieces (None in memory: nothing else to let
-    run)."""
+    run); ``sleep(seconds)`` waits (the test routes' slow answer)."""
     run_hashing = run_hashing or run_blocking
     hub = EventHub()
     documents = Documents(store, hub)
@@ -149,8 +171,14 @@ def build_stack(config: Config, *, store: DocumentStore,
         **oauth_services(clients, access_codes, guard, pages=pages,
                          session_of=web_sessions.session_id_of, seconds=seconds),
     }
-    unscoped = {"_debug": DebugService(pause)} if config.get("server", "test_routes") \
-        else {}
+    unscoped = {"_debug": DebugService(pause, sleep=sleep)} \
+        if config.get("server", "test_routes") else {}
+    if metrics is None:
+        metrics = Metrics(services=[*services, *unscoped, "status", "version"])
+    metrics.services = frozenset(
+        {name.split("/", 1)[0] for name in services} | set(unscoped) | {"status", "version"}
+        | metrics.services)
+    metrics.watch_cache(lambda: len(getattr(registry, "_cache", ())))
     public = PublicRoot(registry, status, services=services, seconds=seconds,
                         unscoped=unscoped,
                         max_body_size=config.get("server", "max_body_size")).resource()
@@ -160,10 +188,12 @@ def build_stack(config: Config, *, store: DocumentStore,
     public = AppHosts(registry, public, {HOME_SLUG: home}, pages=pages,
                       scheme=scheme).resource()
     # scrypt in the hashing pool (off the reactor); wrong guesses rate-limited.
-    checker = PassphraseChecker(config.admin_passphrase_hash, run_hashing=run_hashing)
+    checker = PassphraseChecker(config.admin_passphrase_hash, run_hashing=run_hashing,
+                                path=config.get("admin", "secret_filename") or None)
     admin = AdminService(instances, checker.check, clients=clients,
-                         seconds=seconds).resource()
-    return Stack(config, store, instances, registry, public, admin, hub, documents)
+                         seconds=seconds, metrics=metrics).resource()
+    return Stack(config, store, instances, registry, public, admin, hub, documents,
+                 metrics=metrics, passphrase_checker=checker)
 
 
 def owner_services(config: Config, documents: Documents, instances: InstanceManager,
@@ -204,75 +234,215 @@ def oauth_services(clients: OAuthClients, codes: AccessCodes, guard: Guard, *,
 
 def access_log_line(timestamp: str, request) -> str:
     """One access-log line without the query string: query strings can
-    carry secrets (tokens, passphrases, register tokens)."""
+    carry secrets (tokens, passphrases, register tokens). (The daemon's
+    sites log structured events instead: ``cozyd.listeners.ServingSite``.)"""
     path = request.uri.split(b"?", 1)[0].decode("utf-8", "replace")
     method = request.method.decode("ascii", "replace")
     return f'"{method} {path}" {request.code} {request.sentLength or "-"}'
 
 
-class CozydService(Service):
-    """Storage first, then the public and admin listeners."""
+class OrderedMultiService(MultiService):
+    """Children started one after the other (each once the previous one's
+    ``startService`` Deferred fired) and stopped in reverse order, one
+    after the other too, or all at once with ``stop_together``."""
+
+    stop_together = False
+
+    def startService(self) -> defer.Deferred:
+        Service.startService(self)
+        return defer.Deferred.fromCoroutine(self._start_children())
+
+    async def _start_children(self) -> None:
+        for child in self:
+            await defer.maybeDeferred(child.startService)
+
+    def stopService(self) -> defer.Deferred:
+        Service.stopService(self)
+        children = [child for child in reversed(list(self)) if child.running]
+        if self.stop_together:
+            return defer.DeferredList([defer.maybeDeferred(c.stopService) for c in children],
+                                      consumeErrors=True)
+        return defer.Deferred.fromCoroutine(self._stop_children(children))
+
+    async def _stop_children(self, children) -> None:
+        for child in children:
+            try:
+                await defer.maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("stopping {child}", child=child)
+
+
+class StorageService(Service):
+    """The data directory, the storage engine and the stack built on it."""
+
+    name = "storage"
 
     def __init__(self, config: Config, reactor):
         self._config = config
         self._reactor = reactor
-        self._ports: list = []
         self.stack: Stack | None = None
+        self.metrics = Metrics()
         self.pools: WorkerPools = daemon_pools(reactor)
 
-    def startService(self) -> None:
+    def startService(self) -> defer.Deferred:
         super().startService()
-        d = defer.Deferred.fromCoroutine(self._start())
-
-        def failed(failure):
-            log.failure("cozyd could not start", failure)
-            self._reactor.stop()
-        d.addErrback(failed)
+        return defer.Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> None:
         config = self._config
-        os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+        reactor = self._reactor
+        try:
+            os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+            node = node_id(config.data_dir)
+            probe = os.path.join(config.data_dir, f".write-test-{os.getpid()}")
+            with open(probe, "w", encoding="ascii"):
+                pass
+            os.unlink(probe)
+        except OSError as exc:
+            raise StartError(f"the data directory {config.data_dir} is not usable: "
+                             f"{exc.strerror or exc}") from None
         self.pools.start()
-        store = build_store(config, self._reactor, self.pools)
-        await store.start()
-        self.stack = build_stack(config, store=store,
-                                 run_blocking=thread_runner(self._reactor),
+        try:
+            store = instrument_store(build_store(config, reactor, self.pools), self.metrics)
+            await store.start()
+        except Exception as exc:
+            raise StartError(f"the {config.get('storage', 'engine')} storage cannot "
+                             f"start: {' '.join(str(exc).split()) or type(exc).__name__}") \
+                from None
+        self.metrics.watch_pool("default", reactor.getThreadPool())
+        for pool in self.pools.all():
+            self.metrics.watch_pool(pool.name, pool)
+        self.stack = build_stack(config, store=store, run_blocking=thread_runner(reactor),
                                  run_hashing=self.pools.hashing.run,
-                                 node=node_id(config.data_dir),
-                                 pause=next_turn(self._reactor))
+                                 node=node, pause=next_turn(reactor),
+                                 sleep=lambda s: task.deferLater(reactor, s, lambda: None),
+                                 metrics=self.metrics)
         await self.stack.instances.setup()
         log.info("storage ready: {engine} engine", engine=store.engine)
-        await self._listen("public API", self.stack.public,
-                           config.get("server", "host"), config.get("server", "port"))
-        await self._listen("admin API", self.stack.admin,
-                           config.get("admin", "host"), config.get("admin", "port"))
 
-    async def _listen(self, name: str, resource, host: str, port: int) -> None:
-        # Bodies over the limit are refused before they are read.
-        site = CozySite(resource, logFormatter=access_log_line,
-                        max_body_size=self._config.get("server", "max_body_size"),
-                        header_timeout=self._config.get("server", "header_timeout"))
-        site.displayTracebacks = False
-        if ":" in host:
-            endpoint = endpoints.TCP6ServerEndpoint(self._reactor, port, interface=host)
-        else:
-            endpoint = endpoints.TCP4ServerEndpoint(self._reactor, port, interface=host)
-        listening = await endpoint.listen(site)
-        self._ports.append(listening)
-        address = listening.getHost()
-        shown = f"[{address.host}]" if ":" in address.host else address.host
-        log.info("{name} listening on http://{address}:{port}/", name=name,
-                 address=shown, port=address.port)
-
-    def stopService(self):
+    def stopService(self) -> defer.Deferred:
         super().stopService()
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        for port in self._ports:
-            await port.stopListening()
-        self._ports.clear()
         if self.stack is not None:
             await self.stack.store.close()
         self.pools.stop()
-        log.info("cozyd stopped")
+
+
+class CozydService(OrderedMultiService):
+    """The daemon: storage, then the listeners (see the module docstring)."""
+
+    def __init__(self, config: Config, reactor, *, log_observer: Any = None,
+                 stderr: Any = None):
+        super().__init__()
+        self._config = config
+        self._reactor = reactor
+        self._log_observer = log_observer
+        self._stderr = stderr if stderr is not None else sys.stderr
+        self.storage = StorageService(config, reactor)
+        self.storage.setServiceParent(self)
+        # (jobs and realtime services go here, between storage and listeners)
+        self.listeners = OrderedMultiService()
+        self.listeners.stop_together = True
+        self.listeners.setName("listeners")
+        grace = config.get("server", "shutdown_grace")
+        ListenerService("public API", config.get("server", "listen"),
+                        lambda: self._site("public", self.stack.public), reactor,
+                        grace=grace).setServiceParent(self.listeners)
+        ListenerService("admin API", config.get("admin", "listen"),
+                        lambda: self._site("admin", self.stack.admin), reactor,
+                        grace=grace, loopback_only=not config.get("admin", "allow_remote")
+                        ).setServiceParent(self.listeners)
+        self.listeners.setServiceParent(self)
+
+    @property
+    def stack(self) -> Stack | None:
+        return self.storage.stack
+
+    def setServiceParent(self, parent) -> None:
+        # twistd's application: its log observer is cozyd's ([log] format).
+        if self._log_observer is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            parent.setComponent(ILogObserver, self._log_observer)
+        super().setServiceParent(parent)
+
+    def _site(self, listener: str, resource) -> ServingSite:
+        # Bodies over the limit are refused before they are read.
+        site = ServingSite(resource, listener=listener, metrics=self.storage.metrics,
+                           max_body_size=self._config.get("server", "max_body_size"),
+                           header_timeout=self._config.get("server", "header_timeout"))
+        site.displayTracebacks = False
+        return site
+
+    def startService(self) -> defer.Deferred:
+        d = super().startService()
+        d.addCallbacks(self._started, self._failed)
+        return d
+
+    def _started(self, _) -> None:
+        self._install_sighup()
+
+    def _failed(self, failure) -> None:
+        if failure.check(StartError):
+            reason = str(failure.value)
+        else:
+            log.failure("cozyd could not start", failure)
+            reason = " ".join(str(failure.value).split()) or failure.type.__name__
+        line = f"cozyd cannot start: {reason}"
+        log.error("{line}", line=line)
+        try:
+            self._stderr.write(line + "\n")
+            self._stderr.flush()
+        except (OSError, ValueError):
+            pass
+        self._exit_code = 1
+
+        def exit_now() -> None:
+            # twistd would exit 0 after the reactor stops: systemd's
+            # Restart=on-failure must see the failure.
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            destination = getattr(self._log_observer, "destination", None)
+            if destination is not None:
+                destination.flush()
+            os._exit(1)
+        self._reactor.addSystemEventTrigger("after", "shutdown", exit_now)
+
+        def stop() -> None:
+            try:
+                self._reactor.stop()
+            except ReactorNotRunning:
+                pass  # stopping already (a signal came during the start)
+        if self._reactor.running:
+            stop()
+        else:
+            self._reactor.callWhenRunning(stop)
+
+    # -- SIGHUP ---------------------------------------------------------------
+    def _install_sighup(self) -> None:
+        if not hasattr(signal, "SIGHUP"):
+            return
+        try:
+            signal.signal(signal.SIGHUP,
+                          lambda *_: self._reactor.callFromThread(self.reload))
+        except ValueError:  # not the main thread (tests)
+            pass
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the admin passphrase, reopen the log file."""
+        if self._log_observer is not None:
+            self._log_observer.reopen()
+        log.info("SIGHUP: reopened the log, re-reading the admin passphrase")
+        stack = self.stack
+        if stack is not None and stack.passphrase_checker is not None:
+            stack.passphrase_checker.reload()
+
+    def stopService(self) -> defer.Deferred:
+        d = super().stopService()
+        d.addBoth(lambda _: log.info("cozyd stopped"))
+        return d

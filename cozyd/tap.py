@@ -20,6 +20,11 @@ class Options(usage.Options):
         "COZYD_<SECTION>_<KEY> environment variables, which beat the config file.")
     optParameters = [
         ["config", "c", None, "Configuration file (INI), e.g. /etc/cozyd/cozyd.conf."],
+        ["listen", None, None, "Where the public API listens, a Twisted endpoint: "
+         "tcp:8080:interface=127.0.0.1, ssl:8443:privateKey=key.pem:certKey=cert.pem, "
+         "unix:/run/cozyd/public.sock, systemd:domain=INET:index=0 ([server] listen)."],
+        ["admin-listen", None, None, "Where the admin API listens, a Twisted endpoint "
+         "([admin] listen); loopback only unless [admin] allow_remote."],
         ["host", None, None, "Address of the public API ([server] host)."],
         ["port", "p", None, "Port of the public API ([server] port), 0 for any."],
         ["admin-host", None, None, "Address of the admin API ([admin] host)."],
@@ -36,18 +41,29 @@ class Options(usage.Options):
         try:
             self["loaded"] = load_config(self["config"], flags=flags)
         except ConfigError as exc:
-            # All problems at once; the config is not usable, so refuse to start.
-            lines = "\n".join(f"  - {p}" for p in exc.problems)
-            raise usage.UsageError(
-                f"cozyd cannot start, the configuration has problems:\n{lines}") from None
+            # All problems at once; the config is not usable, so refuse to
+            # start: status 1, the problems on stderr, no usage text.
+            if len(exc.problems) == 1:
+                message = f"cozyd cannot start: {exc.problems[0]}"
+            else:
+                lines = "\n".join(f"  - {p}" for p in exc.problems)
+                message = f"cozyd cannot start, the configuration has problems:\n{lines}"
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
+            raise SystemExit(1) from None
 
 
 def makeService(options: Options):
     from twisted.internet import reactor
 
+    from cozyd.logs import make_observer
     from cozyd.service import CozydService
 
-    return CozydService(options["loaded"], reactor)
+    config = options["loaded"]
+    # twistd's own options (--logfile, --syslog, -n) tell where logs go.
+    observer = make_observer(config.get("log", "format"), getattr(options, "parent", None))
+    # stderr as it is now: twistd sends it into the log once logging starts.
+    return CozydService(config, reactor, log_observer=observer, stderr=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -162,6 +162,24 @@ def _split_credentials(url: str) -> tuple[str, bytes | None]:
     return urlunsplit((parts.scheme, netloc, path, "", "")), auth
 
 
+def tls_policy(ca_file: str | None):
+    """How an ``https://`` CouchDB is trusted: its certificate must chain to
+    the CAs of ``ca_file`` (PEM, one or more certificates), or to the
+    system's when None, and name the URL's host (service-identity)."""
+    if not ca_file:
+        return web_client.BrowserLikePolicyForHTTPS()
+    from twisted.internet import ssl
+
+    with open(ca_file, "rb") as f:
+        pem = f.read()
+    certificates = [ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + block)
+                    for block in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+    if not certificates:
+        raise ValueError(f"{ca_file} holds no PEM certificate")
+    return web_client.BrowserLikePolicyForHTTPS(
+        trustRoot=ssl.trustRootFromCertificates(certificates))
+
+
 class CouchDBStore:
     """``DocumentStore`` on an Apache CouchDB 3.x server."""
 
@@ -176,7 +194,7 @@ class CouchDBStore:
     idle_connection_timeout = 4.0
 
     def __init__(self, url: str, *, reactor=None, timeout: float = 30.0,
-                 pool=None, http_client=None):
+                 pool=None, http_client=None, ca_file: str | None = None):
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -196,9 +214,9 @@ class CouchDBStore:
                 self._own_pool = True
             # treq over Twisted's Agent and the tuned pool (treq's cookie jar
             # costs a little per request; it is the client the stack uses).
-            http_client = treq_client.HTTPClient(
-                web_client.Agent(reactor, pool=pool, connectTimeout=self._timeout),
-                data_to_body_producer=_BytesProducer)
+            agent = web_client.Agent(reactor, pool=pool, connectTimeout=self._timeout,
+                                     contextFactory=tls_policy(ca_file))
+            http_client = treq_client.HTTPClient(agent, data_to_body_producer=_BytesProducer)
         self._pool = pool
         self._http = http_client  # treq (or an injected StubTreq in tests)
         self._registry_locks: dict[str, DeferredLock] = {}

@@ -58,8 +58,10 @@ class AdminService(Service):
     def __init__(self, instances: InstanceManager,
                  check_passphrase: Callable[[str], bool | Awaitable[bool]],
                  *, clients: Any, seconds: Callable[[], float],
-                 max_failures: int = MAX_FAILURES, failure_period: float = FAILURE_PERIOD):
+                 max_failures: int = MAX_FAILURES, failure_period: float = FAILURE_PERIOD,
+                 metrics: Any = None):
         super().__init__()
+        self._metrics = metrics
         self._instances = instances
         self._check_passphrase = check_passphrase
         self._clients = clients
@@ -233,4 +235,14 @@ class AdminService(Service):
                            code="client_not_found")
         return json_response(request, {**client, "client_id": client["_id"]})
 
+    # -- metrics ------------------------------------------------------------
+    @route("metrics", "GET", auth=ADMIN)
+    async def metrics(self, request: IRequest):
+        """Prometheus text format (``cozyd.metrics``)."""
+        if self._metrics is None:
+            raise NotFound("no metrics are kept here")
+        from cozyd.metrics import CONTENT_TYPE
 
+        request.setHeader(b"Content-Type", CONTENT_TYPE.encode("ascii"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return self._metrics.exposition()

@@ -6,6 +6,9 @@ gigabyte to check that streamed bodies keep the daemon's memory flat.
 With ``?slow=true`` each chunk waits for a turn of the reactor before the
 next one, so that the connection has to stop reading from the client
 (back-pressure).
+
+``GET /_debug/sleep?seconds=S`` answers ``{"slept": S}`` after S seconds
+(at most 60): the lifecycle tests stop the daemon during a slow request.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
+from cozyd.errors import BadRequest
 from cozyd.web.bodies import body_stream
 from cozyd.web.common import json_response, jsonapi_errors
 from cozyd.web.params import parse_bool, query_param
@@ -27,9 +31,23 @@ MAX_HASHED_BODY = 4 * 1024**3
 class DebugService(Service):
     errors = jsonapi_errors
 
-    def __init__(self, pause: Callable[[], Awaitable[Any]] | None = None):
+    def __init__(self, pause: Callable[[], Awaitable[Any]] | None = None, *,
+                 sleep: Callable[[float], Awaitable[Any]] | None = None):
         super().__init__()
         self._pause = pause
+        self._sleep = sleep
+
+    @route("_debug/sleep", "GET")
+    async def sleep(self, request: IRequest) -> bytes:
+        try:
+            seconds = float(query_param(request, "seconds") or "1")
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= 60:
+            raise BadRequest("seconds must be a number between 0 and 60")
+        if self._sleep is not None:
+            await self._sleep(seconds)
+        return json_response(request, {"slept": seconds})
 
     @route("_debug/sha256", "POST", body=streamed(MAX_HASHED_BODY))
     async def sha256(self, request: IRequest) -> bytes:

@@ -27,7 +27,7 @@ from cozyd.testing import TEST_ADMIN_PASSPHRASE, write_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
-LISTENING = re.compile(r"(public|admin) API listening on http://([^/]+):(\d+)/")
+LISTENING = re.compile(r"(public|admin) API listening on https?://([^/]+):(\d+)/")
 START_TIMEOUT = 30.0
 
 

@@ -80,3 +80,57 @@ def test_unreadable_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
     assert "not a scrypt" in info.value.problems[0]
+
+
+def test_listeners_default_from_host_and_port(tmp_path):
+    path = write_config(str(tmp_path), server={"host": "::1", "port": "8081"})
+    config = load_config(path, env={})
+    assert config.get("server", "listen") == "tcp6:port=8081:interface=\\:\\:1"
+    assert config.get("admin", "listen") == "tcp:port=6060:interface=127.0.0.1"
+    assert config.get("server", "shutdown_grace") == 10.0
+    assert config.get("log", "format") == "text"
+    assert config.get("couchdb", "ca_file") == ""
+
+
+def test_listen_descriptions_and_shorthand_flags(tmp_path):
+    path = write_config(str(tmp_path), server={"listen": "unix:/run/cozyd.sock"},
+                        couchdb={"ca_file": "ca.pem"})
+    config = load_config(path, env={})
+    assert config.get("server", "listen") == "unix:/run/cozyd.sock"
+    assert config.get("couchdb", "ca_file") == os.path.join(str(tmp_path), "ca.pem")
+    # --port beats the file's listen; --listen beats --port.
+    assert load_config(path, env={}, flags={"port": "0"}).get("server", "listen") \
+        == "tcp:port=0:interface=127.0.0.1"
+    assert load_config(path, env={}, flags={"port": "0", "listen": "systemd:domain=INET:"
+                                            "index=0"}).get("server", "listen") \
+        == "systemd:domain=INET:index=0"
+
+
+def test_bad_lifecycle_values_are_all_listed(tmp_path):
+    path = write_config(str(tmp_path), server={"listen": "http:8080", "shutdown_grace": "-1"},
+                        log={"format": "xml"}, admin={"listen": "ssl:6060"})
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    problems = "\n".join(info.value.problems)
+    assert "[server] listen: must be a listener description starting with one of" in problems
+    assert "[server] shutdown_grace: must be a number of seconds" in problems
+    assert "[log] format: must be one of text, json" in problems
+    assert "[admin] listen: must name its key and certificate files" in problems
+    assert len(info.value.problems) == 4
+
+
+@pytest.mark.parametrize("listen", ["tcp:6060", "tcp:6060:interface=0.0.0.0",
+                                    "ssl:6060:privateKey=k.pem:interface=192.0.2.1",
+                                    "tcp6:6060:interface=\\:\\:"])
+def test_admin_listener_stays_on_loopback(tmp_path, listen):
+    path = write_config(str(tmp_path), admin={"listen": listen})
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert "must stay on loopback unless [admin] allow_remote = true" \
+        in info.value.problems[0]
+    allowed = write_config(str(tmp_path), admin={"listen": listen, "allow_remote": "true"})
+    assert load_config(allowed, env={}).get("admin", "listen") == listen
+    for fine in ("tcp:6060:interface=127.0.0.1", "unix:/run/cozyd-admin.sock",
+                 "tcp6:6060:interface=\\:\\:1"):
+        ok = write_config(str(tmp_path), admin={"listen": fine})
+        assert load_config(ok, env={}).get("admin", "listen") == fine

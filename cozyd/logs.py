@@ -1,0 +1,132 @@
+"""The daemon's log: text (twistd's usual lines) or JSON, reopened on SIGHUP.
+
+``twistd`` makes its own observer unless the application carries an
+``ILogObserver`` component; ``CozydService.setServiceParent`` sets one
+made here (``make_observer``), so that ``[log] format`` is obeyed and the
+file given with ``twistd --logfile`` can be reopened after logrotate
+moved it (``LogDestination.reopen``, called on SIGHUP). ``--syslog`` and
+``--logger`` keep twistd's own observer.
+
+The JSON format writes one object a line::
+
+    {"time": "2026-12-01T21:49:49.123456+00:00", "level": "info",
+     "namespace": "cozyd.access", "message": "...", "fields": {...}}
+
+``fields`` holds the event's own keys (not twisted.logger's ``log_*``
+bookkeeping); a failure adds ``"traceback"``. Nothing secret is logged by
+cozyd: the access log has no query string, passphrases and tokens are
+never put into events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    formatEvent,
+    formatEventAsClassicLogText,
+)
+from twisted.python.logfile import LogFile
+from zope.interface import implementer
+
+
+class LogDestination:
+    """Where log lines go: a stream (stdout), or a file that can be reopened."""
+
+    def __init__(self, path: str | None = None, stream: IO[str] | None = None):
+        self.path = path
+        self._file: Any = None
+        if path is not None:
+            # No rotation of its own: logrotate moves the file, SIGHUP reopens it.
+            self._file = LogFile.fromFullPath(path, rotateLength=None)
+        self._stream = stream if stream is not None else sys.stdout
+
+    def write(self, text: str) -> None:
+        if self._file is not None:
+            self._file.write(text)
+        else:
+            self._stream.write(text)
+
+    def flush(self) -> None:
+        target = self._file if self._file is not None else self._stream
+        target.flush()
+
+    def reopen(self) -> None:
+        if self._file is not None:
+            self._file.reopen()
+
+
+def _json_safe(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return repr(value)
+
+
+def event_as_json(event: dict) -> str:
+    """One JSON line for a twisted.logger event."""
+    when = datetime.fromtimestamp(event.get("log_time", 0), tz=UTC)
+    level = event.get("log_level")
+    fields = {k: _json_safe(v) for k, v in event.items()
+              if not k.startswith("log_") and k not in ("message", "format", "time",
+                                                        "system", "isError", "failure",
+                                                        "why")}
+    record: dict[str, Any] = {
+        "time": when.isoformat(),
+        "level": getattr(level, "name", "info"),
+        "namespace": event.get("log_namespace", "-"),
+        "message": formatEvent(event),
+        "fields": fields,
+    }
+    failure = event.get("log_failure")
+    if failure is not None:
+        record["level"] = "critical" if record["level"] == "critical" else "error"
+        record["traceback"] = failure.getTraceback()
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+@implementer(ILogObserver)
+class CozydLogObserver:
+    """Formats every event as text or JSON into a ``LogDestination``."""
+
+    def __init__(self, destination: LogDestination, fmt: str = "text"):
+        self.destination = destination
+        self.format = fmt
+        if fmt == "json":
+            self._observer = FileLogObserver(destination, event_as_json)
+        else:
+            self._observer = FileLogObserver(destination, formatEventAsClassicLogText)
+
+    def __call__(self, event: dict) -> None:
+        self._observer(event)
+
+    def reopen(self) -> None:
+        self.destination.reopen()
+
+
+def make_observer(fmt: str, twistd_options: Any = None) -> CozydLogObserver | None:
+    """The observer for ``[log] format``, writing where twistd was told to
+    (``--logfile``; stdout with ``-n`` or ``--logfile -``), or None where
+    twistd's own observer must stay (``--syslog``, ``--logger``)."""
+    options = twistd_options if twistd_options is not None else {}
+    get = getattr(options, "get", lambda key, default=None: default)
+    if get("syslog") or get("logger"):
+        return None
+    logfile = get("logfile")
+    if not logfile:
+        if not get("nodaemon", True):
+            logfile = "twistd.log"  # twistd's default when it daemonizes
+        else:
+            logfile = "-"
+    if logfile == "-":
+        return CozydLogObserver(LogDestination(stream=sys.stdout), fmt)
+    return CozydLogObserver(LogDestination(path=os.path.abspath(logfile)), fmt)

@@ -1,0 +1,73 @@
+"""Unit checks of the JSON log format, the store timing and the admin
+passphrase file watch (the daemon tests cover them end to end)."""
+
+import json
+import os
+
+from twisted.internet import defer
+from twisted.logger import LogLevel
+from twisted.python.failure import Failure
+
+from cozyd import adminpass
+from cozyd.logs import event_as_json
+from cozyd.metrics import Metrics, instrument_store
+from cozyd.testing import TEST_SCRYPT_N, result_of
+
+
+def test_json_event_has_the_documented_keys_and_no_bookkeeping():
+    event = {"log_format": "{who} did {what}", "who": "alice", "what": object(),
+             "log_level": LogLevel.warn, "log_namespace": "cozyd.x", "log_time": 0.0,
+             "log_logger": object(), "log_source": None}
+    record = json.loads(event_as_json(event))
+    assert set(record) == {"time", "level", "namespace", "message", "fields"}
+    assert record["level"] == "warn"
+    assert record["namespace"] == "cozyd.x"
+    assert record["message"].startswith("alice did <object")
+    assert record["fields"]["who"] == "alice"
+    assert not any(k.startswith("log_") for k in record["fields"])
+    assert record["time"].startswith("1970-01-01T00:00:00")
+    failure = Failure(ZeroDivisionError("division by zero"))
+    record = json.loads(event_as_json({**event, "log_failure": failure}))
+    assert record["level"] == "error"
+    assert "ZeroDivisionError" in record["traceback"]
+
+
+class _Store:
+    engine = "fake"
+
+    async def get_doc(self, db, doc_id):
+        return {"_id": doc_id}
+
+    def not_async(self):
+        return 1
+
+
+def test_store_calls_are_timed_by_engine_and_operation():
+    from twisted.internet import defer
+
+    metrics = Metrics()
+    store = instrument_store(_Store(), metrics)
+    assert result_of(defer.Deferred.fromCoroutine(store.get_doc("db", "x"))) == {"_id": "x"}
+    text = metrics.exposition().decode()
+    assert 'cozyd_storage_call_duration_seconds_count{engine="fake",operation="get_doc"} 1.0' \
+        in text
+    assert store.not_async() == 1
+
+
+def test_passphrase_file_is_re_read_when_it_changes(tmp_path):
+    path = str(tmp_path / "secret")
+    adminpass.write_hash_file(path, adminpass.hash_passphrase("old", n=TEST_SCRYPT_N))
+    checker = adminpass.PassphraseChecker(adminpass.read_hash_file(path), path=path)
+
+    def check(passphrase):
+        return result_of(defer.Deferred.fromCoroutine(checker.check(passphrase)))
+    assert check("old")
+    adminpass.write_hash_file(path, adminpass.hash_passphrase("new", n=TEST_SCRYPT_N))
+    assert check("new")
+    assert not check("old")  # the cached good answer is forgotten too
+    # A broken file keeps the last good hash.
+    with open(path, "w") as f:
+        f.write("garbage\n")
+    os.utime(path, ns=(1, 1))
+    assert check("new")
+    assert not checker.reload()
