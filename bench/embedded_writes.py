@@ -2,12 +2,14 @@
 profile of the daemon while it takes them.
 
     .venv/bin/python bench/embedded_writes.py [--requests 2000] [--bin DIR]
-        [--profile out.txt]
+        [--profile out.txt] [--couchdb-url http://admin:pw@127.0.0.1:5984]
 
 ``--bin``: the virtualenv bin directory whose twistd runs the daemon (to
 compare two checkouts); ``--profile``: record the daemon with py-spy (in the
 same virtualenv as this script) during the c=32 creates and print the top
-frames (own samples, and inclusive samples of cozyd's frames).
+frames (own samples, and inclusive samples of cozyd's frames);
+``--couchdb-url``: measure the same creates and updates on that CouchDB
+directly, in the same run, and print the ratios.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.data import cozyd_target, document, update_load  # noqa: E402
+from bench.data import couch_target, cozyd_target, document, update_load  # noqa: E402
 from bench.loadgen import run_load  # noqa: E402
 from tests.support.daemon import BIN, Daemon  # noqa: E402
 
@@ -56,11 +58,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--bin", default=BIN)
     parser.add_argument("--profile")
+    parser.add_argument("--couchdb-url")
     args = parser.parse_args()
+    figures: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory(prefix="cozyd-writes-") as workdir:
         daemon = Daemon(workdir, bin_dir=args.bin)
         daemon.start()
         try:
+            print("== cozyd embedded")
             target = cozyd_target(daemon, "cozyd embedded")
             target.call("PUT", "/x", {"seed": True})  # the database exists
             headers = {**target.headers, "Content-Type": "application/json",
@@ -82,8 +87,33 @@ def main() -> None:
                 print("  " + create.line(f"create (c={c})"), flush=True)
                 update = update_load(target, headers, c, args.requests)
                 print("  " + update.line(f"update (c={c})"), flush=True)
+                figures.setdefault("embedded", {}).update(
+                    {f"create c={c}": create, f"update c={c}": update})
         finally:
             daemon.stop()
+    if args.couchdb_url:
+        couch = couch_target(args.couchdb_url.rstrip("/"))
+        couch.db_path = f"/bench-writes-{os.getpid()}"
+        couch.call("PUT", "")
+        headers = {**couch.headers, "Content-Type": "application/json",
+                   "Accept": "application/json"}
+        body = json.dumps(document(1)).encode()
+        print("== CouchDB (direct)")
+        try:
+            for c in (1, 32):
+                create = run_load(couch.url(), method="POST", headers=headers,
+                                  body=body, concurrency=c, requests=args.requests)
+                print("  " + create.line(f"create (c={c})"), flush=True)
+                update = update_load(couch, headers, c, args.requests)
+                print("  " + update.line(f"update (c={c})"), flush=True)
+                figures.setdefault("couchdb", {}).update(
+                    {f"create c={c}": create, f"update c={c}": update})
+        finally:
+            couch.call("DELETE", "")
+        print("== embedded / CouchDB direct (goals: >= 1.5 at c=32, >= 2 at c=1)")
+        for name, result in figures["embedded"].items():
+            ratio = result.rps / figures["couchdb"][name].rps  # type: ignore[attr-defined]
+            print(f"  {name}: {ratio:.2f}")
     if args.profile:
         top_frames(args.profile)
 

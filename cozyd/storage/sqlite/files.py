@@ -376,21 +376,25 @@ class _PrefixFile:
                 self.connection = _connect(self.path)
             connection = self.connection
             results: list[Any] = []
+            # A write alone needs no savepoint: its failure rolls back all.
+            savepoints = len(writes) > 1
             connection.execute("BEGIN IMMEDIATE")
             try:
                 for work, _ in writes:
-                    connection.execute("SAVEPOINT write")
+                    if savepoints:
+                        connection.execute("SAVEPOINT write")
                     try:
                         with _sqlite_errors(self.prefix):
                             result = work(connection)
                     except BaseException:
-                        if not connection.in_transaction:
-                            raise  # the whole group was rolled back
+                        if not savepoints or not connection.in_transaction:
+                            raise  # the whole group is rolled back
                         results.append(Failure())
                         connection.execute("ROLLBACK TO write")
                     else:
                         results.append(result)
-                    connection.execute("RELEASE write")
+                    if savepoints:
+                        connection.execute("RELEASE write")
                 connection.execute("COMMIT")
             except BaseException:
                 if connection.in_transaction:
