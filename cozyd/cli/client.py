@@ -25,6 +25,9 @@ from typing import Any
 from cozyd.cli.output import CLIError
 
 DEFAULT_TIMEOUT = 15.0
+#: Where the Debian package writes the generated admin passphrase, in
+#: clear, readable by root only: cozyctl run as root finds it there.
+DEFAULT_PASSPHRASE_FILE = "/etc/cozyd/admin-passphrase"
 # Creating or destroying an instance touches many databases and files.
 LONG_TIMEOUT = 300.0
 
@@ -87,15 +90,45 @@ def env_passphrase(env: Mapping[str, str]) -> str | None:
     return env.get("COZY_ADMIN_PASSPHRASE") or env.get("COZY_ADMIN_PASSWORD") or None
 
 
+def file_passphrase(env: Mapping[str, str]) -> str | None:
+    """The admin passphrase kept in a file: the first line of
+    ``COZY_ADMIN_PASSPHRASE_FILE`` (an error if it cannot be read), else of
+    ``DEFAULT_PASSPHRASE_FILE`` when it exists and this user may read it.
+    ``COZY_ADMIN_PASSPHRASE_FILE=`` (empty) turns the lookup off."""
+    named = env.get("COZY_ADMIN_PASSPHRASE_FILE")
+    if named == "":
+        return None
+    path = named or DEFAULT_PASSPHRASE_FILE
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        if named is None:
+            return None  # not there, or not ours (cozyctl run as another user)
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise CLIError(f"COZY_ADMIN_PASSPHRASE_FILE: cannot read {path}: {reason}") from None
+    if text.startswith("scrypt$"):
+        raise CLIError(
+            f"{path} holds the hashed admin passphrase (the daemon's "
+            "[admin] secret_filename), not the passphrase itself")
+    if not text:
+        if named is None:
+            return None
+        raise CLIError(f"COZY_ADMIN_PASSPHRASE_FILE: {path} is empty")
+    return text
+
+
 def admin_password(env: Mapping[str, str]) -> str:
-    """The admin passphrase from the environment, else asked on the terminal."""
-    password = env_passphrase(env)
+    """The admin passphrase from the environment, else from a passphrase
+    file (see ``file_passphrase``), else asked on the terminal."""
+    password = env_passphrase(env) or file_passphrase(env)
     if password is not None:
         return password
     if not has_terminal():
         raise CLIError(
-            "no admin passphrase: set COZY_ADMIN_PASSPHRASE "
-            "(or run cozyctl from a terminal to be asked for it)"
+            "no admin passphrase: set COZY_ADMIN_PASSPHRASE or "
+            f"COZY_ADMIN_PASSPHRASE_FILE (as root, {DEFAULT_PASSPHRASE_FILE} is "
+            "read when it exists), or run cozyctl from a terminal to be asked for it"
         )
     try:
         return getpass.getpass("Password: ", stream=sys.stderr)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from cozyd import __version__
 from cozyd.cli import config, instances
-from cozyd.cli.client import Context
+from cozyd.cli.client import DEFAULT_PASSPHRASE_FILE, Context
 from cozyd.cli.output import CLIError, info
 
 NOUNS = (instances, config)
@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         description="Administer a cozyd server through its admin API.",
         epilog="The admin passphrase is read from COZY_ADMIN_PASSPHRASE, else "
-        "asked on the terminal. COZY_ADMIN_TIMEOUT sets the request "
+        "from the file named by COZY_ADMIN_PASSPHRASE_FILE (default "
+        f"{DEFAULT_PASSPHRASE_FILE}, written by the Debian package, when "
+        "readable), else asked on the terminal. COZY_ADMIN_TIMEOUT sets the request "
         "timeout (e.g. 30s, 2m; default 15s).",
     )
     parser.add_argument("--version", action="version", version=f"cozyctl {__version__}")

@@ -35,6 +35,7 @@ from cozyd.storage.interface import (
     DocumentStore,
     InvalidRequest,
     NoIndex,
+    RawReads,
     StorageError,
     StorageUnavailable,
     new_doc_id,
@@ -45,7 +46,7 @@ __all__ = [
     "GLOBAL", "ClientDocuments", "DatabaseExists", "DatabaseNotFound", "DocConflict",
     "DocNotFound", "DocumentRefused", "DocumentStore", "Documents", "InvalidDocId",
     "InvalidDoctype", "InvalidRequest", "NoIndex", "Owner", "ProtectedDesignDoc",
-    "ReservedDoctype", "StorageError", "StorageUnavailable", "check_id",
+    "RawReads", "ReservedDoctype", "StorageError", "StorageUnavailable", "check_id",
     "check_id_values", "check_readable", "check_writable", "db_name", "new_doc_id",
     "protected_design_docs", "replicated_verb", "write_verb",
 ]

@@ -265,3 +265,22 @@ class DocumentStore(Protocol):
         With ``require_index``, a query no index can serve raises
         ``NoIndex`` (cozy-stack refuses full scans) — on the embedded engine
         before reading anything."""
+
+
+@runtime_checkable
+class RawReads(Protocol):
+    """What an engine may add to ``DocumentStore``: reads answered as the
+    JSON bytes the engine already has (the CouchDB engine: CouchDB's
+    answer), for callers that pass them on unchanged. Each is the JSON
+    encoding of what the ``DocumentStore`` method of the same name without
+    ``_json`` returns, and raises the same errors; callers fall back to that
+    method on an engine without them."""
+
+    async def get_doc_json(self, db: str, doc_id: str) -> bytes:
+        """``get_doc(db, doc_id)`` (current revision, no option) as JSON."""
+
+    async def changes_json(self, db: str, *, since: str | None = None,
+                           limit: int | None = None, descending: bool = False,
+                           include_docs: bool = False,
+                           style: str = "main_only") -> bytes:
+        """``changes`` without a filter, as JSON."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -95,7 +96,39 @@ def parse_json(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
             from None
     if json_depth(value) > max_depth:
         raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    if _SURROGATE_ESCAPE.search(text) and _holds_lone_surrogate(value):
+        # json.loads takes "\ud800" alone; nothing downstream can store it.
+        raise LoneSurrogate()
     return value
+
+
+class LoneSurrogate(ValueError):
+    """JSON that escapes half a surrogate pair: no engine can store it."""
+
+    def __init__(self) -> None:
+        super().__init__("a lone surrogate (\\uD800-\\uDFFF) is not valid Unicode")
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    """Whether a string (value or key) of a parsed JSON value cannot be
+    encoded in UTF-8 (escaped surrogate pairs were joined by the parser)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def json_depth(value: Any) -> int:

@@ -31,6 +31,7 @@ comment says so (permissions on ``?revs=true`` reads, design-document copies).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -41,11 +42,13 @@ from twisted.web.iweb import IRequest
 
 from cozyd.documents import (
     DatabaseNotFound,
+    DocConflict,
     DocNotFound,
     DocumentRefused,
     Documents,
     NoIndex,
     ProtectedDesignDoc,
+    RawReads,
     StorageError,
     check_id_values,
     check_readable,
@@ -54,7 +57,9 @@ from cozyd.documents import (
     protected_design_docs,
 )
 from cozyd.errors import CozyError, EchoError
+from cozyd.web.bodies import LoneSurrogate
 from cozyd.web.common import (
+    JSON,
     error_response,
     instance_of,
     json_response,
@@ -227,6 +232,8 @@ def _couch_json(request: IRequest, name: str) -> Any:
         return None
     try:
         return parse_json(text.encode("utf-8"))
+    except LoneSurrogate as e:
+        raise couch_error(400, "bad_request", str(e)) from None
     except ValueError:
         raise couch_error(400, "bad_request", "invalid UTF-8 JSON") from None
 
@@ -252,6 +259,24 @@ def _has_text(value: Any) -> bool:
 
 def _with_type(doc: dict[str, Any], doctype: str) -> dict[str, Any]:
     return {**doc, "_type": doctype}
+
+
+def _with_type_json(raw: bytes, doctype: str) -> bytes:
+    """``_with_type`` on a JSON object's bytes: ``"_type"`` added as its
+    last member (a later member wins, as in ``{**doc, "_type": …}``)."""
+    end = raw.rstrip().rfind(b"}")
+    if end <= 0 or not raw.lstrip().startswith(b"{"):
+        raise StorageError("the stored document is not a JSON object")
+    body = raw[:end].rstrip()
+    separator = b"" if body.endswith(b"{") else b","
+    return b"".join((body, separator, b'"_type":', json.dumps(doctype).encode(), b"}"))
+
+
+def _json_bytes_response(request: IRequest, body: bytes, *, status: int = 200) -> bytes:
+    """JSON already encoded (by the storage engine), sent as it is."""
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON.encode("ascii"))
+    return body
 
 
 def _project(doc: Any, fields: list[str]) -> Any:
@@ -301,6 +326,8 @@ class DataService(Service):
         answer (``cozyd.web.streaming``)."""
         super().__init__()
         self.store = documents.store  # reads
+        #: The store's reads as JSON bytes, passed through (None: decode, encode).
+        self.raw = self.store if isinstance(self.store, RawReads) else None
         #: Writes: the clients' path (reserved doctypes refused; events published).
         self.documents = documents.checked
         self.guard = guard
@@ -358,6 +385,9 @@ class DataService(Service):
         data = self._read_body(request)
         try:
             return parse_json(data)
+        except LoneSurrogate as e:
+            # Whatever the route, CouchDB's answer to what it cannot store.
+            raise couch_error(400, "bad_request", str(e)) from None
         except ValueError as e:
             raise bad(str(e)) from None
 
@@ -452,6 +482,15 @@ class DataService(Service):
             return await self._get_doc_revs(request, doctype, docid)
         if docid.startswith("_"):
             raise couch_error(400, "bad_id", f"Unsuported couchdb operation {docid}")
+        if self.raw is not None and permissions_of(request).allows_collection("GET",
+                                                                               doctype):
+            # Nothing to check in the document: CouchDB's bytes go out as they
+            # came, with the "_type" member added.
+            try:
+                raw = await self.raw.get_doc_json(self._db(request, doctype), docid)
+            except DatabaseNotFound:
+                raise wrong_doctype() from None
+            return _json_bytes_response(request, _with_type_json(raw, doctype))
         try:
             doc = await self.store.get_doc(self._db(request, doctype), docid)
         except DatabaseNotFound:
@@ -527,11 +566,13 @@ class DataService(Service):
         else:
             if docid.startswith("_"):
                 raise couch_error(400, "bad_id", f"Unsuported couchdb operation {docid}")
-            try:
-                old = await self.store.get_doc(db, docid)
-            except DatabaseNotFound:
-                raise wrong_doctype() from None
+            # As cozy-stack: the stored document is read only when the
+            # permissions depend on it (no extra round trip otherwise).
             if not permissions_of(request).allows_collection("PUT", doctype):
+                try:
+                    old = await self.store.get_doc(db, docid)
+                except DatabaseNotFound:
+                    raise wrong_doctype() from None
                 authorize_document(request, doctype, docid, old, verb="PUT")
                 authorize_document(request, doctype, docid, body, verb="PUT")
             doc = body
@@ -539,6 +580,10 @@ class DataService(Service):
                 result = await self.documents.put(instance_of(request), doctype, doc)
             except DatabaseNotFound:
                 raise wrong_doctype() from None
+            except DocConflict:
+                # A missing document is a 404, not a conflict: read it only now.
+                await self.store.get_doc(db, docid)
+                raise
         stored = {**doc, "_id": result["id"], "_rev": result["rev"]}
         return json_response(request, {"ok": True, "id": result["id"], "rev": result["rev"],
                                        "type": doctype, "data": _with_type(stored, doctype)})
@@ -830,6 +875,8 @@ class DataService(Service):
             "descending": _is_true(request, "descending"),
             "include_docs": _is_true(request, "include_docs"), "style": style}
         db = self._db(request, doctype)
+        if not filter_name and self.raw is not None:
+            return _json_bytes_response(request, await self.raw.changes_json(db, **options))
         if not filter_name:
             return await json_rows_response(request, await self.store.changes(db, **options),
                                             "results", pause=self.pause)

@@ -15,6 +15,7 @@ routes): they are ``unscoped`` and see the whole path. The site asks
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -25,7 +26,7 @@ from cozyd.instance.model import Instance
 from cozyd.instance.registry import InstanceRegistry
 from cozyd.web.common import error_response, not_found
 from cozyd.web.guard import holds_cli_token
-from cozyd.web.routing import Routed, render_coroutine, split_raw_path, state_of
+from cozyd.web.routing import Routed, raw_segments, render_coroutine, state_of
 from cozyd.web.status import StatusService
 
 log = Logger()
@@ -53,9 +54,9 @@ def resolution_failed(failure, request: IRequest) -> bytes:
 
 
 class PublicRoot(Resource):
-    """A plain resource rather than a Klein app, so that a request meets one
-    router only (the service's): the instance of a known host comes from the
-    registry's cache without any asynchronous step."""
+    """The Host dispatcher in front of the services (each a Klein app), a
+    plain resource: it routes on one path segment, and the instance of a
+    known host comes from the registry's cache without any asynchronous step."""
 
     isLeaf = True
 
@@ -82,19 +83,20 @@ class PublicRoot(Resource):
 
     def route_for_uri(self, method: bytes, uri: bytes, host: bytes = b"") -> Routed | None:
         """The route a request will meet (None if none or not known yet)."""
-        try:
-            segments = split_raw_path(uri.split(b"?", 1)[0])
+        raw = raw_segments(uri.split(b"?", 1)[0])
+        try:  # the service is chosen as ``render`` does: on unescaped names
+            names = [unquote_to_bytes(part).decode("utf-8") for part in raw[:2]]
         except UnicodeDecodeError:
             return None
-        first = segments[0] if segments else ""
+        first = names[0] if names else ""
         service = self._unscoped.get(first)
         if service is None:
-            second = segments[1] if len(segments) > 1 else ""
+            second = names[1] if len(names) > 1 else ""
             service = self._services.get(f"{first}/{second}") or self._services.get(first)
             if first:
-                segments = segments[1:]
-        find = getattr(service, "route_for", None)
-        return None if find is None else find(method, segments)
+                raw = raw[1:]
+        find = getattr(service, "route_for_raw", None)
+        return None if find is None else find(method, raw)
 
     def render(self, request: IRequest):
         state = state_of(request)

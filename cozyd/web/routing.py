@@ -1,7 +1,8 @@
-"""One way to declare a route, one router, one dispatch, for every service.
+"""One way to declare a route, for every service; each service a Klein app.
 
-A service is a plain ``twisted.web`` resource (``Service``) whose handlers
-declare what they need next to their path::
+A service is a ``Service`` whose handlers declare what they need next to
+their path; its class gets its own ``klein.Klein`` app (``app``), built from
+those declarations, and the service renders through it (``KleinResource``)::
 
     class NotesService(Service):
         errors = jsonapi_errors                  # the service's error style
@@ -20,9 +21,23 @@ declare what they need next to their path::
         async def upload(self, request) -> bytes:
             size = await body_stream(request).read_into(sink)
 
-A route is matched on the **raw** path below the service's prefix (each
-segment unescaped on its own, so ``%2F`` stays inside its segment), fixed
-names winning over ``{parameters}``. What it declares:
+Each ``route`` becomes a werkzeug rule of the app (``{name}`` →
+``<seg:name>``), matched on the **raw** path below the service's prefix:
+twisted.web unescapes each segment and Klein joins ``request.postpath``
+with ``/``, so ``Service.render`` first puts the still-escaped segments of
+``request.uri`` there, and the ``seg`` converter (``RawSegment``, one
+segment, ``[^/]+``) unescapes each parameter alone — ``%2F`` stays inside
+a document id; a segment that is not UTF-8 gets the service's
+``bad_path()`` (400). Fixed names win over parameters (werkzeug weighs
+them; ``Route.settle`` keeps a fixed name's path its own when only the
+method differs: ``GET things/_count`` is a 405, not ``things/{name}``).
+HEAD comes with GET; trailing slashes are ignored, never redirected. A
+path served for other methods is answered 405, an unknown one 404, by the
+service's ``no_route`` in its error style: werkzeug's 404/405 are the only
+errors that reach Klein's ``handle_errors``; nothing renders werkzeug's
+HTML pages or Klein's tracebacks.
+
+What a route declares:
 
 - ``auth``: ``None`` (nobody checked), ``token(...)`` (a valid token of the
   instance, and a rule on a doctype for a verb), ``SESSION`` (the owner's
@@ -38,27 +53,29 @@ names winning over ``{parameters}``. What it declares:
 - anything else (``**options``) is the service's own (``/data``'s
   ``access=`` and ``proxy=``), read back from ``state_of(request).route``.
 
-Why not Klein here: Klein (werkzeug) matches the *decoded* path, so an
-escaped slash in a document id splits it; a request would meet two
-routers (the Host dispatch, then Klein's); and the site must know a
-request's route — its body policy — before the body is read, which a
-Klein app only tells once it renders. One small router, asked by the site
-at header time and by the service at render time, does all three.
+Klein's endpoint of a route runs ``Service.dispatch``: the auth policy,
+then the handler, its errors rendered in the route's style. Klein cancels
+the handler when the client goes away; multi-step writes protect
+themselves with ``shield``.
 
-The site (``cozyd.web.site``) resolves the route as soon as the request's
-headers are in (``route_for``), to apply its body policy before a byte of
-the body is read. Per-request state (instance, permissions, session, the
-route and its parameters…) lives in one ``RequestState``.
+The site (``cozyd.web.site``) resolves the route of a request that carries
+a body as soon as its headers are in (``route_for_uri``, through the same
+werkzeug map: ``Router`` is a view of it), to apply the body policy before
+a byte of the body is read. Per-request state (instance, permissions,
+session, the route and its parameters…) lives in one ``RequestState``.
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes
 
 import attrs
+from klein import Klein
+from klein.resource import KleinResource
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import reflect
@@ -66,6 +83,8 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter, Map
 from zope.interface import Interface
 
 from cozyd.errors import CozyError, Forbidden, NotFound, PermissionDenied
@@ -106,7 +125,7 @@ class RequestState:
     body: Any = None
     #: Free slots for a service's own flags (e.g. /data's error shape).
     flags: dict[str, Any] = attrs.field(factory=dict)
-    #: The route the site found when the headers came (matched once).
+    #: The route the site found when the headers came (for its body policy).
     routed: Routed | None = None
 
     @property
@@ -220,7 +239,7 @@ ADMIN = AdminAuth()
 
 
 # =============================================================================
-# Routes and the router
+# Routes, and their table (a view of the Klein map)
 # =============================================================================
 ErrorStyle = Callable[[Any, IRequest, BaseException], bytes]
 
@@ -239,6 +258,11 @@ class Route:
     #: Parameter positions, and fixed names by position.
     _params: tuple[tuple[int, str], ...] = attrs.field(init=False, repr=False)
     _fixed: tuple[tuple[int, str], ...] = attrs.field(init=False, repr=False)
+    #: Routes of more fixed names that may match the same paths (see ``settle``).
+    shadows: list[Route] = attrs.field(init=False, factory=list, repr=False, eq=False)
+    #: For each parameter, the fixed names the shadows have in its place.
+    shadowing_names: list[tuple[str, frozenset[str]]] = attrs.field(
+        init=False, factory=list, repr=False, eq=False)
 
     @literals.default
     def _count_literals(self) -> int:
@@ -252,11 +276,55 @@ class Route:
     def _find_fixed(self) -> tuple[tuple[int, str], ...]:
         return tuple((i, t) for i, t in enumerate(self.pattern) if not t.startswith("{"))
 
+    @property
+    def rule(self) -> str:
+        """Its werkzeug rule: every parameter is one raw segment (``seg``)."""
+        return "/" + "/".join(f"<seg:{t[1:-1]}>" if t.startswith("{") else t
+                              for t in self.pattern)
+
     def match(self, segments: list[str]) -> dict[str, str] | None:
+        if len(segments) != len(self.pattern):
+            return None
         for i, name in self._fixed:
             if segments[i] != name:
                 return None
         return {name: segments[i] for i, name in self._params}
+
+    def segments(self, params: Mapping[str, str]) -> list[str]:
+        """The (unescaped) segments of a path it matched with ``params``."""
+        return [params[t[1:-1]] if t.startswith("{") else t for t in self.pattern]
+
+    def may_shadow(self, other: Route) -> bool:
+        """Whether this route, of more fixed names than ``other``, matches
+        some of ``other``'s paths."""
+        if len(self.pattern) != len(other.pattern) or self.literals <= other.literals:
+            return False
+        return all(mine == theirs or mine.startswith("{") or theirs.startswith("{")
+                   for mine, theirs in zip(self.pattern, other.pattern))
+
+    def settle(self, method: str, params: dict[str, str]) -> tuple[Route, dict[str, str]]:
+        """The route a path werkzeug matched to this one really goes to.
+
+        werkzeug prefers fixed names segment by segment, but when a fixed
+        name matches the path and not the method it falls back to a
+        parameter (``GET things/_count`` to ``things/{name}``): here as
+        before, the path belongs to the route of more fixed names, and a
+        method it lacks is a 405."""
+        if not self.shadows:
+            return self, params
+        for name, names in self.shadowing_names:
+            if params[name] in names:
+                break
+        else:  # no parameter is a fixed name of a route of more
+            return self, params
+        segments = self.segments(params)
+        for other in self.shadows:
+            found = other.match(segments)
+            if found is not None:
+                if method in other.methods:
+                    return other, found
+                raise MethodNotAllowed()
+        return self, params
 
     def option(self, name: str, default: Any = None) -> Any:
         return self.options.get(name, default)
@@ -296,39 +364,83 @@ class MethodNotAllowed(CozyError):
         super().__init__("method not allowed")
 
 
-class Router:
-    """Routes by number of segments; fixed names win over parameters."""
+class BadPath(Exception):
+    """A path segment that is not UTF-8 once unescaped (the service's
+    ``bad_path()`` is answered)."""
 
-    def __init__(self, routes: list[Route]):
-        self.routes = list(routes)
-        by_length: dict[int, list[Route]] = {}
+
+class RawSegment(BaseConverter):
+    """One raw path segment (``[^/]+``), unescaped to UTF-8 once matched:
+    an escaped slash (``%2F``) stays inside its parameter."""
+
+    regex = "[^/]+"
+    part_isolating = True
+
+    def to_python(self, value: str) -> str:
+        if "%" not in value:
+            return value
+        try:
+            return unquote_to_bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadPath() from None
+
+    def to_url(self, value: str) -> str:
+        return quote(value, safe="")
+
+
+def url_map() -> Map:
+    """The werkzeug map of a service's Klein app: raw segments, trailing
+    slashes ignored, no merging of slashes, never a redirect."""
+    return Map(strict_slashes=False, merge_slashes=False, redirect_defaults=False,
+               converters={"seg": RawSegment})
+
+
+class Router:
+    """The routes of a service, and questions to its Klein map (the one
+    router: this is a view of it, for listings and the site)."""
+
+    def __init__(self, routes: list[Route], app: Klein | None = None):
+        # Its own copies: what a route's shadows are depends on its service.
+        self.routes = [attrs.evolve(one) for one in routes]
+        if app is None:
+            app = Klein()
+            app._url_map = url_map()  # before any rule is added
+            for i, one in enumerate(self.routes):
+                app.route(one.rule, methods=sorted(one.methods), endpoint=f"r{i}")(
+                    _endpoint(one))
+        self.app = app
+        self._by_endpoint = {f"r{i}": one for i, one in enumerate(self.routes)}
         for one in self.routes:
-            by_length.setdefault(len(one.pattern), []).append(one)
-        for group in by_length.values():
-            group.sort(key=lambda r: -r.literals)
-        self._by_length = by_length
+            one.shadows[:] = sorted((other for other in self.routes
+                                     if other.may_shadow(one)),
+                                    key=lambda other: -other.literals)
+            one.shadowing_names[:] = [
+                (name, frozenset(other.pattern[i] for other in one.shadows
+                                 if not other.pattern[i].startswith("{")))
+                for i, name in one._params]
+        #: Bound once: werkzeug's adapter keeps nothing of a match.
+        self._adapter = app.url_map.bind("", "/")
+
+    def route_of(self, endpoint: str) -> Route:
+        return self._by_endpoint[endpoint]
+
+    def match_raw(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        """The route of a raw path (``/a/b%2Fc``, below the prefix) and its
+        parameters; ``RouteNotFound``, ``MethodNotAllowed``, or ``BadPath``."""
+        try:
+            endpoint, params = self._adapter.match(path, method)
+        except HTTPException as e:
+            raise (MethodNotAllowed() if e.code == 405 else RouteNotFound()) from None
+        return self._by_endpoint[endpoint].settle(method, params)
 
     def match(self, method: str, segments: list[str]) -> tuple[Route, dict[str, str]]:
-        """The route and its parameters, or ``RouteNotFound`` /
-        ``MethodNotAllowed`` (a path served for other methods)."""
-        best = -1
-        for one in self._by_length.get(len(segments), ()):
-            if one.literals < best:
-                break
-            params = one.match(segments)
-            if params is None:
-                continue
-            if method in one.methods:
-                return one, params
-            best = one.literals
-        if best >= 0:
-            raise MethodNotAllowed()
-        raise RouteNotFound()
+        """The same, from unescaped segments."""
+        return self.match_raw(method, "/" + "/".join(quote(s, safe="") for s in segments))
 
     def find(self, method: str, segments: list[str]) -> tuple[Route, dict[str, str]] | None:
         try:
             return self.match(method, segments)
-        except CozyError:
+        except (CozyError, BadPath):
             return None
 
 
@@ -339,6 +451,21 @@ class Routed:
     service: Any
     route: Route
     params: dict[str, str]
+
+
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
+
+
+def raw_segments(raw: bytes, skip: int = 0) -> list[bytes]:
+    """The raw segments of a path (no query), still escaped, the first
+    ``skip`` left out and trailing empty ones dropped; bytes past ASCII
+    (a client's raw UTF-8) escaped, so the segments read as ASCII."""
+    parts = raw.split(b"/")[1 + skip:]
+    while parts and parts[-1] == b"":
+        parts.pop()
+    if not all(part.isascii() for part in parts):
+        parts = [_NON_ASCII.sub(lambda m: b"%%%02X" % m[0][0], part) for part in parts]
+    return parts
 
 
 def split_raw_path(raw: bytes, skip: int = 0) -> list[str]:
@@ -355,6 +482,14 @@ def split_raw_path(raw: bytes, skip: int = 0) -> list[str]:
 
 def _path_only(uri: bytes) -> bytes:
     return uri.split(b"?", 1)[0]
+
+
+def _endpoint(one: Route) -> Callable[..., Any]:
+    """The Klein endpoint of a route: the service's dispatch."""
+    def endpoint(service: Service, request: IRequest, **params: str) -> Any:
+        return service.serve(request, one, params)
+    endpoint.__name__ = getattr(one.handler, "__name__", "endpoint")
+    return endpoint
 
 
 # =============================================================================
@@ -420,14 +555,30 @@ async def maybe_await(value: Any) -> Any:
 # =============================================================================
 # Services
 # =============================================================================
+class _Written(Resource):
+    """What Klein is given for a handler that wrote its answer itself."""
+
+    isLeaf = True
+
+    def render(self, request: IRequest) -> Any:
+        return NOT_DONE_YET
+
+
+_WRITTEN = _Written()
+
+
 class Service(Resource):
-    """A set of routes under one URL prefix, rendered in one error style.
+    """A set of routes under one URL prefix, rendered in one error style,
+    through its own Klein app (``app``, one per class, built from the
+    declared routes; ``router`` is the view of it the site and the
+    listings use).
 
     Subclasses declare handlers with ``route``; ``errors`` is the default
-    error style. The router is built once per class.
+    error style.
     """
 
     isLeaf = True
+    app: Klein
     router: Router
     #: The error style of routes that do not name one (and of 404/405).
     errors: ErrorStyle
@@ -439,47 +590,78 @@ class Service(Resource):
             for value in vars(klass).values():
                 routes.extend(getattr(value, "__cozyd_routes__", ()))
         cls.router = Router(routes)
+        app = cls.router.app
+        # Only the map's own errors reach Klein's handlers: a route's
+        # handler runs inside ``dispatch``, which renders its errors.
+        app.handle_errors(HTTPException)(_routing_error)
+        app.handle_errors(BadPath)(_bad_path)
+        app.handle_errors(Exception)(_unexpected)
+        cls.app = app
 
     def resource(self):
         return self
 
+    @property
+    def klein(self) -> KleinResource:
+        """The Klein resource of this service (its app bound to it)."""
+        try:
+            return self.__dict__["_klein"]
+        except KeyError:
+            # Kept: Klein's binding of the app to the service is a weak one.
+            resource = self.__dict__["_klein"] = KleinResource(self.app)
+            return resource
+
     # -- the site's question, before the body is read ---------------------------
+    def route_for_raw(self, method: bytes, segments: list[bytes]) -> Routed | None:
+        """The route of raw ``segments`` (below the prefix), or None."""
+        path = "/" + b"/".join(segments).decode("ascii")
+        try:
+            found = type(self).router.match_raw(method.decode("ascii", "replace"), path)
+        except (CozyError, BadPath):
+            return None
+        return Routed(self, *found)
+
     def route_for(self, method: bytes, segments: list[str]) -> Routed | None:
-        found = self.router.find(method.decode("ascii", "replace"), segments)
-        return None if found is None else Routed(self, *found)
+        """The same, from unescaped segments."""
+        return self.route_for_raw(method, [quote(s, safe="").encode("ascii")
+                                           for s in segments])
 
     def route_for_uri(self, method: bytes, uri: bytes, host: bytes = b"") -> Routed | None:
         """The route of a request to this service mounted as a site's root."""
-        try:
-            segments = split_raw_path(_path_only(uri))
-        except UnicodeDecodeError:
-            return None
-        return self.route_for(method, segments)
+        return self.route_for_raw(method, raw_segments(_path_only(uri)))
 
     # -- dispatch ------------------------------------------------------------------
     def render(self, request: IRequest):
-        return render_coroutine(request, self.dispatch(request),
-                                lambda failure: self.render_error(request, failure.value))
+        # Klein matches "/".join(postpath): give it the raw segments below
+        # the prefix, so that an escaped slash stays in its segment (the
+        # ``seg`` converter unescapes each parameter alone).
+        request.postpath = raw_segments(_path_only(request.uri), len(request.prepath))
+        host = request.getHeader(b"host")
+        if host is not None and not host.isascii():
+            try:  # (Klein would answer a plain-text 400, and log a traceback)
+                host.decode("utf-8")
+            except UnicodeDecodeError:
+                from cozyd.errors import BadRequest
 
-    async def dispatch(self, request: IRequest):
+                return self.render_error(request, BadRequest("the Host is not UTF-8"))
+        return self.klein.render(request)
+
+    def serve(self, request: IRequest, found: Route, params: dict[str, str]) -> Any:
+        """What Klein's endpoint of ``found`` runs (``params`` as matched)."""
+        if found.shadows:
+            try:
+                found, params = found.settle(request.method.decode("ascii", "replace"),
+                                             params)
+            except MethodNotAllowed as error:
+                return self._no_route(request, error)
+        return self.dispatch(request, found, params)
+
+    async def dispatch(self, request: IRequest, found: Route, params: dict[str, str]):
+        """The route's policies, then its handler; errors in its style."""
         state = state_of(request)
-        found: Route | None = None
+        state.route = found
+        state.params = params
         try:
-            routed = state.routed
-            if routed is not None and routed.service is self:
-                found, params = routed.route, routed.params  # the site matched it
-            else:
-                try:
-                    segments = split_raw_path(_path_only(request.uri), len(request.prepath))
-                except UnicodeDecodeError:
-                    raise self.bad_path() from None
-                try:
-                    found, params = self.router.match(
-                        request.method.decode("ascii", "replace"), segments)
-                except CozyError as error:
-                    return await self.no_route(request, error)
-            state.route = found
-            state.params = params
             if found.body.max_size is not None:
                 state.max_body_size = found.body.max_size
             if found.auth is not None:
@@ -487,11 +669,20 @@ class Service(Resource):
             result = found.handler(self, request, **params)
             if inspect.isawaitable(result):
                 result = await result
-            return result
         except defer.CancelledError:
             raise  # the client went away: nothing to answer
         except Exception as e:  # noqa: BLE001 - every error gets its style's body
-            return self.render_error(request, e, found)
+            result = self.render_error(request, e, found)
+        return _answer(request, result)
+
+    async def _no_route(self, request: IRequest, error: CozyError):
+        try:
+            result = await self.no_route(request, error)
+        except defer.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            result = self.render_error(request, e)
+        return _answer(request, result)
 
     async def no_route(self, request: IRequest, error: CozyError):
         """No route for this path or method: ``error`` (404 or 405)."""
@@ -509,3 +700,29 @@ class Service(Resource):
         style = (found.errors if found is not None and found.errors is not None
                  else type(self).errors)
         return style(self, request, error)
+
+
+def _answer(request: IRequest, result: Any) -> Any:
+    """A handler's result as Klein writes it: bytes with their length (as
+    twisted.web's own rendering gives them), or nothing more to write."""
+    if result is NOT_DONE_YET:
+        return _WRITTEN
+    if isinstance(result, bytes) and not request.startedWriting:
+        request.setHeader(b"Content-Length", b"%d" % len(result))
+    return result
+
+
+# Klein's error handlers of every service's app (``service`` comes first:
+# the app is bound to it).
+def _routing_error(service: Service, request: IRequest, failure: Failure) -> Any:
+    code = getattr(failure.value, "code", 404)
+    return service._no_route(request, MethodNotAllowed() if code == 405
+                             else RouteNotFound())
+
+
+def _bad_path(service: Service, request: IRequest, failure: Failure) -> Any:
+    return _answer(request, service.render_error(request, service.bad_path()))
+
+
+def _unexpected(service: Service, request: IRequest, failure: Failure) -> Any:
+    return _answer(request, service.render_error(request, failure.value))

@@ -85,7 +85,9 @@ class CozyRequest(server.Request):
         resolve = getattr(getattr(site, "resource", None), "route_for_uri", None)
         command = getattr(self.channel, "_command", b"")
         uri = getattr(self.channel, "_path", b"")
-        if resolve is not None:
+        # Only a request with a body needs its route's policy now (a
+        # bodiless one meets one match: its service's, as it renders).
+        if resolve is not None and length != 0:
             hosts = self.requestHeaders.getRawHeaders(b"host") or [b""]
             found = resolve(command, uri, hosts[0])
         policy = BUFFERED

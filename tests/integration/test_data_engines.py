@@ -302,8 +302,9 @@ def test_mango_selectors_agree_with_python(data_daemon):
 def test_a_lone_surrogate_in_an_id_is_a_400_on_both_engines(data_daemon):
     data = setup_instance(data_daemon)
     assert data.post("/io.cozy.events/", {"n": 1}).status == 201
-    reason = "Document id must be valid UTF-8 (it holds a lone surrogate)"
-    for path, body in (("_bulk_docs", b'{"docs": [{"_id": "ok"}, {"_id": "x\\ud800"}]}'),
+    reason = "a lone surrogate (\\uD800-\\uDFFF) is not valid Unicode"
+    for path, body in (("", b'{"title": "half \\ud800 a pair"}'),
+                       ("_index", b'{"index": {"fields": ["\\ud800"]}}'),("_bulk_docs", b'{"docs": [{"_id": "ok"}, {"_id": "x\\ud800"}]}'),
                        ("_bulk_docs", b'{"docs": [{"_id": "\\udfff", "_rev": "1-abc"}], '
                                       b'"new_edits": false}'),
                        ("_all_docs", b'{"keys": ["\\ud800"]}'),
@@ -311,5 +312,6 @@ def test_a_lone_surrogate_in_an_id_is_a_400_on_both_engines(data_daemon):
                        ("_revs_diff", b'{"\\ud800": ["1-abc"]}')):
         response = data.post(f"/io.cozy.events/{path}", raw=body)
         assert response.status == 400, (path, response.body)
-        assert response.json() == {"error": "bad_request", "reason": reason}
+        assert {**response.json(), "ok": False, "status": "400"} == {
+            "ok": False, "status": "400", "error": "bad_request", "reason": reason}
     assert data.get("/io.cozy.events/_all_docs").json()["total_rows"] == 1  # nothing written

@@ -334,20 +334,29 @@ def test_timeout_is_storage_unavailable():
     assert PASSWORD not in str(results[0].value)
 
 
-def test_every_request_carries_the_timeout():
+def test_every_request_has_one_timer_for_the_whole_exchange():
     calls: list[dict] = []
+    waiting: list[Deferred] = []
 
     class RecordingClient:
         def request(self, method, url, **kwargs):
             calls.append(kwargs)
-            return fail(net_error.ConnectionRefusedError())
+            d = Deferred()
+            waiting.append(d)
+            return d
 
-    store = CouchDBStore(URL, reactor=Clock(), timeout=7,
-                         http_client=RecordingClient())
-    with pytest.raises(StorageUnavailable):
-        result_of(store.db_exists(DB))
-    assert calls[0]["timeout"] == 7
-    assert "auth" not in calls[0]
+    clock = Clock()
+    store = CouchDBStore(URL, reactor=clock, timeout=7, http_client=RecordingClient())
+    d = Deferred.fromCoroutine(store.db_exists(DB))
+    results: list[Any] = []
+    d.addBoth(results.append)
+    # One timer (the store's), none per stage or in the client.
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [7]
+    assert "timeout" not in calls[0] and "auth" not in calls[0]
+    assert store.requests_sent == 1
+    clock.advance(7)
+    assert results[0].check(StorageUnavailable)
+    assert "within 7s" in str(results[0].value)
 
 
 def test_cancelling_the_caller_is_not_a_storage_error():

@@ -241,19 +241,25 @@ def test_the_deadline_is_per_head(served):
     assert transport.disconnecting
 
 
-def test_a_request_meets_one_router(served, monkeypatch):
+def test_a_bodiless_request_meets_one_match(served, monkeypatch):
+    """A GET is matched once, by the service's Klein app; a request with a
+    body once more, at its headers (for its body policy)."""
+    from werkzeug.routing import MapAdapter
     _, service, _, connect = served
     calls = []
-    match = type(service).router.match
+    match = MapAdapter.match
 
-    def counted(*args):
-        calls.append(args)
-        return match(*args)
-    monkeypatch.setattr(type(service).router, "match", counted)
+    def counted(self, *args, **kwargs):
+        calls.append(self.map)
+        return match(self, *args, **kwargs)
+    monkeypatch.setattr(MapAdapter, "match", counted)
     protocol, transport = connect()
+    protocol.dataReceived(head("GET", "/read"))
+    assert transport.value().endswith(b"kept 0")
+    assert calls == [type(service).app.url_map]
     protocol.dataReceived(head("POST", "/form", "Content-Length: 2") + b"ab")
     assert transport.value().endswith(b"got 2")
-    assert len(calls) == 1  # at the headers; the service reuses it
+    assert len(calls) == 3  # at the headers, then Klein's
 
 
 def test_the_edge_settings_are_configurable(tmp_path):

@@ -1,0 +1,71 @@
+"""``RawReads``: an engine's reads as JSON bytes decode to exactly what the
+``DocumentStore`` method of the same name returns, and raise its errors.
+Run on every engine; one without ``RawReads`` skips them (callers fall
+back to the decoded reads there)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytest_twisted
+
+from cozyd.storage.interface import DatabaseNotFound, DocNotFound, RawReads
+
+
+@pytest.fixture
+def db(prefix):
+    return f"{prefix}/io-cozy-rawreads"
+
+
+def _raw(store) -> RawReads:
+    if not isinstance(store, RawReads):
+        pytest.skip(f"the {store.engine} engine has no RawReads")
+    return store
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_doc_json_is_get_doc(store, db):
+    raw = _raw(store)
+    await store.create_db(db)
+    doc = {"_id": "été/1", "title": "naïve ☃", "n": [1, 2.5, None, True], "o": {"a": {}}}
+    rev = (await store.put_doc(db, doc))["rev"]
+    await store.put_doc(db, {**doc, "_rev": rev, "n": 3})
+    data = await raw.get_doc_json(db, "été/1")
+    assert isinstance(data, bytes)
+    assert json.loads(data) == await store.get_doc(db, "été/1")
+    assert json.loads(data)["n"] == 3
+
+
+@pytest.mark.realcouchdb  # pouchdb-server says "missing" for a deleted document
+@pytest_twisted.ensureDeferred
+async def test_get_doc_json_raises_the_same_errors(store, db):
+    raw = _raw(store)
+    with pytest.raises(DatabaseNotFound):
+        await raw.get_doc_json(db, "x")
+    await store.create_db(db)
+    with pytest.raises(DocNotFound) as missing:
+        await raw.get_doc_json(db, "x")
+    assert missing.value.detail == "missing"
+    rev = (await store.put_doc(db, {"_id": "x"}))["rev"]
+    await store.delete_doc(db, "x", rev)
+    with pytest.raises(DocNotFound) as deleted:
+        await raw.get_doc_json(db, "x")
+    assert deleted.value.detail == "deleted"
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_json_is_changes(store, db):
+    raw = _raw(store)
+    with pytest.raises(DatabaseNotFound):
+        await raw.changes_json(db)
+    await store.create_db(db)
+    await store.bulk_docs(db, [{"_id": f"d{n}", "n": n} for n in range(5)])
+    for options in ({}, {"limit": 2}, {"include_docs": True}, {"descending": True},
+                    {"style": "all_docs"}):
+        decoded = await store.changes(db, **options)
+        data = await raw.changes_json(db, **options)
+        assert json.loads(data) == decoded, options
+    since = (await store.changes(db, limit=2))["last_seq"]
+    assert json.loads(await raw.changes_json(db, since=since)) == \
+        await store.changes(db, since=since)
