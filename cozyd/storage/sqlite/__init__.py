@@ -20,9 +20,14 @@ recently used closed first), and closed after ``idle_timeout`` seconds
 without use: an idle instance holds no open file. All blocking SQLite work
 runs in the storage pool (or synchronously without one, for fast tests), one
 job at a time per file: a file's jobs wait in its queue, on the reactor
-thread, before they reach the pool. Every write is one transaction (a whole
-``bulk_docs`` batch included) in WAL mode with ``synchronous=FULL``, so an
-acknowledged write survives a crash.
+thread, before they reach the pool. Writes use group commit: the writes
+found queued one after another on a file (concurrent requests of one
+instance) run in one transaction, each in its savepoint (a write that fails
+is undone alone; a conflict is answered as alone), committed once in WAL
+mode with ``synchronous=FULL``: one fsync for the group, and each caller is
+answered only once its group is durable, so an acknowledged write survives a
+crash. A write (a whole ``bulk_docs`` batch included) is never split across
+groups.
 
 The modules: ``files`` (schema, connections, the per-file queue),
 ``documents`` (ids, edits, revision trees and bodies of one database),

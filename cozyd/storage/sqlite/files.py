@@ -159,9 +159,17 @@ def _transaction(connection: sqlite3.Connection, *, write: bool) -> Iterator[Non
 
 
 class _Job:
-    def __init__(self, function: Callable[..., Any], args: tuple[Any, ...]):
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        group: Callable[[list[tuple[Any, ...]]], list[Any]] | None = None,
+    ):
         self.function = function
         self.args = args
+        # A write that may share a transaction with the writes queued next
+        # to it: ``group(args of each)`` runs them and answers each result.
+        self.group = group
         self.cancelled = False
         self.deferred: Deferred = Deferred(self._cancel)
 
@@ -171,6 +179,11 @@ class _Job:
     def deliver(self, result: Any) -> None:
         if not self.deferred.called:
             self.deferred.callback(result)  # a Failure goes down the errbacks
+
+
+def _deliver_all(jobs: list[_Job], results: list[Any]) -> None:
+    for job, result in zip(jobs, results):
+        job.deliver(result)
 
 
 class _JobQueue:
@@ -190,6 +203,7 @@ class _JobQueue:
     """
 
     BATCH = 32
+    GROUP = 256  # writes committed together at most
 
     def __init__(
         self,
@@ -203,7 +217,17 @@ class _JobQueue:
         self.running = False  # a drain is under way (or an inline read)
 
     def submit(self, function: Callable[..., T], *args: Any) -> Deferred:
-        job = _Job(function, args)
+        return self._submit(_Job(function, args))
+
+    def submit_grouped(
+        self, group: Callable[[list[tuple[Any, ...]]], list[Any]], *args: Any
+    ) -> Deferred:
+        """A write: the writes found queued one after another when the drain
+        reaches them run as one group, ``group([args, ...])``, which answers
+        one result (or ``Failure``) per write (group commit)."""
+        return self._submit(_Job(group, args, group))
+
+    def _submit(self, job: _Job) -> Deferred:
         with self._mutex:
             self._jobs.append(job)
             start = not self.running
@@ -241,23 +265,39 @@ class _JobQueue:
                 if not inline and done >= self.BATCH:
                     break
                 job = self._jobs.popleft()
-            if job.cancelled:
+                group = [job]
+                if job.group is not None:
+                    # Group commit: the writes queued behind this one join it.
+                    while (
+                        self._jobs
+                        and self._jobs[0].group == job.group
+                        and len(group) < self.GROUP
+                    ):
+                        group.append(self._jobs.popleft())
+                    group = [j for j in group if not j.cancelled]
+            if job.group is None and job.cancelled or not group:
                 continue
-            done += 1
-            try:
-                result = job.function(*job.args)
-            except BaseException:
-                result = Failure()
-            # Free again before the caller hears back, so that the read it
-            # makes next may run inline.
+            done += len(group)
+            if job.group is None:
+                try:
+                    results = [job.function(*job.args)]
+                except BaseException:
+                    results = [Failure()]
+            else:
+                try:
+                    results = job.group([j.args for j in group])
+                except BaseException:
+                    results = [Failure()] * len(group)
+            # Free again before the callers hear back, so that the read they
+            # make next may run inline.
             with self._mutex:
                 finished = not self._jobs
                 if finished:
                     self.running = False
             if inline:
-                job.deliver(result)
+                _deliver_all(group, results)
             else:
-                self._call_from_thread(job.deliver, result)  # type: ignore[misc]
+                self._call_from_thread(_deliver_all, group, results)  # type: ignore[misc]
             if finished:
                 return
         # A batch is done and jobs remain: come again, behind other files.
@@ -298,6 +338,8 @@ class _PrefixFile:
         self.users = 0  # operations under way
         self.may_be_open = False
         self.idle_call: Any = None
+        self.commits = 0  # write transactions committed (groups)
+        self.grouped_writes = 0  # writes they held
 
     @property
     def in_memory(self) -> bool:
@@ -315,6 +357,52 @@ class _PrefixFile:
             raise _not_unicode() from None
         except (sqlite3.DatabaseError, OSError) as e:
             raise _unavailable(self.prefix, e) from e
+
+    def run_group(
+        self, writes: list[tuple[Callable[[sqlite3.Connection], Any], bool]]
+    ) -> list[Any]:
+        """Run writes ``(work, create)`` (jobs of the queue, in a pool
+        thread) in one transaction, committed once (one fsync), each in its
+        savepoint: a write that fails is undone alone, and its caller gets
+        its error (a ``Failure``) while the others get their results once the
+        transaction is durable. When SQLite itself rolls the transaction
+        back (a full disk, say), or the commit fails, every write of the
+        group fails: none was acknowledged."""
+        with _sqlite_errors(self.prefix):
+            if self.connection is None:
+                create = any(create for _, create in writes)
+                if not create and (self.path is None or not os.path.exists(self.path)):
+                    raise _NoFile()
+                self.connection = _connect(self.path)
+            connection = self.connection
+            results: list[Any] = []
+            # A write alone needs no savepoint: its failure rolls back all.
+            savepoints = len(writes) > 1
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                for work, _ in writes:
+                    if savepoints:
+                        connection.execute("SAVEPOINT write")
+                    try:
+                        with _sqlite_errors(self.prefix):
+                            result = work(connection)
+                    except BaseException:
+                        if not savepoints or not connection.in_transaction:
+                            raise  # the whole group is rolled back
+                        results.append(Failure())
+                        connection.execute("ROLLBACK TO write")
+                    else:
+                        results.append(result)
+                    if savepoints:
+                        connection.execute("RELEASE write")
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            self.commits += 1
+            self.grouped_writes += len(writes)
+            return results
 
     def try_run(self, work: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
         """Run ``work`` now, on the calling thread, if the file is open and
@@ -355,6 +443,17 @@ class _PrefixFile:
                     os.remove(self.path + suffix)
                 except FileNotFoundError:
                     pass
+
+
+@contextlib.contextmanager
+def _sqlite_errors(prefix: str) -> Iterator[None]:
+    """What ``_PrefixFile.run`` makes of the errors of SQLite."""
+    try:
+        yield
+    except UnicodeEncodeError:
+        raise _not_unicode() from None
+    except (sqlite3.DatabaseError, OSError) as e:
+        raise _unavailable(prefix, e) from e
 
 
 def _not_unicode() -> InvalidRequest:

@@ -153,6 +153,7 @@ class EmbeddedStore:
         create: bool = False,
         if_missing: Callable[[], T] | None = None,
         inline: bool = False,
+        grouped: bool = False,
     ) -> T:
         """Run ``work`` with the connection of ``prefix``'s file. Without a
         file, ``create`` makes one; else ``if_missing()`` answers (by
@@ -173,6 +174,11 @@ class EmbeddedStore:
                 done, result = prefix_file.try_run(work)
                 if done:
                     return result  # type: ignore[return-value]
+            if grouped:
+                # A write: ``work`` runs inside the transaction of its group.
+                return await prefix_file.queue.submit_grouped(
+                    prefix_file.run_group, work, create
+                )
             return await self._queued(prefix_file, prefix_file.run, work, create)
         except _NoFile:
             if if_missing is None:
@@ -219,6 +225,17 @@ class EmbeddedStore:
         one_statement: bool = False,
     ) -> T:
         prefix, part = _split_name(db)
+
+        if write:
+            # Group commit: writes to one file queued together share one
+            # transaction, each in its savepoint (``_PrefixFile.run_group``).
+            def write_work(conn: sqlite3.Connection) -> T:
+                database = _Database(conn, part, self._revs_limit)
+                if not create:
+                    database.meta()  # DatabaseNotFound before anything else
+                return work(database)
+
+            return await self._run(prefix, write_work, create=create, grouped=True)
 
         def in_transaction(conn: sqlite3.Connection) -> T:
             if one_statement and not write:
