@@ -29,17 +29,19 @@ from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.loadgen import LoadResult, median_of, run_load  # noqa: E402
-from cozyd.storage.names import db_name, instance_prefix  # noqa: E402
-from cozyd.testing import TEST_ADMIN_PASSPHRASE, sync  # noqa: E402
-from tests.support.daemon import Daemon, http  # noqa: E402
+from bench.loadgen import LoadResult, median_of, run_load
+from cozyd.storage.names import db_name, instance_prefix
+from cozyd.testing import TEST_ADMIN_PASSPHRASE, sync
+from tests.support.daemon import Daemon, http
 
 DOMAIN = "bench.cozy.localhost"
 #: A new flooded instance each round: 1000 failures an hour block one.
 FLOODED = "flooded{}.cozy.localhost"
 DOCTYPE = "io.cozy.bench"
-AUTH = {"Authorization": "Basic " + base64.b64encode(
-    f"admin:{TEST_ADMIN_PASSPHRASE}".encode()).decode()}
+AUTH = {
+    "Authorization": "Basic "
+    + base64.b64encode(f"admin:{TEST_ADMIN_PASSPHRASE}".encode()).decode()
+}
 
 
 def admin_token(daemon: Daemon, **params: str) -> str:
@@ -56,33 +58,55 @@ def write_app_permissions(daemon: Daemon) -> None:
     from cozyd.storage.sqlite import EmbeddedStore
 
     store = EmbeddedStore(os.path.join(daemon.data_dir, "db"), reactor=Clock())
-    sync(store.put_doc(db_name(instance_prefix(DOMAIN), "io.cozy.permissions"), {
-        "type": "app", "source_id": "io.cozy.apps/bench",
-        "_id": "bench-permissions",
-        "permissions": {"files": {"type": "io.cozy.files", "verbs": ["GET"]}}}))
+    sync(
+        store.put_doc(
+            db_name(instance_prefix(DOMAIN), "io.cozy.permissions"),
+            {
+                "type": "app",
+                "source_id": "io.cozy.apps/bench",
+                "_id": "bench-permissions",
+                "permissions": {"files": {"type": "io.cozy.files", "verbs": ["GET"]}},
+            },
+        )
+    )
     sync(store.close())
 
 
-def wrong_logins(daemon: Daemon, domain: str, *, requests: int,
-                 concurrency: int) -> LoadResult:
+def wrong_logins(
+    daemon: Daemon, domain: str, *, requests: int, concurrency: int
+) -> LoadResult:
     """Wrong passphrases for ``domain`` (JSON answers: 401)."""
     csrf = "bench-csrf-token"
-    return run_load(daemon.public_url + "/auth/login", method="POST",
-                    headers={"Host": domain, "Accept": "application/json",
-                             "Content-Type": "application/x-www-form-urlencoded",
-                             "Cookie": f"_csrf={csrf}"},
-                    body=f"passphrase=wrong&csrf_token={csrf}".encode(),
-                    concurrency=concurrency, requests=requests)
+    return run_load(
+        daemon.public_url + "/auth/login",
+        method="POST",
+        headers={
+            "Host": domain,
+            "Accept": "application/json",
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Cookie": f"_csrf={csrf}",
+        },
+        body=f"passphrase=wrong&csrf_token={csrf}".encode(),
+        concurrency=concurrency,
+        requests=requests,
+    )
 
 
-def gets_while(daemon: Daemon, path: str, headers: dict[str, str],
-               running: threading.Event | None, *, minimum: int) -> list[float]:
+def gets_while(
+    daemon: Daemon,
+    path: str,
+    headers: dict[str, str],
+    running: threading.Event | None,
+    *,
+    minimum: int,
+) -> list[float]:
     """Latencies of sequential GETs: ``minimum`` of them, and more until
     ``running`` is cleared."""
     latencies: list[float] = []
     while len(latencies) < minimum or (running is not None and running.is_set()):
-        result = run_load(daemon.public_url + path, headers=headers, concurrency=1,
-                          requests=20)
+        result = run_load(
+            daemon.public_url + path, headers=headers, concurrency=1, requests=20
+        )
         assert set(result.statuses) == {200}, result.statuses
         latencies.extend(result.latencies)
     return latencies
@@ -90,44 +114,67 @@ def gets_while(daemon: Daemon, path: str, headers: dict[str, str],
 
 def login_flood(daemon: Daemon, args) -> None:
     for n in range(args.rounds):
-        create = http("POST", f"{daemon.admin_url}/instances?Domain="
-                      f"{FLOODED.format(n)}&Passphrase=right-one&KdfIterations=50000",
-                      headers=AUTH)
+        create = http(
+            "POST",
+            f"{daemon.admin_url}/instances?Domain="
+            f"{FLOODED.format(n)}&Passphrase=right-one&KdfIterations=50000",
+            headers=AUTH,
+        )
         assert create.status == 201, create.body
     token = admin_token(daemon, Audience="cli", Scope=DOCTYPE)
     headers = {"Host": DOMAIN, "Authorization": f"Bearer {token}"}
-    created = http("POST", f"{daemon.public_url}/data/{DOCTYPE}/", headers={
-        **headers, "Content-Type": "application/json"},
-        data=json.dumps({"title": "read under a login flood"}).encode())
+    created = http(
+        "POST",
+        f"{daemon.public_url}/data/{DOCTYPE}/",
+        headers={**headers, "Content-Type": "application/json"},
+        data=json.dumps({"title": "read under a login flood"}).encode(),
+    )
     assert created.status == 201, created.body
     path = f"/data/{DOCTYPE}/{created.json()['id']}"
     gets_while(daemon, path, headers, None, minimum=100)  # warm up
     figures: dict[str, list[float]] = {"alone": [], "flooded": []}
     floods: list[LoadResult] = []
     for n in range(args.rounds):
-        figures["alone"].append(statistics.median(
-            gets_while(daemon, path, headers, None, minimum=args.flood_gets)))
+        figures["alone"].append(
+            statistics.median(
+                gets_while(daemon, path, headers, None, minimum=args.flood_gets)
+            )
+        )
         running = threading.Event()
         running.set()
 
-        def flood(domain: str = FLOODED.format(n)) -> None:
+        def flood(domain: str = FLOODED.format(n), running=running) -> None:
             try:
-                floods.append(wrong_logins(daemon, domain, requests=args.flood,
-                                           concurrency=args.flood_concurrency))
+                floods.append(
+                    wrong_logins(
+                        daemon,
+                        domain,
+                        requests=args.flood,
+                        concurrency=args.flood_concurrency,
+                    )
+                )
             finally:
                 running.clear()
+
         thread = threading.Thread(target=flood)
         thread.start()
-        figures["flooded"].append(statistics.median(
-            gets_while(daemon, path, headers, running, minimum=args.flood_gets)))
+        figures["flooded"].append(
+            statistics.median(
+                gets_while(daemon, path, headers, running, minimum=args.flood_gets)
+            )
+        )
         thread.join()
     alone = statistics.median(figures["alone"])
     flooded = statistics.median(figures["flooded"])
-    print(f"login flood: {args.flood} wrong logins x {args.rounds} rounds, "
-          f"concurrency {args.flood_concurrency}, os.getloadavg()={os.getloadavg()}")
+    print(
+        f"login flood: {args.flood} wrong logins x {args.rounds} rounds, "
+        f"concurrency {args.flood_concurrency}, os.getloadavg()={os.getloadavg()}"
+    )
     print(floods[-1].line("POST /auth/login (wrong passphrase)"))
-    print(f"GET /data doc p50 alone {alone * 1000:.2f} ms, during the flood "
-          f"{flooded * 1000:.2f} ms")
+    print(
+        f"GET /data doc p50 alone {alone * 1000:.2f} ms, during the flood "
+        f"{flooded * 1000:.2f} ms"
+    )
     print(f"ratio GET p50 flooded / alone: {flooded / alone:.2f} (goal: at most 1.5)")
 
 
@@ -145,8 +192,9 @@ def main() -> None:
         daemon = Daemon(workdir)
         daemon.start()
         try:
-            create = http("POST", f"{daemon.admin_url}/instances?Domain={DOMAIN}",
-                          headers=AUTH)
+            create = http(
+                "POST", f"{daemon.admin_url}/instances?Domain={DOMAIN}", headers=AUTH
+            )
             assert create.status == 201, create.body
             daemon.stop()
             write_app_permissions(daemon)
@@ -155,17 +203,24 @@ def main() -> None:
             app = admin_token(daemon, Audience="app", Subject="bench")
             cases = {
                 "GET /version (no auth)": ("/version", {}),
-                "GET /permissions/self (CLI token)": ("/permissions/self",
-                                                      {"Authorization": f"Bearer {cli}"}),
-                "GET /permissions/self (app token)": ("/permissions/self",
-                                                      {"Authorization": f"Bearer {app}"}),
+                "GET /permissions/self (CLI token)": (
+                    "/permissions/self",
+                    {"Authorization": f"Bearer {cli}"},
+                ),
+                "GET /permissions/self (app token)": (
+                    "/permissions/self",
+                    {"Authorization": f"Bearer {app}"},
+                ),
             }
             results: dict[str, list] = {label: [] for label in cases}
             for _ in range(0 if args.only == "flood" else args.rounds):
                 for label, (path, headers) in cases.items():
-                    result = run_load(daemon.public_url + path,
-                                      headers={"Host": DOMAIN, **headers},
-                                      concurrency=args.concurrency, requests=args.requests)
+                    result = run_load(
+                        daemon.public_url + path,
+                        headers={"Host": DOMAIN, **headers},
+                        concurrency=args.concurrency,
+                        requests=args.requests,
+                    )
                     assert set(result.statuses) == {200}, result.statuses
                     results[label].append(result)
             if args.only != "tokens":
@@ -174,8 +229,10 @@ def main() -> None:
             daemon.stop()
     if args.only == "flood":
         return
-    print(f"authentication cost: {args.rounds} rounds x {args.requests} requests, "
-          f"concurrency {args.concurrency}, os.getloadavg()={os.getloadavg()}")
+    print(
+        f"authentication cost: {args.rounds} rounds x {args.requests} requests, "
+        f"concurrency {args.concurrency}, os.getloadavg()={os.getloadavg()}"
+    )
     for label, runs in results.items():
         print(runs[-1].line(label) + f"   median {median_of(runs):.1f} req/s")
     base = median_of(results["GET /version (no auth)"])

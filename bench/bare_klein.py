@@ -18,8 +18,15 @@ from twisted.web.server import Site
 
 from cozyd.service import access_log_line
 
-DOC = json.dumps({"_id": "doc-00000", "_rev": "1-0123456789abcdef0123456789abcdef",
-                  "n": 0, "title": "document 0", "tags": ["a", "b"]}).encode()
+DOC = json.dumps(
+    {
+        "_id": "doc-00000",
+        "_rev": "1-0123456789abcdef0123456789abcdef",
+        "n": 0,
+        "title": "document 0",
+        "tags": ["a", "b"],
+    }
+).encode()
 
 app = Klein()
 
@@ -37,8 +44,10 @@ def main() -> None:
     def started(listening):
         sys.stdout.write(f"listening on {listening.getHost().port}\n")
         sys.stdout.flush()
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)],
-                                     redirectStandardIO=False)
+
+    globalLogBeginner.beginLoggingTo(
+        [textFileLogObserver(sys.stdout)], redirectStandardIO=False
+    )
     endpoint.listen(Site(app.resource(), logFormatter=access_log_line)).addCallback(started)
     reactor.run()
 

@@ -33,15 +33,17 @@ from urllib.parse import quote, urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.loadgen import run_load  # noqa: E402
-from cozyd.testing import TEST_ADMIN_PASSPHRASE  # noqa: E402
-from tests.support.couchdb_server import start_pouchdb_server  # noqa: E402
-from tests.support.daemon import LISTENING, Daemon, http  # noqa: E402
+from bench.loadgen import run_load
+from cozyd.testing import TEST_ADMIN_PASSPHRASE
+from tests.support.couchdb_server import start_pouchdb_server
+from tests.support.daemon import LISTENING, Daemon, http
 
 DOMAIN = f"bench{os.getpid()}.cozy.localhost"  # fresh on a reused CouchDB
 DOCTYPE = "io.cozy.bench"
-ADMIN = {"Authorization": "Basic " + base64.b64encode(
-    f"admin:{TEST_ADMIN_PASSPHRASE}".encode()).decode()}
+ADMIN = {
+    "Authorization": "Basic "
+    + base64.b64encode(f"admin:{TEST_ADMIN_PASSPHRASE}".encode()).decode()
+}
 
 
 class BenchDaemon(Daemon):
@@ -86,23 +88,36 @@ class Target:
 
     def call(self, method: str, suffix: str, body=None, timeout: float = 600):
         data = None if body is None else json.dumps(body).encode()
-        headers = {**self.headers, "Content-Type": "application/json",
-                   "Accept": "application/json"}
-        response = http(method, self.url(suffix), headers=headers, data=data,
-                        timeout=timeout)
+        headers = {
+            **self.headers,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        response = http(
+            method, self.url(suffix), headers=headers, data=data, timeout=timeout
+        )
         if response.status >= 300:
-            raise RuntimeError(f"{self.label} {method} {suffix}: {response.status} "
-                               f"{response.body[:300]!r}")
+            raise RuntimeError(
+                f"{self.label} {method} {suffix}: {response.status} {response.body[:300]!r}"
+            )
         return response.json()
 
 
 def cozyd_target(daemon: Daemon, label: str) -> Target:
     create = http("POST", f"{daemon.admin_url}/instances?Domain={DOMAIN}", headers=ADMIN)
     assert create.status == 201, create.body
-    token = http("POST", f"{daemon.admin_url}/instances/token?Domain={DOMAIN}"
-                 f"&Audience=cli&Scope={quote(DOCTYPE)}", headers=ADMIN).body.decode()
-    return Target(label, daemon.public_url,
-                  {"Host": DOMAIN, "Authorization": f"Bearer {token}"}, f"/data/{DOCTYPE}")
+    token = http(
+        "POST",
+        f"{daemon.admin_url}/instances/token?Domain={DOMAIN}"
+        f"&Audience=cli&Scope={quote(DOCTYPE)}",
+        headers=ADMIN,
+    ).body.decode()
+    return Target(
+        label,
+        daemon.public_url,
+        {"Host": DOMAIN, "Authorization": f"Bearer {token}"},
+        f"/data/{DOCTYPE}",
+    )
 
 
 DIRECT = "CouchDB (direct)"
@@ -111,8 +126,12 @@ DIRECT = "CouchDB (direct)"
 def couch_target(url: str) -> Target:
     parts = urlsplit(url)
     token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
-    target = Target(DIRECT, f"http://{parts.hostname}:{parts.port}",
-                    {"Authorization": f"Basic {token}"}, f"/benchdb{os.getpid()}")
+    target = Target(
+        DIRECT,
+        f"http://{parts.hostname}:{parts.port}",
+        {"Authorization": f"Basic {token}"},
+        f"/benchdb{os.getpid()}",
+    )
     http("PUT", target.url(), headers=target.headers)
     return target
 
@@ -120,11 +139,16 @@ def couch_target(url: str) -> Target:
 def couch_server_name(url: str) -> str:
     parts = urlsplit(url)
     token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
-    welcome = http("GET", f"http://{parts.hostname}:{parts.port}/",
-                   headers={"Authorization": f"Basic {token}"}).json()
+    welcome = http(
+        "GET",
+        f"http://{parts.hostname}:{parts.port}/",
+        headers={"Authorization": f"Basic {token}"},
+    ).json()
     if "couchdb" in welcome:
         return f"Apache CouchDB {welcome.get('version')} at {parts.hostname}:{parts.port}"
-    return f"pouchdb-server ({welcome.get('version', '?')}) at {parts.hostname}:{parts.port}"
+    return (
+        f"pouchdb-server ({welcome.get('version', '?')}) at {parts.hostname}:{parts.port}"
+    )
 
 
 class CouchCounter:
@@ -134,8 +158,10 @@ class CouchCounter:
     def __init__(self, url: str):
         parts = urlsplit(url)
         token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
-        self.url = (f"http://{parts.hostname}:{parts.port}"
-                    "/_node/_local/_stats/couchdb/httpd/requests")
+        self.url = (
+            f"http://{parts.hostname}:{parts.port}"
+            "/_node/_local/_stats/couchdb/httpd/requests"
+        )
         self.headers = {"Authorization": f"Basic {token}"}
 
     def read(self) -> int | None:
@@ -160,30 +186,40 @@ def count_round_trips(target: Target, counter: CouchCounter, ids: list[str]) -> 
     one = ids[len(ids) // 3]
     counts: dict[str, float | None] = {}
     counts["GET one document"] = counter.per_request(lambda: target.call("GET", f"/{one}"))
-    counts["create"] = counter.per_request(
-        lambda: target.call("POST", "/", document(7)))
+    counts["create"] = counter.per_request(lambda: target.call("POST", "/", document(7)))
     doc_id = f"count-{time.monotonic_ns()}"
     state = {"rev": target.call("PUT", f"/{doc_id}", document(7))["rev"]}
 
     def update():
-        state["rev"] = target.call("PUT", f"/{doc_id}", {"_id": doc_id, "_rev": state["rev"],
-                                                         **document(8)})["rev"]
+        state["rev"] = target.call(
+            "PUT", f"/{doc_id}", {"_id": doc_id, "_rev": state["rev"], **document(8)}
+        )["rev"]
+
     counts["update"] = counter.per_request(update)
-    counts["_find with index"] = counter.per_request(lambda: target.call(
-        "POST", "/_find", {"selector": {"group": 42}, "limit": 100, "use_index": "by-group"}),
-        count=5)
+    counts["_find with index"] = counter.per_request(
+        lambda: target.call(
+            "POST",
+            "/_find",
+            {"selector": {"group": 42}, "limit": 100, "use_index": "by-group"},
+        ),
+        count=5,
+    )
     counts["_changes (limit 10)"] = counter.per_request(
-        lambda: target.call("GET", "/_changes?limit=10"), count=5)
+        lambda: target.call("GET", "/_changes?limit=10"), count=5
+    )
     counts["_all_docs (limit 10)"] = counter.per_request(
-        lambda: target.call("GET", "/_all_docs?limit=10"), count=5)
+        lambda: target.call("GET", "/_all_docs?limit=10"), count=5
+    )
     return counts
 
 
 def load(target: Target, count: int) -> list[str]:
     ids = []
     for start in range(0, count, 10_000):
-        docs = [{"_id": f"doc-{n:06d}", **document(n)}
-                for n in range(start, min(count, start + 10_000))]
+        docs = [
+            {"_id": f"doc-{n:06d}", **document(n)}
+            for n in range(start, min(count, start + 10_000))
+        ]
         results = target.call("POST", "/_bulk_docs", {"docs": docs})
         ids.extend(r["id"] for r in results)
     return ids
@@ -191,33 +227,60 @@ def load(target: Target, count: int) -> list[str]:
 
 def measure(target: Target, args, ids: list[str]) -> dict[str, dict[int, object]]:
     figures: dict[str, dict[int, object]] = {}
-    headers = {**target.headers, "Content-Type": "application/json",
-               "Accept": "application/json"}
+    headers = {
+        **target.headers,
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
     one = ids[len(ids) // 2]
     for concurrency in (1, 32):
         n = args.requests
         figures.setdefault("GET one document", {})[concurrency] = run_load(
-            target.url(f"/{one}"), headers=headers, concurrency=concurrency, requests=n)
+            target.url(f"/{one}"), headers=headers, concurrency=concurrency, requests=n
+        )
         body = json.dumps(document(1)).encode()
         if target.db_path.startswith("/data"):
-            create = run_load(target.url("/"), method="POST", headers=headers, body=body,
-                              concurrency=concurrency, requests=n)
+            create = run_load(
+                target.url("/"),
+                method="POST",
+                headers=headers,
+                body=body,
+                concurrency=concurrency,
+                requests=n,
+            )
         else:
-            create = run_load(target.url(), method="POST", headers=headers, body=body,
-                              concurrency=concurrency, requests=n)
+            create = run_load(
+                target.url(),
+                method="POST",
+                headers=headers,
+                body=body,
+                concurrency=concurrency,
+                requests=n,
+            )
         figures.setdefault("create", {})[concurrency] = create
         # update: each worker keeps its own document and rev chain
         figures.setdefault("update", {})[concurrency] = update_load(
-            target, headers, concurrency, n)
+            target, headers, concurrency, n
+        )
         selector = {"selector": {"group": 42}, "limit": 100}
         figures.setdefault("_find with index", {})[concurrency] = run_load(
-            target.url("/_find"), method="POST", headers=headers,
+            target.url("/_find"),
+            method="POST",
+            headers=headers,
             body=json.dumps({**selector, "use_index": "by-group"}).encode(),
-            concurrency=concurrency, requests=max(20, n // 20))
+            concurrency=concurrency,
+            requests=max(20, n // 20),
+        )
         figures.setdefault("_find without index", {})[concurrency] = run_load(
-            target.url("/_find"), method="POST", headers=headers,
-            body=json.dumps({"selector": {"title": "document 4242"}, "limit": 100}).encode(),
-            concurrency=concurrency, requests=max(4, n // 500))
+            target.url("/_find"),
+            method="POST",
+            headers=headers,
+            body=json.dumps(
+                {"selector": {"title": "document 4242"}, "limit": 100}
+            ).encode(),
+            concurrency=concurrency,
+            requests=max(4, n // 500),
+        )
     start = time.perf_counter()
     docs = [{"_id": f"bulk-{n:06d}", **document(n)} for n in range(10_000)]
     target.call("POST", "/_bulk_docs", {"docs": docs})
@@ -225,7 +288,8 @@ def measure(target: Target, args, ids: list[str]) -> dict[str, dict[int, object]
     start = time.perf_counter()
     result = target.call("GET", "/_changes")
     figures[f"_changes of {len(result['results'])} changes"] = {
-        1: time.perf_counter() - start}
+        1: time.perf_counter() - start
+    }
     return figures
 
 
@@ -246,20 +310,32 @@ def update_load(target: Target, headers, concurrency: int, requests: int):
             rev = json.loads(answer)["rev"]
 
     per_worker = max(1, requests // concurrency)
-    return run_load(target.url(), headers=headers, concurrency=concurrency,
-                    requests=per_worker * concurrency, chains=chain)
+    return run_load(
+        target.url(),
+        headers=headers,
+        concurrency=concurrency,
+        requests=per_worker * concurrency,
+        chains=chain,
+    )
 
 
 def bare_klein(requests: int) -> dict[int, object]:
-    process = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__),
-                                                             "bare_klein.py")],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "bare_klein.py")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        port = next(int(line.split()[-1]) for line in process.stdout
-                    if line.startswith("listening on"))
+        port = next(
+            int(line.split()[-1])
+            for line in process.stdout
+            if line.startswith("listening on")
+        )
         # Drain its access log as the daemon harness drains the daemon's.
-        threading.Thread(target=lambda: [None for _ in iter(
-            lambda: process.stdout.read(1 << 16), "")], daemon=True).start()
+        threading.Thread(
+            target=lambda: [None for _ in iter(lambda: process.stdout.read(1 << 16), "")],
+            daemon=True,
+        ).start()
         url = f"http://127.0.0.1:{port}/data/{DOCTYPE}/doc-00000"
         return {c: run_load(url, concurrency=c, requests=requests) for c in (1, 32)}
     finally:
@@ -283,8 +359,15 @@ def engine_find(count: int, workdir: str, rounds: int = 20) -> dict[str, object]
     db = "cozybench/io-cozy-bench"
     sync(store.create_db(db))
     for start in range(0, count, 10_000):
-        sync(store.bulk_docs(db, [{"_id": f"doc-{n:06d}", **document(n)}
-                                  for n in range(start, min(count, start + 10_000))]))
+        sync(
+            store.bulk_docs(
+                db,
+                [
+                    {"_id": f"doc-{n:06d}", **document(n)}
+                    for n in range(start, min(count, start + 10_000))
+                ],
+            )
+        )
     sync(store.create_index(db, ["n"], ddoc="by-n", name="by-n"))
     # A selective query: one document matches, near the end of the id order.
     query = {"selector": {"n": count - 58}, "limit": 100, "execution_stats": True}
@@ -298,15 +381,22 @@ def engine_find(count: int, workdir: str, rounds: int = 20) -> dict[str, object]
         for _ in range(rounds):
             sync(store.find(db, query))
         elapsed = (time.perf_counter() - start) / rounds
-        figures[label] = (elapsed, result["execution_stats"]["total_docs_examined"],
-                          len(result["docs"]))
+        figures[label] = (
+            elapsed,
+            result["execution_stats"]["total_docs_examined"],
+            len(result["docs"]),
+        )
     sync(store.close())
     return figures
 
 
-def report(all_figures: dict[str, dict], klein: dict[int, object],
-           engine: dict[str, object], server: str = "",
-           round_trips: dict | None = None) -> None:
+def report(
+    all_figures: dict[str, dict],
+    klein: dict[int, object],
+    engine: dict[str, object],
+    server: str = "",
+    round_trips: dict | None = None,
+) -> None:
     print(f"load average at the end: {os.getloadavg()}")
     print(f"CouchDB measured (direct, and behind the CouchDB engine): {server}")
     for label, figures in all_figures.items():
@@ -322,21 +412,34 @@ def report(all_figures: dict[str, dict], klein: dict[int, object],
         print("  " + result.line(f"GET fixed JSON (c={concurrency})"))
     print("\n== load generator: its own CPU (one core is the ceiling of its threads)")
     for label, figures in [*all_figures.items(), ("bare Klein", {"GET": klein})]:
-        busiest = max((r for per in figures.values() for r in per.values()
-                       if not isinstance(r, float) and r.cpu is not None),
-                      key=lambda r: r.cpu / r.seconds, default=None)
+        busiest = max(
+            (
+                r
+                for per in figures.values()
+                for r in per.values()
+                if not isinstance(r, float) and r.cpu is not None
+            ),
+            key=lambda r: r.cpu / r.seconds,
+            default=None,
+        )
         if busiest is not None:
-            print(f"  {label:<28} busiest run: {busiest.cpu / busiest.seconds:4.0%} of a "
-                  f"core at {busiest.rps:.0f} req/s")
+            print(
+                f"  {label:<28} busiest run: {busiest.cpu / busiest.seconds:4.0%} of a "
+                f"core at {busiest.rps:.0f} req/s"
+            )
     if round_trips:
         print("\n== requests to CouchDB per cozyd request (CouchDB engine)")
         for name, value in round_trips.items():
-            print(f"  {name:<32} " + ("n/a (server has no _stats)" if value is None
-                                       else f"{value:.2f}"))
+            print(
+                f"  {name:<32} "
+                + ("n/a (server has no _stats)" if value is None else f"{value:.2f}")
+            )
     print("\n== embedded engine find on the same documents, in process")
     for label, (seconds, examined, found) in engine.items():
-        print(f"  {label:<14} {seconds * 1000:8.2f} ms per query, {examined} documents "
-              f"examined, {found} returned")
+        print(
+            f"  {label:<14} {seconds * 1000:8.2f} ms per query, {examined} documents "
+            f"examined, {found} returned"
+        )
     embedded = all_figures.get("cozyd embedded")
     couch = all_figures.get(DIRECT)
     engine_figures = all_figures.get("cozyd couchdb engine")
@@ -344,40 +447,57 @@ def report(all_figures: dict[str, dict], klein: dict[int, object],
         print("\n== goals of the CouchDB engine (issue 9), ratios to CouchDB direct")
         get1, direct1 = engine_figures["GET one document"][1], couch["GET one document"][1]
         added = get1.percentile(50) / direct1.percentile(50) - 1
-        print(f"  GET c=1: p50 {get1.percentile(50) * 1000:.2f} ms vs "
-              f"{direct1.percentile(50) * 1000:.2f} ms: +{added:.0%} (goal <= +30%)")
+        print(
+            f"  GET c=1: p50 {get1.percentile(50) * 1000:.2f} ms vs "
+            f"{direct1.percentile(50) * 1000:.2f} ms: +{added:.0%} (goal <= +30%)"
+        )
         for name, goal in (("GET one document", 0.8), ("create", 0.7), ("update", 0.7)):
             ratio = engine_figures[name][32].rps / couch[name][32].rps
             print(f"  {name} c=32: {ratio:.2f}x (goal >= {goal})")
-        engine_changes = next(v[1] for k, v in engine_figures.items()
-                              if k.startswith("_changes"))
+        engine_changes = next(
+            v[1] for k, v in engine_figures.items() if k.startswith("_changes")
+        )
         direct_changes = next(v[1] for k, v in couch.items() if k.startswith("_changes"))
-        print(f"  _changes: {engine_changes / direct_changes:.2f}x CouchDB's time "
-              "(goal <= 1.2)")
+        print(
+            f"  _changes: {engine_changes / direct_changes:.2f}x CouchDB's time "
+            "(goal <= 1.2)"
+        )
     if embedded and couch:
         print("\n== goals")
         for c in (1, 32):
             get = embedded["GET one document"][c].rps
-            print(f"  c={c}: embedded GET / bare Klein = {get / klein[c].rps:.2f} (goal >= 0.70);"
-                  f" embedded GET / CouchDB GET = "
-                  f"{get / couch['GET one document'][c].rps:.2f} (goal > 1)")
-            print(f"  c={c}: embedded create / CouchDB create = "
-                  f"{embedded['create'][c].rps / couch['create'][c].rps:.2f} (goal >= 1)")
+            print(
+                f"  c={c}: embedded GET / bare Klein = {get / klein[c].rps:.2f} (goal >= 0.70);"
+                f" embedded GET / CouchDB GET = "
+                f"{get / couch['GET one document'][c].rps:.2f} (goal > 1)"
+            )
+            print(
+                f"  c={c}: embedded create / CouchDB create = "
+                f"{embedded['create'][c].rps / couch['create'][c].rps:.2f} (goal >= 1)"
+            )
     if embedded and couch and engine:
         with_index, without = engine["with index"][0], engine["without index"][0]
-        print(f"  indexed / unindexed find on the embedded engine = {without / with_index:.1f}"
-              " (goal >= 20)")
+        print(
+            f"  indexed / unindexed find on the embedded engine = {without / with_index:.1f}"
+            " (goal >= 20)"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--couchdb-url", default=None,
-                        help="a CouchDB to measure (direct and as the CouchDB engine's "
-                             "server) instead of a pouchdb-server started for the run")
-    parser.add_argument("--targets", default="embedded,couchdb,direct",
-                        help="comma-separated subset of embedded,couchdb,direct")
+    parser.add_argument(
+        "--couchdb-url",
+        default=None,
+        help="a CouchDB to measure (direct and as the CouchDB engine's "
+        "server) instead of a pouchdb-server started for the run",
+    )
+    parser.add_argument(
+        "--targets",
+        default="embedded,couchdb,direct",
+        help="comma-separated subset of embedded,couchdb,direct",
+    )
     args = parser.parse_args()
     wanted = set(args.targets.split(","))
     all_figures: dict[str, dict] = {}
@@ -398,22 +518,35 @@ def main() -> None:
                 daemons.append(embedded)
                 targets.append(cozyd_target(embedded, "cozyd embedded"))
             if "couchdb" in wanted:
-                couch_daemon = BenchDaemon(os.path.join(workdir, "couch"),
-                                           couchdb_url=couch_url)
+                couch_daemon = BenchDaemon(
+                    os.path.join(workdir, "couch"), couchdb_url=couch_url
+                )
                 couch_daemon.start()
                 daemons.append(couch_daemon)
                 targets.append(cozyd_target(couch_daemon, "cozyd couchdb engine"))
                 if os.environ.get("BENCH_PRINT_PID"):
-                    print(f"couchdb-engine daemon pid {couch_daemon.process.pid}", flush=True)
+                    print(
+                        f"couchdb-engine daemon pid {couch_daemon.process.pid}", flush=True
+                    )
             if "direct" in wanted:
                 targets.append(couch_target(couch_url))
             for target in targets:
-                target.call("POST", "/_index", {"index": {"fields": ["group"]},
-                                                "ddoc": "by-group", "name": "by-group"})
+                target.call(
+                    "POST",
+                    "/_index",
+                    {
+                        "index": {"fields": ["group"]},
+                        "ddoc": "by-group",
+                        "name": "by-group",
+                    },
+                )
                 started = time.perf_counter()
                 ids = load(target, args.docs)
-                print(f"{target.label}: loaded {len(ids)} documents in "
-                      f"{time.perf_counter() - started:.1f}s", flush=True)
+                print(
+                    f"{target.label}: loaded {len(ids)} documents in "
+                    f"{time.perf_counter() - started:.1f}s",
+                    flush=True,
+                )
                 all_figures[target.label] = measure(target, args, ids)
                 if target.label == "cozyd couchdb engine":
                     round_trips = count_round_trips(target, CouchCounter(couch_url), ids)

@@ -38,14 +38,25 @@ def main():
     args = parser.parse_args()
     stack = memory_stack(tempfile.mkdtemp())
     admin = MemoryClient(stack.admin)
-    assert admin.request("POST", ADMIN + "/instances", auth=AUTH,
-                         params={"Domain": DOMAIN}).status == 201
-    token = admin.request("POST", ADMIN + "/instances/token", auth=AUTH, params={
-        "Domain": DOMAIN, "Audience": "cli", "Scope": "io.cozy.notes"}).body.decode()
+    assert (
+        admin.request(
+            "POST", ADMIN + "/instances", auth=AUTH, params={"Domain": DOMAIN}
+        ).status
+        == 201
+    )
+    token = admin.request(
+        "POST",
+        ADMIN + "/instances/token",
+        auth=AUTH,
+        params={"Domain": DOMAIN, "Audience": "cli", "Scope": "io.cozy.notes"},
+    ).body.decode()
     public = MemoryClient(stack.public)
-    created = public.request("POST", f"http://{DOMAIN}/data/io.cozy.notes/", headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        data=b'{"a": 1}').json()
+    created = public.request(
+        "POST",
+        f"http://{DOMAIN}/data/io.cozy.notes/",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        data=b'{"a": 1}',
+    ).json()
     site = CozySite(stack.public, max_body_size=1 << 20)
     site.logFile = io.StringIO()
     site.log = lambda request: None
@@ -53,12 +64,16 @@ def main():
     transport = StringTransport()
     protocol.makeConnection(transport)
     heads = {
-        "data_get": (f"GET /data/io.cozy.notes/{created['id']} HTTP/1.1\r\nHost: {DOMAIN}\r\n"
-                     f"Authorization: Bearer {token}\r\n\r\n").encode(),
-        "perm_self": (f"GET /permissions/self HTTP/1.1\r\nHost: {DOMAIN}\r\n"
-                      f"Authorization: Bearer {token}\r\n\r\n").encode(),
+        "data_get": (
+            f"GET /data/io.cozy.notes/{created['id']} HTTP/1.1\r\nHost: {DOMAIN}\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n"
+        ).encode(),
+        "perm_self": (
+            f"GET /permissions/self HTTP/1.1\r\nHost: {DOMAIN}\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n"
+        ).encode(),
     }
-    for name, data in heads.items():
+    for _name, data in heads.items():
         transport.clear()
         protocol.dataReceived(data)
         assert b" 200 " in transport.value().split(b"\r\n")[0], transport.value()[:300]

@@ -24,9 +24,9 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.data import couch_target, cozyd_target, document, update_load  # noqa: E402
-from bench.loadgen import run_load  # noqa: E402
-from tests.support.daemon import BIN, Daemon  # noqa: E402
+from bench.data import couch_target, cozyd_target, document, update_load
+from bench.loadgen import run_load
+from tests.support.daemon import BIN, Daemon
 
 
 def top_frames(raw_path: str, n: int = 15) -> None:
@@ -68,19 +68,40 @@ def main() -> None:
             print("== cozyd embedded")
             target = cozyd_target(daemon, "cozyd embedded")
             target.call("PUT", "/x", {"seed": True})  # the database exists
-            headers = {**target.headers, "Content-Type": "application/json",
-                       "Accept": "application/json"}
+            headers = {
+                **target.headers,
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            }
             body = json.dumps(document(1)).encode()
             for c in (1, 32):
                 spy = None
                 if args.profile and c == 32:
                     spy = subprocess.Popen(
-                        [os.path.join(os.path.dirname(sys.executable), "py-spy"),
-                         "record", "-f", "raw", "-o", args.profile, "-r", "200",
-                         "-p", str(daemon.process.pid), "--nonblocking"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                create = run_load(target.url("/"), method="POST", headers=headers,
-                                  body=body, concurrency=c, requests=args.requests)
+                        [
+                            os.path.join(os.path.dirname(sys.executable), "py-spy"),
+                            "record",
+                            "-f",
+                            "raw",
+                            "-o",
+                            args.profile,
+                            "-r",
+                            "200",
+                            "-p",
+                            str(daemon.process.pid),
+                            "--nonblocking",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                create = run_load(
+                    target.url("/"),
+                    method="POST",
+                    headers=headers,
+                    body=body,
+                    concurrency=c,
+                    requests=args.requests,
+                )
                 if spy is not None:
                     spy.send_signal(2)
                     spy.wait(30)
@@ -88,26 +109,37 @@ def main() -> None:
                 update = update_load(target, headers, c, args.requests)
                 print("  " + update.line(f"update (c={c})"), flush=True)
                 figures.setdefault("embedded", {}).update(
-                    {f"create c={c}": create, f"update c={c}": update})
+                    {f"create c={c}": create, f"update c={c}": update}
+                )
         finally:
             daemon.stop()
     if args.couchdb_url:
         couch = couch_target(args.couchdb_url.rstrip("/"))
         couch.db_path = f"/bench-writes-{os.getpid()}"
         couch.call("PUT", "")
-        headers = {**couch.headers, "Content-Type": "application/json",
-                   "Accept": "application/json"}
+        headers = {
+            **couch.headers,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
         body = json.dumps(document(1)).encode()
         print("== CouchDB (direct)")
         try:
             for c in (1, 32):
-                create = run_load(couch.url(), method="POST", headers=headers,
-                                  body=body, concurrency=c, requests=args.requests)
+                create = run_load(
+                    couch.url(),
+                    method="POST",
+                    headers=headers,
+                    body=body,
+                    concurrency=c,
+                    requests=args.requests,
+                )
                 print("  " + create.line(f"create (c={c})"), flush=True)
                 update = update_load(couch, headers, c, args.requests)
                 print("  " + update.line(f"update (c={c})"), flush=True)
                 figures.setdefault("couchdb", {}).update(
-                    {f"create c={c}": create, f"update c={c}": update})
+                    {f"create c={c}": create, f"update c={c}": update}
+                )
         finally:
             couch.call("DELETE", "")
         print("== embedded / CouchDB direct (goals: >= 1.5 at c=32, >= 2 at c=1)")

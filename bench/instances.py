@@ -28,17 +28,23 @@ from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cozyd.testing import TEST_ADMIN_PASSPHRASE  # noqa: E402
-from tests.support.couchdb_server import start_pouchdb_server  # noqa: E402
-from tests.support.daemon import Daemon, http  # noqa: E402
+from cozyd.testing import TEST_ADMIN_PASSPHRASE
+from tests.support.couchdb_server import start_pouchdb_server
+from tests.support.daemon import Daemon, http
 
-AUTH = {"Authorization": "Basic " + base64.b64encode(
-    f"admin:{TEST_ADMIN_PASSPHRASE}".encode()).decode()}
+AUTH = {
+    "Authorization": "Basic "
+    + base64.b64encode(f"admin:{TEST_ADMIN_PASSPHRASE}".encode()).decode()
+}
 
 
 def create(daemon: Daemon, domain: str) -> None:
-    response = http("POST", f"{daemon.admin_url}/instances?Domain={quote(domain)}",
-                    headers=AUTH, timeout=300)
+    response = http(
+        "POST",
+        f"{daemon.admin_url}/instances?Domain={quote(domain)}",
+        headers=AUTH,
+        timeout=300,
+    )
     if response.status != 201:
         raise RuntimeError(f"creating {domain}: {response.status} {response.body!r}")
 
@@ -86,8 +92,7 @@ def bench_creation(workdir: str, count: int) -> None:
 
 
 def bench_idle(workdir: str, idle: int, idle_timeout: float) -> None:
-    daemon = Daemon(os.path.join(workdir, "idle"),
-                    storage={"idle_timeout": idle_timeout})
+    daemon = Daemon(os.path.join(workdir, "idle"), storage={"idle_timeout": idle_timeout})
     daemon.start()
     try:
         pid = daemon.process.pid
@@ -103,11 +108,15 @@ def bench_idle(workdir: str, idle: int, idle_timeout: float) -> None:
     finally:
         daemon.stop()
     print(f"{idle} instances created in {elapsed:.1f}s ({idle / elapsed:.1f}/s, 4 clients)")
-    print(f"  RSS: {before[0] / 1024:.1f} MiB with no instance, "
-          f"{after[0] / 1024:.1f} MiB with {idle} idle instances "
-          f"(+{(after[0] - before[0]) / idle:.1f} KiB per instance)")
-    print(f"  open fds: {before[1]} at start, {busy[1]} right after creating "
-          f"({busy[2]} in the db dir), {after[1]} once idle ({after[2]} in the db dir)")
+    print(
+        f"  RSS: {before[0] / 1024:.1f} MiB with no instance, "
+        f"{after[0] / 1024:.1f} MiB with {idle} idle instances "
+        f"(+{(after[0] - before[0]) / idle:.1f} KiB per instance)"
+    )
+    print(
+        f"  open fds: {before[1]} at start, {busy[1]} right after creating "
+        f"({busy[2]} in the db dir), {after[1]} once idle ({after[2]} in the db dir)"
+    )
 
 
 def main() -> None:

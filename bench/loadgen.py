@@ -40,13 +40,23 @@ class LoadResult:
 
     def line(self, label: str) -> str:
         cpu = "" if self.cpu is None else f"   client cpu {self.cpu / self.seconds:4.0%}"
-        return (f"{label:<44} {self.rps:9.1f} req/s   p50 {self.percentile(50) * 1000:7.2f} ms"
-                f"   p99 {self.percentile(99) * 1000:7.2f} ms{cpu}   {dict(self.statuses)}")
+        return (
+            f"{label:<44} {self.rps:9.1f} req/s   p50 {self.percentile(50) * 1000:7.2f} ms"
+            f"   p99 {self.percentile(99) * 1000:7.2f} ms{cpu}   {dict(self.statuses)}"
+        )
 
 
-def run_load(url: str, *, method: str = "GET", headers: Mapping[str, str] | None = None,
-             body: bytes | None = None, concurrency: int = 1, requests: int = 1000,
-             bodies=None, chains=None) -> LoadResult:
+def run_load(
+    url: str,
+    *,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
+    concurrency: int = 1,
+    requests: int = 1000,
+    bodies=None,
+    chains=None,
+) -> LoadResult:
     """Send ``requests`` requests over ``concurrency`` connections.
 
     ``bodies``, if given, is a callable ``i -> bytes`` for per-request bodies.
@@ -56,8 +66,10 @@ def run_load(url: str, *, method: str = "GET", headers: Mapping[str, str] | None
     """
     parts = urlsplit(url)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
-    per_thread = [requests // concurrency + (1 if i < requests % concurrency else 0)
-                  for i in range(concurrency)]
+    per_thread = [
+        requests // concurrency + (1 if i < requests % concurrency else 0)
+        for i in range(concurrency)
+    ]
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     statuses: list[dict[int, int]] = [{} for _ in range(concurrency)]
     counter = iter(range(requests))
@@ -71,13 +83,15 @@ def run_load(url: str, *, method: str = "GET", headers: Mapping[str, str] | None
             if chain is not None:
                 method_, path_, payload = chain.send(answer)
                 start = time.perf_counter()
-                connection.request(method_, path_, body=payload,
-                                   headers=dict(headers or {}))
+                connection.request(
+                    method_, path_, body=payload, headers=dict(headers or {})
+                )
                 response = connection.getresponse()
                 answer = response.read()
                 latencies[index].append(time.perf_counter() - start)
-                statuses[index][response.status] = \
+                statuses[index][response.status] = (
                     statuses[index].get(response.status, 0) + 1
+                )
                 continue
             if bodies is not None:
                 with lock:
@@ -106,8 +120,13 @@ def run_load(url: str, *, method: str = "GET", headers: Mapping[str, str] | None
     for status in statuses:
         for code, count in status.items():
             merged[code] = merged.get(code, 0) + count
-    return LoadResult(requests=requests, seconds=elapsed, statuses=merged,
-                      latencies=[x for chunk in latencies for x in chunk], cpu=cpu)
+    return LoadResult(
+        requests=requests,
+        seconds=elapsed,
+        statuses=merged,
+        latencies=[x for chunk in latencies for x in chunk],
+        cpu=cpu,
+    )
 
 
 def median_of(runs: list[LoadResult]) -> float:

@@ -27,8 +27,15 @@ class InvalidHashFile(ValueError):
 
 def hash_passphrase(passphrase: str, *, n: int = SCRYPT_N) -> str:
     salt = secrets.token_bytes(16)
-    key = hashlib.scrypt(passphrase.encode("utf-8"), salt=salt, n=n, r=SCRYPT_R,
-                         p=SCRYPT_P, dklen=KEY_LEN, maxmem=256 * 1024 * 1024)
+    key = hashlib.scrypt(
+        passphrase.encode("utf-8"),
+        salt=salt,
+        n=n,
+        r=SCRYPT_R,
+        p=SCRYPT_P,
+        dklen=KEY_LEN,
+        maxmem=256 * 1024 * 1024,
+    )
     return f"scrypt${n}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${key.hex()}"
 
 
@@ -48,8 +55,15 @@ def parse_hash(line: str) -> tuple[int, int, int, bytes, bytes]:
 
 def verify_passphrase(passphrase: str, line: str) -> bool:
     n, r, p, salt, key = parse_hash(line)
-    candidate = hashlib.scrypt(passphrase.encode("utf-8"), salt=salt, n=n, r=r, p=p,
-                               dklen=len(key), maxmem=256 * 1024 * 1024)
+    candidate = hashlib.scrypt(
+        passphrase.encode("utf-8"),
+        salt=salt,
+        n=n,
+        r=r,
+        p=p,
+        dklen=len(key),
+        maxmem=256 * 1024 * 1024,
+    )
     return hmac.compare_digest(candidate, key)
 
 
@@ -94,9 +108,13 @@ class PassphraseChecker:
     the last good hash (and logs why).
     """
 
-    def __init__(self, hash_line: str, *,
-                 run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]] = _run_here,
-                 path: str | None = None):
+    def __init__(
+        self,
+        hash_line: str,
+        *,
+        run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]] = _run_here,
+        path: str | None = None,
+    ):
         parse_hash(hash_line)
         self._run_hashing = run_hashing
         self._hash_line = hash_line
@@ -126,8 +144,11 @@ class PassphraseChecker:
             try:
                 line = read_hash_file(self._path)
             except (OSError, InvalidHashFile) as exc:
-                Logger().error("admin passphrase file {path} not re-read: {why}",
-                               path=self._path, why=getattr(exc, "strerror", None) or exc)
+                Logger().error(
+                    "admin passphrase file {path} not re-read: {why}",
+                    path=self._path,
+                    why=getattr(exc, "strerror", None) or exc,
+                )
                 return False
             if line == self._hash_line:
                 return False

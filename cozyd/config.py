@@ -32,6 +32,7 @@ class ConfigError(Exception):
 
 # -- value parsers: str -> value, raising ValueError with a reason ----------
 
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -62,8 +63,16 @@ def _bool(text: str) -> bool:
     raise ValueError("must be true or false")
 
 
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-               "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
 
 
 def _byte_size(text: str) -> int:
@@ -83,6 +92,7 @@ def _choice(*choices: str) -> Callable[[str], str]:
         if text not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}")
         return text
+
     return parse
 
 
@@ -112,8 +122,10 @@ def _listener(text: str) -> str:
 
     kind = text.split(":", 1)[0].lower()
     if kind not in LISTENER_KINDS:
-        raise ValueError("must be a listener description starting with one of "
-                         + ", ".join(f"{k}:" for k in LISTENER_KINDS))
+        raise ValueError(
+            "must be a listener description starting with one of "
+            + ", ".join(f"{k}:" for k in LISTENER_KINDS)
+        )
     try:
         args, kwargs = _parse(text)
     except Exception:
@@ -123,8 +135,10 @@ def _listener(text: str) -> str:
     if kind == "unix" and len(args) < 2 and "address" not in kwargs:
         raise ValueError("must name a socket path (unix:/path/to/socket)")
     if kind == "ssl" and "privateKey" not in kwargs:
-        raise ValueError("must name its key and certificate files "
-                         "(ssl:PORT:privateKey=key.pem:certKey=cert.pem)")
+        raise ValueError(
+            "must name its key and certificate files "
+            "(ssl:PORT:privateKey=key.pem:certKey=cert.pem)"
+        )
     return text
 
 
@@ -256,7 +270,7 @@ class Config:
         """Directory under which each instance has its files directory."""
         url = self.get("fs", "url")
         if url:
-            return url[len("file://"):]
+            return url[len("file://") :]
         return os.path.join(self.data_dir, "files")
 
     @property
@@ -264,8 +278,12 @@ class Config:
         return os.path.join(self.data_dir, "db")
 
 
-def load_config(path: str | None, *, env: Mapping[str, str] | None = None,
-                flags: Mapping[str, str | None] | None = None) -> Config:
+def load_config(
+    path: str | None,
+    *,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, str | None] | None = None,
+) -> Config:
     """Read ``path`` (may be None: defaults only), apply env and flags."""
     env = os.environ if env is None else env
     flags = flags or {}
@@ -276,7 +294,7 @@ def load_config(path: str | None, *, env: Mapping[str, str] | None = None,
 
     if path is not None:
         _read_file(path, raw, problems)
-    for (section, key) in _all_keys():
+    for section, key in _all_keys():
         name = f"COZYD_{section.upper()}_{key.upper()}"
         if name in env:
             raw[(section, key)] = (env[name], f"environment {name}")
@@ -299,7 +317,7 @@ def load_config(path: str | None, *, env: Mapping[str, str] | None = None,
             raw.pop((section, "listen"), None)
 
     values: dict[tuple[str, str], Any] = {}
-    for (section, key) in _all_keys():
+    for section, key in _all_keys():
         parser, default = SCHEMA[section][key]
         text, origin = raw.get((section, key), (default, "default"))
         try:
@@ -314,10 +332,15 @@ def load_config(path: str | None, *, env: Mapping[str, str] | None = None,
     if values.get(("couchdb", "ca_file")):
         values[("couchdb", "ca_file")] = _resolve(base_dir, values[("couchdb", "ca_file")])
     for section in ("server", "admin"):
-        if (section, "listen") in values and not values[(section, "listen")] \
-                and (section, "host") in values and (section, "port") in values:
-            values[(section, "listen")] = tcp_description(values[(section, "host")],
-                                                          values[(section, "port")])
+        if (
+            (section, "listen") in values
+            and not values[(section, "listen")]
+            and (section, "host") in values
+            and (section, "port") in values
+        ):
+            values[(section, "listen")] = tcp_description(
+                values[(section, "host")], values[(section, "port")]
+            )
     if values.get(("fs", "url")):
         values[("fs", "url")] = "file://" + _resolve(base_dir, values[("fs", "url")][7:])
 
@@ -381,18 +404,28 @@ def _check_admin_host(values: dict, source: str, problems: list[str]) -> None:
         return
     host = listener_interface(listen)
     if host is not None and not is_loopback(host):
-        shown = f"{host!r} is not a loopback address" if host else \
-            f"{listen!r} listens on every address"
-        key = "host" if listen == tcp_description(values.get(("admin", "host"), ""),
-                                                  values.get(("admin", "port"), -1)) \
+        shown = (
+            f"{host!r} is not a loopback address"
+            if host
+            else f"{listen!r} listens on every address"
+        )
+        key = (
+            "host"
+            if listen
+            == tcp_description(
+                values.get(("admin", "host"), ""), values.get(("admin", "port"), -1)
+            )
             else "listen"
+        )
         problems.append(
             f"{source}: [admin] {key}: {shown}; the admin "
-            "API must stay on loopback unless [admin] allow_remote = true")
+            "API must stay on loopback unless [admin] allow_remote = true"
+        )
 
 
-def _read_admin_secret(values: dict, base_dir: str, source: str,
-                       problems: list[str]) -> str:
+def _read_admin_secret(
+    values: dict, base_dir: str, source: str, problems: list[str]
+) -> str:
     name = values.get(("admin", "secret_filename"))
     if not name:
         return ""
@@ -403,10 +436,12 @@ def _read_admin_secret(values: dict, base_dir: str, source: str,
     except FileNotFoundError:
         problems.append(
             f"{source}: [admin] secret_filename: {path} does not exist; create it "
-            f"with `cozyctl config passwd {path}`")
+            f"with `cozyctl config passwd {path}`"
+        )
     except OSError as exc:
-        problems.append(f"{source}: [admin] secret_filename: cannot read {path}: "
-                        f"{exc.strerror}")
+        problems.append(
+            f"{source}: [admin] secret_filename: cannot read {path}: {exc.strerror}"
+        )
     except adminpass.InvalidHashFile as exc:
         problems.append(f"{source}: [admin] secret_filename: {path}: {exc}")
     return ""

@@ -15,8 +15,14 @@ class CozyError(Exception):
     status: int = 500
     code: str = "internal_server_error"
 
-    def __init__(self, detail: str = "", *, status: int | None = None,
-                 code: str | None = None, source: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        source: dict[str, Any] | None = None,
+    ):
         super().__init__(detail or self.code)
         if status is not None:
             self.status = status
@@ -119,8 +125,9 @@ class InvalidToken(EchoError):
 
 class ExpiredToken(InvalidToken):
     code = "expired_token"
-    www_authenticate = ('Bearer error="invalid_token" '
-                        'error_description="The access token expired"')
+    www_authenticate = (
+        'Bearer error="invalid_token" error_description="The access token expired"'
+    )
 
     def __init__(self, detail: str = "Expired token"):
         super().__init__(detail)

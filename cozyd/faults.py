@@ -14,5 +14,5 @@ _CRASH_AT = os.environ.get("COZYD_CRASH_AT", "")
 
 
 def checkpoint(name: str) -> None:
-    if _CRASH_AT and _CRASH_AT == name:
+    if _CRASH_AT and name == _CRASH_AT:
         os.kill(os.getpid(), signal.SIGKILL)

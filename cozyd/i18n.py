@@ -124,6 +124,7 @@ def words(locale: str | None = None) -> Words:
 
 # -- templates ---------------------------------------------------------------------
 
+
 def _context_words(context: Any) -> Words:
     return words(context.get("lang"))
 
@@ -150,16 +151,20 @@ def template_environment(directory: str, *, autoescape: Any = True) -> jinja2.En
     """A Jinja2 environment for the templates of ``directory``, speaking the
     language of each render's ``lang``. ``autoescape``: True for HTML pages;
     ``jinja2.select_autoescape()`` for a mix of ``.html`` and ``.txt``."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(directory),
-                             autoescape=autoescape, extensions=["jinja2.ext.i18n"],
-                             finalize=_none_as_empty, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(directory),
+        autoescape=autoescape,
+        extensions=["jinja2.ext.i18n"],
+        finalize=_none_as_empty,
+        keep_trailing_newline=True,
+    )
     env.install_gettext_callables(  # type: ignore[attr-defined]
-        gettext=_template_gettext, ngettext=_template_ngettext, newstyle=True)
+        gettext=_template_gettext, ngettext=_template_ngettext, newstyle=True
+    )
     return env
 
 
-def render(env: jinja2.Environment, template: str, language: str, /,
-           **context: Any) -> str:
+def render(env: jinja2.Environment, template: str, language: str, /, **context: Any) -> str:
     """The ``template`` filled with ``context``, in ``language``."""
     return env.get_template(template).render(context, lang=language)
 

@@ -44,6 +44,7 @@ def _timed(request_class: type) -> type:
         def __init__(self, *args: Any, **kwargs: Any):
             super().__init__(*args, **kwargs)
             self.cozyd_started = time.monotonic()
+
     TimedRequest.__name__ = request_class.__name__
     return TimedRequest
 
@@ -56,8 +57,7 @@ def _text(value: bytes | None, limit: int = 200) -> str:
 
 
 class ServingSite(CozySite):
-    def __init__(self, resource: Any, *, listener: str, metrics: Any = None,
-                 **kwargs: Any):
+    def __init__(self, resource: Any, *, listener: str, metrics: Any = None, **kwargs: Any):
         super().__init__(resource, **kwargs)
         self.requestFactory = _timed(self.requestFactory)
         self.listener = listener
@@ -79,6 +79,7 @@ class ServingSite(CozySite):
                 return lost(reason)
             finally:
                 site._check_drained()
+
         channel.connectionLost = connection_lost
         self.channels.add(channel)
         return channel
@@ -92,9 +93,14 @@ class ServingSite(CozySite):
         size = request.sentLength or 0
         access_log.info(
             '{host} "{method} {path}" {status} {bytes} {duration_ms}ms',
-            host=_text(request.getHeader(b"host")), method=_text(request.method, 20),
-            path=_text(path, 1000), status=status, bytes=size,
-            duration=round(duration, 6), duration_ms=round(duration * 1000, 1))
+            host=_text(request.getHeader(b"host")),
+            method=_text(request.method, 20),
+            path=_text(path, 1000),
+            status=status,
+            bytes=size,
+            duration=round(duration, 6),
+            duration_ms=round(duration * 1000, 1),
+        )
         if self.metrics is not None:
             self.metrics.request_done(self.listener, path, status, duration)
 
@@ -132,8 +138,11 @@ class ServingSite(CozySite):
         if not self.draining:
             return
         for channel in list(self.channels):
-            if self._idle(channel) and self._transport(channel) is not None \
-                    and not getattr(channel, "_cozyd_closing", False):
+            if (
+                self._idle(channel)
+                and self._transport(channel) is not None
+                and not getattr(channel, "_cozyd_closing", False)
+            ):
                 channel._cozyd_closing = True
                 self._transport(channel).loseConnection()
         if not self.channels and self._drained is not None and not self._drained.called:
@@ -163,8 +172,16 @@ def describe_address(description: str, address: Any) -> str:
 class ListenerService(Service):
     """One API on one endpoint; stop: stop listening, drain, abort the rest."""
 
-    def __init__(self, name: str, description: str, site_factory: Callable[[], ServingSite],
-                 reactor, *, grace: float, loopback_only: bool = False):
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        site_factory: Callable[[], ServingSite],
+        reactor,
+        *,
+        grace: float,
+        loopback_only: bool = False,
+    ):
         self.name = name
         self.description = description
         self._site_factory = site_factory
@@ -183,24 +200,32 @@ class ListenerService(Service):
         try:
             endpoint = endpoints.serverFromString(self._reactor, self.description)
         except Exception as exc:  # a bad key or certificate, a bad description
-            raise StartError(f"{self.name}: cannot use {self.description!r}: "
-                             f"{_reason(exc)}") from None
+            raise StartError(
+                f"{self.name}: cannot use {self.description!r}: {_reason(exc)}"
+            ) from None
         try:
             self.port = await endpoint.listen(self.site)
         except Exception as exc:
-            raise StartError(f"{self.name}: cannot listen on {self.description!r}: "
-                             f"{_reason(exc)}") from None
+            raise StartError(
+                f"{self.name}: cannot listen on {self.description!r}: {_reason(exc)}"
+            ) from None
         address = self.port.getHost()
-        if self._loopback_only and isinstance(
-                address, (tw_address.IPv4Address, tw_address.IPv6Address)) \
-                and not is_loopback(address.host):
+        if (
+            self._loopback_only
+            and isinstance(address, (tw_address.IPv4Address, tw_address.IPv6Address))
+            and not is_loopback(address.host)
+        ):
             await self.port.stopListening()
             self.port = None
             raise StartError(
                 f"{self.name}: {address.host} is not a loopback address; the admin API "
-                "must stay on loopback unless [admin] allow_remote = true")
-        log.info("{name} listening on {url}", name=self.name,
-                 url=describe_address(self.description, address))
+                "must stay on loopback unless [admin] allow_remote = true"
+            )
+        log.info(
+            "{name} listening on {url}",
+            name=self.name,
+            url=describe_address(self.description, address),
+        )
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
@@ -214,11 +239,18 @@ class ListenerService(Service):
             return
         busy = [c for c in self.site.channels if not self.site._idle(c)]
         if busy:
-            log.info("{name}: {count} request(s) in flight, waiting up to {grace}s",
-                     name=self.name, count=len(busy), grace=self._grace)
+            log.info(
+                "{name}: {count} request(s) in flight, waiting up to {grace}s",
+                name=self.name,
+                count=len(busy),
+                grace=self._grace,
+            )
         drained = self.site.drain()
-        timeout = self._reactor.callLater(self._grace, drained.cancel) \
-            if self._grace >= 0 else None
+        timeout = (
+            self._reactor.callLater(self._grace, drained.cancel)
+            if self._grace >= 0
+            else None
+        )
         try:
             await drained
         except defer.CancelledError:
@@ -227,8 +259,12 @@ class ListenerService(Service):
             except Exception:
                 log.failure("{name}: aborting the connections left", name=self.name)
                 return
-            log.warn("{name}: {count} connection(s) aborted after the {grace}s grace",
-                     name=self.name, count=left, grace=self._grace)
+            log.warn(
+                "{name}: {count} connection(s) aborted after the {grace}s grace",
+                name=self.name,
+                count=left,
+                grace=self._grace,
+            )
         finally:
             if timeout is not None and timeout.active():
                 timeout.cancel()

@@ -76,10 +76,12 @@ def event_as_json(event: dict) -> str:
     """One JSON line for a twisted.logger event."""
     when = datetime.fromtimestamp(event.get("log_time", 0), tz=UTC)
     level = event.get("log_level")
-    fields = {k: _json_safe(v) for k, v in event.items()
-              if not k.startswith("log_") and k not in ("message", "format", "time",
-                                                        "system", "isError", "failure",
-                                                        "why")}
+    fields = {
+        k: _json_safe(v)
+        for k, v in event.items()
+        if not k.startswith("log_")
+        and k not in ("message", "format", "time", "system", "isError", "failure", "why")
+    }
     record: dict[str, Any] = {
         "time": when.isoformat(),
         "level": getattr(level, "name", "info"),

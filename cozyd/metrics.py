@@ -28,10 +28,29 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 #: Methods of the ``DocumentStore`` interface that are timed.
 STORE_OPERATIONS = (
-    "health", "create_db", "ensure_db", "delete_db", "db_exists", "db_info", "list_dbs",
-    "delete_prefix", "get_doc", "get_open_revs", "put_doc", "delete_doc", "bulk_docs",
-    "bulk_get", "revs_diff", "all_docs", "changes", "get_local", "put_local",
-    "delete_local", "create_index", "list_indexes", "find",
+    "health",
+    "create_db",
+    "ensure_db",
+    "delete_db",
+    "db_exists",
+    "db_info",
+    "list_dbs",
+    "delete_prefix",
+    "get_doc",
+    "get_open_revs",
+    "put_doc",
+    "delete_doc",
+    "bulk_docs",
+    "bulk_get",
+    "revs_diff",
+    "all_docs",
+    "changes",
+    "get_local",
+    "put_local",
+    "delete_local",
+    "create_index",
+    "list_indexes",
+    "find",
 )
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -41,31 +60,50 @@ class Metrics:
     def __init__(self, services: Iterable[str] = ()):
         self.registry = CollectorRegistry(auto_describe=True)
         self.services = frozenset(services)
-        self.requests = Counter("cozyd_http_requests", "HTTP requests answered.",
-                                ["listener", "service", "status"], registry=self.registry)
-        self.latency = Histogram("cozyd_http_request_duration_seconds",
-                                 "Time from a request's first line to its answer's end.",
-                                 ["listener", "service"], registry=self.registry)
-        self.storage = Histogram("cozyd_storage_call_duration_seconds",
-                                 "Storage engine calls.", ["engine", "operation"],
-                                 registry=self.registry)
-        self.cached_instances = Gauge("cozyd_instances_cached",
-                                      "Host -> instance answers in the cache.",
-                                      registry=self.registry)
-        self.queue_depth = Gauge("cozyd_threadpool_queue_depth",
-                                 "Work waiting for a thread of the pool.", ["pool"],
-                                 registry=self.registry)
-        self.busy_threads = Gauge("cozyd_threadpool_busy",
-                                  "Threads of the pool at work.", ["pool"],
-                                  registry=self.registry)
+        self.requests = Counter(
+            "cozyd_http_requests",
+            "HTTP requests answered.",
+            ["listener", "service", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "cozyd_http_request_duration_seconds",
+            "Time from a request's first line to its answer's end.",
+            ["listener", "service"],
+            registry=self.registry,
+        )
+        self.storage = Histogram(
+            "cozyd_storage_call_duration_seconds",
+            "Storage engine calls.",
+            ["engine", "operation"],
+            registry=self.registry,
+        )
+        self.cached_instances = Gauge(
+            "cozyd_instances_cached",
+            "Host -> instance answers in the cache.",
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "cozyd_threadpool_queue_depth",
+            "Work waiting for a thread of the pool.",
+            ["pool"],
+            registry=self.registry,
+        )
+        self.busy_threads = Gauge(
+            "cozyd_threadpool_busy",
+            "Threads of the pool at work.",
+            ["pool"],
+            registry=self.registry,
+        )
 
     # -- HTTP ---------------------------------------------------------------
     def service_of(self, path: bytes) -> str:
         segment = path.lstrip(b"/").split(b"/", 1)[0].decode("ascii", "replace")
         return segment if segment in self.services else "other"
 
-    def request_done(self, listener: str, path: bytes, status: int,
-                     duration: float) -> None:
+    def request_done(
+        self, listener: str, path: bytes, status: int, duration: float
+    ) -> None:
         service = "admin" if listener == "admin" else self.service_of(path)
         self.requests.labels(listener, service, str(status)).inc()
         self.latency.labels(listener, service).observe(duration)
@@ -90,6 +128,7 @@ class Metrics:
         def busy() -> float:
             s = stats()
             return s.busyWorkerCount if s is not None else 0
+
         self.queue_depth.labels(name).set_function(depth)
         self.busy_threads.labels(name).set_function(busy)
 
@@ -115,6 +154,8 @@ def instrument_store(store: Any, metrics: Metrics) -> Any:
                     return await method(*args, **kwargs)
                 finally:
                     observe(time.monotonic() - started)
+
             return call
+
         setattr(store, name, timed())
     return store

@@ -22,7 +22,7 @@ MAX_KDF_ITERATIONS = 5_000_000
 
 def salt_for(domain: str) -> bytes:
     host = domain.rsplit(":", 1)[0] if ":" in domain else domain
-    return f"me@{host}".encode("utf-8")
+    return f"me@{host}".encode()
 
 
 def client_side_hash(passphrase: str, domain: str, iterations: int) -> str:
@@ -31,8 +31,9 @@ def client_side_hash(passphrase: str, domain: str, iterations: int) -> str:
     PBKDF2 round of the master key salted with the passphrase (Bitwarden's
     scheme, which cozy-stack and its clients use)."""
     secret = passphrase.encode("utf-8")
-    master_key = hashlib.pbkdf2_hmac("sha256", secret, salt_for(domain), iterations,
-                                     dklen=32)
+    master_key = hashlib.pbkdf2_hmac(
+        "sha256", secret, salt_for(domain), iterations, dklen=32
+    )
     hashed = hashlib.pbkdf2_hmac("sha256", master_key, secret, 1, dklen=32)
     return base64.b64encode(hashed).decode("ascii")
 

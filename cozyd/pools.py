@@ -73,14 +73,20 @@ class WorkerPool:
     (Linux sets it per thread; elsewhere it is ignored).
     """
 
-    def __init__(self, reactor: Any, name: str, *, threads: int,
-                 max_pending: int | None = None, niceness: int = 0):
+    def __init__(
+        self,
+        reactor: Any,
+        name: str,
+        *,
+        threads: int,
+        max_pending: int | None = None,
+        niceness: int = 0,
+    ):
         if threads < 1 or (max_pending is not None and max_pending < 1):
             raise ValueError("a pool needs at least one thread and one job")
         self.name = name
         self._reactor = reactor
-        self._threads = ThreadPool(minthreads=0, maxthreads=threads,
-                                   name=f"cozyd-{name}")
+        self._threads = ThreadPool(minthreads=0, maxthreads=threads, name=f"cozyd-{name}")
         self._max_pending = max_pending
         self._niceness = niceness
         self._niced = threading.local()
@@ -110,7 +116,8 @@ class WorkerPool:
         # Also stopped with the reactor, whoever forgot to stop it.
         if hasattr(self._reactor, "addSystemEventTrigger"):
             self._shutdown_trigger = self._reactor.addSystemEventTrigger(
-                "during", "shutdown", self._stop_threads)
+                "during", "shutdown", self._stop_threads
+            )
 
     def stop(self) -> None:
         """Finish the jobs under way, then end the threads."""
@@ -121,7 +128,7 @@ class WorkerPool:
 
     def _stop_threads(self) -> None:
         self._shutdown_trigger = None
-        if self._threads.started:
+        if self._threads.started and not self._threads.joined:
             self._threads.stop()
 
     def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred:
@@ -151,6 +158,7 @@ class WorkerPool:
                 self._niced.done = True
                 _lower_thread_priority(self._niceness)
             return function(*args, **kwargs)
+
         return job
 
 
@@ -159,8 +167,9 @@ def _lower_thread_priority(niceness: int) -> None:
         # On Linux a "process" priority given a thread id applies to that
         # thread alone.
         tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid)
-                       + niceness)
+        os.setpriority(
+            os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + niceness
+        )
     except (AttributeError, OSError):
         pass
 
@@ -201,21 +210,33 @@ class WorkerPools:
     def start(self) -> None:
         for pool in self.all():
             pool.start()
-        log.info("worker pools started: {pools}",
-                 pools=", ".join(repr(pool) for pool in self.all()))
+        log.info(
+            "worker pools started: {pools}",
+            pools=", ".join(repr(pool) for pool in self.all()),
+        )
 
     def stop(self) -> None:
         for pool in reversed(self.all()):
             pool.stop()
 
 
-def daemon_pools(reactor: Any, *, storage_threads: int = STORAGE_THREADS,
-                 hashing_threads: int = HASHING_THREADS,
-                 hashing_queue: int = HASHING_QUEUE) -> WorkerPools:
+def daemon_pools(
+    reactor: Any,
+    *,
+    storage_threads: int = STORAGE_THREADS,
+    hashing_threads: int = HASHING_THREADS,
+    hashing_queue: int = HASHING_QUEUE,
+) -> WorkerPools:
     return WorkerPools(
         storage=WorkerPool(reactor, "storage", threads=storage_threads),
-        hashing=WorkerPool(reactor, "hashing", threads=hashing_threads,
-                           max_pending=hashing_queue, niceness=HASHING_NICENESS))
+        hashing=WorkerPool(
+            reactor,
+            "hashing",
+            threads=hashing_threads,
+            max_pending=hashing_queue,
+            niceness=HASHING_NICENESS,
+        ),
+    )
 
 
 def inline_pools() -> WorkerPools:

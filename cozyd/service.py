@@ -88,6 +88,7 @@ class Stack:
 def thread_runner(reactor) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
     def run_blocking(function):
         return deferToThreadPool(reactor, reactor.getThreadPool(), function)
+
     return run_blocking
 
 
@@ -95,16 +96,23 @@ def build_store(config: Config, reactor, pools: WorkerPools | None = None) -> Do
     if config.get("storage", "engine") == "couchdb":
         from cozyd.storage.couchdb import CouchDBStore
 
-        return CouchDBStore(config.get("couchdb", "url"), reactor=reactor,
-                            timeout=config.get("couchdb", "timeout"),
-                            ca_file=config.get("couchdb", "ca_file") or None)
+        return CouchDBStore(
+            config.get("couchdb", "url"),
+            reactor=reactor,
+            timeout=config.get("couchdb", "timeout"),
+            ca_file=config.get("couchdb", "ca_file") or None,
+        )
     from cozyd.storage.sqlite import EmbeddedStore
 
     if pools is None:
         pools = daemon_pools(reactor)
-    return EmbeddedStore(config.db_dir, reactor=reactor, pool=pools.storage,
-                         idle_timeout=config.get("storage", "idle_timeout"),
-                         max_open=config.get("storage", "max_open_files"))
+    return EmbeddedStore(
+        config.db_dir,
+        reactor=reactor,
+        pool=pools.storage,
+        idle_timeout=config.get("storage", "idle_timeout"),
+        max_open=config.get("storage", "max_open_files"),
+    )
 
 
 def node_id(data_dir: str) -> str:
@@ -122,18 +130,25 @@ def node_id(data_dir: str) -> str:
 
 def next_turn(reactor) -> Callable[[], Awaitable[Any]]:
     """A pause until the reactor's next turn (between pieces of long work)."""
+
     def pause():
         return task.deferLater(reactor, 0, lambda: None)
+
     return pause
 
 
-def build_stack(config: Config, *, store: DocumentStore,
-                run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]],
-                run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
-                seconds: Callable[[], float] = time.time, node: str = "",
-                pause: Callable[[], Awaitable[Any]] | None = None,
-                sleep: Callable[[float], Awaitable[Any]] | None = None,
-                metrics: Metrics | None = None) -> Stack:
+def build_stack(
+    config: Config,
+    *,
+    store: DocumentStore,
+    run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]],
+    run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
+    seconds: Callable[[], float] = time.time,
+    node: str = "",
+    pause: Callable[[], Awaitable[Any]] | None = None,
+    sleep: Callable[[float], Awaitable[Any]] | None = None,
+    metrics: Metrics | None = None,
+) -> Stack:
     """``run_hashing`` runs password hashing (the daemon's bounded pool;
     ``run_blocking`` when not given). ``pause()`` lets long answers give the
     reactor a turn between their pieces (None in memory: nothing else to let
@@ -143,93 +158,192 @@ def build_stack(config: Config, *, store: DocumentStore,
     documents = Documents(store, hub)
     registry_box: list[InstanceRegistry] = []
     instances = InstanceManager(
-        documents, config.fs_root, run_blocking=run_blocking, run_hashing=run_hashing,
+        documents,
+        config.fs_root,
+        run_blocking=run_blocking,
+        run_hashing=run_hashing,
         kdf_iterations=config.get("instances", "kdf_iterations"),
         on_change=lambda domain: registry_box[0].invalidate(domain),
-        node_id=node, seconds=seconds)
-    registry = InstanceRegistry(instances.find_by_host, seconds=seconds,
-                                ttl=config.get("instances", "cache_ttl"))
+        node_id=node,
+        seconds=seconds,
+    )
+    registry = InstanceRegistry(
+        instances.find_by_host, seconds=seconds, ttl=config.get("instances", "cache_ttl")
+    )
     registry_box.append(registry)
     status = StatusService(store, config.fs_root)
-    resolver = PermissionResolver(store, seconds=seconds,
-                                  ttl=config.get("instances", "cache_ttl"))
+    resolver = PermissionResolver(
+        store, seconds=seconds, ttl=config.get("instances", "cache_ttl")
+    )
     clients = OAuthClients(documents, on_change=resolver.forget_client, seconds=seconds)
     access_codes = AccessCodes(documents, seconds=seconds)
     scheme = config.get("server", "scheme")
     pages = Pages(secure=scheme == "https", scheme=scheme)
-    web_sessions = WebSessions(SessionStore(documents, seconds=seconds),
-                               secure=scheme == "https")
+    web_sessions = WebSessions(
+        SessionStore(documents, seconds=seconds), secure=scheme == "https"
+    )
     guard = Guard(resolver, seconds=seconds, session_id_of=web_sessions.session_id_of)
     services = {
         "permissions": PermissionsService(guard).resource(),
-        "data": DataService(documents, guard,
-                            max_body_size=config.get("server", "max_body_size"),
-                            pause=pause).resource(),
-        **owner_services(config, documents, instances, registry, guard, pages=pages,
-                         sessions=web_sessions, run_hashing=run_hashing,
-                         seconds=seconds),
-        **oauth_services(clients, access_codes, guard, pages=pages,
-                         session_of=web_sessions.session_id_of, seconds=seconds),
+        "data": DataService(
+            documents,
+            guard,
+            max_body_size=config.get("server", "max_body_size"),
+            pause=pause,
+        ).resource(),
+        **owner_services(
+            config,
+            documents,
+            instances,
+            registry,
+            guard,
+            pages=pages,
+            sessions=web_sessions,
+            run_hashing=run_hashing,
+            seconds=seconds,
+        ),
+        **oauth_services(
+            clients,
+            access_codes,
+            guard,
+            pages=pages,
+            session_of=web_sessions.session_id_of,
+            seconds=seconds,
+        ),
     }
-    unscoped = {"_debug": DebugService(pause, sleep=sleep)} \
-        if config.get("server", "test_routes") else {}
+    unscoped = (
+        {"_debug": DebugService(pause, sleep=sleep)}
+        if config.get("server", "test_routes")
+        else {}
+    )
     if metrics is None:
         metrics = Metrics(services=[*services, *unscoped, "status", "version"])
     metrics.services = frozenset(
-        {name.split("/", 1)[0] for name in services} | set(unscoped) | {"status", "version"}
-        | metrics.services)
+        {name.split("/", 1)[0] for name in services}
+        | set(unscoped)
+        | {"status", "version"}
+        | metrics.services
+    )
     metrics.watch_cache(lambda: len(getattr(registry, "_cache", ())))
-    public = PublicRoot(registry, status, services=services, seconds=seconds,
-                        unscoped=unscoped,
-                        max_body_size=config.get("server", "max_body_size")).resource()
+    public = PublicRoot(
+        registry,
+        status,
+        services=services,
+        seconds=seconds,
+        unscoped=unscoped,
+        max_body_size=config.get("server", "max_body_size"),
+    ).resource()
     # <slug>.<domain>: the instance's apps (only the built-in home for now).
-    home = HomeApp(pages=pages, sessions=web_sessions,
-                   urls=InstanceURLs(store, scheme=scheme)).resource()
-    public = AppHosts(registry, public, {HOME_SLUG: home}, pages=pages,
-                      scheme=scheme).resource()
+    home = HomeApp(
+        pages=pages, sessions=web_sessions, urls=InstanceURLs(store, scheme=scheme)
+    ).resource()
+    public = AppHosts(
+        registry, public, {HOME_SLUG: home}, pages=pages, scheme=scheme
+    ).resource()
     # scrypt in the hashing pool (off the reactor); wrong guesses rate-limited.
-    checker = PassphraseChecker(config.admin_passphrase_hash, run_hashing=run_hashing,
-                                path=config.get("admin", "secret_filename") or None)
-    admin = AdminService(instances, checker.check, clients=clients,
-                         seconds=seconds, metrics=metrics).resource()
-    return Stack(config, store, instances, registry, public, admin, hub, documents,
-                 metrics=metrics, passphrase_checker=checker)
+    checker = PassphraseChecker(
+        config.admin_passphrase_hash,
+        run_hashing=run_hashing,
+        path=config.get("admin", "secret_filename") or None,
+    )
+    admin = AdminService(
+        instances, checker.check, clients=clients, seconds=seconds, metrics=metrics
+    ).resource()
+    return Stack(
+        config,
+        store,
+        instances,
+        registry,
+        public,
+        admin,
+        hub,
+        documents,
+        metrics=metrics,
+        passphrase_checker=checker,
+    )
 
 
-def owner_services(config: Config, documents: Documents, instances: InstanceManager,
-                   registry: InstanceRegistry, guard: Guard, *, pages: Pages,
-                   sessions: WebSessions,
-                   run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]],
-                   seconds: Callable[[], float]) -> dict[str, Any]:
+def owner_services(
+    config: Config,
+    documents: Documents,
+    instances: InstanceManager,
+    registry: InstanceRegistry,
+    guard: Guard,
+    *,
+    pages: Pages,
+    sessions: WebSessions,
+    run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]],
+    seconds: Callable[[], float],
+) -> dict[str, Any]:
     """The owner's routes: ``/`` (home), ``/auth`` (login, logout,
     onboarding form) and ``/settings`` (passphrase, instance, sessions)."""
     urls = InstanceURLs(documents.store, scheme=config.get("server", "scheme"))
-    passphrases = Passphrases(documents, run_blocking=run_hashing,
-                              kdf_iterations=config.get("instances", "kdf_iterations"),
-                              update_instance=instances.update)
+    passphrases = Passphrases(
+        documents,
+        run_blocking=run_hashing,
+        kdf_iterations=config.get("instances", "kdf_iterations"),
+        update_instance=instances.update,
+    )
 
     async def block(domain: str) -> None:
-        await instances.modify(domain, ModifyOptions(blocked=True,
-                                                     blocking_reason=LOGIN_FAILED))
-    failures = LoginFailures(RateLimiter(seconds=seconds), block=block,
-                             per_hour=config.get("auth", "login_failures_per_hour"))
-    auth = AuthService(guard, pages=pages, sessions=sessions, passphrases=passphrases,
-                       failures=failures, urls=urls)
-    settings = SettingsService(guard, documents=documents, instances=instances, pages=pages,
-                               sessions=sessions, passphrases=passphrases, urls=urls)
-    return {"": HomePage(pages=pages, sessions=sessions, urls=urls).resource(),
-            "auth": auth.resource(), "settings": settings.resource()}
+        await instances.modify(
+            domain, ModifyOptions(blocked=True, blocking_reason=LOGIN_FAILED)
+        )
+
+    failures = LoginFailures(
+        RateLimiter(seconds=seconds),
+        block=block,
+        per_hour=config.get("auth", "login_failures_per_hour"),
+    )
+    auth = AuthService(
+        guard,
+        pages=pages,
+        sessions=sessions,
+        passphrases=passphrases,
+        failures=failures,
+        urls=urls,
+    )
+    settings = SettingsService(
+        guard,
+        documents=documents,
+        instances=instances,
+        pages=pages,
+        sessions=sessions,
+        passphrases=passphrases,
+        urls=urls,
+    )
+    return {
+        "": HomePage(pages=pages, sessions=sessions, urls=urls).resource(),
+        "auth": auth.resource(),
+        "settings": settings.resource(),
+    }
 
 
-def oauth_services(clients: OAuthClients, codes: AccessCodes, guard: Guard, *,
-                   pages: Pages, session_of: Any,
-                   seconds: Callable[[], float]) -> dict[str, Any]:
+def oauth_services(
+    clients: OAuthClients,
+    codes: AccessCodes,
+    guard: Guard,
+    *,
+    pages: Pages,
+    session_of: Any,
+    seconds: Callable[[], float],
+) -> dict[str, Any]:
     """The OAuth2 routes: registration, consent, tokens, clients settings."""
-    oauth = OAuthService(clients, codes, TokenEndpoint(clients, codes, seconds=seconds),
-                         pages=pages, session_of=session_of, seconds=seconds).resource()
+    oauth = OAuthService(
+        clients,
+        codes,
+        TokenEndpoint(clients, codes, seconds=seconds),
+        pages=pages,
+        session_of=session_of,
+        seconds=seconds,
+    ).resource()
     clients_settings = ClientsSettingsService(clients, guard).resource()
-    return {"auth/register": oauth, "auth/authorize": oauth, "auth/access_token": oauth,
-            "settings/clients": clients_settings}
+    return {
+        "auth/register": oauth,
+        "auth/authorize": oauth,
+        "auth/access_token": oauth,
+        "settings/clients": clients_settings,
+    }
 
 
 def access_log_line(timestamp: str, request) -> str:
@@ -260,8 +374,9 @@ class OrderedMultiService(MultiService):
         Service.stopService(self)
         children = [child for child in reversed(list(self)) if child.running]
         if self.stop_together:
-            return defer.DeferredList([defer.maybeDeferred(c.stopService) for c in children],
-                                      consumeErrors=True)
+            return defer.DeferredList(
+                [defer.maybeDeferred(c.stopService) for c in children], consumeErrors=True
+            )
         return defer.Deferred.fromCoroutine(self._stop_children(children))
 
     async def _stop_children(self, children) -> None:
@@ -299,24 +414,31 @@ class StorageService(Service):
                 pass
             os.unlink(probe)
         except OSError as exc:
-            raise StartError(f"the data directory {config.data_dir} is not usable: "
-                             f"{exc.strerror or exc}") from None
+            raise StartError(
+                f"the data directory {config.data_dir} is not usable: {exc.strerror or exc}"
+            ) from None
         self.pools.start()
         try:
             store = instrument_store(build_store(config, reactor, self.pools), self.metrics)
             await store.start()
         except Exception as exc:
-            raise StartError(f"the {config.get('storage', 'engine')} storage cannot "
-                             f"start: {' '.join(str(exc).split()) or type(exc).__name__}") \
-                from None
+            raise StartError(
+                f"the {config.get('storage', 'engine')} storage cannot "
+                f"start: {' '.join(str(exc).split()) or type(exc).__name__}"
+            ) from None
         self.metrics.watch_pool("default", reactor.getThreadPool())
         for pool in self.pools.all():
             self.metrics.watch_pool(pool.name, pool)
-        self.stack = build_stack(config, store=store, run_blocking=thread_runner(reactor),
-                                 run_hashing=self.pools.hashing.run,
-                                 node=node, pause=next_turn(reactor),
-                                 sleep=lambda s: task.deferLater(reactor, s, lambda: None),
-                                 metrics=self.metrics)
+        self.stack = build_stack(
+            config,
+            store=store,
+            run_blocking=thread_runner(reactor),
+            run_hashing=self.pools.hashing.run,
+            node=node,
+            pause=next_turn(reactor),
+            sleep=lambda s: task.deferLater(reactor, s, lambda: None),
+            metrics=self.metrics,
+        )
         await self.stack.instances.setup()
         log.info("storage ready: {engine} engine", engine=store.engine)
 
@@ -333,8 +455,9 @@ class StorageService(Service):
 class CozydService(OrderedMultiService):
     """The daemon: storage, then the listeners (see the module docstring)."""
 
-    def __init__(self, config: Config, reactor, *, log_observer: Any = None,
-                 stderr: Any = None):
+    def __init__(
+        self, config: Config, reactor, *, log_observer: Any = None, stderr: Any = None
+    ):
         super().__init__()
         self._config = config
         self._reactor = reactor
@@ -347,13 +470,21 @@ class CozydService(OrderedMultiService):
         self.listeners.stop_together = True
         self.listeners.setName("listeners")
         grace = config.get("server", "shutdown_grace")
-        ListenerService("public API", config.get("server", "listen"),
-                        lambda: self._site("public", self.stack.public), reactor,
-                        grace=grace).setServiceParent(self.listeners)
-        ListenerService("admin API", config.get("admin", "listen"),
-                        lambda: self._site("admin", self.stack.admin), reactor,
-                        grace=grace, loopback_only=not config.get("admin", "allow_remote")
-                        ).setServiceParent(self.listeners)
+        ListenerService(
+            "public API",
+            config.get("server", "listen"),
+            lambda: self._site("public", self.stack.public),
+            reactor,
+            grace=grace,
+        ).setServiceParent(self.listeners)
+        ListenerService(
+            "admin API",
+            config.get("admin", "listen"),
+            lambda: self._site("admin", self.stack.admin),
+            reactor,
+            grace=grace,
+            loopback_only=not config.get("admin", "allow_remote"),
+        ).setServiceParent(self.listeners)
         self.listeners.setServiceParent(self)
 
     @property
@@ -370,9 +501,13 @@ class CozydService(OrderedMultiService):
 
     def _site(self, listener: str, resource) -> ServingSite:
         # Bodies over the limit are refused before they are read.
-        site = ServingSite(resource, listener=listener, metrics=self.storage.metrics,
-                           max_body_size=self._config.get("server", "max_body_size"),
-                           header_timeout=self._config.get("server", "header_timeout"))
+        site = ServingSite(
+            resource,
+            listener=listener,
+            metrics=self.storage.metrics,
+            max_body_size=self._config.get("server", "max_body_size"),
+            header_timeout=self._config.get("server", "header_timeout"),
+        )
         site.displayTracebacks = False
         return site
 
@@ -411,6 +546,7 @@ class CozydService(OrderedMultiService):
             if destination is not None:
                 destination.flush()
             os._exit(1)
+
         self._reactor.addSystemEventTrigger("after", "shutdown", exit_now)
 
         def stop() -> None:
@@ -418,6 +554,7 @@ class CozydService(OrderedMultiService):
                 self._reactor.stop()
             except ReactorNotRunning:
                 pass  # stopping already (a signal came during the start)
+
         if self._reactor.running:
             stop()
         else:
@@ -428,8 +565,9 @@ class CozydService(OrderedMultiService):
         if not hasattr(signal, "SIGHUP"):
             return
         try:
-            signal.signal(signal.SIGHUP,
-                          lambda *_: self._reactor.callFromThread(self.reload))
+            signal.signal(
+                signal.SIGHUP, lambda *_: self._reactor.callFromThread(self.reload)
+            )
         except ValueError:  # not the main thread (tests)
             pass
 

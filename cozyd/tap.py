@@ -17,23 +17,42 @@ class Options(usage.Options):
     longdesc = (
         "Run the cozyd personal-cloud server: the public API, served for every "
         "instance by its Host header, and the admin API used by cozyctl. Flags beat "
-        "COZYD_<SECTION>_<KEY> environment variables, which beat the config file.")
+        "COZYD_<SECTION>_<KEY> environment variables, which beat the config file."
+    )
     optParameters = [
         ["config", "c", None, "Configuration file (INI), e.g. /etc/cozyd/cozyd.conf."],
-        ["listen", None, None, "Where the public API listens, a Twisted endpoint: "
-         "tcp:8080:interface=127.0.0.1, ssl:8443:privateKey=key.pem:certKey=cert.pem, "
-         "unix:/run/cozyd/public.sock, systemd:domain=INET:index=0 ([server] listen)."],
-        ["admin-listen", None, None, "Where the admin API listens, a Twisted endpoint "
-         "([admin] listen); loopback only unless [admin] allow_remote."],
+        [
+            "listen",
+            None,
+            None,
+            "Where the public API listens, a Twisted endpoint: "
+            "tcp:8080:interface=127.0.0.1, ssl:8443:privateKey=key.pem:certKey=cert.pem, "
+            "unix:/run/cozyd/public.sock, systemd:domain=INET:index=0 ([server] listen).",
+        ],
+        [
+            "admin-listen",
+            None,
+            None,
+            "Where the admin API listens, a Twisted endpoint "
+            "([admin] listen); loopback only unless [admin] allow_remote.",
+        ],
         ["host", None, None, "Address of the public API ([server] host)."],
         ["port", "p", None, "Port of the public API ([server] port), 0 for any."],
         ["admin-host", None, None, "Address of the admin API ([admin] host)."],
         ["admin-port", None, None, "Port of the admin API ([admin] port), 0 for any."],
-        ["couchdb-url", None, None,
-         "Use the CouchDB engine at this URL ([couchdb] url, selects the engine)."],
+        [
+            "couchdb-url",
+            None,
+            None,
+            "Use the CouchDB engine at this URL ([couchdb] url, selects the engine).",
+        ],
         ["fs-url", None, None, "Where file contents live, file:///path ([fs] url)."],
-        ["data-dir", None, None, "Data directory of the embedded engine "
-         "([storage] data_dir)."],
+        [
+            "data-dir",
+            None,
+            None,
+            "Data directory of the embedded engine ([storage] data_dir).",
+        ],
     ]
 
     def postOptions(self) -> None:

@@ -18,7 +18,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,14 +56,33 @@ MAX_FIELD_LENGTH = 2048
 MAX_REDIRECT_URIS = 32
 
 #: Metadata a client declares (all strings but redirect_uris).
-DECLARED_FIELDS = ("client_name", "client_kind", "client_uri", "logo_uri", "policy_uri",
-                   "software_id", "software_version", "notification_platform",
-                   "notification_device_token")
+DECLARED_FIELDS = (
+    "client_name",
+    "client_kind",
+    "client_uri",
+    "logo_uri",
+    "policy_uri",
+    "software_id",
+    "software_version",
+    "notification_platform",
+    "notification_device_token",
+)
 #: Fields kept from the stored client when it updates its registration.
-SERVER_FIELDS = ("pending", "allow_login_scope", "flagship", "certified_from_store",
-                 "created_at_onboarding", "synchronized_at", "last_refreshed_at",
-                 "client_os", "notifications", "onboarding_secret", "onboarding_app",
-                 "onboarding_permissions", "onboarding_state")
+SERVER_FIELDS = (
+    "pending",
+    "allow_login_scope",
+    "flagship",
+    "certified_from_store",
+    "created_at_onboarding",
+    "synchronized_at",
+    "last_refreshed_at",
+    "client_os",
+    "notifications",
+    "onboarding_secret",
+    "onboarding_app",
+    "onboarding_permissions",
+    "onboarding_state",
+)
 
 
 class RegistrationError(CozyError):
@@ -102,7 +121,7 @@ class ClientNotFound(NotFound):
 
 
 def iso_time(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 def secrets_equal(given: str, expected: str) -> bool:
@@ -117,7 +136,7 @@ def linked_app_slug(software_id: str) -> str:
     permissions; empty for other software ids."""
     if not software_id.startswith("registry://"):
         return ""
-    return software_id[len("registry://"):].partition("/")[0]
+    return software_id[len("registry://") :].partition("/")[0]
 
 
 def public_view(doc: Mapping[str, Any], *, secret: bool = True) -> dict[str, Any]:
@@ -138,7 +157,7 @@ def _check_redirect_uri(instance: Instance, uri: Any) -> str:
     if not isinstance(uri, str) or not uri or len(uri) > MAX_FIELD_LENGTH:
         raise RegistrationError("invalid_redirect_uri", f"{uri} is invalid")
     invalid = RegistrationError("invalid_redirect_uri", f"{uri} is invalid")
-    if any(ord(c) < 0x21 or ord(c) == 0x7f for c in uri):
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in uri):
         raise invalid
     try:
         parts = urlsplit(uri)
@@ -160,23 +179,25 @@ def _check_redirect_uri(instance: Instance, uri: Any) -> str:
 def _declared_metadata(instance: Instance, body: Any) -> dict[str, Any]:
     """Validated client-declared metadata, in the order clients expect."""
     if not isinstance(body, Mapping):
-        raise RegistrationError("invalid_client_metadata",
-                                "the registration must be a JSON object")
+        raise RegistrationError(
+            "invalid_client_metadata", "the registration must be a JSON object"
+        )
     uris = body.get("redirect_uris")
     if uris is None or uris == []:
         raise RegistrationError("invalid_redirect_uri", "redirect_uris is mandatory")
     if not isinstance(uris, list) or len(uris) > MAX_REDIRECT_URIS:
-        raise RegistrationError("invalid_redirect_uri",
-                                "redirect_uris must be a list of URIs")
+        raise RegistrationError(
+            "invalid_redirect_uri", "redirect_uris must be a list of URIs"
+        )
     metadata: dict[str, Any] = {
-        "redirect_uris": [_check_redirect_uri(instance, uri) for uri in uris]}
+        "redirect_uris": [_check_redirect_uri(instance, uri) for uri in uris]
+    }
     for field in DECLARED_FIELDS:
         value = body.get(field)
         if value is None or value == "":
             continue
         if not isinstance(value, str) or len(value) > MAX_FIELD_LENGTH:
-            raise RegistrationError("invalid_client_metadata",
-                                    f"{field} must be a string")
+            raise RegistrationError("invalid_client_metadata", f"{field} must be a string")
         metadata[field] = value
     if not metadata.get("client_name"):
         raise RegistrationError("invalid_client_metadata", "client_name is mandatory")
@@ -188,16 +209,23 @@ def _declared_metadata(instance: Instance, body: Any) -> dict[str, Any]:
     if platform:
         metadata["notification_platform"] = platform
     if linked_app_slug(metadata["software_id"]) in FORBIDDEN_LINKED_SLUGS:
-        raise RegistrationError("unapproved_software_id",
-                                "Link with store/settings is forbidden")
+        raise RegistrationError(
+            "unapproved_software_id", "Link with store/settings is forbidden"
+        )
     return metadata
 
 
 def _ordered(metadata: Mapping[str, Any], server: Mapping[str, Any]) -> dict[str, Any]:
     """The document, fields in the order cozy-stack writes them."""
     doc: dict[str, Any] = {}
-    for key in ("_id", "_rev", "client_secret", "client_secret_expires_at",
-                "allow_login_scope", "pending"):
+    for key in (
+        "_id",
+        "_rev",
+        "client_secret",
+        "client_secret_expires_at",
+        "allow_login_scope",
+        "pending",
+    ):
         if key in server:
             doc[key] = server[key]
     doc["redirect_uris"] = metadata["redirect_uris"]
@@ -217,11 +245,15 @@ ClientChanged = Callable[[Instance, str], None]
 
 
 class OAuthClients:
-    def __init__(self, documents: Documents, *,
-                 on_change: ClientChanged | None = None,
-                 seconds: Callable[[], float] = time.time,
-                 limiter: RateLimiter | None = None,
-                 registrations_per_hour: int = REGISTRATIONS_PER_HOUR):
+    def __init__(
+        self,
+        documents: Documents,
+        *,
+        on_change: ClientChanged | None = None,
+        seconds: Callable[[], float] = time.time,
+        limiter: RateLimiter | None = None,
+        registrations_per_hour: int = REGISTRATIONS_PER_HOUR,
+    ):
         self._documents = documents  # writes: validated and published
         self._store = documents.store  # reads
         self._changed: ClientChanged = on_change or (lambda instance, client_id: None)
@@ -234,9 +266,11 @@ class OAuthClients:
 
     def check_rate(self, instance: Instance) -> None:
         """Count one registration (or update) of ``instance``'s clients."""
-        verdict = self._limiter.hit("oauth-client:" + instance.domain,
-                                    limit=self._registrations_per_hour,
-                                    period=REGISTRATION_WINDOW)
+        verdict = self._limiter.hit(
+            "oauth-client:" + instance.domain,
+            limit=self._registrations_per_hour,
+            period=REGISTRATION_WINDOW,
+        )
         if verdict.limited:
             raise RegistrationRateLimited()
 
@@ -255,24 +289,28 @@ class OAuthClients:
             raise ClientNotFound()
         return client
 
-    async def find_by_software_id(self, instance: Instance,
-                                  software_id: str) -> dict[str, Any] | None:
+    async def find_by_software_id(
+        self, instance: Instance, software_id: str
+    ) -> dict[str, Any] | None:
         try:
-            result = await self._store.find(self._db(instance), {
-                "selector": {"software_id": software_id}, "limit": 1})
+            result = await self._store.find(
+                self._db(instance), {"selector": {"software_id": software_id}, "limit": 1}
+            )
         except DatabaseNotFound:
             return None
         return result["docs"][0] if result["docs"] else None
 
-    async def list(self, instance: Instance, *, limit: int = 100,
-                   cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    async def list(
+        self, instance: Instance, *, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """A page of clients in id order, and the cursor of the next page."""
         found: list[dict[str, Any]] = []
         start = cursor
         while len(found) <= limit:
             try:
-                page = await self._store.all_docs(self._db(instance), start_key=start,
-                                                  include_docs=True, limit=limit + 2)
+                page = await self._store.all_docs(
+                    self._db(instance), start_key=start, include_docs=True, limit=limit + 2
+                )
             except DatabaseNotFound:
                 return [], None
             rows = page["rows"]
@@ -287,13 +325,18 @@ class OAuthClients:
         return found, None
 
     # -- registration -------------------------------------------------------------
-    async def register(self, instance: Instance, body: Any, *, pending: bool = True,
-                       allow_login_scope: bool = False) -> dict[str, Any]:
+    async def register(
+        self,
+        instance: Instance,
+        body: Any,
+        *,
+        pending: bool = True,
+        allow_login_scope: bool = False,
+    ) -> dict[str, Any]:
         """Create a client from its declared metadata; returns its public view
         with its secret and registration access token."""
         metadata = _declared_metadata(instance, body)
-        metadata["client_name"] = await self._unique_name(instance,
-                                                          metadata["client_name"])
+        metadata["client_name"] = await self._unique_name(instance, metadata["client_name"])
         now = self._seconds()
         server: dict[str, Any] = {
             "_id": new_doc_id(),
@@ -313,23 +356,27 @@ class OAuthClients:
         return _with_token(view, registration)
 
     def registration_token(self, instance: Instance, client_id: str) -> str:
-        return tokens.issue(instance, tokens.REGISTRATION, client_id,
-                            issued_at=self._seconds())
+        return tokens.issue(
+            instance, tokens.REGISTRATION, client_id, issued_at=self._seconds()
+        )
 
-    def check_registration_token(self, instance: Instance, client: Mapping[str, Any],
-                                 token: str | None) -> bool:
+    def check_registration_token(
+        self, instance: Instance, client: Mapping[str, Any], token: str | None
+    ) -> bool:
         """Is ``token`` this client's registration access token?"""
         if not token:
             return False
         try:
-            claims = tokens.parse(instance, token, now=self._seconds(),
-                                  audiences=(tokens.REGISTRATION,))
+            claims = tokens.parse(
+                instance, token, now=self._seconds(), audiences=(tokens.REGISTRATION,)
+            )
         except CozyError:
             return False
         return secrets_equal(claims.subject, str(client.get("_id", "")))
 
-    async def update(self, instance: Instance, old: dict[str, Any],
-                     body: Any) -> dict[str, Any]:
+    async def update(
+        self, instance: Instance, old: dict[str, Any], body: Any
+    ) -> dict[str, Any]:
         """RFC 7592 update: the body repeats ``client_id`` and states all the
         declared metadata again. Sending the current secret rotates it."""
         if not isinstance(body, Mapping) or body.get("client_id") != old["_id"]:
@@ -341,15 +388,18 @@ class OAuthClients:
         secret = old.get("client_secret", "")
         if given:
             if not secrets_equal(given, secret):
-                raise RegistrationError("invalid_client_secret",
-                                        "client_secret is invalid")
+                raise RegistrationError("invalid_client_secret", "client_secret is invalid")
             secret = secrets.token_urlsafe(CLIENT_SECRET_BYTES)
         if metadata["client_name"] != old.get("client_name"):
-            metadata["client_name"] = await self._unique_name(instance,
-                                                              metadata["client_name"])
-        server: dict[str, Any] = {"_id": old["_id"], "_rev": old["_rev"],
-                                  "client_secret": secret,
-                                  "client_secret_expires_at": 0}
+            metadata["client_name"] = await self._unique_name(
+                instance, metadata["client_name"]
+            )
+        server: dict[str, Any] = {
+            "_id": old["_id"],
+            "_rev": old["_rev"],
+            "client_secret": secret,
+            "client_secret_expires_at": 0,
+        }
         for key in SERVER_FIELDS:
             if key in old:
                 server[key] = old[key]
@@ -371,8 +421,9 @@ class OAuthClients:
         doc = dict(client)
         while True:
             try:
-                await self._documents.delete(instance, CLIENTS_DOCTYPE, doc["_id"],
-                                             doc["_rev"], doc=doc)
+                await self._documents.delete(
+                    instance, CLIENTS_DOCTYPE, doc["_id"], doc["_rev"], doc=doc
+                )
                 break
             except DocNotFound:
                 break
@@ -383,8 +434,9 @@ class OAuthClients:
                 doc = fresh
         self._changed(instance, doc["_id"])
 
-    async def mark_used(self, instance: Instance, client: dict[str, Any],
-                        **changes: Any) -> dict[str, Any]:
+    async def mark_used(
+        self, instance: Instance, client: dict[str, Any], **changes: Any
+    ) -> dict[str, Any]:
         """Clear ``pending`` (a token or code was issued) and apply
         ``changes`` (bookkeeping such as ``last_refreshed_at``); best effort
         on a concurrent update, as cozy-stack."""
@@ -405,14 +457,19 @@ class OAuthClients:
         """The client, no longer pending (a token was issued for it)."""
         client = await self.get(instance, client_id)
         if client is None:
-            raise NotFound(f"no OAuth client {client_id!r} on this instance",
-                           code="unknown_client")
+            raise NotFound(
+                f"no OAuth client {client_id!r} on this instance", code="unknown_client"
+            )
         return await self.mark_used(instance, client)
 
     # -- helpers ------------------------------------------------------------------
     def _metadata(self, metadata: Mapping[str, Any], now: float) -> dict[str, Any]:
-        meta: dict[str, Any] = {"doctypeVersion": DOCTYPE_VERSION, "metadataVersion": 1,
-                                "createdAt": iso_time(now), "updatedAt": iso_time(now)}
+        meta: dict[str, Any] = {
+            "doctypeVersion": DOCTYPE_VERSION,
+            "metadataVersion": 1,
+            "createdAt": iso_time(now),
+            "updatedAt": iso_time(now),
+        }
         slug = linked_app_slug(metadata.get("software_id", ""))
         if slug:
             meta["createdByApp"] = slug
@@ -424,9 +481,14 @@ class OAuthClients:
         """``name``, or ``name-N`` if another client already has that name
         (N one more than the highest suffix in use), as cozy-stack does."""
         try:
-            result = await self._store.find(self._db(instance), {
-                "selector": {"client_name": {"$gte": name, "$lt": name + "\uffff"}},
-                "fields": ["client_name"], "limit": 1000})
+            result = await self._store.find(
+                self._db(instance),
+                {
+                    "selector": {"client_name": {"$gte": name, "$lt": name + "\uffff"}},
+                    "fields": ["client_name"],
+                    "limit": 1000,
+                },
+            )
         except DatabaseNotFound:
             return name
         names = [d.get("client_name") for d in result["docs"]]
@@ -435,7 +497,7 @@ class OAuthClients:
         highest = 1
         for other in names:
             if isinstance(other, str) and other.startswith(name + "-"):
-                suffix = other[len(name) + 1:]
+                suffix = other[len(name) + 1 :]
                 if suffix.isdigit():
                     highest = max(highest, int(suffix))
         return f"{name}-{highest + 1}"

@@ -69,18 +69,24 @@ def check_iterations(iterations: int, *, allow_zero: bool = True) -> None:
     if iterations == 0 and allow_zero:
         return
     if iterations < hashing.MIN_KDF_ITERATIONS:
-        raise Unprocessable("The KdfIterations number is too low",
-                            source={"parameter": "KdfIterations"})
+        raise Unprocessable(
+            "The KdfIterations number is too low", source={"parameter": "KdfIterations"}
+        )
     if iterations > hashing.MAX_KDF_ITERATIONS:
-        raise Unprocessable("The KdfIterations number is too high",
-                            source={"parameter": "KdfIterations"})
+        raise Unprocessable(
+            "The KdfIterations number is too high", source={"parameter": "KdfIterations"}
+        )
 
 
 class Passphrases:
-    def __init__(self, documents: Documents, *,
-                 run_blocking: Callable[[Callable[[], T]], Awaitable[T]],
-                 kdf_iterations: int = hashing.DEFAULT_KDF_ITERATIONS,
-                 update_instance: Callable[..., Awaitable[Instance]]):
+    def __init__(
+        self,
+        documents: Documents,
+        *,
+        run_blocking: Callable[[Callable[[], T]], Awaitable[T]],
+        kdf_iterations: int = hashing.DEFAULT_KDF_ITERATIONS,
+        update_instance: Callable[..., Awaitable[Instance]],
+    ):
         self._documents = documents
         self._run_blocking = run_blocking
         self._kdf_iterations = kdf_iterations
@@ -94,17 +100,20 @@ class Passphrases:
     # -- the hashing parameters -------------------------------------------------
     async def bitwarden_settings(self, instance: Instance) -> dict[str, Any]:
         try:
-            return await self._documents.get(instance, SETTINGS_DOCTYPE,
-                                             BITWARDEN_SETTINGS_ID)
+            return await self._documents.get(
+                instance, SETTINGS_DOCTYPE, BITWARDEN_SETTINGS_ID
+            )
         except DocNotFound:
             return {"_id": BITWARDEN_SETTINGS_ID}
 
     async def parameters(self, instance: Instance) -> dict[str, Any]:
         """What a client needs to hash the passphrase: salt, kdf, iterations."""
         settings = await self.bitwarden_settings(instance)
-        return {"salt": hashing.salt_for(instance.domain).decode("utf-8"),
-                "kdf": settings.get("passphrase_kdf") or PBKDF2_SHA256,
-                "iterations": settings.get("passphrase_kdf_iterations") or 0}
+        return {
+            "salt": hashing.salt_for(instance.domain).decode("utf-8"),
+            "kdf": settings.get("passphrase_kdf") or PBKDF2_SHA256,
+            "iterations": settings.get("passphrase_kdf_iterations") or 0,
+        }
 
     async def iterations(self, instance: Instance) -> int:
         return (await self.parameters(instance))["iterations"]
@@ -132,18 +141,21 @@ class Passphrases:
                 return hashing.check_server_hash(hashed, stored)
             except (InvalidHashFile, UnicodeDecodeError):
                 return False
+
         return await self._run_blocking(verify)
 
     async def _migrate(self, instance: Instance, clear: str) -> None:
         try:
             await self._set(instance, PassParameters(passphrase=clear), rotate=False)
         except CozyError:
-            log.failure("could not migrate the passphrase of {domain}",
-                        domain=instance.domain)
+            log.failure(
+                "could not migrate the passphrase of {domain}", domain=instance.domain
+            )
 
     # -- setting --------------------------------------------------------------------
-    async def register(self, instance: Instance, register_token: bytes,
-                       params: PassParameters) -> Instance:
+    async def register(
+        self, instance: Instance, register_token: bytes, params: PassParameters
+    ) -> Instance:
         """Onboarding: the register token becomes a passphrase (once)."""
         if not params.passphrase:
             raise BadRequest("Missing new passphrase")
@@ -156,6 +168,7 @@ class Passphrases:
             self._check_register_token(current, register_token)
             current.register_token = None
             current.onboarding_finished = True
+
         return await self._set(instance, params, emulate=emulate, check=consume)
 
     @staticmethod
@@ -165,13 +178,17 @@ class Passphrases:
         if not hmac.compare_digest(instance.register_token, register_token):
             raise BadRequest("Invalid register token", code="invalid_token")
 
-    async def update(self, instance: Instance, current_passphrase: str,
-                     params: PassParameters) -> Instance:
+    async def update(
+        self, instance: Instance, current_passphrase: str, params: PassParameters
+    ) -> Instance:
         """A change by the owner, who proves they know the current one."""
         if not params.passphrase:
             raise BadRequest("Missing new passphrase")
-        if not current_passphrase or not instance.passphrase_hash or \
-                not await self._matches(current_passphrase, instance.passphrase_hash):
+        if (
+            not current_passphrase
+            or not instance.passphrase_hash
+            or not await self._matches(current_passphrase, instance.passphrase_hash)
+        ):
             raise InvalidPassphrase()
         return await self._set(instance, params)
 
@@ -181,16 +198,23 @@ class Passphrases:
             raise BadRequest("Missing new passphrase")
         return await self._set(instance, params, emulate=params.iterations == 0)
 
-    async def _set(self, instance: Instance, params: PassParameters, *,
-                   emulate: bool = False, rotate: bool = True,
-                   check: Callable[[Instance], None] | None = None) -> Instance:
+    async def _set(
+        self,
+        instance: Instance,
+        params: PassParameters,
+        *,
+        emulate: bool = False,
+        rotate: bool = True,
+        check: Callable[[Instance], None] | None = None,
+    ) -> Instance:
         hashed, iterations = params.passphrase, params.iterations
         if emulate:
             iterations = self._kdf_iterations
             domain = instance.domain
             clear = params.passphrase
             hashed = await self._run_blocking(
-                lambda: hashing.client_side_hash(clear, domain, iterations))
+                lambda: hashing.client_side_hash(clear, domain, iterations)
+            )
         server_hash = await self._run_blocking(lambda: hashing.server_hash(hashed))
 
         def change(current: Instance) -> None:
@@ -200,17 +224,23 @@ class Passphrases:
             current.password_defined = True
             if rotate:
                 current.session_secret = secrets.token_bytes(64)
+
         updated = await self._update_instance(instance.domain, change)
         await self._save_settings(updated, params, iterations)
         log.info("passphrase of {domain} set", domain=instance.domain)
         return updated
 
-    async def _save_settings(self, instance: Instance, params: PassParameters,
-                             iterations: int) -> None:
+    async def _save_settings(
+        self, instance: Instance, params: PassParameters, iterations: int
+    ) -> None:
         def change(doc: dict[str, Any]) -> None:
-            doc.update({"passphrase_kdf": PBKDF2_SHA256,
-                        "passphrase_kdf_iterations": iterations,
-                        "security_stamp": str(uuid.uuid4())})
+            doc.update(
+                {
+                    "passphrase_kdf": PBKDF2_SHA256,
+                    "passphrase_kdf_iterations": iterations,
+                    "security_stamp": str(uuid.uuid4()),
+                }
+            )
             if params.key:
                 doc["key"] = params.key
             if params.public_key and params.private_key:
@@ -218,8 +248,10 @@ class Passphrases:
                 doc["private_key"] = params.private_key
             if params.hint:
                 doc["passphrase_hint"] = params.hint
-        await self._documents.update(instance, SETTINGS_DOCTYPE, BITWARDEN_SETTINGS_ID,
-                                     change)
+
+        await self._documents.update(
+            instance, SETTINGS_DOCTYPE, BITWARDEN_SETTINGS_ID, change
+        )
 
     async def set_hint(self, instance: Instance, hint: str) -> None:
         def change(doc: dict[str, Any]) -> None:
@@ -227,8 +259,10 @@ class Passphrases:
                 doc["passphrase_hint"] = hint
             else:
                 doc.pop("passphrase_hint", None)
-        await self._documents.update(instance, SETTINGS_DOCTYPE, BITWARDEN_SETTINGS_ID,
-                                     change)
+
+        await self._documents.update(
+            instance, SETTINGS_DOCTYPE, BITWARDEN_SETTINGS_ID, change
+        )
 
     async def hint_is_passphrase(self, instance: Instance, hint: str) -> bool:
         """A hint must not give the passphrase away."""
@@ -236,8 +270,13 @@ class Passphrases:
         if not hint or not instance.passphrase_hash:
             return False
         domain = instance.domain
-        hashed = hint if iterations == 0 else await self._run_blocking(
-            lambda: hashing.client_side_hash(hint, domain, iterations))
+        hashed = (
+            hint
+            if iterations == 0
+            else await self._run_blocking(
+                lambda: hashing.client_side_hash(hint, domain, iterations)
+            )
+        )
         return await self._matches(hashed, instance.passphrase_hash)
 
 
@@ -248,8 +287,13 @@ class LoginFailures:
 
     PERIOD = 3600.0
 
-    def __init__(self, limiter: RateLimiter, *, block: Callable[[str], Awaitable[Any]],
-                 per_hour: int = DEFAULT_LOGIN_FAILURES_PER_HOUR):
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        *,
+        block: Callable[[str], Awaitable[Any]],
+        per_hour: int = DEFAULT_LOGIN_FAILURES_PER_HOUR,
+    ):
         self._limiter = limiter
         self._block = block
         self._limit = per_hour
@@ -260,12 +304,14 @@ class LoginFailures:
 
     async def failed(self, instance: Instance) -> bool:
         """Count one failure; True when it blocked the instance."""
-        verdict = self._limiter.hit(self._key(instance), limit=self._limit,
-                                    period=self.PERIOD)
+        verdict = self._limiter.hit(
+            self._key(instance), limit=self._limit, period=self.PERIOD
+        )
         if not verdict.limited:
             return False
-        log.warn("instance {domain} blocked: too many failed logins",
-                 domain=instance.domain)
+        log.warn(
+            "instance {domain} blocked: too many failed logins", domain=instance.domain
+        )
         try:
             await self._block(instance.domain)
         except CozyError:

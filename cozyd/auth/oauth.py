@@ -61,8 +61,9 @@ def code_challenge(verifier: str) -> str:
 def pkce_matches(verifier: str, challenge: str) -> bool:
     if not verifier:
         return False
-    return hmac.compare_digest(code_challenge(verifier).encode("ascii"),
-                               challenge.encode("ascii", "replace"))
+    return hmac.compare_digest(
+        code_challenge(verifier).encode("ascii"), challenge.encode("ascii", "replace")
+    )
 
 
 def _code_key(code: str) -> str:
@@ -78,18 +79,28 @@ class AccessCode:
 
 
 class AccessCodes:
-    def __init__(self, documents: Documents, *, seconds: Callable[[], float] = time.time,
-                 validity: float = ACCESS_CODE_VALIDITY):
+    def __init__(
+        self,
+        documents: Documents,
+        *,
+        seconds: Callable[[], float] = time.time,
+        validity: float = ACCESS_CODE_VALIDITY,
+    ):
         self._documents = documents
         self._seconds = seconds
         self._validity = validity
 
-    async def create(self, instance: Instance, client_id: str, scope: str,
-                     challenge: str = "") -> str:
+    async def create(
+        self, instance: Instance, client_id: str, scope: str, challenge: str = ""
+    ) -> str:
         code = secrets.token_urlsafe(ACCESS_CODE_BYTES)
         now = self._seconds()
-        doc: dict[str, Any] = {"_id": _code_key(code), "client_id": client_id,
-                               "issued_at": int(now), "scope": scope}
+        doc: dict[str, Any] = {
+            "_id": _code_key(code),
+            "client_id": client_id,
+            "issued_at": int(now),
+            "scope": scope,
+        }
         if challenge:
             doc["code_challenge"] = challenge
         documents = self._documents
@@ -97,8 +108,13 @@ class AccessCodes:
             await documents.put(instance, ACCESS_CODES_DOCTYPE, doc)
         except DatabaseNotFound:
             await documents.ensure_db(instance, ACCESS_CODES_DOCTYPE)
-            await documents.create_index(instance, ACCESS_CODES_DOCTYPE, ["issued_at"],
-                                         ddoc="by-issued-at", name="by-issued-at")
+            await documents.create_index(
+                instance,
+                ACCESS_CODES_DOCTYPE,
+                ["issued_at"],
+                ddoc="by-issued-at",
+                name="by-issued-at",
+            )
             await documents.put(instance, ACCESS_CODES_DOCTYPE, doc)
         await self._purge_expired(instance, now)
         return code
@@ -112,28 +128,41 @@ class AccessCodes:
         except (DocNotFound, DatabaseNotFound):
             return None
         try:
-            await self._documents.delete(instance, ACCESS_CODES_DOCTYPE, doc["_id"],
-                                         doc["_rev"], doc=doc)
+            await self._documents.delete(
+                instance, ACCESS_CODES_DOCTYPE, doc["_id"], doc["_rev"], doc=doc
+            )
         except (DocConflict, DocNotFound):
             return None  # another request used it first
         issued_at = doc.get("issued_at")
-        if not isinstance(issued_at, (int, float)) or \
-                self._seconds() > issued_at + self._validity:
+        if (
+            not isinstance(issued_at, (int, float))
+            or self._seconds() > issued_at + self._validity
+        ):
             return None
-        return AccessCode(client_id=str(doc.get("client_id", "")),
-                          scope=str(doc.get("scope", "")), issued_at=issued_at,
-                          challenge=str(doc.get("code_challenge", "")))
+        return AccessCode(
+            client_id=str(doc.get("client_id", "")),
+            scope=str(doc.get("scope", "")),
+            issued_at=issued_at,
+            challenge=str(doc.get("code_challenge", "")),
+        )
 
     async def _purge_expired(self, instance: Instance, now: float) -> None:
         """Drop a few codes nobody exchanged, so the database stays small."""
         try:
-            result = await self._documents.find(instance, ACCESS_CODES_DOCTYPE, {
-                "selector": {"issued_at": {"$lt": int(now - self._validity)}},
-                "fields": ["_id", "_rev"], "limit": PURGE_BATCH})
+            result = await self._documents.find(
+                instance,
+                ACCESS_CODES_DOCTYPE,
+                {
+                    "selector": {"issued_at": {"$lt": int(now - self._validity)}},
+                    "fields": ["_id", "_rev"],
+                    "limit": PURGE_BATCH,
+                },
+            )
             for doc in result["docs"]:
                 try:
-                    await self._documents.delete(instance, ACCESS_CODES_DOCTYPE,
-                                                 doc["_id"], doc["_rev"], doc=doc)
+                    await self._documents.delete(
+                        instance, ACCESS_CODES_DOCTYPE, doc["_id"], doc["_rev"], doc=doc
+                    )
                 except (DocConflict, DocNotFound):
                     pass
         except CozyError:
@@ -147,8 +176,11 @@ class TokenResponse:
     refresh_token: str = ""
 
     def json(self) -> dict[str, str]:
-        body = {"token_type": "bearer", "scope": self.scope,
-                "access_token": self.access_token}
+        body = {
+            "token_type": "bearer",
+            "scope": self.scope,
+            "access_token": self.access_token,
+        }
         if self.refresh_token:
             body["refresh_token"] = self.refresh_token
         return body
@@ -157,8 +189,13 @@ class TokenResponse:
 class TokenEndpoint:
     """``POST /auth/access_token``: checks the client, then the grant."""
 
-    def __init__(self, clients: OAuthClients, codes: AccessCodes, *,
-                 seconds: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        clients: OAuthClients,
+        codes: AccessCodes,
+        *,
+        seconds: Callable[[], float] = time.time,
+    ):
         self._clients = clients
         self._codes = codes
         self._seconds = seconds
@@ -186,19 +223,26 @@ class TokenEndpoint:
             if not code:
                 raise TokenRequestError("the code parameter is mandatory")
             grant_of_code = await self._codes.consume(instance, code)
-            if grant_of_code is None or not secrets_equal(grant_of_code.client_id,
-                                                          client_id):
+            if grant_of_code is None or not secrets_equal(
+                grant_of_code.client_id, client_id
+            ):
                 raise TokenRequestError("invalid code")
             if grant_of_code.challenge and not pkce_matches(
-                    form.get("code_verifier", ""), grant_of_code.challenge):
+                form.get("code_verifier", ""), grant_of_code.challenge
+            ):
                 raise TokenRequestError("invalid code_verifier")
             scope = grant_of_code.scope
-            refresh = tokens.issue(instance, tokens.REFRESH, client_id, issued_at=now,
-                                   scope=scope)
+            refresh = tokens.issue(
+                instance, tokens.REFRESH, client_id, issued_at=now, scope=scope
+            )
         elif grant == "refresh_token":
             try:
-                claims = tokens.parse(instance, form.get("refresh_token", ""), now=now,
-                                      audiences=(tokens.REFRESH,))
+                claims = tokens.parse(
+                    instance,
+                    form.get("refresh_token", ""),
+                    now=now,
+                    audiences=(tokens.REFRESH,),
+                )
             except CozyError:
                 raise TokenRequestError("invalid refresh token") from None
             if not secrets_equal(claims.subject, client_id):
@@ -208,7 +252,8 @@ class TokenEndpoint:
             scope = claims.scope
         else:
             raise TokenRequestError("invalid grant type")
-        access = tokens.issue(instance, tokens.ACCESS, client_id, issued_at=now,
-                              scope=scope)
+        access = tokens.issue(
+            instance, tokens.ACCESS, client_id, issued_at=now, scope=scope
+        )
         await self._clients.mark_used(instance, client, last_refreshed_at=iso_time(now))
         return TokenResponse(access_token=access, scope=scope, refresh_token=refresh)

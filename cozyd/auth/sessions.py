@@ -108,9 +108,15 @@ class Session:
 
     def to_doc(self) -> dict[str, Any]:
         doc = dict(self.extra)
-        doc.update({"_id": self.id, "created_at": iso_time(self.created_at),
-                    "last_seen": iso_time(self.last_seen), "long_run": self.long_run,
-                    "short_run": self.short_run})
+        doc.update(
+            {
+                "_id": self.id,
+                "created_at": iso_time(self.created_at),
+                "last_seen": iso_time(self.last_seen),
+                "long_run": self.long_run,
+                "short_run": self.short_run,
+            }
+        )
         if self.rev:
             doc["_rev"] = self.rev
         return doc
@@ -119,11 +125,15 @@ class Session:
     def from_doc(cls, doc: dict[str, Any]) -> Session:
         known = {"_id", "_rev", "created_at", "last_seen", "long_run", "short_run"}
         last_seen = parse_time(doc.get("last_seen")) or 0.0
-        return cls(id=doc["_id"], rev=doc.get("_rev"),
-                   created_at=parse_time(doc.get("created_at")) or last_seen,
-                   last_seen=last_seen, long_run=bool(doc.get("long_run")),
-                   short_run=bool(doc.get("short_run")),
-                   extra={k: v for k, v in doc.items() if k not in known})
+        return cls(
+            id=doc["_id"],
+            rev=doc.get("_rev"),
+            created_at=parse_time(doc.get("created_at")) or last_seen,
+            last_seen=last_seen,
+            long_run=bool(doc.get("long_run")),
+            short_run=bool(doc.get("short_run")),
+            extra={k: v for k, v in doc.items() if k not in known},
+        )
 
     def attributes(self) -> dict[str, Any]:
         """The document as the API shows it (without ``_id``/``_rev``)."""
@@ -134,6 +144,7 @@ class Session:
 
 
 # -- the cookie ---------------------------------------------------------------
+
 
 def cookie_name(instance: Instance) -> str:
     # Nested sub-domains (the only mode cozyd serves): one name for all.
@@ -188,10 +199,14 @@ _OS_RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = 
     (re.compile(r"Windows"), lambda m: "Windows"),
     (re.compile(r"Android ([\d.]+)"), lambda m: f"Android {m.group(1)}"),
     (re.compile(r"Android"), lambda m: "Android"),
-    (re.compile(r"CPU (?:iPhone )?OS ([\d_]+)"),
-     lambda m: "iOS " + m.group(1).replace("_", ".")),
-    (re.compile(r"Mac OS X ([\d_.]+)"),
-     lambda m: "Mac OS X " + m.group(1).replace("_", ".")),
+    (
+        re.compile(r"CPU (?:iPhone )?OS ([\d_]+)"),
+        lambda m: "iOS " + m.group(1).replace("_", "."),
+    ),
+    (
+        re.compile(r"Mac OS X ([\d_.]+)"),
+        lambda m: "Mac OS X " + m.group(1).replace("_", "."),
+    ),
     (re.compile(r"Macintosh"), lambda m: "Mac OS X"),
     (re.compile(r"CrOS"), lambda m: "Chrome OS"),
     (re.compile(r"Linux (x86_64|i686|aarch64|armv\w+)"), lambda m: f"Linux {m.group(1)}"),
@@ -214,14 +229,22 @@ _BROWSER_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
 
 def parse_user_agent(user_agent: str) -> tuple[str, str]:
     """``(os, browser)`` as shown in the login history ("" when unknown)."""
-    os_name = next((describe(m) for pattern, describe in _OS_RULES
-                    if (m := pattern.search(user_agent))), "")
-    browser = next((name for pattern, name in _BROWSER_RULES
-                    if pattern.search(user_agent)), "")
+    os_name = next(
+        (
+            describe(m)
+            for pattern, describe in _OS_RULES
+            if (m := pattern.search(user_agent))
+        ),
+        "",
+    )
+    browser = next(
+        (name for pattern, name in _BROWSER_RULES if pattern.search(user_agent)), ""
+    )
     return os_name, browser
 
 
 # -- storage ------------------------------------------------------------------
+
 
 class SessionStore:
     """Sessions and login history of the instances, in their databases.
@@ -232,8 +255,9 @@ class SessionStore:
     ``ttl``.
     """
 
-    def __init__(self, documents: Documents, *, seconds: Callable[[], float],
-                 ttl: float = 5.0):
+    def __init__(
+        self, documents: Documents, *, seconds: Callable[[], float], ttl: float = 5.0
+    ):
         self._documents = documents
         self._seconds = seconds
         self._ttl = ttl
@@ -254,9 +278,13 @@ class SessionStore:
 
     async def create(self, instance: Instance, duration: Duration) -> Session:
         now = self._seconds()
-        session = Session(id=new_doc_id(), created_at=now, last_seen=now,
-                          long_run=duration is Duration.LONG,
-                          short_run=duration is Duration.SHORT)
+        session = Session(
+            id=new_doc_id(),
+            created_at=now,
+            last_seen=now,
+            long_run=duration is Duration.LONG,
+            short_run=duration is Duration.SHORT,
+        )
         result = await self._put(instance, SESSIONS_DOCTYPE, session.to_doc())
         session.rev = result["rev"]
         self._remember(instance, session)
@@ -268,8 +296,9 @@ class SessionStore:
         if cached is not None and cached[0] > self._seconds():
             return cached[1]
         try:
-            session = Session.from_doc(await self._documents.get(
-                instance, SESSIONS_DOCTYPE, session_id))
+            session = Session.from_doc(
+                await self._documents.get(instance, SESSIONS_DOCTYPE, session_id)
+            )
         except (DocNotFound, DatabaseNotFound):
             return None
         now = self._seconds()
@@ -279,8 +308,9 @@ class SessionStore:
         if now > session.last_seen + LAST_SEEN_PERIOD:
             session.last_seen = now
             try:
-                session.rev = (await self._documents.put(
-                    instance, SESSIONS_DOCTYPE, session.to_doc()))["rev"]
+                session.rev = (
+                    await self._documents.put(instance, SESSIONS_DOCTYPE, session.to_doc())
+                )["rev"]
             except (DocConflict, DocNotFound):
                 pass  # another request touched it meanwhile: good enough
         self._remember(instance, session)
@@ -289,8 +319,9 @@ class SessionStore:
     async def all(self, instance: Instance) -> list[Session]:
         """Live sessions (expired ones are deleted)."""
         try:
-            result = await self._documents.all_docs(instance, SESSIONS_DOCTYPE,
-                                                    include_docs=True)
+            result = await self._documents.all_docs(
+                instance, SESSIONS_DOCTYPE, include_docs=True
+            )
         except DatabaseNotFound:
             return []
         now = self._seconds()
@@ -309,8 +340,9 @@ class SessionStore:
         self._forget(instance, session.id)
         try:
             current = await self._documents.get(instance, SESSIONS_DOCTYPE, session.id)
-            await self._documents.delete(instance, SESSIONS_DOCTYPE, session.id,
-                                         current["_rev"], doc=current)
+            await self._documents.delete(
+                instance, SESSIONS_DOCTYPE, session.id, current["_rev"], doc=current
+            )
         except (DocNotFound, DatabaseNotFound, DocConflict):
             return
         log.info("session deleted on {domain}", domain=instance.domain)
@@ -324,9 +356,16 @@ class SessionStore:
                 count += 1
         return count
 
-    async def record_login(self, instance: Instance, session_id: str, *, ip: str,
-                           user_agent: str, client_registration: bool = False,
-                           method: str = "password") -> None:
+    async def record_login(
+        self,
+        instance: Instance,
+        session_id: str,
+        *,
+        ip: str,
+        user_agent: str,
+        client_registration: bool = False,
+        method: str = "password",
+    ) -> None:
         os_name, browser = parse_user_agent(user_agent)
         entry = {
             "_id": new_doc_id(),
@@ -339,5 +378,9 @@ class SessionStore:
             "created_at": iso_time(self._seconds()),
         }
         await self._put(instance, LOGINS_DOCTYPE, entry)
-        log.info("new login on {domain} from {ip} ({method})", domain=instance.domain,
-                 ip=ip, method=method)
+        log.info(
+            "new login on {domain} from {ip} ({method})",
+            domain=instance.domain,
+            ip=ip,
+            method=method,
+        )

@@ -30,9 +30,15 @@ SHARE = "share"
 
 #: Names accepted by the admin API's ``Audience`` parameter.
 AUDIENCE_NAMES = {
-    "app": APP, "webapp": APP, "konn": KONNECTOR, "konnector": KONNECTOR,
-    "cli": CLI, "access": ACCESS, "access-token": ACCESS,
-    "refresh": REFRESH, "refresh-token": REFRESH,
+    "app": APP,
+    "webapp": APP,
+    "konn": KONNECTOR,
+    "konnector": KONNECTOR,
+    "cli": CLI,
+    "access": ACCESS,
+    "access-token": ACCESS,
+    "refresh": REFRESH,
+    "refresh-token": REFRESH,
 }
 
 MINUTE = 60
@@ -74,12 +80,24 @@ class Claims:
     stamp: str = ""
 
 
-def issue(instance: Instance, audience: str, subject: str, *, issued_at: float,
-          scope: str = "", session_id: str = "", stamp: str = "") -> str:
+def issue(
+    instance: Instance,
+    audience: str,
+    subject: str,
+    *,
+    issued_at: float,
+    scope: str = "",
+    session_id: str = "",
+    stamp: str = "",
+) -> str:
     if audience not in (APP, KONNECTOR, CLI, ACCESS, REFRESH, REGISTRATION, SHARE):
         raise BadRequest(f"unknown token audience {audience!r}")
-    claims: dict[str, Any] = {"aud": [audience], "iss": instance.domain,
-                              "iat": int(issued_at), "sub": subject}
+    claims: dict[str, Any] = {
+        "aud": [audience],
+        "iss": instance.domain,
+        "iat": int(issued_at),
+        "sub": subject,
+    }
     if scope:
         claims["scope"] = scope
     if session_id:
@@ -108,7 +126,8 @@ class VerifiedTokens:
             return None
         key, claims = entry
         if claims.issuer != instance.domain or not hmac.compare_digest(
-                key, key_for(instance, claims.audience)):
+            key, key_for(instance, claims.audience)
+        ):
             return None
         self._entries.move_to_end(token)
         return claims
@@ -125,9 +144,14 @@ def check_lifetime(claims: Claims, now: float) -> None:
         raise ExpiredToken()
 
 
-def parse(instance: Instance, token: str, *, now: float,
-          audiences: tuple[str, ...] | None = None,
-          verified: VerifiedTokens | None = None) -> Claims:
+def parse(
+    instance: Instance,
+    token: str,
+    *,
+    now: float,
+    audiences: tuple[str, ...] | None = None,
+    verified: VerifiedTokens | None = None,
+) -> Claims:
     """Check a token of ``instance``; InvalidToken or ExpiredToken if not good.
 
     ``audiences`` restricts which audiences are acceptable here;
@@ -151,17 +175,26 @@ def parse(instance: Instance, token: str, *, now: float,
     if audiences is not None and audience not in audiences:
         raise InvalidToken()
     try:
-        claims = jwt.decode(token, key_for(instance, audience), algorithms=[_ALGORITHM],
-                            options={"verify_aud": False, "verify_iat": False,
-                                     "require": ["iat", "iss"]})
+        claims = jwt.decode(
+            token,
+            key_for(instance, audience),
+            algorithms=[_ALGORITHM],
+            options={"verify_aud": False, "verify_iat": False, "require": ["iat", "iss"]},
+        )
     except jwt.PyJWTError:
         raise InvalidToken() from None
     issued_at = claims.get("iat")
     if not isinstance(issued_at, (int, float)) or claims.get("iss") != instance.domain:
         raise InvalidToken()
-    result = Claims(audience=audience, issuer=claims["iss"], issued_at=int(issued_at),
-                    subject=_text(claims, "sub"), scope=_text(claims, "scope"),
-                    session_id=_text(claims, "session_id"), stamp=_text(claims, "stamp"))
+    result = Claims(
+        audience=audience,
+        issuer=claims["iss"],
+        issued_at=int(issued_at),
+        subject=_text(claims, "sub"),
+        scope=_text(claims, "scope"),
+        session_id=_text(claims, "session_id"),
+        stamp=_text(claims, "stamp"),
+    )
     check_lifetime(result, now)
     if verified is not None:
         verified.put(instance, token, result)

@@ -56,8 +56,9 @@ class InstanceURLs:
         encoded = urlencode(query) if query else ""
         return urlunsplit((self.scheme, instance.domain, path, encoded, ""))
 
-    def subdomain(self, instance: Instance, slug: str, path: str = "/",
-                  fragment: str = "") -> str:
+    def subdomain(
+        self, instance: Instance, slug: str, path: str = "/", fragment: str = ""
+    ) -> str:
         return urlunsplit((self.scheme, f"{slug}.{instance.domain}", path, "", fragment))
 
     def app_route(self, instance: Instance, redirect: str) -> str:
@@ -72,8 +73,9 @@ class InstanceURLs:
 
     async def settings_document(self, instance: Instance) -> dict[str, Any]:
         try:
-            return await self._store.get_doc(db_name(instance.prefix, SETTINGS_DOCTYPE),
-                                             INSTANCE_SETTINGS_ID)
+            return await self._store.get_doc(
+                db_name(instance.prefix, SETTINGS_DOCTYPE), INSTANCE_SETTINGS_ID
+            )
         except (DocNotFound, DatabaseNotFound):
             return {}
 
@@ -92,8 +94,9 @@ class InstanceURLs:
         if not slug:
             return False
         try:
-            await self._store.get_doc(db_name(instance.prefix, APPS_DOCTYPE),
-                                      f"{APPS_DOCTYPE}/{slug}")
+            await self._store.get_doc(
+                db_name(instance.prefix, APPS_DOCTYPE), f"{APPS_DOCTYPE}/{slug}"
+            )
         except (DocNotFound, DatabaseNotFound):
             return False
         return True
@@ -105,8 +108,9 @@ class InstanceURLs:
             return None
         return self.app_route(instance, redirect)
 
-    async def check_redirect(self, instance: Instance, redirect: str | None,
-                             default: str | None) -> str | None:
+    async def check_redirect(
+        self, instance: Instance, redirect: str | None, default: str | None
+    ) -> str | None:
         """A ``redirect`` parameter made safe, or BadURL (400).
 
         It may be a full http(s) URL on the instance (its fragment is then

@@ -59,9 +59,7 @@ def parse_duration(text: str) -> float:
     while pos < len(s):
         m = _DURATION_PART.match(s, pos)
         if m is None:
-            raise ValueError(
-                f"invalid duration {text!r} (examples: 30, 15s, 2m, 1h30m)"
-            )
+            raise ValueError(f"invalid duration {text!r} (examples: 30, 15s, 2m, 1h30m)")
         total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
         pos = m.end()
     return total
@@ -106,11 +104,14 @@ def file_passphrase(env: Mapping[str, str]) -> str | None:
         if named is None:
             return None  # not there, or not ours (cozyctl run as another user)
         reason = getattr(exc, "strerror", None) or str(exc)
-        raise CLIError(f"COZY_ADMIN_PASSPHRASE_FILE: cannot read {path}: {reason}") from None
+        raise CLIError(
+            f"COZY_ADMIN_PASSPHRASE_FILE: cannot read {path}: {reason}"
+        ) from None
     if text.startswith("scrypt$"):
         raise CLIError(
             f"{path} holds the hashed admin passphrase (the daemon's "
-            "[admin] secret_filename), not the passphrase itself")
+            "[admin] secret_filename), not the passphrase itself"
+        )
     if not text:
         if named is None:
             return None
@@ -299,9 +300,7 @@ class Context:
         return cls(
             env=env,
             admin_host=pick("admin_host", "COZY_ADMIN_HOST", "localhost"),
-            admin_port=_port(
-                pick("admin_port", "COZY_ADMIN_PORT", "6060"), "admin port"
-            ),
+            admin_port=_port(pick("admin_port", "COZY_ADMIN_PORT", "6060"), "admin port"),
             host=pick("host", "COZY_HOST", "localhost"),
             port=_port(pick("port", "COZY_PORT", "8080"), "port"),
             timeout=timeout or None,

@@ -17,9 +17,7 @@ ADMIN_PASSPHRASE_FILE = "cozy-admin-passphrase"
 
 def _ask_passphrase() -> str:
     if not has_terminal():
-        raise CLIError(
-            "no passphrase: set COZY_ADMIN_PASSPHRASE or run from a terminal"
-        )
+        raise CLIError("no passphrase: set COZY_ADMIN_PASSPHRASE or run from a terminal")
     try:
         first = getpass.getpass("Passphrase: ", stream=sys.stderr)
         second = getpass.getpass("Confirmation: ", stream=sys.stderr)
@@ -52,9 +50,7 @@ def cmd_passwd(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def register(
-    nouns: argparse._SubParsersAction, common: argparse.ArgumentParser
-) -> None:
+def register(nouns: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add the ``config`` noun and its commands to cozyctl's parser."""
     noun = nouns.add_parser(
         "config",

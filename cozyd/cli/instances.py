@@ -203,9 +203,7 @@ class Param:
         return str(value)
 
 
-def build_query(
-    args: argparse.Namespace, params: Sequence[Param]
-) -> list[tuple[str, str]]:
+def build_query(args: argparse.Namespace, params: Sequence[Param]) -> list[tuple[str, str]]:
     query = []
     for param in params:
         value = param.query_value(getattr(args, param.dest, None))
@@ -220,9 +218,7 @@ _COMMON_PARAMS = (
     Param("--phone", "Phone", "phone number of the owner"),
     Param("--tz", "Timezone", "timezone of the owner (e.g. Europe/Paris)"),
     Param("--context-name", "ContextName", "context name of the instance"),
-    Param(
-        "--settings", "Settings", "settings as k:v,k:v (e.g. context:foo,offer:premium)"
-    ),
+    Param("--settings", "Settings", "settings as k:v,k:v (e.g. context:foo,offer:premium)"),
     Param("--uuid", "UUID", "UUID of the instance"),
     Param("--oidc_id", "OIDCID", "identifier for authentication from OIDC"),
     Param("--franceconnect_id", "FranceConnectID", "identifier for FranceConnect"),
@@ -240,18 +236,12 @@ _COMMON_PARAMS = (
         "alias domains, comma-separated",
         kind="list",
     ),
-    Param(
-        "--sponsorships", "Sponsorships", "sponsorships, comma-separated", kind="list"
-    ),
-    Param(
-        "--magic_link", "MagicLink", "enable authentication by magic links", kind="bool"
-    ),
+    Param("--sponsorships", "Sponsorships", "sponsorships, comma-separated", kind="list"),
+    Param("--magic_link", "MagicLink", "enable authentication by magic links", kind="bool"),
 )
 
 ADD_PARAMS = (
-    Param(
-        "--locale", "Locale", "locale of the new instance (default: en)", default="en"
-    ),
+    Param("--locale", "Locale", "locale of the new instance (default: en)", default="en"),
     *_COMMON_PARAMS,
     Param("--passphrase", "Passphrase", "register the instance with this passphrase"),
     Param("--apps", "Apps", "apps to install, comma-separated", kind="list"),
@@ -261,9 +251,7 @@ ADD_PARAMS = (
         "CouchDB cluster of the instance",
         kind="cluster",
     ),
-    Param(
-        "--swift-layout", "SwiftLayout", "Swift layout of the instance", kind="cluster"
-    ),
+    Param("--swift-layout", "SwiftLayout", "Swift layout of the instance", kind="cluster"),
 )
 
 MODIFY_PARAMS = (
@@ -371,13 +359,9 @@ def cmd_add(args: argparse.Namespace, ctx: Context) -> int:
         query.append(("Trace", "true"))
     info(f'Creating instance for domain "{domain}": please wait...')
     try:
-        data = _data(
-            ctx.admin.json("POST", "/instances", query, min_timeout=LONG_TIMEOUT)
-        )
+        data = _data(ctx.admin.json("POST", "/instances", query, min_timeout=LONG_TIMEOUT))
     except CLIError as exc:
-        raise exc.with_context(
-            f"Failed to create instance for domain {domain}"
-        ) from None
+        raise exc.with_context(f"Failed to create instance for domain {domain}") from None
     attrs = _attributes(data)
     created = attrs.get("domain") or domain
     info(f"Instance created with success for domain {created}")
@@ -474,17 +458,24 @@ def cmd_set_disk_quota(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _public_request(ctx: Context, domain: str, method: str, path: str, token: str,
-                    body: Any = None) -> tuple[int, bytes]:
+def _public_request(
+    ctx: Context, domain: str, method: str, path: str, token: str, body: Any = None
+) -> tuple[int, bytes]:
     """A request to the public server (``--host``/``--port``) for the
     instance ``domain`` (its Host header), with a token."""
     host = f"[{ctx.host}]" if ":" in ctx.host else ctx.host
     request = urllib.request.Request(
-        f"http://{host}:{ctx.port}{path}", method=method,
+        f"http://{host}:{ctx.port}{path}",
+        method=method,
         data=None if body is None else json.dumps(body).encode("utf-8"),
-        headers={"Host": domain, "Authorization": f"Bearer {token}",
-                 "Accept": "application/vnd.api+json, application/json",
-                 "Content-Type": "application/json", "User-Agent": "cozyctl"})
+        headers={
+            "Host": domain,
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/vnd.api+json, application/json",
+            "Content-Type": "application/json",
+            "User-Agent": "cozyctl",
+        },
+    )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(request, timeout=ctx.timeout) as response:
@@ -494,17 +485,24 @@ def _public_request(ctx: Context, domain: str, method: str, path: str, token: st
             return exc.code, exc.read()
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise CLIError(f"could not reach the server at {host}:{ctx.port}: {reason} "
-                       "(see --host/--port)") from None
+        raise CLIError(
+            f"could not reach the server at {host}:{ctx.port}: {reason} (see --host/--port)"
+        ) from None
 
 
 def cmd_set_passphrase(args: argparse.Namespace, ctx: Context) -> int:
     """As ``cozy-stack instances set-passphrase``, but the passphrase is
     hashed here the way a browser does, so it never travels in clear."""
     domain = check_domain(args.domain)
-    token = ctx.admin.request("POST", "/instances/token", [
-        ("Domain", domain), ("Audience", "cli"), ("Scope", "io.cozy.settings")]
-    ).text().strip()
+    token = (
+        ctx.admin.request(
+            "POST",
+            "/instances/token",
+            [("Domain", domain), ("Audience", "cli"), ("Scope", "io.cozy.settings")],
+        )
+        .text()
+        .strip()
+    )
     status, body = _public_request(ctx, domain, "GET", "/settings/passphrase", token)
     iterations = 0
     if status == 200:
@@ -513,15 +511,26 @@ def cmd_set_passphrase(args: argparse.Namespace, ctx: Context) -> int:
         except (ValueError, KeyError, TypeError):
             iterations = 0
     elif status != 404:
-        raise CLIError(f"the server answered {status} to GET /settings/passphrase: "
-                       f"{body.decode('utf-8', 'replace')[:200]}")
+        raise CLIError(
+            f"the server answered {status} to GET /settings/passphrase: "
+            f"{body.decode('utf-8', 'replace')[:200]}"
+        )
     iterations = iterations or passphrases.DEFAULT_KDF_ITERATIONS
     hashed = passphrases.client_side_hash(args.new_passphrase, domain, iterations)
-    status, body = _public_request(ctx, domain, "PUT", "/settings/passphrase", token, {
-        "new_passphrase": hashed, "iterations": iterations, "force": True})
+    status, body = _public_request(
+        ctx,
+        domain,
+        "PUT",
+        "/settings/passphrase",
+        token,
+        {"new_passphrase": hashed, "iterations": iterations, "force": True},
+    )
     if status != 204:
-        detail = error_message(status, "", body) if status != 401 else \
-            "the server refused the CLI token (401)"
+        detail = (
+            error_message(status, "", body)
+            if status != 401
+            else "the server refused the CLI token (401)"
+        )
         raise CLIError(f"Failed to change the passphrase of {domain}: {detail}")
     out(f"Passphrase has been changed for instance {domain}")
     return 0
@@ -640,9 +649,7 @@ def cmd_find_oauth_client(args: argparse.Namespace, ctx: Context) -> int:
 # --- the parser ---------------------------------------------------------------
 
 
-def register(
-    nouns: argparse._SubParsersAction, common: argparse.ArgumentParser
-) -> None:
+def register(nouns: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add the ``instances`` noun and its commands to cozyctl's parser."""
     noun = nouns.add_parser(
         "instances",

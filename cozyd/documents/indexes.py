@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-_CLIENT_KINDS = {"client_kind": {"$in": ["browser", "desktop", "mobile"]},
-                 "pending": {"$exists": False}}
+_CLIENT_KINDS = {
+    "client_kind": {"$in": ["browser", "desktop", "mobile"]},
+    "pending": {"$exists": False},
+}
 
 #: doctype -> [(index name, fields, partial filter or None)]; the design
 #: document is named after the index, as cozy-stack does.
@@ -51,8 +53,13 @@ INDEXES: dict[str, list[tuple[str, list[str], dict[str, Any] | None]]] = {
 #: Views cozy-stack defines on instance databases (pkg/couchdb/index.go):
 #: their design documents cannot be deleted through /data either.
 STACK_VIEWS: dict[str, tuple[str, ...]] = {
-    "io.cozy.files": ("disk-usage", "not-synchronized-on", "referenced-by",
-                      "referenced-by-sorted-by-datetime", "by-parent-type-name"),
+    "io.cozy.files": (
+        "disk-usage",
+        "not-synchronized-on",
+        "referenced-by",
+        "referenced-by-sorted-by-datetime",
+        "by-parent-type-name",
+    ),
     "io.cozy.files.versions": ("old-versions-disk-usage",),
     "io.cozy.permissions": ("byToken", "by-short-code", "byDoc", "permissions-by-doctype"),
     "io.cozy.shared": ("shared-docs-by-sharingid",),

@@ -125,12 +125,20 @@ class Documents:
         event per document)."""
         await self.store.delete_prefix(owner.prefix)
 
-    async def create_index(self, owner: Owner, doctype: str, fields: list[Any], *,
-                           create_db: bool = False, **options: Any) -> Doc:
+    async def create_index(
+        self,
+        owner: Owner,
+        doctype: str,
+        fields: list[Any],
+        *,
+        create_db: bool = False,
+        **options: Any,
+    ) -> Doc:
         """A Mango index (a design document: no event)."""
         db = self.db(owner, doctype)
-        return await self._on_db(db, create_db, lambda: self.store.create_index(
-            db, fields, **options))
+        return await self._on_db(
+            db, create_db, lambda: self.store.create_index(db, fields, **options)
+        )
 
     async def put_local(self, owner: Owner, doctype: str, doc: Doc) -> Doc:
         """A ``_local/`` document (replication checkpoints: no event)."""
@@ -138,8 +146,9 @@ class Documents:
         return await self.store.put_local(self.db(owner, doctype), doc)
 
     # -- documents ---------------------------------------------------------------
-    async def put(self, owner: Owner, doctype: str, doc: Doc, *,
-                  create_db: bool = False) -> Doc:
+    async def put(
+        self, owner: Owner, doctype: str, doc: Doc, *, create_db: bool = False
+    ) -> Doc:
         """Create (no ``_rev``), update or delete (``"_deleted": true``) one
         document, as the engine's ``put_doc``; returns its ``{"ok", "id",
         "rev"}``. With ``create_db``, a missing database is created first,
@@ -147,29 +156,43 @@ class Documents:
         rules.check_id(doc.get("_id"))
         db = self.db(owner, doctype)
         result = await self._on_db(db, create_db, lambda: self.store.put_doc(db, doc))
-        self._publish(owner, write_verb(doc), doctype,
-                      {**doc, "_id": result["id"], "_rev": result["rev"]})
+        self._publish(
+            owner,
+            write_verb(doc),
+            doctype,
+            {**doc, "_id": result["id"], "_rev": result["rev"]},
+        )
         return result
 
-    async def create(self, owner: Owner, doctype: str, doc: Doc, *,
-                     create_db: bool = False) -> Doc:
+    async def create(
+        self, owner: Owner, doctype: str, doc: Doc, *, create_db: bool = False
+    ) -> Doc:
         """A new document, with a fresh id unless it names one."""
         if "_id" not in doc:
             doc = {**doc, "_id": new_doc_id()}
         return await self.put(owner, doctype, doc, create_db=create_db)
 
-    async def delete(self, owner: Owner, doctype: str, doc_id: str, rev: str, *,
-                     doc: Doc | None = None) -> Doc:
+    async def delete(
+        self, owner: Owner, doctype: str, doc_id: str, rev: str, *, doc: Doc | None = None
+    ) -> Doc:
         """Delete revision ``rev``; the event carries ``doc`` (the document
         deleted, when the caller has it) with the tombstone's revision."""
         rules.check_id(doc_id)
         result = await self.store.delete_doc(self.db(owner, doctype), doc_id, rev)
-        self._publish(owner, DELETED, doctype,
-                      {**(doc or {}), "_id": doc_id, "_rev": result["rev"]})
+        self._publish(
+            owner, DELETED, doctype, {**(doc or {}), "_id": doc_id, "_rev": result["rev"]}
+        )
         return result
 
-    async def bulk(self, owner: Owner, doctype: str, docs: list[Any], *,
-                   new_edits: bool = True, create_db: bool = False) -> list[Doc]:
+    async def bulk(
+        self,
+        owner: Owner,
+        doctype: str,
+        docs: list[Any],
+        *,
+        new_edits: bool = True,
+        create_db: bool = False,
+    ) -> list[Doc]:
         """CouchDB's ``_bulk_docs``. Every id is checked before anything is
         written; one event per document the engine took (with
         ``new_edits=False``: per revision it did not have yet)."""
@@ -179,8 +202,9 @@ class Documents:
         missing: set[tuple[str, str]] = set()
         if listening and not new_edits:
             missing = await self._missing_revisions(db, docs)
-        results = await self._on_db(db, create_db, lambda: self.store.bulk_docs(
-            db, docs, new_edits=new_edits))
+        results = await self._on_db(
+            db, create_db, lambda: self.store.bulk_docs(db, docs, new_edits=new_edits)
+        )
         if listening:
             if new_edits:
                 self._publish_written(owner, doctype, docs, results)
@@ -188,9 +212,16 @@ class Documents:
                 self._publish_replicated(owner, doctype, docs, results, missing)
         return results
 
-    async def update(self, owner: Owner, doctype: str, doc_id: str,
-                     change: Callable[[Doc], None], *, retries: int = UPDATE_RETRIES,
-                     create_db: bool = False) -> Doc:
+    async def update(
+        self,
+        owner: Owner,
+        doctype: str,
+        doc_id: str,
+        change: Callable[[Doc], None],
+        *,
+        retries: int = UPDATE_RETRIES,
+        create_db: bool = False,
+    ) -> Doc:
         """Read-modify-write: apply ``change`` to the current document
         (``{"_id": doc_id}`` when there is none yet) and save it; on a
         conflict, read again and retry. A change that changes nothing
@@ -219,8 +250,9 @@ class Documents:
         raise Conflict(f"{doc_id} is being changed concurrently; try again")
 
     # -- helpers -----------------------------------------------------------------
-    async def _on_db(self, db: str, create_db: bool,
-                     write: Callable[[], Awaitable[T]]) -> T:
+    async def _on_db(
+        self, db: str, create_db: bool, write: Callable[[], Awaitable[T]]
+    ) -> T:
         try:
             return await write()
         except DatabaseNotFound:
@@ -233,8 +265,11 @@ class Documents:
         """The ``(id, rev)`` of ``docs`` the database does not hold yet."""
         asked: dict[str, list[str]] = {}
         for doc in docs:
-            if isinstance(doc, dict) and isinstance(doc.get("_id"), str) \
-                    and isinstance(doc.get("_rev"), str):
+            if (
+                isinstance(doc, dict)
+                and isinstance(doc.get("_id"), str)
+                and isinstance(doc.get("_rev"), str)
+            ):
                 asked.setdefault(doc["_id"], []).append(doc["_rev"])
         if not asked:
             return set()
@@ -242,19 +277,33 @@ class Documents:
             diff = await self.store.revs_diff(db, asked)
         except DatabaseNotFound:
             return {(doc_id, rev) for doc_id, revs in asked.items() for rev in revs}
-        return {(doc_id, rev) for doc_id, entry in diff.items()
-                for rev in entry.get("missing", ())}
+        return {
+            (doc_id, rev)
+            for doc_id, entry in diff.items()
+            for rev in entry.get("missing", ())
+        }
 
-    def _publish_written(self, owner: Owner, doctype: str, docs: list[Any],
-                         results: list[Doc]) -> None:
-        for doc, result in zip(docs, results):
+    def _publish_written(
+        self, owner: Owner, doctype: str, docs: list[Any], results: list[Doc]
+    ) -> None:
+        for doc, result in zip(docs, results, strict=False):
             if not isinstance(doc, dict) or "error" in result or not result.get("ok"):
                 continue
-            self._publish(owner, write_verb(doc), doctype,
-                          {**doc, "_id": result["id"], "_rev": result["rev"]})
+            self._publish(
+                owner,
+                write_verb(doc),
+                doctype,
+                {**doc, "_id": result["id"], "_rev": result["rev"]},
+            )
 
-    def _publish_replicated(self, owner: Owner, doctype: str, docs: list[Any],
-                            results: list[Doc], missing: set[tuple[str, str]]) -> None:
+    def _publish_replicated(
+        self,
+        owner: Owner,
+        doctype: str,
+        docs: list[Any],
+        results: list[Doc],
+        missing: set[tuple[str, str]],
+    ) -> None:
         # CouchDB lists only the documents it refused.
         refused = {result.get("id") for result in results}
         for doc in docs:
@@ -264,8 +313,12 @@ class Documents:
             if key not in missing:
                 continue  # already there (or not a revision): nothing changed
             missing.discard(key)  # a revision sent twice changes once
-            self._publish(owner, replicated_verb(doc), doctype,
-                          {k: v for k, v in doc.items() if k != "_revisions"})
+            self._publish(
+                owner,
+                replicated_verb(doc),
+                doctype,
+                {k: v for k, v in doc.items() if k != "_revisions"},
+            )
 
     def _publish(self, owner: Owner, verb: str, doctype: str, doc: Doc) -> None:
         if rules.is_design_or_local(doc.get("_id")):
@@ -289,34 +342,53 @@ class ClientDocuments:
         rules.check_writable(doctype)
         await self._documents.delete_db(owner, doctype)
 
-    async def create_index(self, owner: Owner, doctype: str, fields: list[Any], *,
-                           create_db: bool = False, **options: Any) -> Doc:
+    async def create_index(
+        self,
+        owner: Owner,
+        doctype: str,
+        fields: list[Any],
+        *,
+        create_db: bool = False,
+        **options: Any,
+    ) -> Doc:
         rules.check_readable(doctype)
-        return await self._documents.create_index(owner, doctype, fields,
-                                                  create_db=create_db, **options)
+        return await self._documents.create_index(
+            owner, doctype, fields, create_db=create_db, **options
+        )
 
     async def put_local(self, owner: Owner, doctype: str, doc: Doc) -> Doc:
         rules.check_readable(doctype)
         return await self._documents.put_local(owner, doctype, doc)
 
-    async def put(self, owner: Owner, doctype: str, doc: Doc, *,
-                  create_db: bool = False) -> Doc:
+    async def put(
+        self, owner: Owner, doctype: str, doc: Doc, *, create_db: bool = False
+    ) -> Doc:
         rules.check_client_write(doctype, doc.get("_id"))
         return await self._documents.put(owner, doctype, doc, create_db=create_db)
 
-    async def create(self, owner: Owner, doctype: str, doc: Doc, *,
-                     create_db: bool = False) -> Doc:
+    async def create(
+        self, owner: Owner, doctype: str, doc: Doc, *, create_db: bool = False
+    ) -> Doc:
         rules.check_client_write(doctype, doc.get("_id"))
         return await self._documents.create(owner, doctype, doc, create_db=create_db)
 
-    async def delete(self, owner: Owner, doctype: str, doc_id: str, rev: str, *,
-                     doc: Doc | None = None) -> Doc:
+    async def delete(
+        self, owner: Owner, doctype: str, doc_id: str, rev: str, *, doc: Doc | None = None
+    ) -> Doc:
         rules.check_client_write(doctype, doc_id)
         rules.check_design_delete(doctype, doc_id)
         return await self._documents.delete(owner, doctype, doc_id, rev, doc=doc)
 
-    async def bulk(self, owner: Owner, doctype: str, docs: list[Any], *,
-                   new_edits: bool = True, create_db: bool = False) -> list[Doc]:
+    async def bulk(
+        self,
+        owner: Owner,
+        doctype: str,
+        docs: list[Any],
+        *,
+        new_edits: bool = True,
+        create_db: bool = False,
+    ) -> list[Doc]:
         rules.check_writable(doctype)
-        return await self._documents.bulk(owner, doctype, docs, new_edits=new_edits,
-                                          create_db=create_db)
+        return await self._documents.bulk(
+            owner, doctype, docs, new_edits=new_edits, create_db=create_db
+        )

@@ -23,31 +23,63 @@ from cozyd.errors import Forbidden
 from cozyd.storage.interface import InvalidRequest
 
 # Nobody reads or writes these through /data...
-UNREADABLE_DOCTYPES = frozenset({
-    # global databases
-    "instances", "io.cozy.instances", "io.cozy.account_types",
-    "io.cozy.konnectors.maintenance", "io.cozy.remote.secrets",
-    # only the stack manipulates them
-    "io.cozy.sessions", "io.cozy.permissions", "io.cozy.intents",
-    "io.cozy.oauth.clients", "io.cozy.oauth.access_codes", "io.cozy.files.archives",
-    "io.cozy.sharings", "io.cozy.shared", "io.cozy.accounts.soft_deleted",
-    # synthetic doctypes (API only)
-    "io.cozy.certified.carbon_copy", "io.cozy.certified.electronic_safe",
-    "io.cozy.files.sizes", "io.cozy.triggers.state", "io.cozy.sharings.answer",
-    "io.cozy.sharings.moved", "io.cozy.support", "com.bitwarden.profiles",
-    "io.cozy.office.url", "io.cozy.notes.url", "io.cozy.apps.open",
-    # synthetic doctypes (realtime events only)
-    "io.cozy.auth.confirmations", "io.cozy.jobs.events", "io.cozy.sharings.initial_sync",
-    "io.cozy.notes.events", "io.cozy.notes.telepointers", "io.cozy.files.thumbnails",
-    "io.cozy.apps.logs",
-})
+UNREADABLE_DOCTYPES = frozenset(
+    {
+        # global databases
+        "instances",
+        "io.cozy.instances",
+        "io.cozy.account_types",
+        "io.cozy.konnectors.maintenance",
+        "io.cozy.remote.secrets",
+        # only the stack manipulates them
+        "io.cozy.sessions",
+        "io.cozy.permissions",
+        "io.cozy.intents",
+        "io.cozy.oauth.clients",
+        "io.cozy.oauth.access_codes",
+        "io.cozy.files.archives",
+        "io.cozy.sharings",
+        "io.cozy.shared",
+        "io.cozy.accounts.soft_deleted",
+        # synthetic doctypes (API only)
+        "io.cozy.certified.carbon_copy",
+        "io.cozy.certified.electronic_safe",
+        "io.cozy.files.sizes",
+        "io.cozy.triggers.state",
+        "io.cozy.sharings.answer",
+        "io.cozy.sharings.moved",
+        "io.cozy.support",
+        "com.bitwarden.profiles",
+        "io.cozy.office.url",
+        "io.cozy.notes.url",
+        "io.cozy.apps.open",
+        # synthetic doctypes (realtime events only)
+        "io.cozy.auth.confirmations",
+        "io.cozy.jobs.events",
+        "io.cozy.sharings.initial_sync",
+        "io.cozy.notes.events",
+        "io.cozy.notes.telepointers",
+        "io.cozy.files.thumbnails",
+        "io.cozy.apps.logs",
+    }
+)
 # ... and only the stack writes these.
-READ_ONLY_DOCTYPES = frozenset({
-    "io.cozy.jobs", "io.cozy.triggers", "io.cozy.apps", "io.cozy.konnectors",
-    "io.cozy.files", "io.cozy.files.versions", "io.cozy.notifications",
-    "io.cozy.remote.requests", "io.cozy.sessions.logins", "io.cozy.notes.steps",
-    "io.cozy.notes.images", "com.bitwarden.contacts",
-})
+READ_ONLY_DOCTYPES = frozenset(
+    {
+        "io.cozy.jobs",
+        "io.cozy.triggers",
+        "io.cozy.apps",
+        "io.cozy.konnectors",
+        "io.cozy.files",
+        "io.cozy.files.versions",
+        "io.cozy.notifications",
+        "io.cozy.remote.requests",
+        "io.cozy.sessions.logins",
+        "io.cozy.notes.steps",
+        "io.cozy.notes.images",
+        "com.bitwarden.contacts",
+    }
+)
 
 DESIGN_PREFIX = "_design/"
 LOCAL_PREFIX = "_local/"
@@ -79,8 +111,12 @@ class InvalidDocId(InvalidRequest):
 
 
 def check_doctype_name(doctype: str) -> None:
-    if (not _VALID_DOCTYPE.fullmatch(doctype) or doctype.startswith(".")
-            or doctype.endswith(".") or ".." in doctype):
+    if (
+        not _VALID_DOCTYPE.fullmatch(doctype)
+        or doctype.startswith(".")
+        or doctype.endswith(".")
+        or ".." in doctype
+    ):
         raise InvalidDoctype(doctype)
 
 
@@ -99,8 +135,9 @@ def check_writable(doctype: str) -> None:
 
 
 def is_design_or_local(doc_id: Any) -> bool:
-    return isinstance(doc_id, str) and (doc_id.startswith(DESIGN_PREFIX)
-                                        or doc_id.startswith(LOCAL_PREFIX))
+    return isinstance(doc_id, str) and (
+        doc_id.startswith(DESIGN_PREFIX) or doc_id.startswith(LOCAL_PREFIX)
+    )
 
 
 def check_client_write(doctype: str, doc_id: Any) -> None:
@@ -121,8 +158,9 @@ def protected_design_docs(doctype: str) -> frozenset[str]:
 
 
 def check_design_delete(doctype: str, doc_id: str) -> None:
-    if doc_id.startswith(DESIGN_PREFIX) and \
-            doc_id[len(DESIGN_PREFIX):] in protected_design_docs(doctype):
+    if doc_id.startswith(DESIGN_PREFIX) and doc_id[
+        len(DESIGN_PREFIX) :
+    ] in protected_design_docs(doctype):
         raise ProtectedDesignDoc()
 
 
@@ -132,8 +170,9 @@ def check_id(doc_id: Any) -> None:
         try:
             doc_id.encode("utf-8")
         except UnicodeEncodeError:
-            raise InvalidDocId("Document id must be valid UTF-8 (it holds a lone "
-                               "surrogate)") from None
+            raise InvalidDocId(
+                "Document id must be valid UTF-8 (it holds a lone surrogate)"
+            ) from None
 
 
 def check_id_values(values: Any) -> None:

@@ -33,12 +33,18 @@ TRASH_DIR_NAME = ".cozy_trash"
 
 #: Localized names of the default tree (en is the fallback).
 DIRECTORY_NAMES = {
-    "en": {"administrative": "Administrative", "photos": "Photos",
-           "photos_uploaded": "Uploaded from Cozy Photos",
-           "photos_backup": "Backed up from my mobile"},
-    "fr": {"administrative": "Administratif", "photos": "Photos",
-           "photos_uploaded": "Envoyées depuis Cozy Photos",
-           "photos_backup": "Sauvegardées depuis mon mobile"},
+    "en": {
+        "administrative": "Administrative",
+        "photos": "Photos",
+        "photos_uploaded": "Uploaded from Cozy Photos",
+        "photos_backup": "Backed up from my mobile",
+    },
+    "fr": {
+        "administrative": "Administratif",
+        "photos": "Photos",
+        "photos_uploaded": "Envoyées depuis Cozy Photos",
+        "photos_backup": "Sauvegardées depuis mon mobile",
+    },
 }
 
 #: The default tree: (key of the name, key of the parent or None for root,

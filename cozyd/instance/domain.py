@@ -43,7 +43,8 @@ def validate_domain(raw: str) -> str:
         if char in FORBIDDEN_CHARACTERS or ord(char) < 32 or ord(char) == 127:
             raise InvalidDomain(
                 f"the domain must not contain {char!r} (spaces, control characters and "
-                "any of / , ; & ? # @ | = ' \" \\ are not allowed)")
+                "any of / , ; & ? # @ | = ' \" \\ are not allowed)"
+            )
     domain = normalize_host(raw)
     name, sep, port = domain.rpartition(":")
     if not sep:
@@ -55,13 +56,15 @@ def validate_domain(raw: str) -> str:
     if name in ("", ".", "..") or name.startswith(".") or ".." in name:
         raise InvalidDomain(
             "the domain must be a host name: no leading dot, no empty label, not '.' "
-            "or '..'")
+            "or '..'"
+        )
     if len(domain) > MAX_DOMAIN_LENGTH:
         raise InvalidDomain(f"the domain must be at most {MAX_DOMAIN_LENGTH} characters")
     if any(len(label) > 63 for label in name.split(".")):
         raise InvalidDomain("each label of the domain must be at most 63 characters")
-    if name.startswith("-") or any(label.startswith("-") or label.endswith("-")
-                                   for label in name.split(".")):
+    if name.startswith("-") or any(
+        label.startswith("-") or label.endswith("-") for label in name.split(".")
+    ):
         raise InvalidDomain("a label of the domain must not start or end with '-'")
     return domain
 

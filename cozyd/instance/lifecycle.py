@@ -45,8 +45,14 @@ SETTINGS_DOCTYPE = "io.cozy.settings"
 SETTINGS_ID = "io.cozy.settings.instance"
 _LOCALE_RE = re.compile(r"^[a-z]{2}(?:[-_][A-Za-z]{2})?$")
 #: ``--settings`` keys that cozy-stack moves onto the instance itself.
-_INSTANCE_SETTING_KEYS = {"context", "locale", "uuid", "tos", "tos_latest",
-                          "onboarding_finished"}
+_INSTANCE_SETTING_KEYS = {
+    "context",
+    "locale",
+    "uuid",
+    "tos",
+    "tos_latest",
+    "onboarding_finished",
+}
 _MAX_RETRIES = 5
 
 T = TypeVar("T")
@@ -115,29 +121,37 @@ def parse_settings(text: str) -> dict[str, str]:
 
 def _validate_locale(locale: str) -> str:
     if not _LOCALE_RE.match(locale):
-        raise Unprocessable(f"invalid locale {locale!r}: expected a code such as en "
-                            "or fr", code="invalid_locale")
+        raise Unprocessable(
+            f"invalid locale {locale!r}: expected a code such as en or fr",
+            code="invalid_locale",
+        )
     return locale
 
 
 class InstanceManager:
     """The instance lifecycle, over a document store and a files root."""
 
-    def __init__(self, documents: Documents, fs_root: str, *,
-                 run_blocking: Callable[[Callable[[], T]], Awaitable[T]],
-                 run_hashing: Callable[[Callable[[], T]], Awaitable[T]] | None = None,
-                 now: Callable[[], datetime.datetime] | None = None,
-                 kdf_iterations: int = passphrases.DEFAULT_KDF_ITERATIONS,
-                 on_change: Callable[[str], None] | None = None,
-                 node_id: str = "", seconds: Callable[[], float] = time.time,
-                 creation_lease: float = 600.0):
+    def __init__(
+        self,
+        documents: Documents,
+        fs_root: str,
+        *,
+        run_blocking: Callable[[Callable[[], T]], Awaitable[T]],
+        run_hashing: Callable[[Callable[[], T]], Awaitable[T]] | None = None,
+        now: Callable[[], datetime.datetime] | None = None,
+        kdf_iterations: int = passphrases.DEFAULT_KDF_ITERATIONS,
+        on_change: Callable[[str], None] | None = None,
+        node_id: str = "",
+        seconds: Callable[[], float] = time.time,
+        creation_lease: float = 600.0,
+    ):
         self._documents = documents  # every write: validated and published
         self._store = documents.store  # reads
         self._fs_root = fs_root
         self._run_blocking = run_blocking
         # Passphrase hashing: the daemon's small bounded pool.
         self._run_hashing = run_hashing or run_blocking
-        self._now = now or (lambda: datetime.datetime.now(datetime.timezone.utc))
+        self._now = now or (lambda: datetime.datetime.now(datetime.UTC))
         self._kdf_iterations = kdf_iterations
         self._on_change = on_change or (lambda domain: None)
         self._creating: set[str] = set()
@@ -146,8 +160,9 @@ class InstanceManager:
         self._creation_lease = creation_lease
 
     async def setup(self) -> None:
-        await self._run_blocking(lambda: os.makedirs(self._fs_root, mode=0o700,
-                                                     exist_ok=True))
+        await self._run_blocking(
+            lambda: os.makedirs(self._fs_root, mode=0o700, exist_ok=True)
+        )
         await self._documents.ensure_db(GLOBAL, INSTANCES_DOCTYPE)
         await self._documents.ensure_db(GLOBAL, ALIASES_DOCTYPE)
 
@@ -160,15 +175,18 @@ class InstanceManager:
         try:
             doc = await self._store.get_doc(INSTANCES_DB, instance_id(domain))
         except DocNotFound:
-            raise NotFound(f"instance not found: {domain}", code="instance_not_found")
+            raise NotFound(
+                f"instance not found: {domain}", code="instance_not_found"
+            ) from None
         return Instance.from_doc(doc)
 
     async def get(self, raw_domain: str) -> Instance:
         """A ready instance, by domain (an alias is not enough here)."""
         instance = await self._load(_normalize(raw_domain))
         if instance.state != READY:
-            raise NotFound(f"instance not found: {instance.domain}",
-                           code="instance_not_found")
+            raise NotFound(
+                f"instance not found: {instance.domain}", code="instance_not_found"
+            )
         return instance
 
     async def find_by_host(self, host: str) -> Instance | None:
@@ -196,10 +214,12 @@ class InstanceManager:
 
     async def list(self) -> list[Instance]:
         result = await self._store.all_docs(INSTANCES_DB, include_docs=True)
-        instances = [Instance.from_doc(row["doc"]) for row in result["rows"]
-                     if not row["id"].startswith("_design/")]
-        return sorted((i for i in instances if i.state == READY),
-                      key=lambda i: i.domain)
+        instances = [
+            Instance.from_doc(row["doc"])
+            for row in result["rows"]
+            if not row["id"].startswith("_design/")
+        ]
+        return sorted((i for i in instances if i.state == READY), key=lambda i: i.domain)
 
     # -- creation -------------------------------------------------------------
     async def create(self, options: CreateOptions) -> Instance:
@@ -207,17 +227,21 @@ class InstanceManager:
         if options.apps:
             raise BadRequest(
                 "apps are not installable yet: create the instance without --apps "
-                f"(asked for: {', '.join(options.apps)})", code="apps_not_installable")
+                f"(asked for: {', '.join(options.apps)})",
+                code="apps_not_installable",
+            )
         locale = _validate_locale(options.locale or "en")
         aliases = tuple(dict.fromkeys(validate_domain(a) for a in options.domain_aliases))
         if domain in aliases:
             raise Unprocessable("a domain cannot be its own alias", code="illegal_domain")
         iterations = options.kdf_iterations or self._kdf_iterations
         if options.passphrase and not (
-                passphrases.MIN_KDF_ITERATIONS <= iterations
-                <= passphrases.MAX_KDF_ITERATIONS):
-            raise Unprocessable("KdfIterations must be between 50000 and 5000000",
-                                code="invalid_kdf_iterations")
+            passphrases.MIN_KDF_ITERATIONS <= iterations <= passphrases.MAX_KDF_ITERATIONS
+        ):
+            raise Unprocessable(
+                "KdfIterations must be between 50000 and 5000000",
+                code="invalid_kdf_iterations",
+            )
         if domain in self._creating:
             raise InstanceExists(f"instance {domain} is being created")
         self._creating.add(domain)
@@ -227,8 +251,9 @@ class InstanceManager:
             try:
                 await self._build(instance, options, iterations)
             except BaseException:
-                log.failure("creation of instance {domain} failed; rolling back",
-                            domain=domain)
+                log.failure(
+                    "creation of instance {domain} failed; rolling back", domain=domain
+                )
                 await self._remove_everything(instance)
                 raise
         finally:
@@ -241,12 +266,15 @@ class InstanceManager:
         if await self._alias_owner(domain) is not None:
             raise InstanceExists(f"{domain} is already an alias of another instance")
         for alias in aliases:
-            if (await self._alias_owner(alias) is not None
-                    or await self.find_by_host(alias) is not None):
+            if (
+                await self._alias_owner(alias) is not None
+                or await self.find_by_host(alias) is not None
+            ):
                 raise InstanceExists(f"the alias {alias} is already used")
 
-    async def _claim(self, domain: str, options: CreateOptions, locale: str,
-                     aliases: tuple[str, ...]) -> Instance:
+    async def _claim(
+        self, domain: str, options: CreateOptions, locale: str, aliases: tuple[str, ...]
+    ) -> Instance:
         settings = dict(options.settings)
         moved = {k: settings.pop(k) for k in list(settings) if k in _INSTANCE_SETTING_KEYS}
         instance = Instance.new(
@@ -264,8 +292,9 @@ class InstanceManager:
         )
         for attempt in range(2):
             try:
-                result = await self._documents.put(GLOBAL, INSTANCES_DOCTYPE,
-                                                   instance.to_doc())
+                result = await self._documents.put(
+                    GLOBAL, INSTANCES_DOCTYPE, instance.to_doc()
+                )
                 instance.rev = result["rev"]
                 return instance
             except DocConflict:
@@ -275,8 +304,9 @@ class InstanceManager:
                 if not self._abandoned(existing):
                     raise InstanceExists(f"instance {domain} is being created") from None
                 # A creation that died half-way: nobody here owns it any more.
-                log.warn("repairing the interrupted creation of instance {domain}",
-                         domain=domain)
+                log.warn(
+                    "repairing the interrupted creation of instance {domain}", domain=domain
+                )
                 await self._remove_everything(existing)
         raise InstanceExists(f"instance {domain} already exists")
 
@@ -285,18 +315,27 @@ class InstanceManager:
             return True  # ours, and not in self._creating: its process died
         return self._seconds() - claim.creation_started >= self._creation_lease
 
-    async def _build(self, instance: Instance, options: CreateOptions,
-                     iterations: int) -> None:
+    async def _build(
+        self, instance: Instance, options: CreateOptions, iterations: int
+    ) -> None:
         faults.checkpoint("create.claimed")
         # Independent steps run concurrently: on CouchDB each is a round trip.
-        await _all(self._documents.ensure_db(instance, doctype)
-                   for doctype in defaults.DOCTYPES)
+        await _all(
+            self._documents.ensure_db(instance, doctype) for doctype in defaults.DOCTYPES
+        )
         faults.checkpoint("create.databases")
-        await _all(self._documents.create_index(instance, doctype, fields,
-                                                ddoc=name, name=name,
-                                                partial_filter_selector=partial)
-                   for doctype, indexes in defaults.INDEXES.items()
-                   for name, fields, partial in indexes)
+        await _all(
+            self._documents.create_index(
+                instance,
+                doctype,
+                fields,
+                ddoc=name,
+                name=name,
+                partial_filter_selector=partial,
+            )
+            for doctype, indexes in defaults.INDEXES.items()
+            for name, fields, partial in indexes
+        )
         await self._write_settings(instance, options)
         await self._write_tree(instance)
         faults.checkpoint("create.tree")
@@ -310,14 +349,20 @@ class InstanceManager:
         instance.rev = result["rev"]
 
     async def _write_settings(self, instance: Instance, options: CreateOptions) -> None:
-        settings = {k: v for k, v in options.settings.items()
-                    if k not in _INSTANCE_SETTING_KEYS}
-        for key, value in (("email", options.email), ("public_name", options.public_name),
-                           ("phone", options.phone), ("tz", options.timezone)):
+        settings = {
+            k: v for k, v in options.settings.items() if k not in _INSTANCE_SETTING_KEYS
+        }
+        for key, value in (
+            ("email", options.email),
+            ("public_name", options.public_name),
+            ("phone", options.phone),
+            ("tz", options.timezone),
+        ):
             if value:
                 settings[key] = value
-        await self._documents.put(instance, SETTINGS_DOCTYPE,
-                                  {"_id": SETTINGS_ID, **settings})
+        await self._documents.put(
+            instance, SETTINGS_DOCTYPE, {"_id": SETTINGS_ID, **settings}
+        )
         name = options.public_name or options.email.partition("@")[0]
         myself: dict[str, Any] = {
             "_id": new_doc_id(),
@@ -335,14 +380,25 @@ class InstanceManager:
         created_on = f"https://{instance.domain}/"
         names = defaults.directory_names(instance.locale)
 
-        def directory(doc_id: str, name: str, parent: str, path: str,
-                      referenced_by: str | None = None) -> dict[str, Any]:
+        def directory(
+            doc_id: str, name: str, parent: str, path: str, referenced_by: str | None = None
+        ) -> dict[str, Any]:
             doc: dict[str, Any] = {
-                "_id": doc_id, "type": "directory", "name": name, "dir_id": parent,
-                "path": path, "created_at": now, "updated_at": now, "tags": [],
-                "cozyMetadata": {"doctypeVersion": "1", "metadataVersion": 1,
-                                 "createdAt": now, "createdOn": created_on,
-                                 "updatedAt": now},
+                "_id": doc_id,
+                "type": "directory",
+                "name": name,
+                "dir_id": parent,
+                "path": path,
+                "created_at": now,
+                "updated_at": now,
+                "tags": [],
+                "cozyMetadata": {
+                    "doctypeVersion": "1",
+                    "metadataVersion": 1,
+                    "createdAt": now,
+                    "createdOn": created_on,
+                    "updatedAt": now,
+                },
             }
             if referenced_by:
                 doc["referenced_by"] = [{"type": "io.cozy.apps", "id": referenced_by}]
@@ -350,8 +406,12 @@ class InstanceManager:
 
         docs = [
             directory(defaults.ROOT_DIR_ID, "", "", "/"),
-            directory(defaults.TRASH_DIR_ID, defaults.TRASH_DIR_NAME,
-                      defaults.ROOT_DIR_ID, "/" + defaults.TRASH_DIR_NAME),
+            directory(
+                defaults.TRASH_DIR_ID,
+                defaults.TRASH_DIR_NAME,
+                defaults.ROOT_DIR_ID,
+                "/" + defaults.TRASH_DIR_NAME,
+            ),
         ]
         ids = {None: defaults.ROOT_DIR_ID}
         paths = {None: ""}
@@ -366,30 +426,39 @@ class InstanceManager:
             raise Conflict(f"cannot write the directory tree: {failed[0]['reason']}")
         root = self.files_dir(instance)
         await self._run_blocking(
-            lambda: os.makedirs(os.path.join(root, defaults.TRASH_DIR_NAME),
-                                exist_ok=True))
+            lambda: os.makedirs(os.path.join(root, defaults.TRASH_DIR_NAME), exist_ok=True)
+        )
 
-    async def _register_passphrase(self, instance: Instance, passphrase: str,
-                                   iterations: int) -> None:
+    async def _register_passphrase(
+        self, instance: Instance, passphrase: str, iterations: int
+    ) -> None:
         def hash_it() -> bytes:
-            client_hash = passphrases.client_side_hash(passphrase, instance.domain,
-                                                       iterations)
+            client_hash = passphrases.client_side_hash(
+                passphrase, instance.domain, iterations
+            )
             return passphrases.server_hash(client_hash)
 
         instance.passphrase_hash = await self._run_hashing(hash_it)
         instance.register_token = None
         instance.onboarding_finished = True
         instance.password_defined = True
-        await self._documents.put(instance, SETTINGS_DOCTYPE, {
-            "_id": "io.cozy.settings.bitwarden",
-            "passphrase_kdf": 0,
-            "passphrase_kdf_iterations": iterations,
-        })
+        await self._documents.put(
+            instance,
+            SETTINGS_DOCTYPE,
+            {
+                "_id": "io.cozy.settings.bitwarden",
+                "passphrase_kdf": 0,
+                "passphrase_kdf_iterations": iterations,
+            },
+        )
 
     async def _claim_alias(self, alias: str, domain: str) -> None:
         try:
-            await self._documents.put(GLOBAL, ALIASES_DOCTYPE, {
-                "_id": domain_hash(alias), "alias": alias, "domain": domain})
+            await self._documents.put(
+                GLOBAL,
+                ALIASES_DOCTYPE,
+                {"_id": domain_hash(alias), "alias": alias, "domain": domain},
+            )
         except DocConflict:
             raise InstanceExists(f"the alias {alias} is already used") from None
 
@@ -400,8 +469,9 @@ class InstanceManager:
             return
         if doc.get("domain") == domain:
             try:
-                await self._documents.delete(GLOBAL, ALIASES_DOCTYPE, doc["_id"],
-                                             doc["_rev"], doc=doc)
+                await self._documents.delete(
+                    GLOBAL, ALIASES_DOCTYPE, doc["_id"], doc["_rev"], doc=doc
+                )
             except (DocConflict, DocNotFound):
                 pass
 
@@ -413,10 +483,12 @@ class InstanceManager:
                 instance.deleting = changes.deleting
             else:
                 await self._apply(instance, changes)
+
         return await self.update(raw_domain, apply)
 
-    async def update(self, raw_domain: str,
-                     change: Callable[[Instance], Awaitable[None] | None]) -> Instance:
+    async def update(
+        self, raw_domain: str, change: Callable[[Instance], Awaitable[None] | None]
+    ) -> Instance:
         """Apply ``change`` to the stored ready instance and save it, retrying
         when another writer came first; the registry hears of it."""
         domain = _normalize(raw_domain)
@@ -428,8 +500,9 @@ class InstanceManager:
             if pending is not None:
                 await pending
             try:
-                result = await self._documents.put(GLOBAL, INSTANCES_DOCTYPE,
-                                                   instance.to_doc())
+                result = await self._documents.put(
+                    GLOBAL, INSTANCES_DOCTYPE, instance.to_doc()
+                )
             except DocConflict:
                 continue
             instance.rev = result["rev"]
@@ -461,8 +534,12 @@ class InstanceManager:
         if changes.domain_aliases is not None:
             await self._change_aliases(instance, changes.domain_aliases)
         settings = dict(changes.settings or {})
-        for key, value in (("email", changes.email), ("public_name", changes.public_name),
-                           ("phone", changes.phone), ("tz", changes.timezone)):
+        for key, value in (
+            ("email", changes.email),
+            ("public_name", changes.public_name),
+            ("phone", changes.phone),
+            ("tz", changes.timezone),
+        ):
             if value is not None:
                 settings[key] = value
         if settings:
@@ -497,6 +574,7 @@ class InstanceManager:
                     doc.pop(key, None)
                 else:
                     doc[key] = value
+
         await self._documents.update(instance, SETTINGS_DOCTYPE, SETTINGS_ID, change)
 
     # -- destruction ------------------------------------------------------------
@@ -511,11 +589,11 @@ class InstanceManager:
             raise InstanceBeingDeleted(
                 f"instance {domain} is already being deleted. If an earlier deletion "
                 f"failed, run `cozyctl instances modify --deleting=false {domain}` "
-                "and destroy it again")
+                "and destroy it again"
+            )
         instance.deleting = True
         try:
-            result = await self._documents.put(GLOBAL, INSTANCES_DOCTYPE,
-                                               instance.to_doc())
+            result = await self._documents.put(GLOBAL, INSTANCES_DOCTYPE, instance.to_doc())
         except DocConflict:
             raise Conflict(f"instance {domain} changed meanwhile; try again") from None
         instance.rev = result["rev"]
@@ -527,14 +605,18 @@ class InstanceManager:
         """Delete the databases, files, aliases and finally the document."""
         await self._documents.delete_all(instance)
         root = self.files_dir(instance)
-        await self._run_blocking(lambda: shutil.rmtree(root, ignore_errors=False)
-                                 if os.path.isdir(root) else None)
+        await self._run_blocking(
+            lambda: (
+                shutil.rmtree(root, ignore_errors=False) if os.path.isdir(root) else None
+            )
+        )
         for alias in instance.domain_aliases:
             await self._release_alias(alias, instance.domain)
         try:
             current = await self._store.get_doc(INSTANCES_DB, instance.id)
-            await self._documents.delete(GLOBAL, INSTANCES_DOCTYPE, instance.id,
-                                         current["_rev"], doc=current)
+            await self._documents.delete(
+                GLOBAL, INSTANCES_DOCTYPE, instance.id, current["_rev"], doc=current
+            )
         except DocNotFound:
             pass
         self._on_change(instance.domain)
@@ -555,8 +637,9 @@ def _normalize(raw_domain: str) -> str:
     try:
         return validate_domain(raw_domain)
     except Unprocessable:
-        raise NotFound(f"instance not found: {raw_domain}",
-                       code="instance_not_found") from None
+        raise NotFound(
+            f"instance not found: {raw_domain}", code="instance_not_found"
+        ) from None
 
 
 def _tos_version(tos: str) -> str:

@@ -19,8 +19,13 @@ from cozyd.storage.names import domain_hash, instance_prefix
 INDEXES_VERSION = 1
 
 #: Blocking reasons cozy-stack knows; any other text is accepted too.
-KNOWN_BLOCKING_REASONS = ("LOGIN_FAILED", "PAYMENT_FAILED", "UNKNOWN", "IMPORTING",
-                          "MOVING")
+KNOWN_BLOCKING_REASONS = (
+    "LOGIN_FAILED",
+    "PAYMENT_FAILED",
+    "UNKNOWN",
+    "IMPORTING",
+    "MOVING",
+)
 
 #: Fields never shown by the admin API (cozy-stack blanks them too).
 SECRET_FIELDS = ("session_secret", "oauth_secret", "cli_secret", "passphrase_hash")
@@ -80,7 +85,7 @@ class Instance:
         return instance_id(self.domain)
 
     @classmethod
-    def new(cls, domain: str, **fields: Any) -> "Instance":
+    def new(cls, domain: str, **fields: Any) -> Instance:
         return cls(
             domain=domain,
             prefix=instance_prefix(domain),
@@ -92,8 +97,13 @@ class Instance:
         )
 
     # -- storage ------------------------------------------------------------
-    _BYTES = ("register_token", "passphrase_hash", "session_secret", "oauth_secret",
-              "cli_secret")
+    _BYTES = (
+        "register_token",
+        "passphrase_hash",
+        "session_secret",
+        "oauth_secret",
+        "cli_secret",
+    )
 
     def to_doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = dict(self.extra)
@@ -114,7 +124,7 @@ class Instance:
         return doc
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> "Instance":
+    def from_doc(cls, doc: dict[str, Any]) -> Instance:
         known = {f.name for f in attrs.fields(Instance)} - {"extra", "rev"}
         kwargs: dict[str, Any] = {}
         extra: dict[str, Any] = {}
@@ -123,8 +133,9 @@ class Instance:
                 continue
             if key in known:
                 if key in cls._BYTES:
-                    value = _unb64(value) or (None if key in (
-                        "register_token", "passphrase_hash") else b"")
+                    value = _unb64(value) or (
+                        None if key in ("register_token", "passphrase_hash") else b""
+                    )
                 elif key == "disk_quota":
                     value = int(value) if value else 0
                 kwargs[key] = value

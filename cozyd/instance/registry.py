@@ -18,8 +18,9 @@ MAX_CACHED_HOSTS = 10_000
 
 
 class InstanceRegistry:
-    def __init__(self, find_by_host: Callable, *, seconds: Callable[[], float],
-                 ttl: float = 5.0):
+    def __init__(
+        self, find_by_host: Callable, *, seconds: Callable[[], float], ttl: float = 5.0
+    ):
         self._find_by_host = find_by_host
         self._seconds = seconds
         self._ttl = ttl
@@ -50,7 +51,10 @@ class InstanceRegistry:
 
     def invalidate(self, domain: str) -> None:
         """Forget ``domain`` and every host that resolved to it."""
-        stale = [host for host, (_, inst) in self._cache.items()
-                 if host == domain or (inst is not None and inst.domain == domain)]
+        stale = [
+            host
+            for host, (_, inst) in self._cache.items()
+            if host == domain or (inst is not None and inst.domain == domain)
+        ]
         for host in stale:
             del self._cache[host]

@@ -36,18 +36,22 @@ def konnector_source(slug: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _from_scope(scope: str, type: str, source_id: str = "", subject: str = "") -> PermissionSet:
+def _from_scope(
+    scope: str, type: str, source_id: str = "", subject: str = ""
+) -> PermissionSet:
     # Sets are immutable, and the same few scopes come back on every request.
     try:
-        return PermissionSet.from_scope(scope, type=type, source_id=source_id,
-                                        subject=subject)
+        return PermissionSet.from_scope(
+            scope, type=type, source_id=source_id, subject=subject
+        )
     except InvalidPermission:
         raise InvalidToken() from None  # a token whose scope makes no sense
 
 
 class PermissionResolver:
-    def __init__(self, store: DocumentStore, *, seconds: Callable[[], float],
-                 ttl: float = 5.0):
+    def __init__(
+        self, store: DocumentStore, *, seconds: Callable[[], float], ttl: float = 5.0
+    ):
         self._store = store
         self._seconds = seconds
         self._ttl = ttl
@@ -71,19 +75,25 @@ class PermissionResolver:
             return stored
         raise InvalidToken()
 
-    async def _oauth_set(self, instance: Instance, claims: tokens.Claims,
-                         client: dict[str, Any]) -> PermissionSet:
+    async def _oauth_set(
+        self, instance: Instance, claims: tokens.Claims, client: dict[str, Any]
+    ) -> PermissionSet:
         scope = claims.scope
         if scope.startswith("@io.cozy.apps/"):
             stored = await self.stored_set(instance, "app", app_source(scope[14:]))
             if stored is None:
                 raise InvalidToken()
-            return PermissionSet(type="oauth", rules=stored.rules,
-                                 source_id=claims.subject, subject=claims.subject)
+            return PermissionSet(
+                type="oauth",
+                rules=stored.rules,
+                source_id=claims.subject,
+                subject=claims.subject,
+            )
         if scope == "*" and not client.get("flagship"):
             raise InvalidToken()  # the maximal set is for certified flagship apps
-        return _from_scope(scope, type="oauth", source_id=claims.subject,
-                           subject=claims.subject)
+        return _from_scope(
+            scope, type="oauth", source_id=claims.subject, subject=claims.subject
+        )
 
     # -- cached reads ---------------------------------------------------------
     def _cached(self, key: tuple[str, str]) -> tuple[bool, Any]:
@@ -110,30 +120,41 @@ class PermissionResolver:
         if hit:
             return value
         try:
-            value = await self._store.get_doc(db_name(instance.prefix, CLIENTS_DOCTYPE),
-                                              client_id)
+            value = await self._store.get_doc(
+                db_name(instance.prefix, CLIENTS_DOCTYPE), client_id
+            )
         except (DocNotFound, DatabaseNotFound):
             value = None
         self._remember(key, value)
         return value
 
-    async def stored_set(self, instance: Instance, kind: str,
-                         source_id: str) -> PermissionSet | None:
+    async def stored_set(
+        self, instance: Instance, kind: str, source_id: str
+    ) -> PermissionSet | None:
         key = (instance.prefix, source_id)
         hit, value = self._cached(key)
         if hit:
             return value
         value = None
         try:
-            result = await self._store.find(db_name(instance.prefix, PERMISSIONS_DOCTYPE), {
-                "selector": {"source_id": source_id, "type": kind},
-                "use_index": "_design/by-source-and-type", "limit": 1})
+            result = await self._store.find(
+                db_name(instance.prefix, PERMISSIONS_DOCTYPE),
+                {
+                    "selector": {"source_id": source_id, "type": kind},
+                    "use_index": "_design/by-source-and-type",
+                    "limit": 1,
+                },
+            )
         except DatabaseNotFound:
             result = {"docs": []}
         if result["docs"]:
             doc = result["docs"][0]
-            value = PermissionSet.from_json(doc.get("permissions"), type=kind,
-                                            source_id=source_id, id=doc["_id"],
-                                            subject=source_id.partition("/")[2])
+            value = PermissionSet.from_json(
+                doc.get("permissions"),
+                type=kind,
+                source_id=source_id,
+                id=doc["_id"],
+                subject=source_id.partition("/")[2],
+            )
         self._remember(key, value)
         return value

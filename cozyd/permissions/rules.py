@@ -48,7 +48,8 @@ def _check_type(doctype: Any) -> str:
         if base.count(".") < 2 or not _DOCTYPE_RE.match(base):
             raise InvalidPermission(
                 f"invalid wildcard type {doctype!r}: it needs at least three dots "
-                "(io.cozy.bank.* is fine, io.cozy.* is not)")
+                "(io.cozy.bank.* is fine, io.cozy.* is not)"
+            )
         return doctype
     if not _DOCTYPE_RE.match(doctype):
         raise InvalidPermission(f"invalid permission type {doctype!r}")
@@ -59,7 +60,7 @@ def _check_verbs(verbs: Any) -> frozenset[str]:
     if verbs is None or verbs == []:
         return ALL_VERBS
     if isinstance(verbs, str) or not isinstance(verbs, list):
-        raise InvalidPermission("verbs must be a list such as [\"GET\", \"POST\"]")
+        raise InvalidPermission('verbs must be a list such as ["GET", "POST"]')
     result: set[str] = set()
     for verb in verbs:
         if not isinstance(verb, str):
@@ -106,16 +107,20 @@ class Rule:
     description: str = ""
 
     @classmethod
-    def from_json(cls, data: Any) -> "Rule":
+    def from_json(cls, data: Any) -> Rule:
         if not isinstance(data, Mapping):
             raise InvalidPermission("a permission must be an object")
         selector = data.get("selector") or ""
         description = data.get("description") or ""
         if not isinstance(selector, str) or not isinstance(description, str):
             raise InvalidPermission("selector and description must be strings")
-        return cls(type=_check_type(data.get("type")), verbs=_check_verbs(data.get("verbs")),
-                   values=_check_strings(data.get("values"), "values"),
-                   selector=selector, description=description)
+        return cls(
+            type=_check_type(data.get("type")),
+            verbs=_check_verbs(data.get("verbs")),
+            values=_check_strings(data.get("values"), "values"),
+            selector=selector,
+            description=description,
+        )
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"type": self.type}
@@ -141,8 +146,13 @@ class Rule:
     def allows_collection(self, verb: str, doctype: str) -> bool:
         return not self.values and verb in self.verbs and type_covers(self.type, doctype)
 
-    def allows_document(self, verb: str, doctype: str, doc_id: str,
-                        field: Callable[[str], Iterable[str]] | None) -> bool:
+    def allows_document(
+        self,
+        verb: str,
+        doctype: str,
+        doc_id: str,
+        field: Callable[[str], Iterable[str]] | None,
+    ) -> bool:
         if verb not in self.verbs or not type_covers(self.type, doctype):
             return False
         if not self.values:
@@ -179,8 +189,9 @@ class PermissionSet:
     subject: str = ""
 
     @classmethod
-    def from_scope(cls, scope: str, *, type: str, source_id: str = "",
-                   subject: str = "") -> "PermissionSet":
+    def from_scope(
+        cls, scope: str, *, type: str, source_id: str = "", subject: str = ""
+    ) -> PermissionSet:
         parts = scope.split()
         if len(parts) > MAX_RULES:
             raise InvalidPermission(f"a scope holds at most {MAX_RULES} rules")
@@ -188,16 +199,24 @@ class PermissionSet:
         return cls(type=type, rules=rules, source_id=source_id, subject=subject)
 
     @classmethod
-    def from_json(cls, permissions: Any, *, type: str, source_id: str = "", id: str = "",
-                  subject: str = "") -> "PermissionSet":
+    def from_json(
+        cls,
+        permissions: Any,
+        *,
+        type: str,
+        source_id: str = "",
+        id: str = "",
+        subject: str = "",
+    ) -> PermissionSet:
         if permissions is None:
             permissions = {}
         if not isinstance(permissions, Mapping):
             raise InvalidPermission("permissions must be an object of title: rule")
         if len(permissions) > MAX_RULES:
             raise InvalidPermission(f"a permission set holds at most {MAX_RULES} rules")
-        rules = tuple((str(title), Rule.from_json(rule))
-                      for title, rule in permissions.items())
+        rules = tuple(
+            (str(title), Rule.from_json(rule)) for title, rule in permissions.items()
+        )
         return cls(type=type, rules=rules, source_id=source_id, id=id, subject=subject)
 
     def permissions_json(self) -> dict[str, Any]:
@@ -213,23 +232,33 @@ class PermissionSet:
     def allows_collection(self, verb: str, doctype: str) -> bool:
         return any(rule.allows_collection(verb, doctype) for _, rule in self.rules)
 
-    def allows_document(self, verb: str, doctype: str, doc_id: str,
-                        field: Callable[[str], Iterable[str]] | None = None) -> bool:
-        return any(rule.allows_document(verb, doctype, doc_id, field)
-                   for _, rule in self.rules)
+    def allows_document(
+        self,
+        verb: str,
+        doctype: str,
+        doc_id: str,
+        field: Callable[[str], Iterable[str]] | None = None,
+    ) -> bool:
+        return any(
+            rule.allows_document(verb, doctype, doc_id, field) for _, rule in self.rules
+        )
 
 
 def document_field(doc: Mapping[str, Any]) -> Callable[[str], list[str]]:
     """The values of a document's field, for selector rules (lists are
     flattened; ``referenced_by`` yields ``doctype/id`` like cozy-stack)."""
+
     def field(name: str) -> list[str]:
         if name == "referenced_by":
             refs = doc.get("referenced_by") or []
-            return [f"{r.get('type')}/{r.get('id')}" for r in refs if isinstance(r, Mapping)]
+            return [
+                f"{r.get('type')}/{r.get('id')}" for r in refs if isinstance(r, Mapping)
+            ]
         value: Any = doc
         for part in name.split("."):
             value = value.get(part) if isinstance(value, Mapping) else None
         if isinstance(value, list):
             return [str(v) for v in value if isinstance(v, (str, int, float))]
         return [] if value is None or isinstance(value, (dict, bool)) else [str(value)]
+
     return field

@@ -55,15 +55,18 @@ WORKER_WORDS = {
     "log": N_("Write to the logs of your cozy"),
 }
 
-_ACTIONS = (("GET", N_("read")), ("POST", N_("create")), ("PUT", N_("modify")),
-            ("DELETE", N_("delete")))
+_ACTIONS = (
+    ("GET", N_("read")),
+    ("POST", N_("create")),
+    ("PUT", N_("modify")),
+    ("DELETE", N_("delete")),
+)
 
 
 def _join(items: list[str], w: Words) -> str:
     if len(items) == 1:
         return items[0]
-    return w.gettext("%(items)s and %(last)s", items=", ".join(items[:-1]),
-                     last=items[-1])
+    return w.gettext("%(items)s and %(last)s", items=", ".join(items[:-1]), last=items[-1])
 
 
 def _what(doctype: str, w: Words) -> str:
@@ -85,15 +88,22 @@ def describe_rule(rule: Rule, locale: str = "en") -> str:
     w = words(locale)
     if rule.type == "*":
         return w.gettext("Full access to your whole cozy")
-    if rule.type in ("io.cozy.jobs", "io.cozy.triggers") and rule.selector == "worker" \
-            and len(rule.values) == 1:
+    if (
+        rule.type in ("io.cozy.jobs", "io.cozy.triggers")
+        and rule.selector == "worker"
+        and len(rule.values) == 1
+    ):
         known = WORKER_WORDS.get(rule.values[0])
         if known is not None:
             return w.gettext(known)
-        return w.gettext("Start background tasks of type “%(worker)s”",
-                         worker=rule.values[0])
-    if rule.type == "io.cozy.settings" and rule.verbs == {"GET"} and \
-            rule.values == ("io.cozy.settings.disk-usage",):
+        return w.gettext(
+            "Start background tasks of type “%(worker)s”", worker=rule.values[0]
+        )
+    if (
+        rule.type == "io.cozy.settings"
+        and rule.verbs == {"GET"}
+        and rule.values == ("io.cozy.settings.disk-usage",)
+    ):
         return w.gettext("See how much storage you use")
     if rule.verbs == ALL_VERBS:
         action = w.gettext("read and modify")
@@ -107,8 +117,12 @@ def describe_rule(rule: Rule, locale: str = "en") -> str:
     if rule.values:
         shown = ", ".join(rule.values[:5]) + (", …" if len(rule.values) > 5 else "")
         if rule.selector:
-            text = w.gettext("%(rule)s (only those whose “%(selector)s” is %(values)s)",
-                             rule=text, selector=rule.selector, values=shown)
+            text = w.gettext(
+                "%(rule)s (only those whose “%(selector)s” is %(values)s)",
+                rule=text,
+                selector=rule.selector,
+                values=shown,
+            )
         else:
             text = w.gettext("%(rule)s (only: %(values)s)", rule=text, values=shown)
     return text

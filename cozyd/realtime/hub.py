@@ -70,8 +70,9 @@ class EventHub:
         # instance key -> doctype (or None for all) -> callbacks in order
         self._subscribers: dict[str, dict[str | None, list[Callback]]] = {}
 
-    def subscribe(self, instance: Any, doctype: str | None,
-                  callback: Callback) -> Callable[[], None]:
+    def subscribe(
+        self, instance: Any, doctype: str | None, callback: Callback
+    ) -> Callable[[], None]:
         """Call ``callback(event)`` for every event of ``instance`` (of
         ``doctype`` only, unless None). Returns the function that
         unsubscribes (idempotent)."""
@@ -120,17 +121,24 @@ class EventHub:
             try:
                 result = deliver(delivered)
             except Exception:
-                log.failure("an event subscriber failed on {verb} {doctype}",
-                            verb=event.get("verb"), doctype=event.get("doctype"))
+                log.failure(
+                    "an event subscriber failed on {verb} {doctype}",
+                    verb=event.get("verb"),
+                    doctype=event.get("doctype"),
+                )
                 continue
             if inspect.isawaitable(result):
                 d = defer.ensureDeferred(result)
-                d.addErrback(lambda failure, verb=event.get("verb"):
-                             log.failure("an event subscriber failed on {verb}",
-                                         failure, verb=verb))
+                verb = event.get("verb")
+                d.addErrback(
+                    lambda failure, verb=verb: log.failure(
+                        "an event subscriber failed on {verb}", failure, verb=verb
+                    )
+                )
 
-    def publish_doc(self, instance: Any, verb: str, doctype: str,
-                    doc: dict[str, Any]) -> None:
+    def publish_doc(
+        self, instance: Any, verb: str, doctype: str, doc: dict[str, Any]
+    ) -> None:
         """Publish a write of ``doc`` (skipped when nobody listens)."""
         if self.has_subscribers(instance, doctype):
             self.publish(instance, make_event(verb, doctype, doc))

@@ -30,11 +30,11 @@ import json
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit, urlunsplit
 
+from treq import client as treq_client
 from twisted.internet import defer
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock
 from twisted.logger import Logger
-from treq import client as treq_client
 from twisted.web import client as web_client
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
@@ -66,7 +66,7 @@ _REGISTRY_ATTEMPTS = 25
 _DB_MISSING_REASONS = frozenset({"Database does not exist.", "no_db_file"})
 
 _NETWORK_ERRORS: tuple[type[BaseException], ...] = (
-    net_error.ConnectError,          # refused, DNS, TCP timeout, …
+    net_error.ConnectError,  # refused, DNS, TCP timeout, …
     net_error.ConnectionLost,
     net_error.ConnectionDone,
     net_error.TimeoutError,
@@ -118,7 +118,7 @@ def _doc_path(doc_id: Any) -> str:
         raise InvalidRequest("Document id must be a non-empty string.")
     for special in ("_design/", "_local/"):
         if doc_id.startswith(special):
-            rest = doc_id[len(special):]
+            rest = doc_id[len(special) :]
             if not rest:
                 raise InvalidRequest("Document id must not be empty.")
             return special + quote(rest, safe="")
@@ -172,12 +172,15 @@ def tls_policy(ca_file: str | None):
 
     with open(ca_file, "rb") as f:
         pem = f.read()
-    certificates = [ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + block)
-                    for block in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+    certificates = [
+        ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + block)
+        for block in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
+    ]
     if not certificates:
         raise ValueError(f"{ca_file} holds no PEM certificate")
     return web_client.BrowserLikePolicyForHTTPS(
-        trustRoot=ssl.trustRootFromCertificates(certificates))
+        trustRoot=ssl.trustRootFromCertificates(certificates)
+    )
 
 
 class CouchDBStore:
@@ -193,8 +196,16 @@ class CouchDBStore:
     #: Node-based servers close theirs, so a request never races the close.
     idle_connection_timeout = 4.0
 
-    def __init__(self, url: str, *, reactor=None, timeout: float = 30.0,
-                 pool=None, http_client=None, ca_file: str | None = None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        reactor=None,
+        timeout: float = 30.0,
+        pool=None,
+        http_client=None,
+        ca_file: str | None = None,
+    ):
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -214,9 +225,15 @@ class CouchDBStore:
                 self._own_pool = True
             # treq over Twisted's Agent and the tuned pool (treq's cookie jar
             # costs a little per request; it is the client the stack uses).
-            agent = web_client.Agent(reactor, pool=pool, connectTimeout=self._timeout,
-                                     contextFactory=tls_policy(ca_file))
-            http_client = treq_client.HTTPClient(agent, data_to_body_producer=_BytesProducer)
+            agent = web_client.Agent(
+                reactor,
+                pool=pool,
+                connectTimeout=self._timeout,
+                contextFactory=tls_policy(ca_file),
+            )
+            http_client = treq_client.HTTPClient(
+                agent, data_to_body_producer=_BytesProducer
+            )
         self._pool = pool
         self._http = http_client  # treq (or an injected StubTreq in tests)
         self._registry_locks: dict[str, DeferredLock] = {}
@@ -239,9 +256,15 @@ class CouchDBStore:
             headers.setRawHeaders(b"Authorization", [self._auth])
         return headers
 
-    async def _request(self, method: str, path: str, *,
-                       query: list[tuple[str, str]] | None = None,
-                       body: Any = _NO_BODY, raw: bool = False) -> tuple[int, Any]:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = _NO_BODY,
+        raw: bool = False,
+    ) -> tuple[int, Any]:
         """One HTTP call: ``(status, decoded JSON body or None)``; with
         ``raw``, ``(status, the body's bytes)`` when the status is below 400
         (error bodies are decoded, for the caller to map).
@@ -262,41 +285,52 @@ class CouchDBStore:
         except defer.TimeoutError:
             raise StorageUnavailable(
                 f"CouchDB at {self._url} did not answer {method} "
-                f"/{path} within {self._timeout:g}s") from None
+                f"/{path} within {self._timeout:g}s"
+            ) from None
 
     async def _send(self, method: str, url: str, data: bytes | None):
         """``(status, body bytes)`` of one exchange."""
         self.requests_sent += 1
         response = await self._http.request(
-            method, url, headers=self._headers(data is not None), data=data,
-            allow_redirects=False, reactor=self._reactor)
+            method,
+            url,
+            headers=self._headers(data is not None),
+            data=data,
+            allow_redirects=False,
+            reactor=self._reactor,
+        )
         return response.code, await response.content()
 
-    async def _request_once(self, method: str, url: str, path: str,
-                            body: Any, raw: bool = False) -> tuple[int, Any]:
+    async def _request_once(
+        self, method: str, url: str, path: str, body: Any, raw: bool = False
+    ) -> tuple[int, Any]:
         data = None
         if body is not _NO_BODY:
             try:
                 data = json.dumps(body, separators=(",", ":")).encode("ascii")
             except (TypeError, ValueError) as e:
-                raise InvalidRequest(f"cannot encode the request as JSON: {e}") \
-                    from None
+                raise InvalidRequest(f"cannot encode the request as JSON: {e}") from None
         started = self._reactor.seconds()
         try:
             status, content = await self._send(method, url, data)
-        except (CancelledError, net_error.ConnectingCancelledError,
-                *_NETWORK_ERRORS) as e:
+        except (CancelledError, net_error.ConnectingCancelledError, *_NETWORK_ERRORS) as e:
             if self._reactor.seconds() - started >= self._timeout:
                 raise StorageUnavailable(
                     f"CouchDB at {self._url} did not answer {method} "
-                    f"/{path} within {self._timeout:g}s") from None
+                    f"/{path} within {self._timeout:g}s"
+                ) from None
             if _is_cancellation(e):
                 raise CancelledError() from None  # our caller gave up
             log.warn(  # (twisted's Logger has no .warning)
                 "CouchDB at {url} unreachable ({method} /{path}): {error}",
-                url=self._url, method=method, path=path, error=_describe(e))
+                url=self._url,
+                method=method,
+                path=path,
+                error=_describe(e),
+            )
             raise StorageUnavailable(
-                f"CouchDB at {self._url} unreachable: {_describe(e)}") from None
+                f"CouchDB at {self._url} unreachable: {_describe(e)}"
+            ) from None
         if raw and status < 400:
             return status, content
         if method == "HEAD" or not content:
@@ -306,18 +340,25 @@ class CouchDBStore:
         except ValueError:
             if status < 400:
                 raise StorageError(
-                    f"CouchDB answered {method} /{path} with a body that is not "
-                    "JSON", status=502, code="bad_gateway") from None
+                    f"CouchDB answered {method} /{path} with a body that is not JSON",
+                    status=502,
+                    code="bad_gateway",
+                ) from None
             decoded = None
         return status, decoded
 
-    async def _call(self, method: str, path: str, *,
-                    query: list[tuple[str, str]] | None = None,
-                    body: Any = _NO_BODY, db_call: bool = False,
-                    raw: bool = False) -> Any:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = _NO_BODY,
+        db_call: bool = False,
+        raw: bool = False,
+    ) -> Any:
         """``_request`` raising the interface's errors for error statuses."""
-        status, decoded = await self._request(method, path, query=query, body=body,
-                                              raw=raw)
+        status, decoded = await self._request(method, path, query=query, body=body, raw=raw)
         if status < 400:
             return decoded
         raise _error_for(status, decoded, db_call=db_call)
@@ -328,7 +369,9 @@ class CouchDBStore:
         if not (isinstance(welcome, dict) and "couchdb" in welcome):
             log.warn(  # (twisted's Logger has no .warning)
                 "CouchDB storage: the server at {url} is not Apache CouchDB; "
-                "only CouchDB 3.x is supported", url=self._url)
+                "only CouchDB 3.x is supported",
+                url=self._url,
+            )
         await self._ensure_registry()
         log.info("CouchDB storage at {url}", url=self._url)
 
@@ -403,19 +446,27 @@ class CouchDBStore:
             record = await self._registry_get(prefix)
             if record is None:
                 return
-            await _gather([self._delete_db_if_exists(f"{prefix}/{part}")
-                           for part in record.get("dbs", [])], width=4)
+            await _gather(
+                [
+                    self._delete_db_if_exists(f"{prefix}/{part}")
+                    for part in record.get("dbs", [])
+                ],
+                width=4,
+            )
             try:
-                await self._call("DELETE", self._registry_path(prefix),
-                                 query=[("rev", record["_rev"])])
+                await self._call(
+                    "DELETE", self._registry_path(prefix), query=[("rev", record["_rev"])]
+                )
                 return
             except DocNotFound:
                 return
             except DocConflict:
                 continue  # a database was added meanwhile: go round again
-        raise StorageError(f"could not delete the databases of {prefix}: "
-                           "too many concurrent changes", status=409,
-                           code="conflict")
+        raise StorageError(
+            f"could not delete the databases of {prefix}: too many concurrent changes",
+            status=409,
+            code="conflict",
+        )
 
     async def _delete_db_if_exists(self, db: str) -> None:
         path = couchdb_db_path(db)
@@ -460,8 +511,7 @@ class CouchDBStore:
             if not lock.locked and not lock.waiting:
                 self._registry_locks.pop(prefix, None)
 
-    async def _update_registry_locked(self, prefix: str, part: str,
-                                      add: bool) -> None:
+    async def _update_registry_locked(self, prefix: str, part: str, add: bool) -> None:
         path = self._registry_path(prefix)
         for _attempt in range(_REGISTRY_ATTEMPTS):
             record = await self._registry_get(prefix)
@@ -481,16 +531,17 @@ class CouchDBStore:
                     record["dbs"] = sorted(dbs)
                     await self._call("PUT", path, body=record)
                 else:
-                    await self._call("DELETE", path,
-                                     query=[("rev", record["_rev"])])
+                    await self._call("DELETE", path, query=[("rev", record["_rev"])])
                 return
             except DocConflict:
                 continue
             except DocNotFound:
                 continue
-        raise StorageError(f"could not record the databases of {prefix}: "
-                           "too many concurrent changes", status=409,
-                           code="conflict")
+        raise StorageError(
+            f"could not record the databases of {prefix}: too many concurrent changes",
+            status=409,
+            code="conflict",
+        )
 
     async def _register(self, db: str) -> None:
         await self._update_registry(db, add=True)
@@ -499,16 +550,28 @@ class CouchDBStore:
         await self._update_registry(db, add=False)
 
     # -- documents ---------------------------------------------------------
-    async def get_doc(self, db: str, doc_id: str, *, rev: str | None = None,
-                      revs: bool = False, conflicts: bool = False,
-                      deleted_conflicts: bool = False,
-                      revs_info: bool = False, latest: bool = False) -> Doc:
+    async def get_doc(
+        self,
+        db: str,
+        doc_id: str,
+        *,
+        rev: str | None = None,
+        revs: bool = False,
+        conflicts: bool = False,
+        deleted_conflicts: bool = False,
+        revs_info: bool = False,
+        latest: bool = False,
+    ) -> Doc:
         query: list[tuple[str, str]] = []
         if rev is not None:
             query.append(("rev", rev))
-        for key, flag in (("revs", revs), ("conflicts", conflicts),
-                          ("deleted_conflicts", deleted_conflicts),
-                          ("revs_info", revs_info), ("latest", latest)):
+        for key, flag in (
+            ("revs", revs),
+            ("conflicts", conflicts),
+            ("deleted_conflicts", deleted_conflicts),
+            ("revs_info", revs_info),
+            ("latest", latest),
+        ):
             if flag:
                 query.append((key, "true"))
         path = f"{couchdb_db_path(db)}/{_doc_path(doc_id)}"
@@ -520,15 +583,21 @@ class CouchDBStore:
         path = f"{couchdb_db_path(db)}/{_doc_path(doc_id)}"
         return await self._call("GET", path, raw=True)
 
-    async def get_open_revs(self, db: str, doc_id: str, open_revs: list[str] | str,
-                            *, revs: bool = False,
-                            latest: bool = False) -> list[Doc]:
+    async def get_open_revs(
+        self,
+        db: str,
+        doc_id: str,
+        open_revs: list[str] | str,
+        *,
+        revs: bool = False,
+        latest: bool = False,
+    ) -> list[Doc]:
         if open_revs == "all":
             value = "all"
         elif isinstance(open_revs, list):
             value = json.dumps(open_revs)
         else:
-            raise InvalidRequest("open_revs must be \"all\" or a list of revisions")
+            raise InvalidRequest('open_revs must be "all" or a list of revisions')
         query = [("open_revs", value)]
         if revs:
             query.append(("revs", "true"))
@@ -555,43 +624,58 @@ class CouchDBStore:
             raise DocConflict()
         return _ok_result(await self._call("DELETE", path, query=[("rev", rev)]))
 
-    async def bulk_docs(self, db: str, docs: list[Doc], *,
-                        new_edits: bool = True) -> list[Doc]:
+    async def bulk_docs(
+        self, db: str, docs: list[Doc], *, new_edits: bool = True
+    ) -> list[Doc]:
         body: Doc = {"docs": docs}
         if not new_edits:
             body["new_edits"] = False
-        result = await self._call("POST", f"{couchdb_db_path(db)}/_bulk_docs",
-                                  body=body, db_call=True)
+        result = await self._call(
+            "POST", f"{couchdb_db_path(db)}/_bulk_docs", body=body, db_call=True
+        )
         if not new_edits:
             # CouchDB lists only the documents it could not store.
             return [r for r in result if "error" in r]
         return result
 
-    async def bulk_get(self, db: str, requests: list[Doc], *,
-                       revs: bool = False, latest: bool = False) -> list[Doc]:
+    async def bulk_get(
+        self, db: str, requests: list[Doc], *, revs: bool = False, latest: bool = False
+    ) -> list[Doc]:
         path = f"{couchdb_db_path(db)}/_bulk_get"
         query = [("revs", "true")] if revs else []
         if latest:
             query.append(("latest", "true"))
-        answer = await self._call("POST", path, query=query,
-                                  body={"docs": requests}, db_call=True)
+        answer = await self._call(
+            "POST", path, query=query, body={"docs": requests}, db_call=True
+        )
         return answer.get("results", [])
 
     async def revs_diff(self, db: str, revs: dict[str, list[str]]) -> Doc:
-        return await self._call("POST", f"{couchdb_db_path(db)}/_revs_diff",
-                                body=revs, db_call=True)
+        return await self._call(
+            "POST", f"{couchdb_db_path(db)}/_revs_diff", body=revs, db_call=True
+        )
 
-    async def all_docs(self, db: str, *, keys: list[str] | None = None,
-                       start_key: str | None = None, end_key: str | None = None,
-                       inclusive_end: bool = True, descending: bool = False,
-                       limit: int | None = None, skip: int = 0,
-                       include_docs: bool = False, conflicts: bool = False,
-                       update_seq: bool = False) -> Doc:
-        for name, value in (("limit", limit), ("skip", skip)):
+    async def all_docs(
+        self,
+        db: str,
+        *,
+        keys: list[str] | None = None,
+        start_key: str | None = None,
+        end_key: str | None = None,
+        inclusive_end: bool = True,
+        descending: bool = False,
+        limit: int | None = None,
+        skip: int = 0,
+        include_docs: bool = False,
+        conflicts: bool = False,
+        update_seq: bool = False,
+    ) -> Doc:
+        for _name, value in (("limit", limit), ("skip", skip)):
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise InvalidRequest(
-                    f"Invalid value for positive integer: \"{value}\"",
-                    code="query_parse_error")
+                    f'Invalid value for positive integer: "{value}"',
+                    code="query_parse_error",
+                )
         query: list[tuple[str, str]] = []
         if start_key is not None:
             query.append(("startkey", json.dumps(start_key)))
@@ -613,8 +697,9 @@ class CouchDBStore:
             query.append(("update_seq", "true"))
         path = f"{couchdb_db_path(db)}/_all_docs"
         if keys is not None:
-            result = await self._call("POST", path, query=query,
-                                      body={"keys": keys}, db_call=True)
+            result = await self._call(
+                "POST", path, query=query, body={"keys": keys}, db_call=True
+            )
         else:
             result = await self._call("GET", path, query=query, db_call=True)
         if not include_docs:
@@ -622,13 +707,21 @@ class CouchDBStore:
                 row.pop("doc", None)
         return result
 
-    async def changes(self, db: str, *, since: str | None = None,
-                      limit: int | None = None, descending: bool = False,
-                      include_docs: bool = False, style: str = "main_only",
-                      conflicts: bool = False,
-                      doc_ids: list[str] | None = None,
-                      selector: Doc | None = None,
-                      design_only: bool = False, _raw: bool = False) -> Doc:
+    async def changes(
+        self,
+        db: str,
+        *,
+        since: str | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+        include_docs: bool = False,
+        style: str = "main_only",
+        conflicts: bool = False,
+        doc_ids: list[str] | None = None,
+        selector: Doc | None = None,
+        design_only: bool = False,
+        _raw: bool = False,
+    ) -> Doc:
         if style not in ("main_only", "all_docs"):
             raise InvalidRequest(f"invalid style {style!r}")
         if (doc_ids is not None) + (selector is not None) + bool(design_only) > 1:
@@ -653,12 +746,14 @@ class CouchDBStore:
         path = f"{couchdb_db_path(db)}/_changes"
         if doc_ids is not None:
             query.append(("filter", "_doc_ids"))
-            result = await self._call("POST", path, query=query,
-                                      body={"doc_ids": doc_ids}, db_call=True)
+            result = await self._call(
+                "POST", path, query=query, body={"doc_ids": doc_ids}, db_call=True
+            )
         elif selector is not None:
             query.append(("filter", "_selector"))
-            result = await self._call("POST", path, query=query,
-                                      body={"selector": selector}, db_call=True)
+            result = await self._call(
+                "POST", path, query=query, body={"selector": selector}, db_call=True
+            )
         elif design_only:
             query.append(("filter", "_design"))
             result = await self._call("GET", path, query=query, db_call=True)
@@ -666,14 +761,27 @@ class CouchDBStore:
             result = await self._call("GET", path, query=query, db_call=True, raw=_raw)
         return result
 
-    async def changes_json(self, db: str, *, since: str | None = None,
-                           limit: int | None = None, descending: bool = False,
-                           include_docs: bool = False,
-                           style: str = "main_only") -> bytes:
+    async def changes_json(
+        self,
+        db: str,
+        *,
+        since: str | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+        include_docs: bool = False,
+        style: str = "main_only",
+    ) -> bytes:
         """``changes`` without a filter, as CouchDB's JSON bytes
         (``RawReads``): a large feed is neither decoded nor encoded again."""
-        return await self.changes(db, since=since, limit=limit, descending=descending,
-                                  include_docs=include_docs, style=style, _raw=True)
+        return await self.changes(
+            db,
+            since=since,
+            limit=limit,
+            descending=descending,
+            include_docs=include_docs,
+            style=style,
+            _raw=True,
+        )
 
     # -- _local documents --------------------------------------------------
     async def get_local(self, db: str, doc_id: str) -> Doc:
@@ -694,9 +802,15 @@ class CouchDBStore:
         return _ok_result(await self._call("DELETE", path, query=query))
 
     # -- Mango ------------------------------------------------------------
-    async def create_index(self, db: str, fields: list[Any], *,
-                           ddoc: str | None = None, name: str | None = None,
-                           partial_filter_selector: Doc | None = None) -> Doc:
+    async def create_index(
+        self,
+        db: str,
+        fields: list[Any],
+        *,
+        ddoc: str | None = None,
+        name: str | None = None,
+        partial_filter_selector: Doc | None = None,
+    ) -> Doc:
         index: Doc = {"fields": fields}
         if partial_filter_selector is not None:
             index["partial_filter_selector"] = partial_filter_selector
@@ -706,20 +820,20 @@ class CouchDBStore:
             body["ddoc"] = ddoc.removeprefix("_design/")
         if name is not None:
             body["name"] = name
-        result = await self._call("POST", f"{couchdb_db_path(db)}/_index",
-                                  body=body, db_call=True)
-        return {key: result[key] for key in ("result", "id", "name")
-                if key in result}
+        result = await self._call(
+            "POST", f"{couchdb_db_path(db)}/_index", body=body, db_call=True
+        )
+        return {key: result[key] for key in ("result", "id", "name") if key in result}
 
     async def list_indexes(self, db: str) -> Doc:
-        return await self._call("GET", f"{couchdb_db_path(db)}/_index",
-                                db_call=True)
+        return await self._call("GET", f"{couchdb_db_path(db)}/_index", db_call=True)
 
     async def find(self, db: str, query: Doc, *, require_index: bool = False) -> Doc:
         if not isinstance(query, dict):
             raise InvalidRequest("the query must be a JSON object")
-        found = await self._call("POST", f"{couchdb_db_path(db)}/_find",
-                                 body=query, db_call=True)
+        found = await self._call(
+            "POST", f"{couchdb_db_path(db)}/_find", body=query, db_call=True
+        )
         # CouchDB has no way to refuse a full scan up front: it says so.
         if require_index and _NO_INDEX_WARNING in (found.get("warning") or ""):
             raise NoIndex()
@@ -754,8 +868,14 @@ class _BytesProducer:
 
 
 def _describe(e: BaseException) -> str:
-    if isinstance(e, (web_client.ResponseNeverReceived, web_client.ResponseFailed,
-                      web_client.RequestTransmissionFailed)):
+    if isinstance(
+        e,
+        (
+            web_client.ResponseNeverReceived,
+            web_client.ResponseFailed,
+            web_client.RequestTransmissionFailed,
+        ),
+    ):
         inner = ", ".join(r.getErrorMessage() for r in e.reasons)
         return f"{type(e).__name__} ({inner})" if inner else type(e).__name__
     return f"{type(e).__name__}: {e}"
@@ -766,7 +886,8 @@ def _is_cancellation(e: BaseException) -> bool:
         return True
     reasons = getattr(e, "reasons", None) or []
     return bool(reasons) and all(
-        r.check(CancelledError, net_error.ConnectingCancelledError) for r in reasons)
+        r.check(CancelledError, net_error.ConnectingCancelledError) for r in reasons
+    )
 
 
 def _is_db_missing(body: Any) -> bool:
@@ -793,8 +914,9 @@ def _error_for(status: int, body: Any, *, db_call: bool = False) -> StorageError
         # (doc_validation is a 400 in CouchDB; pouchdb-server says 500)
         return InvalidRequest(reason or "Bad request", code=error or "bad_request")
     if status == 503:
-        return StorageUnavailable(reason or "CouchDB is unavailable",
-                                  code=error or "service_unavailable")
+        return StorageUnavailable(
+            reason or "CouchDB is unavailable", code=error or "service_unavailable"
+        )
     detail = f"CouchDB answered {status} {error or 'error'}"
     if reason:
         detail += f": {reason}"
@@ -804,8 +926,7 @@ def _error_for(status: int, body: Any, *, db_call: bool = False) -> StorageError
 def _ok_result(result: Any) -> Doc:
     if isinstance(result, dict):
         return {"ok": True, "id": result.get("id"), "rev": result.get("rev")}
-    raise StorageError("unexpected answer from CouchDB", status=502,
-                       code="bad_gateway")
+    raise StorageError("unexpected answer from CouchDB", status=502, code="bad_gateway")
 
 
 async def _gather(coroutines: list[Any], *, width: int = 8) -> list[Any]:

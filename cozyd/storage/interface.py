@@ -68,8 +68,9 @@ class DatabaseExists(StorageError):
     status = 412
     code = "file_exists"
 
-    def __init__(self, reason: str = "The database could not be created, "
-                 "the file already exists."):
+    def __init__(
+        self, reason: str = "The database could not be created, the file already exists."
+    ):
         super().__init__(reason)
 
 
@@ -144,18 +145,33 @@ class DocumentStore(Protocol):
         engine this also removes the prefix's file."""
 
     # -- documents ---------------------------------------------------------
-    async def get_doc(self, db: str, doc_id: str, *, rev: str | None = None,
-                      revs: bool = False, conflicts: bool = False,
-                      deleted_conflicts: bool = False,
-                      revs_info: bool = False, latest: bool = False) -> Doc:
+    async def get_doc(
+        self,
+        db: str,
+        doc_id: str,
+        *,
+        rev: str | None = None,
+        revs: bool = False,
+        conflicts: bool = False,
+        deleted_conflicts: bool = False,
+        revs_info: bool = False,
+        latest: bool = False,
+    ) -> Doc:
         """The winning revision (or ``rev``), as CouchDB's ``GET /db/id``.
 
         ``DocNotFound("missing")`` if unknown, ``DocNotFound("deleted")`` if
         the winner is a tombstone and no ``rev`` was asked.
         """
 
-    async def get_open_revs(self, db: str, doc_id: str, open_revs: list[str] | str,
-                            *, revs: bool = False, latest: bool = False) -> list[Doc]:
+    async def get_open_revs(
+        self,
+        db: str,
+        doc_id: str,
+        open_revs: list[str] | str,
+        *,
+        revs: bool = False,
+        latest: bool = False,
+    ) -> list[Doc]:
         """CouchDB's ``open_revs`` (``"all"`` or a list): a list of
         ``{"ok": doc}`` / ``{"missing": rev}``."""
 
@@ -174,16 +190,18 @@ class DocumentStore(Protocol):
     async def delete_doc(self, db: str, doc_id: str, rev: str) -> Doc:
         """Add a tombstone revision; ``{"ok": True, "id", "rev"}``."""
 
-    async def bulk_docs(self, db: str, docs: list[Doc], *,
-                        new_edits: bool = True) -> list[Doc]:
+    async def bulk_docs(
+        self, db: str, docs: list[Doc], *, new_edits: bool = True
+    ) -> list[Doc]:
         """CouchDB ``_bulk_docs``: per-document results in input order,
         ``{"ok": True, "id", "rev"}`` or ``{"id", "error", "reason"}``.
         With ``new_edits=False`` revisions (and ``_revisions`` histories) are
         stored as given and merged into the tree; the result is ``[]`` as
         CouchDB answers."""
 
-    async def bulk_get(self, db: str, requests: list[Doc], *,
-                       revs: bool = False, latest: bool = False) -> list[Doc]:
+    async def bulk_get(
+        self, db: str, requests: list[Doc], *, revs: bool = False, latest: bool = False
+    ) -> list[Doc]:
         """CouchDB ``_bulk_get`` ``results`` list: for each request
         ``{"id", "rev"?}`` in order, ``{"id", "docs": [{"ok": doc} |
         {"error": {"id", "rev", "error", "reason"}}]}``. Without ``rev``:
@@ -195,12 +213,21 @@ class DocumentStore(Protocol):
         """CouchDB ``_revs_diff``: ``{id: {"missing": [...],
         "possible_ancestors": [...]}}`` for ids with missing revisions."""
 
-    async def all_docs(self, db: str, *, keys: list[str] | None = None,
-                       start_key: str | None = None, end_key: str | None = None,
-                       inclusive_end: bool = True, descending: bool = False,
-                       limit: int | None = None, skip: int = 0,
-                       include_docs: bool = False, conflicts: bool = False,
-                       update_seq: bool = False) -> Doc:
+    async def all_docs(
+        self,
+        db: str,
+        *,
+        keys: list[str] | None = None,
+        start_key: str | None = None,
+        end_key: str | None = None,
+        inclusive_end: bool = True,
+        descending: bool = False,
+        limit: int | None = None,
+        skip: int = 0,
+        include_docs: bool = False,
+        conflicts: bool = False,
+        update_seq: bool = False,
+    ) -> Doc:
         """``{"total_rows", "offset", "rows": [{"id","key","value":{"rev"}
         [, "doc"]}]}`` in CouchDB's collation of ids (design docs included;
         deleted ones only when asked by ``keys``, with ``value.deleted``).
@@ -211,13 +238,20 @@ class DocumentStore(Protocol):
         CouchDB 3 (Erlang term order: the range starts at the first id, or
         ends before it)."""
 
-    async def changes(self, db: str, *, since: str | None = None,
-                      limit: int | None = None, descending: bool = False,
-                      include_docs: bool = False, style: str = "main_only",
-                      conflicts: bool = False,
-                      doc_ids: list[str] | None = None,
-                      selector: Doc | None = None,
-                      design_only: bool = False) -> Doc:
+    async def changes(
+        self,
+        db: str,
+        *,
+        since: str | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+        include_docs: bool = False,
+        style: str = "main_only",
+        conflicts: bool = False,
+        doc_ids: list[str] | None = None,
+        selector: Doc | None = None,
+        design_only: bool = False,
+    ) -> Doc:
         """The normal changes feed: ``{"results": [{"seq","id","changes":
         [{"rev"}], "deleted"?, "doc"?}], "last_seq", "pending"}``. Each
         document appears once, at its latest sequence. ``since`` is a value
@@ -247,9 +281,15 @@ class DocumentStore(Protocol):
     async def delete_local(self, db: str, doc_id: str, rev: str | None) -> Doc: ...
 
     # -- Mango ------------------------------------------------------------
-    async def create_index(self, db: str, fields: list[Any], *,
-                           ddoc: str | None = None, name: str | None = None,
-                           partial_filter_selector: Doc | None = None) -> Doc:
+    async def create_index(
+        self,
+        db: str,
+        fields: list[Any],
+        *,
+        ddoc: str | None = None,
+        name: str | None = None,
+        partial_filter_selector: Doc | None = None,
+    ) -> Doc:
         """CouchDB ``POST /db/_index`` for a JSON index: ``{"result":
         "created"|"exists", "id": "_design/<ddoc>", "name"}``. The index is
         stored as a design document with ``language: "query"`` as CouchDB
@@ -279,8 +319,14 @@ class RawReads(Protocol):
     async def get_doc_json(self, db: str, doc_id: str) -> bytes:
         """``get_doc(db, doc_id)`` (current revision, no option) as JSON."""
 
-    async def changes_json(self, db: str, *, since: str | None = None,
-                           limit: int | None = None, descending: bool = False,
-                           include_docs: bool = False,
-                           style: str = "main_only") -> bytes:
+    async def changes_json(
+        self,
+        db: str,
+        *,
+        since: str | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+        include_docs: bool = False,
+        style: str = "main_only",
+    ) -> bytes:
         """``changes`` without a filter, as JSON."""

@@ -279,9 +279,7 @@ def stem(tree: RevTree, revs_limit: int = DEFAULT_REVS_LIMIT) -> RevTree:
     return RevTree(parents, tree.deleted & keep)
 
 
-def missing_revs(
-    tree: RevTree | None, revs: Iterable[str]
-) -> tuple[list[str], list[str]]:
+def missing_revs(tree: RevTree | None, revs: Iterable[str]) -> tuple[list[str], list[str]]:
     """``_revs_diff`` for one document: the revisions not in ``tree`` and
     the leaves that may be their ancestors (leaves of a lower generation
     than one of the missing revisions), as CouchDB answers them: for a

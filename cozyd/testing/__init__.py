@@ -30,8 +30,9 @@ TEST_SCRYPT_N = 1024
 TEST_KDF_ITERATIONS = 50_000
 
 
-def write_config(directory: str, *, passphrase: str = TEST_ADMIN_PASSPHRASE,
-                 **sections: dict[str, Any]) -> str:
+def write_config(
+    directory: str, *, passphrase: str = TEST_ADMIN_PASSPHRASE, **sections: dict[str, Any]
+) -> str:
     """Write ``cozyd.conf`` and the admin passphrase hash into ``directory``."""
     os.makedirs(directory, exist_ok=True)
     values: dict[str, dict[str, Any]] = {
@@ -47,8 +48,10 @@ def write_config(directory: str, *, passphrase: str = TEST_ADMIN_PASSPHRASE,
     path = os.path.join(directory, "cozyd.conf")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
-    adminpass.write_hash_file(os.path.join(directory, "cozy-admin-passphrase"),
-                              adminpass.hash_passphrase(passphrase, n=TEST_SCRYPT_N))
+    adminpass.write_hash_file(
+        os.path.join(directory, "cozy-admin-passphrase"),
+        adminpass.hash_passphrase(passphrase, n=TEST_SCRYPT_N),
+    )
     return path
 
 
@@ -75,8 +78,9 @@ def sync(coroutine: Coroutine) -> Any:
     return result_of(defer.Deferred.fromCoroutine(coroutine))
 
 
-def memory_stack(directory: str, *, clock: Clock | None = None,
-                 **sections: dict[str, Any]) -> Stack:
+def memory_stack(
+    directory: str, *, clock: Clock | None = None, **sections: dict[str, Any]
+) -> Stack:
     """The daemon's graph in memory; ``clock`` drives its time (token
     expiry, caches), starting at a realistic date."""
     from cozyd.storage.sqlite import EmbeddedStore
@@ -108,9 +112,16 @@ class MemoryClient:
     def __init__(self, resource):
         self._stub = StubTreq(resource)
 
-    def request(self, method: str, url: str, *, headers: dict[str, str] | None = None,
-                params: dict[str, str] | None = None, auth: tuple[str, str] | None = None,
-                data: bytes | None = None) -> Response:
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        data: bytes | None = None,
+    ) -> Response:
         all_headers = dict(headers or {})
         if auth is not None:
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
@@ -118,8 +129,10 @@ class MemoryClient:
         d = self._stub.request(method, url, headers=all_headers, params=params, data=data)
         response = self._wait(d)
         body = self._wait(response.content())
-        flat = {k.decode().lower(): v[-1].decode()
-                for k, v in response.headers.getAllRawHeaders()}
+        flat = {
+            k.decode().lower(): v[-1].decode()
+            for k, v in response.headers.getAllRawHeaders()
+        }
         return Response(response.code, flat, body)
 
     def _wait(self, d: defer.Deferred) -> Any:

@@ -55,11 +55,17 @@ class TooManyFailures(CozyError):
 class AdminService(Service):
     errors = jsonapi_errors
 
-    def __init__(self, instances: InstanceManager,
-                 check_passphrase: Callable[[str], bool | Awaitable[bool]],
-                 *, clients: Any, seconds: Callable[[], float],
-                 max_failures: int = MAX_FAILURES, failure_period: float = FAILURE_PERIOD,
-                 metrics: Any = None):
+    def __init__(
+        self,
+        instances: InstanceManager,
+        check_passphrase: Callable[[str], bool | Awaitable[bool]],
+        *,
+        clients: Any,
+        seconds: Callable[[], float],
+        max_failures: int = MAX_FAILURES,
+        failure_period: float = FAILURE_PERIOD,
+        metrics: Any = None,
+    ):
         super().__init__()
         self._metrics = metrics
         self._instances = instances
@@ -89,8 +95,9 @@ class AdminService(Service):
             raise TooManyFailures("too many wrong admin passphrases; try again later")
         if not password or not await maybe_await(self._check_passphrase(password)):
             if password:
-                self._failures.hit("admin", limit=self._max_failures,
-                                   period=self._failure_period)
+                self._failures.hit(
+                    "admin", limit=self._max_failures, period=self._failure_period
+                )
             request.setHeader(b"WWW-Authenticate", b'Basic realm="cozyd admin"')
             raise Unauthorized("the admin passphrase is required (HTTP Basic auth)")
 
@@ -119,20 +126,24 @@ class AdminService(Service):
         )
         # All the steps of a creation, even if the client hangs up.
         instance = await shield(self._instances.create(options))
-        return json_response(request, {"data": instance.jsonapi()}, status=201,
-                             content_type=JSONAPI)
+        return json_response(
+            request, {"data": instance.jsonapi()}, status=201, content_type=JSONAPI
+        )
 
     @route("instances", "GET", auth=ADMIN)
     async def list_instances(self, request: IRequest):
         instances = await self._instances.list()
         skip = query_int(request, "page[skip]", minimum=0) or 0
         limit = query_int(request, "page[limit]", minimum=1)
-        page = instances[skip:skip + limit] if limit else instances[skip:]
-        body: dict = {"data": [i.jsonapi() for i in page],
-                      "meta": {"count": len(instances)}}
+        page = instances[skip : skip + limit] if limit else instances[skip:]
+        body: dict = {
+            "data": [i.jsonapi() for i in page],
+            "meta": {"count": len(instances)},
+        }
         if limit and skip + limit < len(instances):
-            body["links"] = {"next": f"/instances?page[limit]={limit}"
-                                     f"&page[skip]={skip + limit}"}
+            body["links"] = {
+                "next": f"/instances?page[limit]={limit}&page[skip]={skip + limit}"
+            }
         return json_response(request, body, content_type=JSONAPI)
 
     @route("instances/count", "GET", auth=ADMIN)
@@ -211,12 +222,15 @@ class AdminService(Service):
     async def create_oauth_client(self, request: IRequest):
         instance = await self._instances.get(query_text(request, "Domain") or "")
         allow_login_scope = query_bool(request, "AllowLoginScope") or False
-        metadata = {"redirect_uris": [query_text(request, "RedirectURI") or ""],
-                    "client_name": query_text(request, "ClientName") or "",
-                    "software_id": query_text(request, "SoftwareID") or ""}
+        metadata = {
+            "redirect_uris": [query_text(request, "RedirectURI") or ""],
+            "client_name": query_text(request, "ClientName") or "",
+            "software_id": query_text(request, "SoftwareID") or "",
+        }
         try:
-            client = await self._clients.register(instance, metadata, pending=False,
-                                                  allow_login_scope=allow_login_scope)
+            client = await self._clients.register(
+                instance, metadata, pending=False, allow_login_scope=allow_login_scope
+            )
         except RegistrationError as error:
             # cozy-stack answers the bare description, as text.
             request.setResponseCode(400)
@@ -231,8 +245,9 @@ class AdminService(Service):
         software_id = query_text(request, "software_id") or ""
         client = await self._clients.find_by_software_id(instance, software_id)
         if client is None:
-            raise NotFound(f"no OAuth client with software_id {software_id!r}",
-                           code="client_not_found")
+            raise NotFound(
+                f"no OAuth client with software_id {software_id!r}", code="client_not_found"
+            )
         return json_response(request, {**client, "client_id": client["_id"]})
 
     # -- metrics ------------------------------------------------------------

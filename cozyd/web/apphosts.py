@@ -29,30 +29,38 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
 from cozyd.auth.urls import HOME_SLUG
-from cozyd.errors import CozyError, NotFound
+from cozyd.errors import NotFound
 from cozyd.i18n import N_
 from cozyd.instance.domain import normalize_host, split_app_host
 from cozyd.instance.model import Instance
 from cozyd.instance.registry import InstanceRegistry
 from cozyd.web.common import error_response, json_response
 from cozyd.web.pages import Pages
-from cozyd.web.root import resolution_failed, blocked_error
+from cozyd.web.root import blocked_error, resolution_failed
 from cozyd.web.routing import Routed, render_coroutine, state_of
 
 log = Logger()
 
 APP_NOT_INSTALLED = "Application is not installed"
 APP_NOT_FOUND_TITLE = N_("This application does not exist")
-APP_NOT_FOUND_MESSAGE = N_("No application of your Cozy answers at this address: it may "
-                           "not be installed.")
+APP_NOT_FOUND_MESSAGE = N_(
+    "No application of your Cozy answers at this address: it may not be installed."
+)
 BACK_HOME = N_("Go to my Cozy's home")
 
 
 class AppHosts(Resource):
     isLeaf = True
 
-    def __init__(self, registry: InstanceRegistry, site: IResource,
-                 apps: Mapping[str, IResource], *, pages: Pages, scheme: str):
+    def __init__(
+        self,
+        registry: InstanceRegistry,
+        site: IResource,
+        apps: Mapping[str, IResource],
+        *,
+        pages: Pages,
+        scheme: str,
+    ):
         """``site``: the resource serving the instances' own domains;
         ``apps``: slug → resource of a built-in app."""
         super().__init__()
@@ -66,8 +74,9 @@ class AppHosts(Resource):
         return self
 
     def route_for_uri(self, method: bytes, uri: bytes, host: bytes = b"") -> Routed | None:
-        parent, slug = split_app_host(normalize_host(host.decode("utf-8", "replace"))
-                                      if host else "")
+        parent, slug = split_app_host(
+            normalize_host(host.decode("utf-8", "replace")) if host else ""
+        )
         if slug:
             known, instance = self._registry.peek(parent)
             if known and instance is not None:
@@ -77,15 +86,19 @@ class AppHosts(Resource):
 
     def render(self, request: IRequest):
         raw = request.getHeader(b"host")
-        parent, slug = split_app_host(normalize_host(raw.decode("utf-8", "replace"))
-                                      if raw else "")
+        parent, slug = split_app_host(
+            normalize_host(raw.decode("utf-8", "replace")) if raw else ""
+        )
         if not slug:
             return self._site.render(request)
         known, instance = self._registry.peek(parent)
         if known:
             return self._dispatch(request, instance, slug)
-        return render_coroutine(request, self._resolve(request, parent, slug),
-                                lambda failure: self._failed(failure, request))
+        return render_coroutine(
+            request,
+            self._resolve(request, parent, slug),
+            lambda failure: self._failed(failure, request),
+        )
 
     async def _resolve(self, request: IRequest, parent: str, slug: str):
         return self._dispatch(request, await self._registry.resolve(parent), slug)
@@ -97,8 +110,12 @@ class AppHosts(Resource):
 
     def _serve_app(self, request: IRequest, instance: Instance, slug: str):
         if instance.deleting:
-            return error_response(request, NotFound("no instance is served at this "
-                                                    "address", code="instance_not_found"))
+            return error_response(
+                request,
+                NotFound(
+                    "no instance is served at this address", code="instance_not_found"
+                ),
+            )
         if instance.blocked:
             return error_response(request, blocked_error(instance))
         state = state_of(request)
@@ -108,17 +125,29 @@ class AppHosts(Resource):
             method = request.method.decode("ascii", "replace")
             return self._app_error(request, 405, f"Method {method} not allowed")
         if not instance.onboarding_finished:
-            return self._pages.redirect(request, f"{self._scheme}://{instance.domain}/",
-                                        status=302)
+            return self._pages.redirect(
+                request, f"{self._scheme}://{instance.domain}/", status=302
+            )
         app = self._apps.get(slug)
         if app is None:
-            return self._app_error(request, 404, APP_NOT_INSTALLED,
-                                   title=APP_NOT_FOUND_TITLE,
-                                   message=APP_NOT_FOUND_MESSAGE)
+            return self._app_error(
+                request,
+                404,
+                APP_NOT_INSTALLED,
+                title=APP_NOT_FOUND_TITLE,
+                message=APP_NOT_FOUND_MESSAGE,
+            )
         return app.render(request)
 
-    def _app_error(self, request: IRequest, status: int, detail: str, *,
-                   title: str | None = None, message: str | None = None) -> bytes:
+    def _app_error(
+        self,
+        request: IRequest,
+        status: int,
+        detail: str,
+        *,
+        title: str | None = None,
+        message: str | None = None,
+    ) -> bytes:
         """An error as cozy-stack's apps server answers it: an HTML page for
         browsers, ``{"error"}`` for JSON clients, else plain text."""
         accept = (request.getHeader(b"accept") or b"").decode("latin-1")
@@ -131,9 +160,13 @@ class AppHosts(Resource):
             instance = state_of(request).instance
             home = f"{self._scheme}://{HOME_SLUG}.{instance.domain}/"
             return self._pages.error_page(
-                request, status, message or detail, title=title,
+                request,
+                status,
+                message or detail,
+                title=title,
                 link_url=home if status == 404 else None,
-                link_label=self._pages.translate(request, BACK_HOME))
+                link_label=self._pages.translate(request, BACK_HOME),
+            )
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return detail.encode("utf-8")

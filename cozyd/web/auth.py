@@ -51,8 +51,8 @@ from cozyd.web.common import (
 )
 from cozyd.web.guard import Guard, register_token_matches
 from cozyd.web.pages import Pages
-from cozyd.web.params import parse_bool
 from cozyd.web.params import form_value as form_value
+from cozyd.web.params import parse_bool
 from cozyd.web.routing import Service, route, shield, state_of
 
 log = Logger()
@@ -113,8 +113,15 @@ class WebSessions:
     async def logged_in(self, request: IRequest) -> bool:
         return await self.current(request) is not None
 
-    async def open(self, request: IRequest, instance: Instance, duration: Duration, *,
-                   method: str = "password", client_registration: bool = False) -> Session:
+    async def open(
+        self,
+        request: IRequest,
+        instance: Instance,
+        duration: Duration,
+        *,
+        method: str = "password",
+        client_registration: bool = False,
+    ) -> Session:
         """A new session, its cookie, and an entry in the login history (all
         of it, even if the client hangs up meanwhile)."""
         user_agent = (request.getHeader(b"user-agent") or b"").decode("utf-8", "replace")
@@ -125,12 +132,18 @@ class WebSessions:
             self.set_cookie(request, instance, session)
             state_of(request).session = session
             try:
-                await self.store.record_login(instance, session.id, ip=ip,
-                                              user_agent=user_agent, method=method,
-                                              client_registration=client_registration)
+                await self.store.record_login(
+                    instance,
+                    session.id,
+                    ip=ip,
+                    user_agent=user_agent,
+                    method=method,
+                    client_registration=client_registration,
+                )
             except CozyError:
                 log.failure("could not record a login on {domain}", domain=instance.domain)
             return session
+
         return await shield(steps())
 
     def set_cookie(self, request: IRequest, instance: Instance, session: Session) -> None:
@@ -138,8 +151,11 @@ class WebSessions:
         # http.Cookie: Path, Domain (no leading dot), Max-Age (none for a
         # browser-session cookie), HttpOnly, Secure (https), SameSite=Lax.
         max_age = session.cookie_max_age()
-        parts = [f"{cookie_name(instance)}={encode_cookie(instance, session.id)}",
-                 "Path=/", f"Domain={cookie_domain(instance).lstrip('.')}"]
+        parts = [
+            f"{cookie_name(instance)}={encode_cookie(instance, session.id)}",
+            "Path=/",
+            f"Domain={cookie_domain(instance).lstrip('.')}",
+        ]
         if max_age:
             parts.append(f"Max-Age={max_age}")
         parts.append("HttpOnly")
@@ -150,9 +166,13 @@ class WebSessions:
 
     def clear_cookie(self, request: IRequest, instance: Instance) -> None:
         # As cozy-stack's Session.Delete: MaxAge -1, which Go writes Max-Age=0.
-        request.cookies.append((f"{cookie_name(instance)}=; Path=/; "
-                                f"Domain={cookie_domain(instance).lstrip('.')}; "
-                                "Max-Age=0").encode("utf-8"))
+        request.cookies.append(
+            (
+                f"{cookie_name(instance)}=; Path=/; "
+                f"Domain={cookie_domain(instance).lstrip('.')}; "
+                "Max-Age=0"
+            ).encode()
+        )
 
     async def close(self, request: IRequest, instance: Instance) -> bool:
         """Log out: delete the current session and its cookie."""
@@ -170,8 +190,9 @@ def page_errors(service: Any, request: IRequest, error: BaseException) -> bytes:
     browsers, else JSON:API. The service must have a ``pages`` attribute."""
     if isinstance(error, CozyError):
         if wants_html(request) and current_instance(request) is not None:
-            return service.pages.render(request, "error.html", status=error.status,
-                                        error_message=error.detail)
+            return service.pages.render(
+                request, "error.html", status=error.status, error_message=error.detail
+            )
         return error_response(request, error)
     return jsonapi_errors(service, request, error)
 
@@ -186,8 +207,16 @@ def _cors(request: IRequest) -> None:
 class AuthService(Service):
     errors = page_errors
 
-    def __init__(self, guard: Guard, *, pages: Pages, sessions: WebSessions,
-                 passphrases: Passphrases, failures: LoginFailures, urls: InstanceURLs):
+    def __init__(
+        self,
+        guard: Guard,
+        *,
+        pages: Pages,
+        sessions: WebSessions,
+        passphrases: Passphrases,
+        failures: LoginFailures,
+        urls: InstanceURLs,
+    ):
         super().__init__()
         self.guard = guard
         self.pages = pages
@@ -197,16 +226,27 @@ class AuthService(Service):
         self.urls = urls
 
     # -- login --------------------------------------------------------------
-    async def _render_login(self, request: IRequest, instance: Instance, *,
-                            status: int = 200, error: str = "",
-                            redirect: str | None = None) -> bytes:
+    async def _render_login(
+        self,
+        request: IRequest,
+        instance: Instance,
+        *,
+        status: int = 200,
+        error: str = "",
+        redirect: str | None = None,
+    ) -> bytes:
         settings = await self.urls.settings_document(instance)
         parameters = await self.passphrases.parameters(instance)
         return self.pages.render(
-            request, "login.html", status=status, error=error,
-            redirect=redirect or "", salt=parameters["salt"],
+            request,
+            "login.html",
+            status=status,
+            error=error,
+            redirect=redirect or "",
+            salt=parameters["salt"],
             iterations=parameters["iterations"],
-            public_name=settings.get("public_name") or "")
+            public_name=settings.get("public_name") or "",
+        )
 
     @route("login", "GET")
     async def login_form(self, request: IRequest):
@@ -214,8 +254,9 @@ class AuthService(Service):
         self.pages.csrf_token(request)
         if not instance.onboarding_finished:
             return self.pages.render(request, "need_onboarding.html")
-        redirect = await self.urls.check_redirect(instance, form_value(request, "redirect"),
-                                                  None)
+        redirect = await self.urls.check_redirect(
+            instance, form_value(request, "redirect"), None
+        )
         if await self.sessions.logged_in(request):
             target = redirect or await self.urls.default_redirection(instance)
             return self.pages.redirect(request, target)
@@ -228,8 +269,10 @@ class AuthService(Service):
         if not instance.onboarding_finished:
             return self.pages.render(request, "need_onboarding.html")
         redirect = await self.urls.check_redirect(
-            instance, form_value(request, "redirect"),
-            await self.urls.default_redirection(instance))
+            instance,
+            form_value(request, "redirect"),
+            await self.urls.default_redirection(instance),
+        )
         assert redirect is not None
         passphrase = form_value(request, "passphrase")
         long_run = parse_go_bool(form_value(request, "long-run-session"))
@@ -239,14 +282,16 @@ class AuthService(Service):
                 message = self.pages.translate(request, WRONG_PASSPHRASE)
                 if wants_json(request):
                     return json_response(request, {"error": message}, status=401)
-                return await self._render_login(request, instance, status=401,
-                                                error=message, redirect=redirect)
+                return await self._render_login(
+                    request, instance, status=401, error=message, redirect=redirect
+                )
             duration = Duration.LONG if long_run else Duration.NORMAL
             to_consent = self.urls.is_authorize_page(instance, redirect)
             if to_consent:
                 duration = Duration.SHORT
-            await self.sessions.open(request, instance, duration,
-                                     client_registration=to_consent)
+            await self.sessions.open(
+                request, instance, duration, client_registration=to_consent
+            )
         if wants_json(request):
             return json_response(request, {"redirect": redirect})
         return self.pages.redirect(request, redirect)
@@ -264,8 +309,11 @@ class AuthService(Service):
         _cors(request)
         instance = instance_of(request)
         if not await self._is_webapp(request):
-            return json_response(request, {
-                "error": "The user can logout only from client-side apps"}, status=401)
+            return json_response(
+                request,
+                {"error": "The user can logout only from client-side apps"},
+                status=401,
+            )
         await self.sessions.close(request, instance)
         request.setResponseCode(204)
         return b""
@@ -275,12 +323,16 @@ class AuthService(Service):
         _cors(request)
         instance = instance_of(request)
         if not await self._is_webapp(request):
-            return json_response(request, {
-                "error": "The user can logout only from client-side apps"}, status=401)
+            return json_response(
+                request,
+                {"error": "The user can logout only from client-side apps"},
+                status=401,
+            )
         session = await self.sessions.current(request)
         if session is None:
-            return json_response(request, {"error": "Could not retrieve session"},
-                                 status=401)
+            return json_response(
+                request, {"error": "Could not retrieve session"}, status=401
+            )
         await self.sessions.store.delete_others(instance, session.id)
         request.setResponseCode(204)
         return b""
@@ -289,8 +341,11 @@ class AuthService(Service):
     @route("login/others", "OPTIONS")
     def logout_preflight(self, request: IRequest):
         origin = request.getHeader(b"origin") or b""
-        for header in (b"Origin", b"Access-Control-Request-Method",
-                       b"Access-Control-Request-Headers"):
+        for header in (
+            b"Origin",
+            b"Access-Control-Request-Method",
+            b"Access-Control-Request-Headers",
+        ):
             request.responseHeaders.addRawHeader(b"Vary", header)
         request.setHeader(b"Access-Control-Allow-Origin", origin)
         request.setHeader(b"Access-Control-Allow-Methods", b"DELETE")
@@ -309,8 +364,9 @@ class AuthService(Service):
         if not await self.sessions.logged_in(request):
             return self.pages.login_redirect(request, instance)
         self.pages.csrf_token(request)
-        return self.pages.render(request, "logout.html",
-                                 cancel_url=await self.urls.default_redirection(instance))
+        return self.pages.render(
+            request, "logout.html", cancel_url=await self.urls.default_redirection(instance)
+        )
 
     @route("logout", "POST")
     async def logout_confirmed(self, request: IRequest):
@@ -324,17 +380,21 @@ class AuthService(Service):
     async def passphrase_form(self, request: IRequest):
         instance = instance_of(request)
         if instance.onboarding_finished:
-            return self.pages.redirect(request,
-                                       await self.urls.default_redirection(instance))
+            return self.pages.redirect(
+                request, await self.urls.default_redirection(instance)
+            )
         if not register_token_matches(request, instance):
             return self.pages.render(request, "need_onboarding.html")
         self.pages.csrf_token(request)
         parameters = await self.passphrases.parameters(instance)
         return self.pages.render(
-            request, "passphrase_choose.html", salt=parameters["salt"],
+            request,
+            "passphrase_choose.html",
+            salt=parameters["salt"],
             iterations=self.passphrases.default_iterations,
             register_token=form_value(request, "registerToken"),
-            redirection=form_value(request, "redirection"))
+            redirection=form_value(request, "redirection"),
+        )
 
 
 class HomePage(Service):
@@ -354,15 +414,23 @@ class HomePage(Service):
         if instance.register_token and not instance.onboarding_finished:
             if not register_token_matches(request, instance):
                 return self.pages.render(request, "need_onboarding.html")
-            query = [(key.decode("utf-8", "replace"), value.decode("utf-8", "replace"))
-                     for key, values in request.args.items() for value in values]
+            query = [
+                (key.decode("utf-8", "replace"), value.decode("utf-8", "replace"))
+                for key, values in request.args.items()
+                for value in values
+            ]
             return self.pages.redirect(
-                request, self.urls.page(instance, "/auth/passphrase", query))
+                request, self.urls.page(instance, "/auth/passphrase", query)
+            )
         if await self.sessions.logged_in(request):
-            return self.pages.redirect(request,
-                                       await self.urls.default_redirection(instance))
-        query = [(name, form_value(request, name))
-                 for name in ("jwt", "email_verified_code") if form_value(request, name)]
+            return self.pages.redirect(
+                request, await self.urls.default_redirection(instance)
+            )
+        query = [
+            (name, form_value(request, name))
+            for name in ("jwt", "email_verified_code")
+            if form_value(request, name)
+        ]
         return self.pages.redirect(request, self.urls.page(instance, "/auth/login", query))
 
 
@@ -392,12 +460,15 @@ class HomeApp(Service):
             if form_value(request, "jwt"):
                 params.append(("jwt", form_value(request, "jwt")))
             return self.pages.redirect(
-                request, self.urls.page(instance, "/auth/login", params), status=302)
+                request, self.urls.page(instance, "/auth/login", params), status=302
+            )
         settings = await self.urls.settings_document(instance)
         name = settings.get("public_name")
         return self.pages.render(
-            request, "home.html",
+            request,
+            "home.html",
             name=name if isinstance(name, str) and name.strip() else instance.domain,
             settings_url=self.urls.subdomain(instance, "settings", "/", "/profile"),
             sessions_url=self.urls.subdomain(instance, "settings", "/", "/sessions"),
-            logout_url=self.urls.page(instance, "/auth/logout"))
+            logout_url=self.urls.page(instance, "/auth/logout"),
+        )

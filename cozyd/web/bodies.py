@@ -92,8 +92,9 @@ def parse_json(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     except RecursionError:
         raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") \
-            from None
+        raise ValueError(
+            f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+        ) from None
     if json_depth(value) > max_depth:
         raise ValueError(f"JSON nested deeper than {max_depth} levels")
     if _SURROGATE_ESCAPE.search(text) and _holds_lone_surrogate(value):
@@ -148,9 +149,14 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-def read_json(request: IRequest, max_size: int | None = None, *,
-              max_depth: int = MAX_JSON_DEPTH, empty: Any = _refuse_constant,
-              bad: Callable[[str], Exception] | None = None) -> Any:
+def read_json(
+    request: IRequest,
+    max_size: int | None = None,
+    *,
+    max_depth: int = MAX_JSON_DEPTH,
+    empty: Any = _refuse_constant,
+    bad: Callable[[str], Exception] | None = None,
+) -> Any:
     """``read_body`` then ``parse_json``; ``bad(reason)`` (by default a
     ``BadRequest``) for what is not JSON. ``empty``: the value of an empty
     body, if it is not an error."""
@@ -179,8 +185,12 @@ class BodyStream:
     """A body arriving chunk by chunk (module docstring). The site calls
     ``feed``, ``end`` and ``fail``; the handler calls ``read_into`` once."""
 
-    def __init__(self, *, pause: Callable[[], None] = lambda: None,
-                 resume: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        *,
+        pause: Callable[[], None] = lambda: None,
+        resume: Callable[[], None] = lambda: None,
+    ):
         self._pause_transport = pause
         self._resume_transport = resume
         self._queue: deque[bytes] = deque()
@@ -245,7 +255,7 @@ class BodyStream:
         assert self._sink is not None
         try:
             result = self._sink(data)
-        except Exception:  # noqa: BLE001 - the sink's error is the reader's
+        except Exception:
             self.fail_with(Failure())
             return
         if inspect.isawaitable(result):

@@ -44,8 +44,9 @@ def current_instance(request: IRequest) -> Instance | None:
     return None if state is None else state.instance
 
 
-def json_response(request: IRequest, body: Any, *, status: int = 200,
-                  content_type: str = JSON) -> bytes:
+def json_response(
+    request: IRequest, body: Any, *, status: int = 200, content_type: str = JSON
+) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", content_type.encode("ascii"))
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -59,8 +60,9 @@ def error_response(request: IRequest, error: CozyError, style: str = "jsonapi") 
         return echo_response(request, error)
     if style == "couchdb":
         return json_response(request, error.couchdb(), status=error.status)
-    return json_response(request, {"errors": [error.jsonapi()]}, status=error.status,
-                         content_type=JSONAPI)
+    return json_response(
+        request, {"errors": [error.jsonapi()]}, status=error.status, content_type=JSONAPI
+    )
 
 
 def echo_response(request: IRequest, error: CozyError) -> bytes:
@@ -72,9 +74,10 @@ def echo_response(request: IRequest, error: CozyError) -> bytes:
     if "text/html" in accept:
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         text = html.escape(error.detail)
-        return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{text}</title>"
-                f"</head><body><h1>{error.status}</h1><p>{text}</p></body></html>"
-                ).encode("utf-8")
+        return (
+            f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{text}</title>'
+            f"</head><body><h1>{error.status}</h1><p>{text}</p></body></html>"
+        ).encode()
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     return error.detail.encode("utf-8")
 
@@ -82,6 +85,7 @@ def echo_response(request: IRequest, error: CozyError) -> bytes:
 def install_error_handlers(app: Klein, style: str = "jsonapi") -> None:
     """For a Klein app mounted somewhere (cozyd's own services use
     ``routing.Service``)."""
+
     # Klein passes the service instance first when the app is bound to one.
     @app.handle_errors(CozyError)
     def cozy_error(*args: Any) -> bytes:
@@ -93,16 +97,22 @@ def install_error_handlers(app: Klein, style: str = "jsonapi") -> None:
         request, failure = args[-2:]
         exc = failure.value
         if exc.code == 405:
-            return error_response(request, CozyError("method not allowed", status=405,
-                                                     code="method_not_allowed"), style)
+            return error_response(
+                request,
+                CozyError("method not allowed", status=405, code="method_not_allowed"),
+                style,
+            )
         return error_response(request, NotFound("no such route"), style)
 
     @app.handle_errors(Exception)
     def unexpected(*args: Any) -> bytes:
         request, failure = args[-2:]
-        log.failure("unexpected error on {method} {path}", failure,
-                    method=request.method.decode("ascii", "replace"),
-                    path=request.path.decode("ascii", "replace"))
+        log.failure(
+            "unexpected error on {method} {path}",
+            failure,
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("ascii", "replace"),
+        )
         error = CozyError("an unexpected error occurred; it has been logged")
         return error_response(request, error, style)
 
@@ -113,10 +123,12 @@ def not_found(request: IRequest, style: str = "jsonapi") -> bytes:
 
 def unexpected_error(request: IRequest, error: BaseException) -> CozyError:
     """Log what escaped a handler; the 500 to answer instead."""
-    log.failure("unexpected error on {method} {path}",
-                Failure(error, type(error), error.__traceback__),
-                method=request.method.decode("ascii", "replace"),
-                path=request.path.decode("ascii", "replace"))
+    log.failure(
+        "unexpected error on {method} {path}",
+        Failure(error, type(error), error.__traceback__),
+        method=request.method.decode("ascii", "replace"),
+        path=request.path.decode("ascii", "replace"),
+    )
     return CozyError("an unexpected error occurred; it has been logged")
 
 
@@ -147,11 +159,31 @@ from cozyd.web.params import (  # noqa: E402 - re-exported
 )
 from cozyd.web.routing import render_coroutine, shield  # noqa: E402 - re-exported
 
-__all__ = ["JSONAPI", "JSON", "instance_of", "current_instance", "json_response",
-           "error_response", "echo_response", "jsonapi_errors", "not_found",
-           "unexpected_error", "install_error_handlers", "MAX_JSON_DEPTH", "json_depth",
-           "parse_json", "read_body", "read_json", "form_value", "parse_bool",
-           "parse_int", "query_bool", "query_int", "query_list", "query_param",
-           "query_text", "render_coroutine", "shield"]
-
-
+__all__ = [
+    "JSON",
+    "JSONAPI",
+    "MAX_JSON_DEPTH",
+    "current_instance",
+    "echo_response",
+    "error_response",
+    "form_value",
+    "install_error_handlers",
+    "instance_of",
+    "json_depth",
+    "json_response",
+    "jsonapi_errors",
+    "not_found",
+    "parse_bool",
+    "parse_int",
+    "parse_json",
+    "query_bool",
+    "query_int",
+    "query_list",
+    "query_param",
+    "query_text",
+    "read_body",
+    "read_json",
+    "render_coroutine",
+    "shield",
+    "unexpected_error",
+]

@@ -91,13 +91,31 @@ DOCTYPES_DOCTYPE = "io.cozy.doctypes"
 # The reserved doctypes and protected design documents: cozyd.documents.rules.
 
 #: The only query parameters ``_changes`` accepts (``filter`` on POST only).
-CHANGES_PARAMS = frozenset({"feed", "style", "since", "limit", "timeout", "include_docs",
-                            "heartbeat", "_nonce", "seq_interval", "descending"})
+CHANGES_PARAMS = frozenset(
+    {
+        "feed",
+        "style",
+        "since",
+        "limit",
+        "timeout",
+        "include_docs",
+        "heartbeat",
+        "_nonce",
+        "seq_interval",
+        "descending",
+    }
+)
 CHANGES_FILTERS = ("_doc_ids", "_selector", "_design")
 
-_GO_STATUS_TEXT = {400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-                   405: "Method Not Allowed", 409: "Conflict",
-                   413: "Request Entity Too Large", 500: "Internal Server Error"}
+_GO_STATUS_TEXT = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Request Entity Too Large",
+    500: "Internal Server Error",
+}
 
 
 # =============================================================================
@@ -144,8 +162,9 @@ class DataAccess:
     access: str | None
     authenticated: bool = True
 
-    async def check(self, service: Any, request: IRequest, params: Mapping[str, str]
-                    ) -> None:
+    async def check(
+        self, service: Any, request: IRequest, params: Mapping[str, str]
+    ) -> None:
         if self.authenticated:
             await service.guard.permissions(request)
         doctype = params.get("doctype")
@@ -158,15 +177,22 @@ class DataAccess:
             await self.permission.check(service, request, params)
 
 
-def route(pattern: str, *methods: str, access: str | None = None, proxy: bool = False,
-          auth: bool = True):
+def route(
+    pattern: str,
+    *methods: str,
+    access: str | None = None,
+    proxy: bool = False,
+    auth: bool = True,
+):
     """A /data route: ``access`` refuses reserved doctypes before the
     handler, ``proxy`` answers storage errors as CouchDB's own bodies
     (cozy-stack proxies), ``auth`` needs a valid token (everything but
     the welcome)."""
+
     def register(handler):
         policy = DataAccess(getattr(handler, "__data_permission__", None), access, auth)
         return declare_route(pattern, *methods, auth=policy, proxy=proxy)(handler)
+
     return register
 
 
@@ -176,17 +202,21 @@ _doctype_of = param("doctype")
 def collection(verb: str | None = None, *, doctype: str | None = None):
     """The verb (by default the request's) on the whole doctype of the URL
     (or on ``doctype``)."""
+
     def mark(handler):
         handler.__data_permission__ = token(doctype or _doctype_of, verb=verb)
         return handler
+
     return mark
 
 
 def document():
     """A valid token; the handler checks the document itself."""
+
     def mark(handler):
         handler.__data_permission__ = None
         return handler
+
     return mark
 
 
@@ -221,8 +251,9 @@ def _couch_count(request: IRequest, name: str) -> int | None:
     if value is None:
         raise couch_error(400, "query_parse_error", f'Invalid value for integer: "{text}"')
     if value < 0:
-        raise couch_error(400, "query_parse_error",
-                          f'Invalid value for positive integer: "{text}"')
+        raise couch_error(
+            400, "query_parse_error", f'Invalid value for positive integer: "{text}"'
+        )
     return value
 
 
@@ -248,8 +279,9 @@ def _since(request: IRequest) -> str | None:
     if since is not None:
         number = _SEQ_NUMBER.match(since)
         if number is not None and parse_int(number.group(0)) is None:
-            raise couch_error(400, "bad_request",
-                              "Malformed sequence supplied in 'since' parameter.")
+            raise couch_error(
+                400, "bad_request", "Malformed sequence supplied in 'since' parameter."
+            )
     return since
 
 
@@ -308,8 +340,13 @@ def _execution_stats(stats: Any) -> dict[str, Any] | None:
     """As cozy-stack re-encodes them (zero values left out)."""
     if not isinstance(stats, dict):
         return None
-    keys = ("total_keys_examined", "total_docs_examined", "total_quorum_docs_examined",
-            "results_returned", "execution_time_ms")
+    keys = (
+        "total_keys_examined",
+        "total_docs_examined",
+        "total_quorum_docs_examined",
+        "results_returned",
+        "execution_time_ms",
+    )
     return {key: stats[key] for key in keys if stats.get(key)}
 
 
@@ -320,8 +357,14 @@ class DataService(Service):
     """Its routes are declared with this module's ``route``; errors take
     the shapes of the module docstring (``_error``)."""
 
-    def __init__(self, documents: Documents, guard: Guard, *, max_body_size: int,
-                 pause: Callable[[], Awaitable[Any]] | None = None):
+    def __init__(
+        self,
+        documents: Documents,
+        guard: Guard,
+        *,
+        max_body_size: int,
+        pause: Callable[[], Awaitable[Any]] | None = None,
+    ):
         """``pause()`` gives the reactor a turn between the pieces of a large
         answer (``cozyd.web.streaming``)."""
         super().__init__()
@@ -349,9 +392,11 @@ class DataService(Service):
         if isinstance(error, ProtectedDesignDoc):
             return json_response(request, {"error": error.detail}, status=error.status)
         if isinstance(error, DocumentRefused):  # cozy-stack's echo errors
-            return json_response(request, {"error": f"code={error.status}, "
-                                                    f"message={error.detail}"},
-                                 status=error.status)
+            return json_response(
+                request,
+                {"error": f"code={error.status}, message={error.detail}"},
+                status=error.status,
+            )
         if isinstance(error, EchoError):
             return error_response(request, error)
         if isinstance(error, DataError):
@@ -359,19 +404,25 @@ class DataService(Service):
         if isinstance(error, StorageError):
             body: dict[str, Any] = {"error": error.code, "reason": error.detail}
             state = state_of(request)
-            proxy = state.flags.get("proxy", state.route is not None
-                                    and state.route.option("proxy", False))
+            proxy = state.flags.get(
+                "proxy", state.route is not None and state.route.option("proxy", False)
+            )
             if not proxy:
                 body = {"ok": False, "status": str(error.status), **body}
             return json_response(request, body, status=error.status)
         if isinstance(error, CozyError):
             title = _GO_STATUS_TEXT.get(error.status, error.title)
-            return json_response(request, {"error": f"{title}({error.status}): "
-                                                    f"{error.detail}"},
-                                 status=error.status)
+            return json_response(
+                request,
+                {"error": f"{title}({error.status}): {error.detail}"},
+                status=error.status,
+            )
         unexpected_error(request, error)
-        return json_response(request, {"error": "an unexpected error occurred; it has "
-                                                "been logged"}, status=500)
+        return json_response(
+            request,
+            {"error": "an unexpected error occurred; it has been logged"},
+            status=500,
+        )
 
     # -- helpers -----------------------------------------------------------------
     def _db(self, request: IRequest, doctype: str) -> str:
@@ -395,16 +446,19 @@ class DataService(Service):
         """A JSON object, or cozy-stack's 400 for what Go cannot decode."""
         body = self._json_body(request, lambda reason: jsonapi_error(400, reason))
         if not isinstance(body, dict):
-            raise jsonapi_error(400, "json: cannot unmarshal "
-                                f"{_json_kind(body)} into Go value of type "
-                                "map[string]interface {}")
+            raise jsonapi_error(
+                400,
+                "json: cannot unmarshal "
+                f"{_json_kind(body)} into Go value of type "
+                "map[string]interface {}",
+            )
         return body
 
     def _couch_body(self, request: IRequest) -> Any:
         """A body read by CouchDB itself (proxied routes)."""
-        return self._json_body(request,
-                               lambda reason: couch_error(400, "bad_request",
-                                                          "invalid UTF-8 JSON"))
+        return self._json_body(
+            request, lambda reason: couch_error(400, "bad_request", "invalid UTF-8 JSON")
+        )
 
     # -- routes without a doctype -------------------------------------------------
     @route("", "GET", auth=False)
@@ -431,20 +485,23 @@ class DataService(Service):
     @collection("GET")
     async def db_status(self, request: IRequest, doctype: str) -> bytes:
         info = await self.store.db_info(self._db(request, doctype))
-        return json_response(request, {
-            "db_name": info.get("db_name"),
-            "update_seq": info.get("update_seq"),
-            "sizes": {"file": 0, "external": 0, "active": 0},
-            "purge_seq": info.get("purge_seq", 0),
-            "other": {"data_size": 0},
-            "doc_del_count": info.get("doc_del_count", 0),
-            "doc_count": info.get("doc_count", 0),
-            "disk_size": 0,
-            "disk_format_version": 0,
-            "data_size": 0,
-            "compact_running": False,
-            "instance_start_time": "0",
-        })
+        return json_response(
+            request,
+            {
+                "db_name": info.get("db_name"),
+                "update_seq": info.get("update_seq"),
+                "sizes": {"file": 0, "external": 0, "active": 0},
+                "purge_seq": info.get("purge_seq", 0),
+                "other": {"data_size": 0},
+                "doc_del_count": info.get("doc_del_count", 0),
+                "doc_count": info.get("doc_count", 0),
+                "disk_size": 0,
+                "disk_format_version": 0,
+                "data_size": 0,
+                "compact_running": False,
+                "instance_start_time": "0",
+            },
+        )
 
     @route("{doctype}", "PUT", access="writable", proxy=True)
     @collection("POST")
@@ -464,16 +521,30 @@ class DataService(Service):
     async def create_doc(self, request: IRequest, doctype: str) -> bytes:
         body = self._object_body(request)
         given_id = body.get("_id")
-        authorize_document(request, doctype, given_id if isinstance(given_id, str) else "",
-                           body, verb="POST")
+        authorize_document(
+            request,
+            doctype,
+            given_id if isinstance(given_id, str) else "",
+            body,
+            verb="POST",
+        )
         if _has_text(given_id):
             raise couch_error(400, "defined_id", "document _id should be empty")
-        result = await self.documents.create(instance_of(request), doctype, body,
-                                             create_db=True)
+        result = await self.documents.create(
+            instance_of(request), doctype, body, create_db=True
+        )
         stored = {**body, "_id": result["id"], "_rev": result["rev"]}
-        return json_response(request, {"ok": True, "id": result["id"], "rev": result["rev"],
-                                       "type": doctype, "data": _with_type(stored, doctype)},
-                             status=201)
+        return json_response(
+            request,
+            {
+                "ok": True,
+                "id": result["id"],
+                "rev": result["rev"],
+                "type": doctype,
+                "data": _with_type(stored, doctype),
+            },
+            status=201,
+        )
 
     @route("{doctype}/{docid}", "GET", access="readable")
     @document()
@@ -482,8 +553,9 @@ class DataService(Service):
             return await self._get_doc_revs(request, doctype, docid)
         if docid.startswith("_"):
             raise couch_error(400, "bad_id", f"Unsuported couchdb operation {docid}")
-        if self.raw is not None and permissions_of(request).allows_collection("GET",
-                                                                               doctype):
+        if self.raw is not None and permissions_of(request).allows_collection(
+            "GET", doctype
+        ):
             # Nothing to check in the document: CouchDB's bytes go out as they
             # came, with the "_type" member added.
             try:
@@ -520,8 +592,9 @@ class DataService(Service):
                 if not isinstance(open_revs, list):
                     raise couch_error(400, "bad_request", "Invalid open_revs")
             try:
-                found = await self.store.get_open_revs(db, docid, open_revs, revs=True,
-                                                       latest=latest)
+                found = await self.store.get_open_revs(
+                    db, docid, open_revs, revs=True, latest=latest
+                )
             except (DocNotFound, DatabaseNotFound):
                 authorize_document(request, doctype, docid, None, verb="GET")
                 raise
@@ -531,10 +604,15 @@ class DataService(Service):
             return json_response(request, found)
         try:
             doc = await self.store.get_doc(
-                db, docid, rev=_param(request, "rev"), revs=True, latest=latest,
+                db,
+                docid,
+                rev=_param(request, "rev"),
+                revs=True,
+                latest=latest,
                 conflicts=_is_true(request, "conflicts"),
                 deleted_conflicts=_is_true(request, "deleted_conflicts"),
-                revs_info=_is_true(request, "revs_info"))
+                revs_info=_is_true(request, "revs_info"),
+            )
         except (DocNotFound, DatabaseNotFound):
             authorize_document(request, doctype, docid, None, verb="GET")
             raise
@@ -548,8 +626,11 @@ class DataService(Service):
         body.pop("_type", None)  # cozy-stack drops it when decoding
         has_id, has_rev = _has_text(body.get("_id")), _has_text(body.get("_rev"))
         if has_id != has_rev:
-            raise jsonapi_error(400, "You must either provide an _id and _rev in document "
-                                     "(update) or neither (create with fixed id).")
+            raise jsonapi_error(
+                400,
+                "You must either provide an _id and _rev in document "
+                "(update) or neither (create with fixed id).",
+            )
         if has_id and body["_id"] != docid:
             raise jsonapi_error(400, "document _id doesnt match url")
         db = self._db(request, doctype)
@@ -559,8 +640,9 @@ class DataService(Service):
             if docid.startswith("_"):
                 raise couch_error(400, "bad_id", f"Unsuported couchdb operation {docid}")
             try:
-                result = await self.documents.put(instance_of(request), doctype, doc,
-                                                  create_db=True)
+                result = await self.documents.put(
+                    instance_of(request), doctype, doc, create_db=True
+                )
             except DatabaseNotFound:
                 raise wrong_doctype() from None
         else:
@@ -585,8 +667,16 @@ class DataService(Service):
                 await self.store.get_doc(db, docid)
                 raise
         stored = {**doc, "_id": result["id"], "_rev": result["rev"]}
-        return json_response(request, {"ok": True, "id": result["id"], "rev": result["rev"],
-                                       "type": doctype, "data": _with_type(stored, doctype)})
+        return json_response(
+            request,
+            {
+                "ok": True,
+                "id": result["id"],
+                "rev": result["rev"],
+                "type": doctype,
+                "data": _with_type(stored, doctype),
+            },
+        )
 
     @route("{doctype}/{docid}", "DELETE", access="writable")
     @document()
@@ -603,10 +693,19 @@ class DataService(Service):
         db = self._db(request, doctype)
         old = await self.store.get_doc(db, docid)
         authorize_document(request, doctype, docid, {**old, "_rev": rev}, verb="DELETE")
-        result = await self.documents.delete(instance_of(request), doctype, docid, rev,
-                                             doc=old)
-        return json_response(request, {"ok": True, "id": docid, "rev": result["rev"],
-                                       "type": doctype, "deleted": True})
+        result = await self.documents.delete(
+            instance_of(request), doctype, docid, rev, doc=old
+        )
+        return json_response(
+            request,
+            {
+                "ok": True,
+                "id": docid,
+                "rev": result["rev"],
+                "type": doctype,
+                "deleted": True,
+            },
+        )
 
     # -- listing -----------------------------------------------------------------
     @route("{doctype}/_all_docs", "GET", "POST", access="readable", proxy=True)
@@ -621,11 +720,14 @@ class DataService(Service):
                 raise couch_error(400, "bad_request", "Request body must be a JSON object")
             keys = body.get("keys")
             if "keys" in body and not isinstance(keys, list):
-                raise couch_error(400, "bad_request", "`keys` body member must be an array.")
+                raise couch_error(
+                    400, "bad_request", "`keys` body member must be an array."
+                )
             if keys is not None:
                 options["keys"] = keys
-        check_id_values([*options.get("keys", ()), options.get("start_key"),
-                         options.get("end_key")])
+        check_id_values(
+            [*options.get("keys", ()), options.get("start_key"), options.get("end_key")]
+        )
         if not fields_text and not design_docs:
             result = await self.store.all_docs(self._db(request, doctype), **options)
             return await json_rows_response(request, result, pause=self.pause)
@@ -637,8 +739,11 @@ class DataService(Service):
         rows = []
         for row in result.get("rows", []):
             row_id = row.get("id")
-            if design_docs == "false" and isinstance(row_id, str) \
-                    and row_id.startswith("_design"):
+            if (
+                design_docs == "false"
+                and isinstance(row_id, str)
+                and row_id.startswith("_design")
+            ):
                 continue
             if fields:
                 kept = {key: row[key] for key in ("id", "error") if key in row}
@@ -648,13 +753,19 @@ class DataService(Service):
                     kept["doc"] = _project(row["doc"], fields)
                 row = kept
             rows.append(row)
-        return await json_rows_response(request, {"rows": rows, "offset": 0,
-                                                  "total_rows": len(rows)}, pause=self.pause)
+        return await json_rows_response(
+            request, {"rows": rows, "offset": 0, "total_rows": len(rows)}, pause=self.pause
+        )
 
     def _all_docs_options(self, request: IRequest) -> dict[str, Any]:
         options: dict[str, Any] = {}
-        for name in ("include_docs", "descending", "inclusive_end", "conflicts",
-                     "update_seq"):
+        for name in (
+            "include_docs",
+            "descending",
+            "inclusive_end",
+            "conflicts",
+            "update_seq",
+        ):
             value = _couch_bool(request, name)
             if value is not None:
                 options[name] = value
@@ -662,8 +773,10 @@ class DataService(Service):
             value = _couch_count(request, name)
             if value is not None:
                 options[name] = value
-        for names, option in ((("startkey", "start_key"), "start_key"),
-                              (("endkey", "end_key"), "end_key")):
+        for names, option in (
+            (("startkey", "start_key"), "start_key"),
+            (("endkey", "end_key"), "end_key"),
+        ):
             for name in names:
                 value = _couch_json(request, name)
                 if value is not None:
@@ -674,8 +787,9 @@ class DataService(Service):
         keys = _couch_json(request, "keys")
         if keys is not None:
             if not isinstance(keys, list):
-                raise couch_error(400, "query_parse_error",
-                                  "`keys` member must be an array.")
+                raise couch_error(
+                    400, "query_parse_error", "`keys` member must be an array."
+                )
             options["keys"] = keys
         return options
 
@@ -689,8 +803,10 @@ class DataService(Service):
             limit = DEFAULT_FIND_LIMIT
         bookmark = _param(request, "bookmark") or ""
         stats = parse_bool(_param(request, "execution_stats")) is True
-        query: dict[str, Any] = {"selector": {"_id": {"$gte": None}},
-                                 "execution_stats": stats}
+        query: dict[str, Any] = {
+            "selector": {"_id": {"$gte": None}},
+            "execution_stats": stats,
+        }
         if limit:
             query["limit"] = limit
         if bookmark:
@@ -705,16 +821,25 @@ class DataService(Service):
         else:
             total = await self._count_normal_docs(db)
         next_bookmark = found.get("bookmark") or ""
-        out: dict[str, Any] = {"total_rows": total, "rows": rows,
-                               "bookmark": "" if next_bookmark == "nil" else next_bookmark}
-        if stats and (cleaned := _execution_stats(found.get("execution_stats"))) is not None:
+        out: dict[str, Any] = {
+            "total_rows": total,
+            "rows": rows,
+            "bookmark": "" if next_bookmark == "nil" else next_bookmark,
+        }
+        if (
+            stats
+            and (cleaned := _execution_stats(found.get("execution_stats"))) is not None
+        ):
             out["execution_stats"] = cleaned
         return json_response(request, out)
 
     async def _design_rows(self, db: str) -> list[dict[str, Any]]:
         result = await self.store.all_docs(db, start_key="_design/", end_key="_design0")
-        return [row for row in result.get("rows", [])
-                if str(row.get("id", "")).startswith("_design/")]
+        return [
+            row
+            for row in result.get("rows", [])
+            if str(row.get("id", "")).startswith("_design/")
+        ]
 
     async def _count_normal_docs(self, db: str) -> int:
         info = await self.store.db_info(db)
@@ -740,35 +865,45 @@ class DataService(Service):
                 options[key] = body[key]
         if "partial_filter_selector" in index:
             options["partial_filter_selector"] = index["partial_filter_selector"]
-        result = await self.documents.create_index(instance_of(request), doctype,
-                                                   index["fields"], create_db=True,
-                                                   **options)
-        return json_response(request, {key: result[key] for key in ("result", "id", "name")
-                                       if key in result})
+        result = await self.documents.create_index(
+            instance_of(request), doctype, index["fields"], create_db=True, **options
+        )
+        return json_response(
+            request, {key: result[key] for key in ("result", "id", "name") if key in result}
+        )
 
     @route("{doctype}/_find", "POST", access="readable")
     @collection("GET")
     async def find(self, request: IRequest, doctype: str) -> bytes:
         query = self._object_body(request)
         limit = query.get("limit")
-        if (not isinstance(limit, (int, float)) or isinstance(limit, bool)
-                or limit > MAX_FIND_LIMIT):
+        if (
+            not isinstance(limit, (int, float))
+            or isinstance(limit, bool)
+            or limit > MAX_FIND_LIMIT
+        ):
             limit = DEFAULT_FIND_LIMIT
         if isinstance(limit, float) and limit.is_integer():
             limit = int(limit)
         query["limit"] = limit
         try:
             # Developers must not rely on full scans: cozy-stack's error.
-            found = await self.store.find(self._db(request, doctype), query,
-                                          require_index=True)
+            found = await self.store.find(
+                self._db(request, doctype), query, require_index=True
+            )
         except NoIndex:
-            raise couch_error(400, "no_index", "no matching index found, create an index")
+            raise couch_error(
+                400, "no_index", "no matching index found, create an index"
+            ) from None
         warning = found.get("warning") or ""
         docs = found.get("docs", [])
         bookmark = found.get("bookmark") or ""
-        out: dict[str, Any] = {"docs": docs, "limit": limit,
-                               "next": isinstance(limit, (int, float)) and len(docs) >= limit,
-                               "bookmark": "" if bookmark == "nil" else bookmark}
+        out: dict[str, Any] = {
+            "docs": docs,
+            "limit": limit,
+            "next": isinstance(limit, (int, float)) and len(docs) >= limit,
+            "bookmark": "" if bookmark == "nil" else bookmark,
+        }
         if (cleaned := _execution_stats(found.get("execution_stats"))) is not None:
             out["execution_stats"] = cleaned
         if warning:
@@ -783,10 +918,17 @@ class DataService(Service):
         descending = bool(_couch_bool(request, "descending"))
         limit = _couch_count(request, "limit")
         skip = _couch_count(request, "skip") or 0
-        result = await self.store.all_docs(self._db(request, doctype), start_key="_design/",
-                                           end_key="_design0", include_docs=include_docs)
-        rows = [row for row in result.get("rows", [])
-                if str(row.get("id", "")).startswith("_design/")]
+        result = await self.store.all_docs(
+            self._db(request, doctype),
+            start_key="_design/",
+            end_key="_design0",
+            include_docs=include_docs,
+        )
+        rows = [
+            row
+            for row in result.get("rows", [])
+            if str(row.get("id", "")).startswith("_design/")
+        ]
         total = len(rows)
         if descending:
             rows.reverse()
@@ -799,8 +941,12 @@ class DataService(Service):
     @collection("GET")
     async def get_design_doc(self, request: IRequest, doctype: str, ddoc: str) -> bytes:
         doc = await self.store.get_doc(
-            self._db(request, doctype), f"_design/{ddoc}", rev=_param(request, "rev"),
-            revs=_is_true(request, "revs"), conflicts=_is_true(request, "conflicts"))
+            self._db(request, doctype),
+            f"_design/{ddoc}",
+            rev=_param(request, "rev"),
+            revs=_is_true(request, "revs"),
+            conflicts=_is_true(request, "conflicts"),
+        )
         return json_response(request, doc)
 
     @route("{doctype}/_design/{ddoc}", "DELETE", access="readable", proxy=True)
@@ -811,9 +957,12 @@ class DataService(Service):
             raise DataError(400, {"error": "You must pass a rev param"})
         if ddoc in protected_design_docs(doctype):
             raise DataError(403, {"error": "This design doc cannot be deleted"})
-        result = await self.documents.delete(instance_of(request), doctype,
-                                             f"_design/{ddoc}", rev)
-        return json_response(request, {"ok": True, "id": result["id"], "rev": result["rev"]})
+        result = await self.documents.delete(
+            instance_of(request), doctype, f"_design/{ddoc}", rev
+        )
+        return json_response(
+            request, {"ok": True, "id": result["id"], "rev": result["rev"]}
+        )
 
     @route("{doctype}/_design/{ddoc}/copy", "POST", access="readable", proxy=True)
     @collection("GET")
@@ -830,8 +979,11 @@ class DataService(Service):
         # CouchDB's COPY may write any document; with only a read permission
         # on the doctype, cozyd lets it write design documents alone.
         if not target.startswith("_design/") or target == "_design/":
-            raise couch_error(400, "bad_request",
-                              "the Destination must be a design document (_design/...)")
+            raise couch_error(
+                400,
+                "bad_request",
+                "the Destination must be a design document (_design/...)",
+            )
         db = self._db(request, doctype)
         source = await self.store.get_doc(db, f"_design/{ddoc}", rev=_param(request, "rev"))
         copy = {key: value for key, value in source.items() if key not in ("_id", "_rev")}
@@ -839,8 +991,9 @@ class DataService(Service):
         if target_rev:
             copy["_rev"] = target_rev
         result = await self.documents.put(instance_of(request), doctype, copy)
-        return json_response(request, {"ok": True, "id": result["id"], "rev": result["rev"]},
-                             status=201)
+        return json_response(
+            request, {"ok": True, "id": result["id"], "rev": result["rev"]}, status=201
+        )
 
     # -- changes -----------------------------------------------------------------
     @route("{doctype}/_changes", "GET", "POST", access="readable")
@@ -868,36 +1021,53 @@ class DataService(Service):
             raise jsonapi_error(400, f"Invalid limit value '{limit_text}': not an integer")
         interval_text = _param(request, "seq_interval") or ""
         if interval_text and _go_int(interval_text) is None:
-            raise jsonapi_error(400, f"Invalid seq_interval value '{interval_text}': "
-                                     "not an integer")
+            raise jsonapi_error(
+                400, f"Invalid seq_interval value '{interval_text}': not an integer"
+            )
         options: dict[str, Any] = {
-            "since": _since(request), "limit": limit or None,
+            "since": _since(request),
+            "limit": limit or None,
             "descending": _is_true(request, "descending"),
-            "include_docs": _is_true(request, "include_docs"), "style": style}
+            "include_docs": _is_true(request, "include_docs"),
+            "style": style,
+        }
         db = self._db(request, doctype)
         if not filter_name and self.raw is not None:
             return _json_bytes_response(request, await self.raw.changes_json(db, **options))
         if not filter_name:
-            return await json_rows_response(request, await self.store.changes(db, **options),
-                                            "results", pause=self.pause)
+            return await json_rows_response(
+                request,
+                await self.store.changes(db, **options),
+                "results",
+                pause=self.pause,
+            )
         body = self._couch_body(request)
         if filter_name == "_doc_ids":
             doc_ids = body.get("doc_ids") if isinstance(body, dict) else None
-            if not isinstance(doc_ids, list) or not all(isinstance(i, str) for i in doc_ids):
-                raise couch_error(400, "bad_request",
-                                  "`doc_ids` filter parameter is not a list of doc ids.")
-            return json_response(request, await self.store.changes(db, doc_ids=doc_ids,
-                                                                   **options))
+            if not isinstance(doc_ids, list) or not all(
+                isinstance(i, str) for i in doc_ids
+            ):
+                raise couch_error(
+                    400,
+                    "bad_request",
+                    "`doc_ids` filter parameter is not a list of doc ids.",
+                )
+            return json_response(
+                request, await self.store.changes(db, doc_ids=doc_ids, **options)
+            )
         if filter_name == "_selector":
             raw = body.get("selector") if isinstance(body, dict) else None
             if not isinstance(raw, dict):
-                raise couch_error(400, "bad_request",
-                                  "Selector must be specified in POST payload")
-            return json_response(request, await self.store.changes(db, selector=raw,
-                                                                   **options))
+                raise couch_error(
+                    400, "bad_request", "Selector must be specified in POST payload"
+                )
+            return json_response(
+                request, await self.store.changes(db, selector=raw, **options)
+            )
         # _design
-        return json_response(request, await self.store.changes(db, design_only=True,
-                                                               **options))
+        return json_response(
+            request, await self.store.changes(db, design_only=True, **options)
+        )
 
     # -- replication -----------------------------------------------------------
     @route("{doctype}/_ensure_full_commit", "POST", access="writable", proxy=True)
@@ -916,24 +1086,33 @@ class DataService(Service):
         if not isinstance(docs, list):
             raise couch_error(400, "bad_request", "Missing JSON list of 'docs'.")
         check_id_values(doc.get("id") for doc in docs if isinstance(doc, dict))
-        results = await self.store.bulk_get(self._db(request, doctype), docs,
-                                            revs=_is_true(request, "revs"),
-                                            latest=_is_true(request, "latest"))
+        results = await self.store.bulk_get(
+            self._db(request, doctype),
+            docs,
+            revs=_is_true(request, "revs"),
+            latest=_is_true(request, "latest"),
+        )
         return json_response(request, {"results": results})
 
     @route("{doctype}/_bulk_docs", "POST", access="writable", proxy=True)
     @collection("POST")
     async def bulk_docs(self, request: IRequest, doctype: str) -> bytes:
-        body = self._json_body(request, lambda reason: echo_error(
-            400, "request body is not valid JSON"))
+        body = self._json_body(
+            request, lambda reason: echo_error(400, "request body is not valid JSON")
+        )
         if not isinstance(body, dict) or not isinstance(body.get("docs"), list):
-            raise couch_error(400, "bad_request", "POST body must include `docs` parameter.")
+            raise couch_error(
+                400, "bad_request", "POST body must include `docs` parameter."
+            )
         new_edits = body.get("new_edits", True)
         if not isinstance(new_edits, bool):
-            raise couch_error(400, "bad_request", "`new_edits` parameter must be a boolean.")
+            raise couch_error(
+                400, "bad_request", "`new_edits` parameter must be a boolean."
+            )
         docs = body["docs"]
-        results = await self.documents.bulk(instance_of(request), doctype, docs,
-                                            new_edits=new_edits, create_db=True)
+        results = await self.documents.bulk(
+            instance_of(request), doctype, docs, new_edits=new_edits, create_db=True
+        )
         return json_response(request, results, status=201)
 
     @route("{doctype}/_revs_diff", "POST", access="readable", proxy=True)
@@ -941,10 +1120,12 @@ class DataService(Service):
     async def revs_diff(self, request: IRequest, doctype: str) -> bytes:
         body = self._couch_body(request)
         if not isinstance(body, dict) or not all(
-                isinstance(revs, list) and all(isinstance(r, str) for r in revs)
-                for revs in body.values()):
-            raise couch_error(400, "bad_request",
-                              "Request body must be a JSON object of revision lists")
+            isinstance(revs, list) and all(isinstance(r, str) for r in revs)
+            for revs in body.values()
+        ):
+            raise couch_error(
+                400, "bad_request", "Request body must be a JSON object of revision lists"
+            )
         check_id_values(body)
         result = await self.store.revs_diff(self._db(request, doctype), body)
         return json_response(request, result)
@@ -961,8 +1142,9 @@ class DataService(Service):
         body = self._couch_body(request)
         if not isinstance(body, dict):
             raise couch_error(400, "bad_request", "Document must be a JSON object")
-        result = await self.documents.put_local(instance_of(request), doctype,
-                                                {**body, "_id": f"_local/{docid}"})
+        result = await self.documents.put_local(
+            instance_of(request), doctype, {**body, "_id": f"_local/{docid}"}
+        )
         return json_response(request, result, status=201)
 
 
@@ -976,4 +1158,3 @@ def _json_kind(value: Any) -> str:
     if value is None:
         return "null"
     return "number"
-

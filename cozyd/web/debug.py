@@ -31,8 +31,12 @@ MAX_HASHED_BODY = 4 * 1024**3
 class DebugService(Service):
     errors = jsonapi_errors
 
-    def __init__(self, pause: Callable[[], Awaitable[Any]] | None = None, *,
-                 sleep: Callable[[float], Awaitable[Any]] | None = None):
+    def __init__(
+        self,
+        pause: Callable[[], Awaitable[Any]] | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[Any]] | None = None,
+    ):
         super().__init__()
         self._pause = pause
         self._sleep = sleep
@@ -59,5 +63,6 @@ class DebugService(Service):
             digest.update(chunk)
             assert pause is not None
             await pause()
+
         size = await body_stream(request).read_into(slowly if slow else digest.update)
         return json_response(request, {"sha256": digest.hexdigest(), "size": size})

@@ -75,14 +75,29 @@ def holds_cli_token(request: IRequest, instance: Instance, now: float) -> bool:
     return True
 
 
-REGISTER_SET = PermissionSet(type="register", rules=(("register", Rule(
-    type="io.cozy.settings", verbs=frozenset({"GET"}),
-    values=("io.cozy.settings.instance",))),))
+REGISTER_SET = PermissionSet(
+    type="register",
+    rules=(
+        (
+            "register",
+            Rule(
+                type="io.cozy.settings",
+                verbs=frozenset({"GET"}),
+                values=("io.cozy.settings.instance",),
+            ),
+        ),
+    ),
+)
 
 
 class Guard:
-    def __init__(self, resolver: PermissionResolver, *, seconds: Callable[[], float],
-                 session_id_of: Callable[[IRequest, Instance], Any] | None = None):
+    def __init__(
+        self,
+        resolver: PermissionResolver,
+        *,
+        seconds: Callable[[], float],
+        session_id_of: Callable[[IRequest, Instance], Any] | None = None,
+    ):
         self._resolver = resolver
         self._seconds = seconds
         self._verified = tokens.VerifiedTokens()
@@ -100,9 +115,13 @@ class Guard:
             else:
                 raise NoToken()
         else:
-            claims = tokens.parse(instance, token, now=self._seconds(), audiences=(
-                tokens.APP, tokens.KONNECTOR, tokens.CLI, tokens.ACCESS),
-                verified=self._verified)
+            claims = tokens.parse(
+                instance,
+                token,
+                now=self._seconds(),
+                audiences=(tokens.APP, tokens.KONNECTOR, tokens.CLI, tokens.ACCESS),
+                verified=self._verified,
+            )
             if claims.session_id:
                 session_id = None
                 if self._session_id_of is not None:
@@ -122,8 +141,14 @@ def permissions_of(request: IRequest) -> PermissionSet:
     return permissions
 
 
-def authorize_document(request: IRequest, doctype: str, doc_id: str,
-                       doc: dict[str, Any] | None = None, *, verb: str | None = None) -> None:
+def authorize_document(
+    request: IRequest,
+    doctype: str,
+    doc_id: str,
+    doc: dict[str, Any] | None = None,
+    *,
+    verb: str | None = None,
+) -> None:
     wanted = verb or verb_of(request.method.decode("ascii"))
     field = document_field(doc) if doc is not None else None
     if not permissions_of(request).allows_document(wanted, doctype, doc_id, field):

@@ -21,9 +21,9 @@ from twisted.web.iweb import IRequest
 from cozyd.auth.clients import LOGIN_SCOPE, OAuthClients, RegistrationError, public_view
 from cozyd.auth.oauth import PKCE_METHOD, AccessCodes, TokenEndpoint, TokenRequestError
 from cozyd.errors import CozyError, EchoError
+from cozyd.i18n import N_
 from cozyd.instance.model import Instance
 from cozyd.permissions.resolver import CLIENTS_DOCTYPE
-from cozyd.i18n import N_
 from cozyd.permissions.rules import InvalidPermission, PermissionSet
 from cozyd.permissions.words import describe_rule, describe_scope
 from cozyd.web.bodies import read_json
@@ -78,13 +78,15 @@ PAGE_ERRORS = {
     "bad_response_type": N_("Invalid response type"),
     "bad_scope": N_("Invalid scope"),
     "bad_challenge_method": N_("Invalid challenge code method"),
-    "no_challenge": N_("The code_challenge parameter must be given when "
-                       "code_challenge_method is present"),
+    "no_challenge": N_(
+        "The code_challenge parameter must be given when code_challenge_method is present"
+    ),
     "not_logged_in": N_("You must be authenticated"),
 }
 
 
 # -- request parameters ------------------------------------------------------------
+
 
 @attrs.frozen
 class AuthorizeParams:
@@ -97,13 +99,19 @@ class AuthorizeParams:
     challenge_method: str
 
     @classmethod
-    def from_request(cls, request: IRequest) -> "AuthorizeParams":
+    def from_request(cls, request: IRequest) -> AuthorizeParams:
         def arg(name: str) -> str:
             return query_text(request, name) or ""
-        return cls(state=arg("state"), client_id=arg("client_id"),
-                   redirect_uri=arg("redirect_uri"), scope=arg("scope").strip(),
-                   response_type=arg("response_type"), challenge=arg("code_challenge"),
-                   challenge_method=arg("code_challenge_method"))
+
+        return cls(
+            state=arg("state"),
+            client_id=arg("client_id"),
+            redirect_uri=arg("redirect_uri"),
+            scope=arg("scope").strip(),
+            response_type=arg("response_type"),
+            challenge=arg("code_challenge"),
+            challenge_method=arg("code_challenge_method"),
+        )
 
 
 def redirect_with(uri: str, **params: str) -> str:
@@ -119,9 +127,14 @@ def redirect_with(uri: str, **params: str) -> str:
 
 def read_registration(request: IRequest) -> Any:
     """The JSON body of a registration request (small, shallow)."""
-    return read_json(request, MAX_REGISTRATION_BODY, max_depth=8,
-                     bad=lambda reason: RegistrationError(
-                         "invalid_client_metadata", "the request body must be JSON"))
+    return read_json(
+        request,
+        MAX_REGISTRATION_BODY,
+        max_depth=8,
+        bad=lambda reason: RegistrationError(
+            "invalid_client_metadata", "the request body must be JSON"
+        ),
+    )
 
 
 def _accepts_json(request: IRequest) -> None:
@@ -177,6 +190,7 @@ def _no_store(request: IRequest) -> None:
 
 # -- /auth ------------------------------------------------------------------------------
 
+
 def oauth_errors(service: OAuthService, request: IRequest, error: BaseException) -> bytes:
     """The shapes cozy-stack answers on the OAuth routes (module docstring)."""
     if isinstance(error, (RegistrationError, TokenRequestError)):
@@ -197,9 +211,16 @@ class OAuthService(Service):
 
     errors = oauth_errors
 
-    def __init__(self, clients: OAuthClients, codes: AccessCodes, tokens_endpoint:
-                 TokenEndpoint, *, pages: Pages, session_of: SessionOf | None,
-                 seconds: Callable[[], float]):
+    def __init__(
+        self,
+        clients: OAuthClients,
+        codes: AccessCodes,
+        tokens_endpoint: TokenEndpoint,
+        *,
+        pages: Pages,
+        session_of: SessionOf | None,
+        seconds: Callable[[], float],
+    ):
         """``session_of(request, instance)`` gives the owner's session of the
         request (its cookie), or None when nobody is logged in."""
         super().__init__()
@@ -222,10 +243,12 @@ class OAuthService(Service):
         if allow_login and not holds_cli_token(request, instance, self._seconds()):
             # Clients that only log users in are created by the operator.
             raise LoginScopeRefused()
-        client = await self._clients.register(instance, body,
-                                              allow_login_scope=allow_login)
-        log.info("OAuth client {client_id} registered on {domain}",
-                 client_id=client["client_id"], domain=instance.domain)
+        client = await self._clients.register(instance, body, allow_login_scope=allow_login)
+        log.info(
+            "OAuth client {client_id} registered on {domain}",
+            client_id=client["client_id"],
+            domain=instance.domain,
+        )
         _no_store(request)
         return json_response(request, client, status=201)
 
@@ -262,12 +285,16 @@ class OAuthService(Service):
         instance = instance_of(request)
         client = await self._clients.get(instance, client_id)
         if client is not None:
-            if not self._clients.check_registration_token(instance, client,
-                                                          _bearer(request)):
+            if not self._clients.check_registration_token(
+                instance, client, _bearer(request)
+            ):
                 raise JSONError("invalid_token", status=401)
             await self._clients.delete(instance, client)
-            log.info("OAuth client {client_id} unregistered from {domain}",
-                     client_id=client["_id"], domain=instance.domain)
+            log.info(
+                "OAuth client {client_id} unregistered from {domain}",
+                client_id=client["_id"],
+                domain=instance.domain,
+            )
         request.setResponseCode(204)
         return b""
 
@@ -307,8 +334,9 @@ class OAuthService(Service):
 
     def _permissions(self, client: dict, params: AuthorizeParams) -> PermissionSet:
         try:
-            return PermissionSet.from_scope(params.scope, type="oauth",
-                                            source_id=client["_id"])
+            return PermissionSet.from_scope(
+                params.scope, type="oauth", source_id=client["_id"]
+            )
         except InvalidPermission:
             raise PageError(400, "bad_scope") from None
 
@@ -324,8 +352,9 @@ class OAuthService(Service):
         client = await self._check_params(instance, params)
         if not await self._logged_in(request, instance):
             # Back here once logged in (request.uri is the path and query).
-            here = f"{self._pages.scheme}://{instance.domain}" + \
-                request.uri.decode("utf-8", "replace")
+            here = f"{self._pages.scheme}://{instance.domain}" + request.uri.decode(
+                "utf-8", "replace"
+            )
             return self._pages.login_redirect(request, instance, here)
         if params.scope == LOGIN_SCOPE:
             # Login-only clients get a code without a consent screen.
@@ -333,25 +362,40 @@ class OAuthService(Service):
         permissions = self._permissions(client, params)
         return self._consent_page(request, instance, client, params, permissions)
 
-    def _consent_page(self, request: IRequest, instance: Instance, client: dict,
-                      params: AuthorizeParams, permissions: PermissionSet) -> bytes:
+    def _consent_page(
+        self,
+        request: IRequest,
+        instance: Instance,
+        client: dict,
+        params: AuthorizeParams,
+        permissions: PermissionSet,
+    ) -> bytes:
         name = str(client.get("client_name") or client["_id"])
         scheme = urlsplit(params.redirect_uri).scheme.lower()
         deny = redirect_with(params.redirect_uri, error="access_denied", state=params.state)
         csrf = self._pages.csrf_token(request)
         body = self._pages.render(
-            request, "authorize.html",
-            client_name=name, client_uri=_web_link(client.get("client_uri")),
+            request,
+            "authorize.html",
+            client_name=name,
+            client_uri=_web_link(client.get("client_uri")),
             policy_uri=_web_link(client.get("policy_uri")),
-            permissions="\n".join("• " + line for line in describe_scope(
-                permissions, self._pages.language(request))),
+            permissions="\n".join(
+                "• " + line
+                for line in describe_scope(permissions, self._pages.language(request))
+            ),
             deny_uri=deny if scheme in ("http", "https", "cozy") else "/",
-            csrf_token=csrf, client_id=client["_id"], state=params.state,
-            redirect_uri=params.redirect_uri, scope=params.scope,
+            csrf_token=csrf,
+            client_id=client["_id"],
+            state=params.state,
+            redirect_uri=params.redirect_uri,
+            scope=params.scope,
             code_challenge=params.challenge,
-            code_challenge_method=params.challenge_method)
-        policy = (request.responseHeaders.getRawHeaders(b"content-security-policy")
-                  or [b""])[0].decode("latin-1")
+            code_challenge_method=params.challenge_method,
+        )
+        policy = (
+            request.responseHeaders.getRawHeaders(b"content-security-policy") or [b""]
+        )[0].decode("latin-1")
         changed = allow_form_target(policy, params.redirect_uri)
         if changed != policy:
             request.setHeader(b"Content-Security-Policy", changed.encode("latin-1"))
@@ -372,14 +416,25 @@ class OAuthService(Service):
             self._permissions(client, params)
         return await self._give_code(request, instance, client, params, scope=scope)
 
-    async def _give_code(self, request: IRequest, instance: Instance, client: dict,
-                         params: AuthorizeParams, *, scope: str):
+    async def _give_code(
+        self,
+        request: IRequest,
+        instance: Instance,
+        client: dict,
+        params: AuthorizeParams,
+        *,
+        scope: str,
+    ):
         await self._clients.mark_used(instance, client)
         code = await self._codes.create(instance, client["_id"], scope, params.challenge)
-        log.info("OAuth access code created for client {client_id} on {domain}",
-                 client_id=client["_id"], domain=instance.domain)
-        location = redirect_with(params.redirect_uri, access_code=code, code=code,
-                                 state=params.state)
+        log.info(
+            "OAuth access code created for client {client_id} on {domain}",
+            client_id=client["_id"],
+            domain=instance.domain,
+        )
+        location = redirect_with(
+            params.redirect_uri, access_code=code, code=code, state=params.state
+        )
         _no_store(request)
         if (request.getHeader(b"accept") or b"") == b"application/json":
             return json_response(request, {"deeplink": location})
@@ -391,15 +446,24 @@ class OAuthService(Service):
     @route("access_token", "POST")
     async def access_token(self, request: IRequest):
         instance = instance_of(request)
-        form = {name: query_text(request, name) or "" for name in (
-            "grant_type", "client_id", "client_secret", "code", "code_verifier",
-            "refresh_token")}
+        form = {
+            name: query_text(request, name) or ""
+            for name in (
+                "grant_type",
+                "client_id",
+                "client_secret",
+                "code",
+                "code_verifier",
+                "refresh_token",
+            )
+        }
         response = await self._token_endpoint.exchange(instance, form)
         _no_store(request)
         return json_response(request, response.json())
 
 
 # -- /settings/clients -----------------------------------------------------------------
+
 
 class ClientsSettingsService(Service):
     """``GET /settings/clients`` and ``DELETE /settings/clients/:id``."""
@@ -418,34 +482,52 @@ class ClientsSettingsService(Service):
         if limit is None or limit == 0 or limit > 1000:
             limit = 100
         clients, cursor = await self._clients.list(
-            instance, limit=limit, cursor=query_text(request, "page[cursor]") or None)
-        data = [{
-            "type": CLIENTS_DOCTYPE, "id": client["_id"],
-            "attributes": {k: v for k, v in client.items()
-                           if k not in ("_id", "_rev", "client_id", "client_secret")},
-            "meta": {"rev": client.get("_rev")},
-            "links": {"self": f"/settings/clients/{client['_id']}"},
-        } for client in clients]
+            instance, limit=limit, cursor=query_text(request, "page[cursor]") or None
+        )
+        data = [
+            {
+                "type": CLIENTS_DOCTYPE,
+                "id": client["_id"],
+                "attributes": {
+                    k: v
+                    for k, v in client.items()
+                    if k not in ("_id", "_rev", "client_id", "client_secret")
+                },
+                "meta": {"rev": client.get("_rev")},
+                "links": {"self": f"/settings/clients/{client['_id']}"},
+            }
+            for client in clients
+        ]
         links: dict[str, str] = {}
         if cursor:
             query = {"page[cursor]": cursor}
             if limit != 100:
                 query["page[limit]"] = str(limit)
             links["next"] = "/settings/clients?" + urlencode(query)
-        return json_response(request, {"data": data, "links": links,
-                                       "meta": {"count": len(data)}},
-                             content_type=JSONAPI)
+        return json_response(
+            request,
+            {"data": data, "links": links, "meta": {"count": len(data)}},
+            content_type=JSONAPI,
+        )
 
     @route("clients/{client_id}", "DELETE", auth=token(CLIENTS_DOCTYPE))
     async def revoke_client(self, request: IRequest, client_id: str):
         instance = instance_of(request)
         client = await self._clients.find(instance, client_id)
         await self._clients.delete(instance, client)
-        log.info("OAuth client {client_id} revoked on {domain}",
-                 client_id=client_id, domain=instance.domain)
+        log.info(
+            "OAuth client {client_id} revoked on {domain}",
+            client_id=client_id,
+            domain=instance.domain,
+        )
         request.setResponseCode(204)
         return b""
 
 
-__all__ = ["OAuthService", "ClientsSettingsService", "describe_rule", "describe_scope",
-           "redirect_with"]
+__all__ = [
+    "ClientsSettingsService",
+    "OAuthService",
+    "describe_rule",
+    "describe_scope",
+    "redirect_with",
+]

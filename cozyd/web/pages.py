@@ -101,6 +101,7 @@ def render_template(name: str, context: dict[str, Any], language: str) -> str:
 
 # -- the helper services use -------------------------------------------------------------
 
+
 def _form_value(request: IRequest, name: str) -> str | None:
     values = request.args.get(name.encode("ascii"))
     if not values:
@@ -118,8 +119,9 @@ class Pages:
         self.scheme = scheme or ("https" if secure else "http")
 
     # -- rendering --------------------------------------------------------
-    def render(self, request: IRequest, template: str, *, status: int = 200,
-               **context: Any) -> bytes:
+    def render(
+        self, request: IRequest, template: str, *, status: int = 200, **context: Any
+    ) -> bytes:
         instance = current_instance(request)
         language = self.language(request)
         nonce = secrets.token_urlsafe(16)
@@ -136,25 +138,40 @@ class Pages:
         request.setHeader(b"Cache-Control", b"no-cache, no-store, must-revalidate")
         request.setHeader(b"X-Frame-Options", b"DENY")
         # Inline style and scripts only, each carrying this response's nonce.
-        request.setHeader(b"Content-Security-Policy", (
-            f"default-src 'none'; style-src 'nonce-{nonce}'; "
-            f"script-src 'nonce-{nonce}'; img-src data:; connect-src 'self'; "
-            "frame-ancestors 'none'; base-uri 'none'").encode("ascii"))
+        request.setHeader(
+            b"Content-Security-Policy",
+            (
+                f"default-src 'none'; style-src 'nonce-{nonce}'; "
+                f"script-src 'nonce-{nonce}'; img-src data:; connect-src 'self'; "
+                "frame-ancestors 'none'; base-uri 'none'"
+            ).encode("ascii"),
+        )
         request.setHeader(b"Referrer-Policy", b"no-referrer")
         return body.encode("utf-8")
 
-    def error_page(self, request: IRequest, status: int, message: str, *,
-                   title: str | None = None, values: dict[str, Any] | None = None,
-                   **context: Any) -> bytes:
+    def error_page(
+        self,
+        request: IRequest,
+        status: int,
+        message: str,
+        *,
+        title: str | None = None,
+        values: dict[str, Any] | None = None,
+        **context: Any,
+    ) -> bytes:
         """The generic error page. ``message`` and ``title`` are message ids
         (``N_("…")``) translated here, ``values`` filling their placeholders;
         no title: "Something went wrong". ``context``: more of the page
         (``link_url`` and ``link_label`` for a button)."""
         words = self.words(request)
         return self.render(
-            request, "error.html", status=status,
+            request,
+            "error.html",
+            status=status,
             error_title=words.gettext(title, **(values or {})) if title else None,
-            error_message=words.gettext(message, **(values or {})), **context)
+            error_message=words.gettext(message, **(values or {})),
+            **context,
+        )
 
     def language(self, request: IRequest) -> str:
         return language_of(request, current_instance(request))
@@ -172,12 +189,18 @@ class Pages:
         """The token to put in the page's forms (also sets the cookie)."""
         token = state_of(request).csrf
         if token is None:
-            raw = (request.getCookie(CSRF_COOKIE.encode("ascii")) or b"").decode(
-                "latin-1")
+            raw = (request.getCookie(CSRF_COOKIE.encode("ascii")) or b"").decode("latin-1")
             token = raw if _CSRF_RE.match(raw) else secrets.token_urlsafe(32)
             state_of(request).csrf = token
-            request.addCookie(CSRF_COOKIE, token, path="/", max_age=str(CSRF_MAX_AGE),
-                              secure=self.secure, httpOnly=True, sameSite="strict")
+            request.addCookie(
+                CSRF_COOKIE,
+                token,
+                path="/",
+                max_age=str(CSRF_MAX_AGE),
+                secure=self.secure,
+                httpOnly=True,
+                sameSite="strict",
+            )
             request.setHeader(b"Vary", b"Cookie")
         return token
 
@@ -186,10 +209,10 @@ class Pages:
         given = _form_value(request, CSRF_FIELD)
         if not given:
             raise CSRFMissing()
-        expected = (request.getCookie(CSRF_COOKIE.encode("ascii")) or b"").decode(
-            "latin-1")
-        if not expected or not hmac.compare_digest(given.encode("utf-8"),
-                                                   expected.encode("utf-8")):
+        expected = (request.getCookie(CSRF_COOKIE.encode("ascii")) or b"").decode("latin-1")
+        if not expected or not hmac.compare_digest(
+            given.encode("utf-8"), expected.encode("utf-8")
+        ):
             raise CSRFInvalid()
         state_of(request).csrf = expected
 
@@ -204,8 +227,12 @@ class Pages:
         request.setHeader(b"Cache-Control", b"no-store")
         return b""
 
-    def login_redirect(self, request: IRequest, instance: Instance | None = None,
-                       next_url: str | None = None) -> bytes:
+    def login_redirect(
+        self,
+        request: IRequest,
+        instance: Instance | None = None,
+        next_url: str | None = None,
+    ) -> bytes:
         """303 to the login page, which comes back to ``next_url`` once the
         owner is logged in."""
         instance = instance or instance_of(request)

@@ -53,8 +53,9 @@ def parse_bool(text: str | None, *, strict: bool = False) -> bool | None:
     return None
 
 
-def parse_int(text: str | None, *, minimum: int = INT64_MIN,
-              maximum: int = INT64_MAX) -> int | None:
+def parse_int(
+    text: str | None, *, minimum: int = INT64_MIN, maximum: int = INT64_MAX
+) -> int | None:
     if text is None or len(text) > 21 or not _INTEGER.fullmatch(text):
         return None
     value = int(text)
@@ -64,6 +65,7 @@ def parse_int(text: str | None, *, minimum: int = INT64_MIN,
 
 
 # -- the readers services use, built on the three above ------------------------------
+
 
 def query_text(request: IRequest, name: str) -> str | None:
     return query_param(request, name)

@@ -19,10 +19,19 @@ class PermissionsService(Service):
     @route("self", "GET", auth=token())
     async def show_self(self, request: IRequest):
         permissions = await self.guard.permissions(request)
-        return json_response(request, {"data": {
-            "type": "io.cozy.permissions",
-            "id": permissions.id or permissions.source_id or permissions.subject,
-            "attributes": {"type": permissions.type, "source_id": permissions.source_id,
-                           "permissions": permissions.permissions_json()},
-            "meta": {},
-        }}, content_type=JSONAPI)
+        return json_response(
+            request,
+            {
+                "data": {
+                    "type": "io.cozy.permissions",
+                    "id": permissions.id or permissions.source_id or permissions.subject,
+                    "attributes": {
+                        "type": permissions.type,
+                        "source_id": permissions.source_id,
+                        "permissions": permissions.permissions_json(),
+                    },
+                    "meta": {},
+                }
+            },
+            content_type=JSONAPI,
+        )

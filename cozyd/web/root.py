@@ -38,8 +38,9 @@ SERVED_WHEN_BLOCKED = frozenset({"apps", "konnectors", "settings", "compat"})
 def blocked_error(instance: Instance) -> CozyError:
     reason = instance.blocking_reason or "UNKNOWN"
     if reason == "PAYMENT_FAILED":
-        return PaymentRequired("this instance is blocked until a payment is made",
-                               code=reason)
+        return PaymentRequired(
+            "this instance is blocked until a payment is made", code=reason
+        )
     return ServiceUnavailable("this instance is blocked", code=reason)
 
 
@@ -49,8 +50,9 @@ def resolution_failed(failure, request: IRequest) -> bytes:
     if isinstance(failure.value, CozyError) and failure.value.status == 503:
         return error_response(request, failure.value)
     log.failure("cannot resolve the instance of a request", failure)
-    return error_response(request, CozyError(
-        "an unexpected error occurred; it has been logged"))
+    return error_response(
+        request, CozyError("an unexpected error occurred; it has been logged")
+    )
 
 
 class PublicRoot(Resource):
@@ -60,10 +62,16 @@ class PublicRoot(Resource):
 
     isLeaf = True
 
-    def __init__(self, registry: InstanceRegistry, status: StatusService,
-                 services: Mapping[str, IResource], *, seconds: Callable[[], float],
-                 unscoped: Mapping[str, IResource] | None = None,
-                 max_body_size: int | None = None):
+    def __init__(
+        self,
+        registry: InstanceRegistry,
+        status: StatusService,
+        services: Mapping[str, IResource],
+        *,
+        seconds: Callable[[], float],
+        unscoped: Mapping[str, IResource] | None = None,
+        max_body_size: int | None = None,
+    ):
         """``services`` maps a first path segment (``"data"``) to the resource
         serving below it, or ``"auth/register"``-style keys to let another
         service own some sub-paths of a prefix (it still sees paths below
@@ -72,8 +80,11 @@ class PublicRoot(Resource):
         super().__init__()
         self._registry = registry
         status_resource = status.resource()
-        self._unscoped = {"version": status_resource, "status": status_resource,
-                          **(unscoped or {})}
+        self._unscoped = {
+            "version": status_resource,
+            "status": status_resource,
+            **(unscoped or {}),
+        }
         self._services = dict(services)
         self._seconds = seconds
         self._max_body_size = max_body_size
@@ -111,20 +122,30 @@ class PublicRoot(Resource):
         known, instance = self._registry.peek(host) if host else (True, None)
         if known:
             return self._serve(request, instance)
-        return render_coroutine(request, self._resolve_and_serve(request, host),
-                                lambda failure: self._failed(failure, request))
+        return render_coroutine(
+            request,
+            self._resolve_and_serve(request, host),
+            lambda failure: self._failed(failure, request),
+        )
 
     async def _resolve_and_serve(self, request: IRequest, host: str):
         return self._serve(request, await self._registry.resolve(host))
 
     def _serve(self, request: IRequest, instance: Instance | None):
         if instance is None or instance.deleting:
-            return error_response(request, NotFound("no instance is served at this "
-                                                    "address", code="instance_not_found"))
+            return error_response(
+                request,
+                NotFound(
+                    "no instance is served at this address", code="instance_not_found"
+                ),
+            )
         postpath = request.postpath
         segment = postpath[0].decode("utf-8", "replace") if postpath else ""
-        if (instance.blocked and segment not in SERVED_WHEN_BLOCKED
-                and not holds_cli_token(request, instance, self._seconds())):
+        if (
+            instance.blocked
+            and segment not in SERVED_WHEN_BLOCKED
+            and not holds_cli_token(request, instance, self._seconds())
+        ):
             return error_response(request, blocked_error(instance))
         state_of(request).instance = instance
         second = postpath[1].decode("utf-8", "replace") if len(postpath) > 1 else ""

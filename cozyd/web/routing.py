@@ -189,8 +189,9 @@ class TokenAuth:
     verb: str | None = None
     collection: bool = True
 
-    async def check(self, service: Any, request: IRequest, params: Mapping[str, str]
-                    ) -> None:
+    async def check(
+        self, service: Any, request: IRequest, params: Mapping[str, str]
+    ) -> None:
         from cozyd.permissions.rules import verb_of
 
         permissions = await service.guard.permissions(request)
@@ -202,15 +203,21 @@ class TokenAuth:
             raise PermissionDenied()
 
 
-def token(doctype: str | Callable[..., str] | None = None, *, verb: str | None = None,
-          collection: bool = True) -> TokenAuth:
+def token(
+    doctype: str | Callable[..., str] | None = None,
+    *,
+    verb: str | None = None,
+    collection: bool = True,
+) -> TokenAuth:
     return TokenAuth(doctype, verb, collection)
 
 
 def param(name: str) -> Callable[[Mapping[str, str]], str]:
     """A path parameter as the doctype of a ``token`` policy."""
+
     def read(params: Mapping[str, str]) -> str:
         return params[name]
+
     read.__name__ = f"param_{name}"
     return read
 
@@ -219,8 +226,9 @@ def param(name: str) -> Callable[[Mapping[str, str]], str]:
 class SessionAuth:
     """The owner's session (the service's ``sessions``), else 403."""
 
-    async def check(self, service: Any, request: IRequest, params: Mapping[str, str]
-                    ) -> None:
+    async def check(
+        self, service: Any, request: IRequest, params: Mapping[str, str]
+    ) -> None:
         if not await service.sessions.logged_in(request):
             raise Forbidden("a session is required")
 
@@ -229,8 +237,9 @@ class SessionAuth:
 class AdminAuth:
     """The admin passphrase (the service's ``authenticate(request)``)."""
 
-    async def check(self, service: Any, request: IRequest, params: Mapping[str, str]
-                    ) -> None:
+    async def check(
+        self, service: Any, request: IRequest, params: Mapping[str, str]
+    ) -> None:
         await service.authenticate(request)
 
 
@@ -262,7 +271,8 @@ class Route:
     shadows: list[Route] = attrs.field(init=False, factory=list, repr=False, eq=False)
     #: For each parameter, the fixed names the shadows have in its place.
     shadowing_names: list[tuple[str, frozenset[str]]] = attrs.field(
-        init=False, factory=list, repr=False, eq=False)
+        init=False, factory=list, repr=False, eq=False
+    )
 
     @literals.default
     def _count_literals(self) -> int:
@@ -279,8 +289,9 @@ class Route:
     @property
     def rule(self) -> str:
         """Its werkzeug rule: every parameter is one raw segment (``seg``)."""
-        return "/" + "/".join(f"<seg:{t[1:-1]}>" if t.startswith("{") else t
-                              for t in self.pattern)
+        return "/" + "/".join(
+            f"<seg:{t[1:-1]}>" if t.startswith("{") else t for t in self.pattern
+        )
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
         if len(segments) != len(self.pattern):
@@ -299,8 +310,10 @@ class Route:
         some of ``other``'s paths."""
         if len(self.pattern) != len(other.pattern) or self.literals <= other.literals:
             return False
-        return all(mine == theirs or mine.startswith("{") or theirs.startswith("{")
-                   for mine, theirs in zip(self.pattern, other.pattern))
+        return all(
+            mine == theirs or mine.startswith("{") or theirs.startswith("{")
+            for mine, theirs in zip(self.pattern, other.pattern, strict=False)
+        )
 
     def settle(self, method: str, params: dict[str, str]) -> tuple[Route, dict[str, str]]:
         """The route a path werkzeug matched to this one really goes to.
@@ -333,8 +346,14 @@ class Route:
 _BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 
-def route(pattern: str, *methods: str, auth: Any = None, body: Body | None = None,
-          errors: ErrorStyle | None = None, **options: Any):
+def route(
+    pattern: str,
+    *methods: str,
+    auth: Any = None,
+    body: Body | None = None,
+    errors: ErrorStyle | None = None,
+    **options: Any,
+):
     """Declare a handler of ``Service`` (see the module docstring)."""
     tokens = tuple(pattern.strip("/").split("/")) if pattern.strip("/") else ()
     verbs = set(methods)
@@ -345,9 +364,12 @@ def route(pattern: str, *methods: str, auth: Any = None, body: Body | None = Non
 
     def register(handler):
         declared = getattr(handler, "__cozyd_routes__", ())
-        handler.__cozyd_routes__ = (*declared, Route(
-            tokens, frozenset(verbs), handler, auth, body, errors, dict(options)))
+        handler.__cozyd_routes__ = (
+            *declared,
+            Route(tokens, frozenset(verbs), handler, auth, body, errors, dict(options)),
+        )
         return handler
+
     return register
 
 
@@ -391,8 +413,12 @@ class RawSegment(BaseConverter):
 def url_map() -> Map:
     """The werkzeug map of a service's Klein app: raw segments, trailing
     slashes ignored, no merging of slashes, never a redirect."""
-    return Map(strict_slashes=False, merge_slashes=False, redirect_defaults=False,
-               converters={"seg": RawSegment})
+    return Map(
+        strict_slashes=False,
+        merge_slashes=False,
+        redirect_defaults=False,
+        converters={"seg": RawSegment},
+    )
 
 
 class Router:
@@ -407,17 +433,26 @@ class Router:
             app._url_map = url_map()  # before any rule is added
             for i, one in enumerate(self.routes):
                 app.route(one.rule, methods=sorted(one.methods), endpoint=f"r{i}")(
-                    _endpoint(one))
+                    _endpoint(one)
+                )
         self.app = app
         self._by_endpoint = {f"r{i}": one for i, one in enumerate(self.routes)}
         for one in self.routes:
-            one.shadows[:] = sorted((other for other in self.routes
-                                     if other.may_shadow(one)),
-                                    key=lambda other: -other.literals)
+            one.shadows[:] = sorted(
+                (other for other in self.routes if other.may_shadow(one)),
+                key=lambda other: -other.literals,
+            )
             one.shadowing_names[:] = [
-                (name, frozenset(other.pattern[i] for other in one.shadows
-                                 if not other.pattern[i].startswith("{")))
-                for i, name in one._params]
+                (
+                    name,
+                    frozenset(
+                        other.pattern[i]
+                        for other in one.shadows
+                        if not other.pattern[i].startswith("{")
+                    ),
+                )
+                for i, name in one._params
+            ]
         #: Bound once: werkzeug's adapter keeps nothing of a match.
         self._adapter = app.url_map.bind("", "/")
 
@@ -460,7 +495,7 @@ def raw_segments(raw: bytes, skip: int = 0) -> list[bytes]:
     """The raw segments of a path (no query), still escaped, the first
     ``skip`` left out and trailing empty ones dropped; bytes past ASCII
     (a client's raw UTF-8) escaped, so the segments read as ASCII."""
-    parts = raw.split(b"/")[1 + skip:]
+    parts = raw.split(b"/")[1 + skip :]
     while parts and parts[-1] == b"":
         parts.pop()
     if not all(part.isascii() for part in parts):
@@ -472,9 +507,11 @@ def split_raw_path(raw: bytes, skip: int = 0) -> list[str]:
     """The segments of a raw path (no query), each unescaped alone, the
     first ``skip`` left out and trailing empty ones dropped. ``ValueError``
     for a path that is not UTF-8 once unescaped."""
-    parts = raw.split(b"/")[1 + skip:]
-    segments = [unquote_to_bytes(part).decode("utf-8") if b"%" in part
-                else part.decode("utf-8") for part in parts]
+    parts = raw.split(b"/")[1 + skip :]
+    segments = [
+        unquote_to_bytes(part).decode("utf-8") if b"%" in part else part.decode("utf-8")
+        for part in parts
+    ]
     while segments and segments[-1] == "":
         segments.pop()
     return segments
@@ -486,8 +523,10 @@ def _path_only(uri: bytes) -> bytes:
 
 def _endpoint(one: Route) -> Callable[..., Any]:
     """The Klein endpoint of a route: the service's dispatch."""
+
     def endpoint(service: Service, request: IRequest, **params: str) -> Any:
         return service.serve(request, one, params)
+
     endpoint.__name__ = getattr(one.handler, "__name__", "endpoint")
     return endpoint
 
@@ -539,9 +578,9 @@ def shield(awaitable) -> defer.Deferred:
         if not outer.called:
             outer.callback(result)
         elif isinstance(result, Failure):
-            log.failure("a shielded step failed after its request was cancelled",
-                        result)
+            log.failure("a shielded step failed after its request was cancelled", result)
         return None
+
     inner.addBoth(done)
     return outer
 
@@ -623,8 +662,9 @@ class Service(Resource):
 
     def route_for(self, method: bytes, segments: list[str]) -> Routed | None:
         """The same, from unescaped segments."""
-        return self.route_for_raw(method, [quote(s, safe="").encode("ascii")
-                                           for s in segments])
+        return self.route_for_raw(
+            method, [quote(s, safe="").encode("ascii") for s in segments]
+        )
 
     def route_for_uri(self, method: bytes, uri: bytes, host: bytes = b"") -> Routed | None:
         """The route of a request to this service mounted as a site's root."""
@@ -650,8 +690,9 @@ class Service(Resource):
         """What Klein's endpoint of ``found`` runs (``params`` as matched)."""
         if found.shadows:
             try:
-                found, params = found.settle(request.method.decode("ascii", "replace"),
-                                             params)
+                found, params = found.settle(
+                    request.method.decode("ascii", "replace"), params
+                )
             except MethodNotAllowed as error:
                 return self._no_route(request, error)
         return self.dispatch(request, found, params)
@@ -671,7 +712,7 @@ class Service(Resource):
                 result = await result
         except defer.CancelledError:
             raise  # the client went away: nothing to answer
-        except Exception as e:  # noqa: BLE001 - every error gets its style's body
+        except Exception as e:
             result = self.render_error(request, e, found)
         return _answer(request, result)
 
@@ -680,7 +721,7 @@ class Service(Resource):
             result = await self.no_route(request, error)
         except defer.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             result = self.render_error(request, e)
         return _answer(request, result)
 
@@ -693,12 +734,16 @@ class Service(Resource):
 
         return BadRequest("the path is not valid UTF-8")
 
-    def render_error(self, request: IRequest, error: BaseException,
-                     found: Route | None = None) -> bytes:
+    def render_error(
+        self, request: IRequest, error: BaseException, found: Route | None = None
+    ) -> bytes:
         if found is None:
             found = state_of(request).route
-        style = (found.errors if found is not None and found.errors is not None
-                 else type(self).errors)
+        style = (
+            found.errors
+            if found is not None and found.errors is not None
+            else type(self).errors
+        )
         return style(self, request, error)
 
 
@@ -716,8 +761,9 @@ def _answer(request: IRequest, result: Any) -> Any:
 # the app is bound to it).
 def _routing_error(service: Service, request: IRequest, failure: Failure) -> Any:
     code = getattr(failure.value, "code", 404)
-    return service._no_route(request, MethodNotAllowed() if code == 405
-                             else RouteNotFound())
+    return service._no_route(
+        request, MethodNotAllowed() if code == 405 else RouteNotFound()
+    )
 
 
 def _bad_path(service: Service, request: IRequest, failure: Failure) -> Any:

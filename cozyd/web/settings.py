@@ -35,8 +35,8 @@ from cozyd.errors import (
 )
 from cozyd.instance.lifecycle import InstanceManager, ModifyOptions
 from cozyd.instance.model import Instance
-from cozyd.web.auth import WebSessions, form_value
 from cozyd.web import bodies
+from cozyd.web.auth import WebSessions, form_value
 from cozyd.web.common import JSONAPI, instance_of, json_response, jsonapi_errors
 from cozyd.web.guard import Guard, authorize_document, permissions_of
 from cozyd.web.pages import Pages
@@ -47,8 +47,7 @@ PASSPHRASE_ID = "io.cozy.settings.passphrase"
 CAPABILITIES_ID = "io.cozy.settings.capabilities"
 
 #: Fields of the settings document that only the CLI may change.
-_CLI_ONLY = ("auth_mode", "tos", "tos_latest", "uuid", "context", "sponsorships",
-             "oidc_id")
+_CLI_ONLY = ("auth_mode", "tos", "tos_latest", "uuid", "context", "sponsorships", "oidc_id")
 #: Fields a generic update never changes (the email has its own flow).
 _GUARDED = ("email", "pending_email")
 
@@ -66,8 +65,13 @@ def is_json(request: IRequest) -> bool:
 def _int(value: Any, name: str) -> int:
     if value is None or value == "":
         return 0
-    number = value if isinstance(value, int) and not isinstance(value, bool) else \
-        parse_int(value) if isinstance(value, str) else None
+    number = (
+        value
+        if isinstance(value, int) and not isinstance(value, bool)
+        else parse_int(value)
+        if isinstance(value, str)
+        else None
+    )
     if number is None or parse_int(str(number)) is None:
         raise BadRequest(f"the {name} parameter must be an integer") from None
     return number
@@ -77,10 +81,20 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def jsonapi_doc(doctype: str, doc_id: str, attributes: dict[str, Any], *,
-                rev: str | None = None, self_link: str | None = None) -> dict[str, Any]:
-    data: dict[str, Any] = {"type": doctype, "id": doc_id, "attributes": attributes,
-                            "meta": {"rev": rev} if rev else {}}
+def jsonapi_doc(
+    doctype: str,
+    doc_id: str,
+    attributes: dict[str, Any],
+    *,
+    rev: str | None = None,
+    self_link: str | None = None,
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "type": doctype,
+        "id": doc_id,
+        "attributes": attributes,
+        "meta": {"rev": rev} if rev else {},
+    }
     if self_link:
         data["links"] = {"self": self_link}
     return data
@@ -93,9 +107,17 @@ def session_object(session: Session) -> dict[str, Any]:
 class SettingsService(Service):
     errors = jsonapi_errors
 
-    def __init__(self, guard: Guard, *, documents: Documents, instances: InstanceManager,
-                 pages: Pages, sessions: WebSessions, passphrases: Passphrases,
-                 urls: InstanceURLs):
+    def __init__(
+        self,
+        guard: Guard,
+        *,
+        documents: Documents,
+        instances: InstanceManager,
+        pages: Pages,
+        sessions: WebSessions,
+        passphrases: Passphrases,
+        urls: InstanceURLs,
+    ):
         super().__init__()
         self.guard = guard
         self.documents = documents
@@ -110,9 +132,18 @@ class SettingsService(Service):
     async def passphrase_parameters(self, request: IRequest):
         instance = instance_of(request)
         attributes = await self.passphrases.parameters(instance)
-        return json_response(request, {"data": jsonapi_doc(
-            SETTINGS_DOCTYPE, PASSPHRASE_ID, attributes, self_link="/settings/passphrase")},
-            content_type=JSONAPI)
+        return json_response(
+            request,
+            {
+                "data": jsonapi_doc(
+                    SETTINGS_DOCTYPE,
+                    PASSPHRASE_ID,
+                    attributes,
+                    self_link="/settings/passphrase",
+                )
+            },
+            content_type=JSONAPI,
+        )
 
     def _arguments(self, request: IRequest) -> dict[str, Any]:
         """The body as a dict: JSON, or a form (whose CSRF token is checked)."""
@@ -122,9 +153,19 @@ class SettingsService(Service):
                 raise BadRequest("the body must be a JSON object", code="bad_json")
             return body
         self.pages.check_csrf(request)
-        return {name: form_value(request, name) for name in (
-            "register_token", "passphrase", "hint", "key", "public_key", "private_key",
-            "iterations", "redirection")}
+        return {
+            name: form_value(request, name)
+            for name in (
+                "register_token",
+                "passphrase",
+                "hint",
+                "key",
+                "public_key",
+                "private_key",
+                "iterations",
+                "redirection",
+            )
+        }
 
     @route("passphrase", "POST")
     async def register_passphrase(self, request: IRequest):
@@ -138,17 +179,23 @@ class SettingsService(Service):
         iterations = _int(args.get("iterations"), "iterations")
         check_iterations(iterations)
         params = PassParameters(
-            passphrase=_str(args.get("passphrase")), iterations=iterations,
-            key=_str(args.get("key")), public_key=_str(args.get("public_key")),
-            private_key=_str(args.get("private_key")), hint=_str(args.get("hint")))
+            passphrase=_str(args.get("passphrase")),
+            iterations=iterations,
+            key=_str(args.get("key")),
+            public_key=_str(args.get("public_key")),
+            private_key=_str(args.get("private_key")),
+            hint=_str(args.get("hint")),
+        )
 
         async def register(onboarding: Instance) -> Instance:
             # The passphrase and the session: both, even if the client hangs up.
             registered = await self.passphrases.register(onboarding, register_token, params)
             state_of(request).instance = registered
-            await self.sessions.open(request, registered, Duration.LONG,
-                                     method="registration")
+            await self.sessions.open(
+                request, registered, Duration.LONG, method="registration"
+            )
             return registered
+
         instance = await shield(register(instance))
         redirect = self.urls.onboarded_redirection(instance)
         redirection = _str(args.get("redirection"))
@@ -166,15 +213,20 @@ class SettingsService(Service):
         if not isinstance(args, dict):
             raise BadRequest("the body must be a JSON object", code="bad_json")
         iterations = _int(args.get("iterations"), "iterations")
-        params = PassParameters(passphrase=_str(args.get("new_passphrase")),
-                                iterations=iterations, key=_str(args.get("key")),
-                                public_key=_str(args.get("publicKey")),
-                                private_key=_str(args.get("privateKey")))
+        params = PassParameters(
+            passphrase=_str(args.get("new_passphrase")),
+            iterations=iterations,
+            key=_str(args.get("key")),
+            public_key=_str(args.get("publicKey")),
+            private_key=_str(args.get("privateKey")),
+        )
         force = args.get("force") is True
         if force:
             if permissions_of(request).type != "cli" and instance.password_defined:
-                raise BadRequest("Bitwarden extension has already been installed on this "
-                                 "Cozy, cannot force update the passphrase.")
+                raise BadRequest(
+                    "Bitwarden extension has already been installed on this "
+                    "Cozy, cannot force update the passphrase."
+                )
         else:
             check_iterations(iterations)
 
@@ -184,7 +236,8 @@ class SettingsService(Service):
                 instance = await self.passphrases.force_update(instance, params)
             else:
                 instance = await self.passphrases.update(
-                    instance, _str(args.get("current_passphrase")), params)
+                    instance, _str(args.get("current_passphrase")), params
+                )
             state_of(request).instance = instance
             # The session secret changed: every other session ends; this one
             # goes on with a cookie signed with the new secret.
@@ -193,8 +246,10 @@ class SettingsService(Service):
             elif not force:
                 session = await self.sessions.store.create(instance, Duration.LONG)
                 self.sessions.set_cookie(request, instance, session)
-            await self.sessions.store.delete_others(instance,
-                                                    session.id if session else None)
+            await self.sessions.store.delete_others(
+                instance, session.id if session else None
+            )
+
         await shield(change(instance, session))
         request.setResponseCode(204)
         return b""
@@ -222,8 +277,9 @@ class SettingsService(Service):
         args = read_json(request)
         hint = _str(args.get("hint")) if isinstance(args, dict) else ""
         if await self.passphrases.hint_is_passphrase(instance, hint):
-            raise Unprocessable("The hint cannot be the same as the password",
-                                source={"parameter": "hint"})
+            raise Unprocessable(
+                "The hint cannot be the same as the password", source={"parameter": "hint"}
+            )
         await self.passphrases.set_hint(instance, hint)
         request.setResponseCode(204)
         return b""
@@ -234,8 +290,9 @@ class SettingsService(Service):
         doc["onboarding_finished"] = instance.onboarding_finished
         doc["password_defined"] = instance.password_defined
         doc["auto_update"] = not instance.extra.get("no_auto_update", False)
-        doc["auth_mode"] = "two_factor_mail" if instance.extra.get("auth_mode") == 1 \
-            else "basic"
+        doc["auth_mode"] = (
+            "two_factor_mail" if instance.extra.get("auth_mode") == 1 else "basic"
+        )
         doc["tos"] = instance.tos
         doc["tos_latest"] = instance.tos_latest
         doc["uuid"] = instance.uuid
@@ -249,17 +306,32 @@ class SettingsService(Service):
         instance = instance_of(request)
         doc = dict(await self.urls.settings_document(instance))
         # A read permission on the settings document (or its doctype).
-        authorize_document(request, SETTINGS_DOCTYPE, INSTANCE_SETTINGS_ID,
-                           {"_id": INSTANCE_SETTINGS_ID, **doc}, verb="GET")
+        authorize_document(
+            request,
+            SETTINGS_DOCTYPE,
+            INSTANCE_SETTINGS_ID,
+            {"_id": INSTANCE_SETTINGS_ID, **doc},
+            verb="GET",
+        )
         doc.pop("_id", None)
         rev = doc.pop("_rev", None)
         self._with_instance_fields(doc, instance)
         value = doc.get("default_redirection")
         if not isinstance(value, str) or value.startswith("http"):
             doc["default_redirection"] = "home/"
-        return json_response(request, {"data": jsonapi_doc(
-            SETTINGS_DOCTYPE, INSTANCE_SETTINGS_ID, doc, rev=rev,
-            self_link="/settings/instance")}, content_type=JSONAPI)
+        return json_response(
+            request,
+            {
+                "data": jsonapi_doc(
+                    SETTINGS_DOCTYPE,
+                    INSTANCE_SETTINGS_ID,
+                    doc,
+                    rev=rev,
+                    self_link="/settings/instance",
+                )
+            },
+            content_type=JSONAPI,
+        )
 
     @route("instance", "PUT", auth=token(SETTINGS_DOCTYPE, collection=False))
     async def update_instance(self, request: IRequest):
@@ -268,15 +340,21 @@ class SettingsService(Service):
         data = body.get("data") if isinstance(body, dict) else None
         attributes = data.get("attributes") if isinstance(data, dict) else None
         if not isinstance(attributes, dict):
-            raise BadRequest("the body is not a JSON:API document with attributes",
-                             code="bad_json")
+            raise BadRequest(
+                "the body is not a JSON:API document with attributes", code="bad_json"
+            )
         meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
         rev = meta.get("rev") if isinstance(meta.get("rev"), str) else None
         doc = dict(attributes)
         doc.pop("_id", None)
         doc.pop("_rev", None)
-        authorize_document(request, SETTINGS_DOCTYPE, INSTANCE_SETTINGS_ID,
-                           {"_id": INSTANCE_SETTINGS_ID, **doc}, verb="PUT")
+        authorize_document(
+            request,
+            SETTINGS_DOCTYPE,
+            INSTANCE_SETTINGS_ID,
+            {"_id": INSTANCE_SETTINGS_ID, **doc},
+            verb="PUT",
+        )
         current = await self.urls.settings_document(instance)
         if permissions_of(request).type != "cli":
             for key in _CLI_ONLY:
@@ -297,12 +375,23 @@ class SettingsService(Service):
             except DocConflict:
                 raise Conflict("Document update conflict") from None
         self._with_instance_fields(doc, instance)
-        return json_response(request, {"data": jsonapi_doc(
-            SETTINGS_DOCTYPE, INSTANCE_SETTINGS_ID, doc, rev=rev,
-            self_link="/settings/instance")}, content_type=JSONAPI)
+        return json_response(
+            request,
+            {
+                "data": jsonapi_doc(
+                    SETTINGS_DOCTYPE,
+                    INSTANCE_SETTINGS_ID,
+                    doc,
+                    rev=rev,
+                    self_link="/settings/instance",
+                )
+            },
+            content_type=JSONAPI,
+        )
 
-    async def _apply_instance_fields(self, instance: Instance,
-                                     doc: dict[str, Any]) -> Instance:
+    async def _apply_instance_fields(
+        self, instance: Instance, doc: dict[str, Any]
+    ) -> Instance:
         """Settings kept on the instance move there (as cozy-stack does)."""
         changes: dict[str, Any] = {}
         locale = doc.pop("locale", None)
@@ -311,15 +400,28 @@ class SettingsService(Service):
         finished = doc.pop("onboarding_finished", None)
         if isinstance(finished, bool) and finished != instance.onboarding_finished:
             changes["onboarding_finished"] = finished
-        for key, field in (("context", "context"), ("uuid", "uuid"), ("tos", "tos"),
-                           ("tos_latest", "tos_latest")):
+        for key, field in (
+            ("context", "context"),
+            ("uuid", "uuid"),
+            ("tos", "tos"),
+            ("tos_latest", "tos_latest"),
+        ):
             value = doc.pop(key, None)
             if isinstance(value, str) and value and value != getattr(instance, field):
                 changes[field] = value
         # Shown by GET but not settings: never stored in the document.
-        for key in ("sponsorships", "feature_sets", "oidc_id", "auto_update",
-                    "auth_mode", "password_defined", "org_domain", "org_id",
-                    "legal_notice_url", "oidc_logout_url"):
+        for key in (
+            "sponsorships",
+            "feature_sets",
+            "oidc_id",
+            "auto_update",
+            "auth_mode",
+            "password_defined",
+            "org_domain",
+            "org_id",
+            "legal_notice_url",
+            "oidc_logout_url",
+        ):
             doc.pop(key, None)
         if not changes:
             return instance
@@ -329,29 +431,47 @@ class SettingsService(Service):
     async def capabilities(self, request: IRequest):
         instance = instance_of(request)
         magic_link = bool(instance.extra.get("magic_link"))
-        attributes = {"file_versioning": True, "flat_subdomains": False,
-                      "can_auth_with_password": not magic_link,
-                      "can_auth_with_magic_links": magic_link,
-                      "can_auth_with_oidc": bool(instance.extra.get("franceconnect_id"))}
-        return json_response(request, {"data": jsonapi_doc(
-            SETTINGS_DOCTYPE, CAPABILITIES_ID, attributes,
-            self_link="/settings/capabilities")}, content_type=JSONAPI)
+        attributes = {
+            "file_versioning": True,
+            "flat_subdomains": False,
+            "can_auth_with_password": not magic_link,
+            "can_auth_with_magic_links": magic_link,
+            "can_auth_with_oidc": bool(instance.extra.get("franceconnect_id")),
+        }
+        return json_response(
+            request,
+            {
+                "data": jsonapi_doc(
+                    SETTINGS_DOCTYPE,
+                    CAPABILITIES_ID,
+                    attributes,
+                    self_link="/settings/capabilities",
+                )
+            },
+            content_type=JSONAPI,
+        )
 
     # -- sessions ---------------------------------------------------------------------
     @route("sessions", "GET", auth=token(SESSIONS_DOCTYPE))
     async def list_sessions(self, request: IRequest):
         sessions = await self.sessions.store.all(instance_of(request))
-        return json_response(request, {"data": [session_object(s) for s in sessions],
-                                       "meta": {"count": len(sessions)}},
-                             content_type=JSONAPI)
+        return json_response(
+            request,
+            {
+                "data": [session_object(s) for s in sessions],
+                "meta": {"count": len(sessions)},
+            },
+            content_type=JSONAPI,
+        )
 
     @route("sessions/current", "GET")
     async def current_session(self, request: IRequest):
         session = await self.sessions.current(request)
         if session is None:
             raise NotFound("no current session")
-        return json_response(request, {"data": session_object(session)},
-                             content_type=JSONAPI)
+        return json_response(
+            request, {"data": session_object(session)}, content_type=JSONAPI
+        )
 
     @route("onboarded", "GET")
     async def onboarded(self, request: IRequest):
@@ -360,5 +480,6 @@ class SettingsService(Service):
             return self.pages.login_redirect(request, instance)
         if not instance.onboarding_finished:
             instance = await self.instances.modify(
-                instance.domain, ModifyOptions(onboarding_finished=True))
+                instance.domain, ModifyOptions(onboarding_finished=True)
+            )
         return self.pages.redirect(request, self.urls.onboarded_redirection(instance))

@@ -142,8 +142,12 @@ class CozyRequest(server.Request):
             self._stream.fail(BodyAborted("the client went away"))
 
     def _answering_early(self) -> bool:
-        return (self._stream is not None and not self._body_done and not self._refused
-                and not self._disconnected)
+        return (
+            self._stream is not None
+            and not self._body_done
+            and not self._refused
+            and not self._disconnected
+        )
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting and self._answering_early():
@@ -168,8 +172,9 @@ class CozyRequest(server.Request):
     def _start_streaming(self, command: bytes, uri: bytes, length: int | None) -> None:
         """Run the request now; its body goes to ``state.body``."""
         transport = self.channel.transport
-        self._stream = BodyStream(pause=transport.pauseProducing,
-                                  resume=transport.resumeProducing)
+        self._stream = BodyStream(
+            pause=transport.pauseProducing, resume=transport.resumeProducing
+        )
         state_of(self).body = self._stream
         self.content = io.BytesIO()
         # (An empty body ends in requestReceived too, which the channel calls
@@ -295,8 +300,10 @@ class CozyChannel(http.HTTPChannel):
         self._head_call = None
         if self.transport is None or self._handlingRequest:
             return
-        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
-                             b"Content-Length: 0\r\n\r\n")
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
         self.loseConnection()
 
 
@@ -313,8 +320,14 @@ class CozySite(server.Site):
     #: reading (and dropping) what the client sends before it is closed.
     linger = 2.0
 
-    def __init__(self, resource: Any, *, max_body_size: int,
-                 header_timeout: float | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        resource: Any,
+        *,
+        max_body_size: int,
+        header_timeout: float | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(resource, **kwargs)
         self.max_body_size = max_body_size
         self.header_timeout = header_timeout

@@ -22,8 +22,12 @@ def _duration(seconds: float) -> str:
 class StatusService(Service):
     errors = jsonapi_errors
 
-    def __init__(self, store: DocumentStore, fs_root: str,
-                 seconds: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        store: DocumentStore,
+        fs_root: str,
+        seconds: Callable[[], float] = time.monotonic,
+    ):
         super().__init__()
         self._store = store
         self._fs_root = fs_root
@@ -31,12 +35,15 @@ class StatusService(Service):
 
     @route("version", "GET")
     def version(self, request: IRequest) -> bytes:
-        return json_response(request, {
-            "version": __version__,
-            "build_mode": "production",
-            "build_time": "",
-            "runtime_version": f"python{platform.python_version()}",
-        })
+        return json_response(
+            request,
+            {
+                "version": __version__,
+                "build_mode": "production",
+                "build_time": "",
+                "runtime_version": f"python{platform.python_version()}",
+            },
+        )
 
     @route("status", "GET")
     async def status(self, request: IRequest) -> bytes:
@@ -52,11 +59,18 @@ class StatusService(Service):
         ok = storage_ok and fs_ok
         # The "couchdb" key names the document store whatever its engine:
         # cozy-stack's clients read that key.
-        return json_response(request, {
-            "cache": "healthy",
-            "couchdb": "healthy" if storage_ok else "unhealthy",
-            "fs": "healthy" if fs_ok else "unhealthy",
-            "status": "OK" if ok else "KO",
-            "message": "OK" if ok else "a backend is not healthy",
-            "latency": {"couchdb": _duration(storage_latency), "fs": _duration(fs_latency)},
-        }, status=200 if ok else 502)
+        return json_response(
+            request,
+            {
+                "cache": "healthy",
+                "couchdb": "healthy" if storage_ok else "unhealthy",
+                "fs": "healthy" if fs_ok else "unhealthy",
+                "status": "OK" if ok else "KO",
+                "message": "OK" if ok else "a backend is not healthy",
+                "latency": {
+                    "couchdb": _duration(storage_latency),
+                    "fs": _duration(fs_latency),
+                },
+            },
+            status=200 if ok else 502,
+        )

@@ -26,9 +26,15 @@ ROWS_PER_WRITE = 500
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-async def json_rows_response(request: IRequest, body: dict[str, Any], key: str = "rows",
-                             *, pause: Callable[[], Awaitable[Any]] | None = None,
-                             status: int = 200, content_type: str = JSON) -> Any:
+async def json_rows_response(
+    request: IRequest,
+    body: dict[str, Any],
+    key: str = "rows",
+    *,
+    pause: Callable[[], Awaitable[Any]] | None = None,
+    status: int = 200,
+    content_type: str = JSON,
+) -> Any:
     """``body`` as JSON, its ``key`` list written in pieces when long."""
     rows = body.get(key)
     if not isinstance(rows, list) or len(rows) <= STREAM_ABOVE:
@@ -41,7 +47,7 @@ async def json_rows_response(request: IRequest, body: dict[str, Any], key: str =
     for start in range(0, len(rows), ROWS_PER_WRITE):
         if request.finished or getattr(request, "_disconnected", False):
             return NOT_DONE_YET
-        piece = ",".join(_encode(row) for row in rows[start:start + ROWS_PER_WRITE])
+        piece = ",".join(_encode(row) for row in rows[start : start + ROWS_PER_WRITE])
         request.write((("," if start else "") + piece).encode("utf-8"))
         if pause is not None:
             await pause()

@@ -26,9 +26,13 @@ def domain(prefix):
 
 
 def manager(store, tmp_path, node_id="node-1"):
-    return InstanceManager(Documents(store), str(tmp_path / "files"),
-                           run_blocking=run_now, kdf_iterations=TEST_KDF_ITERATIONS,
-                           node_id=node_id)
+    return InstanceManager(
+        Documents(store),
+        str(tmp_path / "files"),
+        run_blocking=run_now,
+        kdf_iterations=TEST_KDF_ITERATIONS,
+        node_id=node_id,
+    )
 
 
 async def setup(store, tmp_path):
@@ -40,10 +44,17 @@ async def setup(store, tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_create_builds_everything_the_seed_describes(store, tmp_path, domain):
     instances = await setup(store, tmp_path)
-    instance = await instances.create(CreateOptions(
-        domain=domain, locale="fr", email="alice@example.com", public_name="Alice",
-        timezone="Europe/Paris", settings={"offer": "premium", "context": "test"},
-        disk_quota=5_000_000))
+    instance = await instances.create(
+        CreateOptions(
+            domain=domain,
+            locale="fr",
+            email="alice@example.com",
+            public_name="Alice",
+            timezone="Europe/Paris",
+            settings={"offer": "premium", "context": "test"},
+            disk_quota=5_000_000,
+        )
+    )
     assert instance.context == "test"
     dbs = await store.list_dbs(instance.prefix)
     for doctype in defaults.DOCTYPES:
@@ -51,12 +62,13 @@ async def test_create_builds_everything_the_seed_describes(store, tmp_path, doma
     files = db_name(instance.prefix, "io.cozy.files")
     index_names = {i["name"] for i in (await store.list_indexes(files))["indexes"]}
     assert {"dir-children", "dir-by-path", "by-dir-id-updated-at"} <= index_names
-    clients = (await store.list_indexes(db_name(instance.prefix, "io.cozy.oauth.clients")))
-    partial = [i for i in clients["indexes"] if i["name"] == "connected-user-clients"][0]
+    clients = await store.list_indexes(db_name(instance.prefix, "io.cozy.oauth.clients"))
+    partial = next(i for i in clients["indexes"] if i["name"] == "connected-user-clients")
     assert "pending" in json.dumps(partial["def"]["partial_filter_selector"])
 
-    settings = await store.get_doc(db_name(instance.prefix, "io.cozy.settings"),
-                                   "io.cozy.settings.instance")
+    settings = await store.get_doc(
+        db_name(instance.prefix, "io.cozy.settings"), "io.cozy.settings.instance"
+    )
     assert settings["email"] == "alice@example.com"
     assert settings["public_name"] == "Alice"
     assert settings["tz"] == "Europe/Paris"
@@ -69,9 +81,14 @@ async def test_create_builds_everything_the_seed_describes(store, tmp_path, doma
     assert (trash["path"], trash["dir_id"]) == ("/.cozy_trash", defaults.ROOT_DIR_ID)
     rows = (await store.all_docs(files, include_docs=True))["rows"]
     paths = sorted(r["doc"]["path"] for r in rows if not r["id"].startswith("_design"))
-    assert paths == ["/", "/.cozy_trash", "/Administratif", "/Photos",
-                     "/Photos/Envoyées depuis Cozy Photos",
-                     "/Photos/Sauvegardées depuis mon mobile"]
+    assert paths == [
+        "/",
+        "/.cozy_trash",
+        "/Administratif",
+        "/Photos",
+        "/Photos/Envoyées depuis Cozy Photos",
+        "/Photos/Sauvegardées depuis mon mobile",
+    ]
     by_path = {r["doc"]["path"]: r["doc"] for r in rows if "path" in r.get("doc", {})}
     uploaded = by_path["/Photos/Envoyées depuis Cozy Photos"]
     assert uploaded["dir_id"] == by_path["/Photos"]["_id"]
@@ -91,8 +108,12 @@ async def test_english_tree_names(store, tmp_path, domain):
     files = db_name(instance.prefix, "io.cozy.files")
     rows = (await store.all_docs(files, include_docs=True))["rows"]
     paths = {r["doc"].get("path") for r in rows}
-    assert {"/Administrative", "/Photos", "/Photos/Uploaded from Cozy Photos",
-            "/Photos/Backed up from my mobile"} <= paths
+    assert {
+        "/Administrative",
+        "/Photos",
+        "/Photos/Uploaded from Cozy Photos",
+        "/Photos/Backed up from my mobile",
+    } <= paths
 
 
 @pytest_twisted.ensureDeferred
@@ -109,8 +130,9 @@ async def test_passphrase_onboards_directly(store, tmp_path, domain):
 @pytest_twisted.ensureDeferred
 async def test_destroy_leaves_nothing(store, tmp_path, domain):
     instances = await setup(store, tmp_path)
-    instance = await instances.create(CreateOptions(domain=domain,
-                                                    domain_aliases=("x." + domain,)))
+    instance = await instances.create(
+        CreateOptions(domain=domain, domain_aliases=("x." + domain,))
+    )
     await instances.destroy(domain)
     assert await store.list_dbs(instance.prefix) == []
     assert not os.path.exists(tmp_path / "files" / domain)
@@ -120,11 +142,11 @@ async def test_destroy_leaves_nothing(store, tmp_path, domain):
     with pytest.raises(NotFound):
         await instances.destroy(domain)
     if store.engine == "embedded":
-        assert not [f for f in os.listdir(tmp_path / "db")
-                    if f.startswith(instance.prefix)]
+        assert not [f for f in os.listdir(tmp_path / "db") if f.startswith(instance.prefix)]
     # The domain and the alias can be used again.
-    again = await instances.create(CreateOptions(domain=domain,
-                                                 domain_aliases=("x." + domain,)))
+    again = await instances.create(
+        CreateOptions(domain=domain, domain_aliases=("x." + domain,))
+    )
     assert again.prefix == instance.prefix
 
 
@@ -132,9 +154,13 @@ async def test_destroy_leaves_nothing(store, tmp_path, domain):
 async def test_concurrent_creations_one_wins(store, tmp_path, domain):
     # Two managers on one store stand for two nodes racing on the claim.
     first, second = await setup(store, tmp_path), manager(store, tmp_path, "node-2")
-    results = await defer.DeferredList([
-        defer.Deferred.fromCoroutine(m.create(CreateOptions(domain=domain)))
-        for m in (first, second, first)], consumeErrors=True)
+    results = await defer.DeferredList(
+        [
+            defer.Deferred.fromCoroutine(m.create(CreateOptions(domain=domain)))
+            for m in (first, second, first)
+        ],
+        consumeErrors=True,
+    )
     successes = [r for ok, r in results if ok]
     failures = [r.value for ok, r in results if not ok]
     assert len(successes) == 1
@@ -146,8 +172,9 @@ async def test_concurrent_creations_one_wins(store, tmp_path, domain):
 async def test_interrupted_creation_is_repaired(store, tmp_path, domain):
     instances = await setup(store, tmp_path)
     # What a process killed half-way leaves: a claim and some databases.
-    half = Instance.new(domain, state=CREATING, creation_node="node-1",
-                        creation_started=time.time())
+    half = Instance.new(
+        domain, state=CREATING, creation_node="node-1", creation_started=time.time()
+    )
     await store.put_doc(INSTANCES_DB, half.to_doc())
     await store.ensure_db(db_name(half.prefix, "io.cozy.files"))
     await store.put_doc(db_name(half.prefix, "io.cozy.files"), {"_id": "leftover"})
@@ -175,12 +202,19 @@ async def test_modify_settings_and_aliases(store, tmp_path, domain):
     await instances.create(CreateOptions(domain=domain, email="old@example.com"))
     other = "other-" + domain
     await instances.create(CreateOptions(domain=other))
-    changed = await instances.modify(domain, ModifyOptions(
-        email="new@example.com", public_name="Alice", domain_aliases=("a." + domain,),
-        blocking_reason="LOGIN_FAILED"))
+    changed = await instances.modify(
+        domain,
+        ModifyOptions(
+            email="new@example.com",
+            public_name="Alice",
+            domain_aliases=("a." + domain,),
+            blocking_reason="LOGIN_FAILED",
+        ),
+    )
     assert changed.blocked and changed.blocking_reason == "LOGIN_FAILED"
-    settings = await store.get_doc(db_name(changed.prefix, "io.cozy.settings"),
-                                   "io.cozy.settings.instance")
+    settings = await store.get_doc(
+        db_name(changed.prefix, "io.cozy.settings"), "io.cozy.settings.instance"
+    )
     assert (settings["email"], settings["public_name"]) == ("new@example.com", "Alice")
     assert (await instances.find_by_host("a." + domain)).domain == domain
     with pytest.raises(Conflict):
@@ -192,15 +226,22 @@ async def test_modify_settings_and_aliases(store, tmp_path, domain):
 
 
 @pytest_twisted.ensureDeferred
-async def test_another_nodes_claim_is_abandoned_only_after_the_lease(store, tmp_path,
-                                                                     domain):
+async def test_another_nodes_claim_is_abandoned_only_after_the_lease(
+    store, tmp_path, domain
+):
     now = [1000.0]
-    instances = InstanceManager(Documents(store), str(tmp_path / "files"), run_blocking=run_now,
-                                node_id="node-1", seconds=lambda: now[0],
-                                creation_lease=600)
+    instances = InstanceManager(
+        Documents(store),
+        str(tmp_path / "files"),
+        run_blocking=run_now,
+        node_id="node-1",
+        seconds=lambda: now[0],
+        creation_lease=600,
+    )
     await instances.setup()
-    claim = Instance.new(domain, state=CREATING, creation_node="node-2",
-                         creation_started=now[0] - 10)
+    claim = Instance.new(
+        domain, state=CREATING, creation_node="node-2", creation_started=now[0] - 10
+    )
     await store.put_doc(INSTANCES_DB, claim.to_doc())
     with pytest.raises(Conflict):
         await instances.create(CreateOptions(domain=domain))

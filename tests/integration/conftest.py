@@ -21,6 +21,7 @@ def wipe_cozyd_databases(url: str) -> None:
         request = urllib.request.Request(base + path, method=method, headers=headers)
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
+
     for name in call("GET", "_all_dbs"):
         if name.startswith(("global", "secrets", "cozy")):
             call("DELETE", quote(name, safe=""))

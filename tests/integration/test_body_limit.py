@@ -61,8 +61,9 @@ class HalfClosingTransport(StringTransport):
 def served():
     clock = Clock()
     resource = Recorder()
-    site = BodyLimitSite(resource, max_body_size=LIMIT, reactor=clock,
-                         logFormatter=access_log_line)
+    site = BodyLimitSite(
+        resource, max_body_size=LIMIT, reactor=clock, logFormatter=access_log_line
+    )
     site.logFile = io.StringIO()
 
     def connect(transport=None):
@@ -97,17 +98,24 @@ def linger_calls(clock, transport):
 def test_a_declared_length_over_the_limit_is_refused_before_the_body(served):
     site, resource, clock, connect = served
     protocol, transport = connect()
-    protocol.dataReceived(head("POST", "/data/io.cozy.notes/?token=secret",
-                               "Content-Type: application/json",
-                               "Content-Length: 1000000000"))
+    protocol.dataReceived(
+        head(
+            "POST",
+            "/data/io.cozy.notes/?token=secret",
+            "Content-Type: application/json",
+            "Content-Length: 1000000000",
+        )
+    )
     status, headers, body = parse(transport.value())
     assert status == 413
     assert headers["content-type"] == "application/json"
     assert headers["connection"] == "close"
     assert int(headers["content-length"]) == len(body)
     assert "date" in headers
-    assert json.loads(body) == {"error": "request_entity_too_large",
-                                "reason": f"the request body is larger than {LIMIT} bytes"}
+    assert json.loads(body) == {
+        "error": "request_entity_too_large",
+        "reason": f"the request body is larger than {LIMIT} bytes",
+    }
     assert resource.seen == []
     # Answered and logged (without the query string), our side closed; the
     # rest of the connection after the linger, what comes meanwhile dropped.
@@ -124,7 +132,9 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_body(served):
 def test_the_error_is_json_api_outside_data(served):
     _, _, _, connect = served
     protocol, transport = connect()
-    protocol.dataReceived(head("PUT", "/settings/passphrase", f"Content-Length: {LIMIT + 1}"))
+    protocol.dataReceived(
+        head("PUT", "/settings/passphrase", f"Content-Length: {LIMIT + 1}")
+    )
     status, headers, body = parse(transport.value())
     assert status == 413
     assert headers["content-type"] == "application/vnd.api+json"
@@ -135,8 +145,9 @@ def test_the_error_is_json_api_outside_data(served):
 def test_no_100_continue_for_a_refused_body(served):
     _, _, _, connect = served
     protocol, transport = connect()
-    protocol.dataReceived(head("POST", "/data/x/", "Expect: 100-continue",
-                               f"Content-Length: {LIMIT * 10}"))
+    protocol.dataReceived(
+        head("POST", "/data/x/", "Expect: 100-continue", f"Content-Length: {LIMIT * 10}")
+    )
     assert transport.value().startswith(b"HTTP/1.1 413 ")
     assert b"100 Continue" not in transport.value()
 
@@ -144,7 +155,9 @@ def test_no_100_continue_for_a_refused_body(served):
 def test_a_chunked_body_is_refused_once_past_the_limit(served):
     site, resource, clock, connect = served
     protocol, transport = connect()
-    protocol.dataReceived(head("POST", "/data/io.cozy.notes/", "Transfer-Encoding: chunked"))
+    protocol.dataReceived(
+        head("POST", "/data/io.cozy.notes/", "Transfer-Encoding: chunked")
+    )
     protocol.dataReceived(b"3c\r\n" + b"a" * 60 + b"\r\n")
     assert transport.value() == b""  # 60 bytes: fine so far
     # A chunk announcing 16 MB: refused as soon as its data passes the limit.
@@ -167,8 +180,11 @@ def test_a_whole_refused_chunked_body_in_one_read(served):
     _, resource, _, connect = served
     protocol, transport = connect()
     body = b"".join(b"a\r\n" + b"c" * 10 + b"\r\n" for _ in range(20)) + b"0\r\n\r\n"
-    protocol.dataReceived(head("POST", "/data/x/", "Transfer-Encoding: chunked") + body
-                          + head("GET", "/after"))
+    protocol.dataReceived(
+        head("POST", "/data/x/", "Transfer-Encoding: chunked")
+        + body
+        + head("GET", "/after")
+    )
     assert parse(transport.value())[0] == 413
     assert transport.value().count(b"HTTP/1.1") == 1  # and nothing after it
     assert resource.seen == []
@@ -177,12 +193,25 @@ def test_a_whole_refused_chunked_body_in_one_read(served):
 def test_bodies_within_the_limit_are_served_on_a_kept_connection(served):
     _, resource, _, connect = served
     protocol, transport = connect()
-    protocol.dataReceived(head("POST", "/data/a/", f"Content-Length: {LIMIT}") + b"a" * LIMIT)
-    protocol.dataReceived(head("POST", "/b", "Transfer-Encoding: chunked")
-                          + b"32\r\n" + b"b" * 50 + b"\r\n" + b"32\r\n" + b"b" * 50 + b"\r\n"
-                          + b"0\r\n\r\n")
+    protocol.dataReceived(
+        head("POST", "/data/a/", f"Content-Length: {LIMIT}") + b"a" * LIMIT
+    )
+    protocol.dataReceived(
+        head("POST", "/b", "Transfer-Encoding: chunked")
+        + b"32\r\n"
+        + b"b" * 50
+        + b"\r\n"
+        + b"32\r\n"
+        + b"b" * 50
+        + b"\r\n"
+        + b"0\r\n\r\n"
+    )
     protocol.dataReceived(head("GET", "/c"))
-    assert resource.seen == [(b"/data/a/", b"a" * LIMIT), (b"/b", b"b" * LIMIT), (b"/c", b"")]
+    assert resource.seen == [
+        (b"/data/a/", b"a" * LIMIT),
+        (b"/b", b"b" * LIMIT),
+        (b"/c", b""),
+    ]
     assert transport.value().count(b"HTTP/1.1 200 OK") == 3
     assert not transport.disconnecting
 
@@ -229,8 +258,14 @@ def read_until_closed(client: socket.socket, timeout: float = 10.0) -> bytes:
 
 
 def raw_head(method: str, path: str, *headers: str) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: alice.cozy.localhost",
-             "Content-Type: application/json", *headers, "", ""]
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        "Host: alice.cozy.localhost",
+        "Content-Type: application/json",
+        *headers,
+        "",
+        "",
+    ]
     return "\r\n".join(lines).encode("ascii")
 
 
@@ -238,8 +273,11 @@ def test_daemon_refuses_a_huge_content_length_without_reading(daemon):
     client = open_socket(daemon)
     try:
         started = time.monotonic()
-        client.sendall(raw_head("POST", "/data/io.cozy.events/?secret=s3cr3t",
-                                "Content-Length: 10000000000"))
+        client.sendall(
+            raw_head(
+                "POST", "/data/io.cozy.events/?secret=s3cr3t", "Content-Length: 10000000000"
+            )
+        )
         answer = read_until_closed(client)
         # The answer and the end of it come at once, not after the linger.
         assert time.monotonic() - started < 1.5
@@ -250,7 +288,8 @@ def test_daemon_refuses_a_huge_content_length_without_reading(daemon):
     assert headers["connection"] == "close"
     assert json.loads(body) == {
         "error": "request_entity_too_large",
-        "reason": f"the request body is larger than {DAEMON_LIMIT} bytes"}
+        "reason": f"the request body is larger than {DAEMON_LIMIT} bytes",
+    }
     # Still serving; the refusal was logged without its query string.
     assert http("GET", daemon.public_url + "/version").json()["version"]
     deadline = time.monotonic() + 5
@@ -266,8 +305,10 @@ def test_daemon_answers_413_to_a_client_sending_its_whole_body(daemon):
     client = open_socket(daemon)
     try:
         size = DAEMON_LIMIT * 10
-        client.sendall(raw_head("PUT", "/data/io.cozy.events/doc", f"Content-Length: {size}")
-                       + b"x" * size)
+        client.sendall(
+            raw_head("PUT", "/data/io.cozy.events/doc", f"Content-Length: {size}")
+            + b"x" * size
+        )
         status, _, body = parse(read_until_closed(client))
     finally:
         client.close()
@@ -281,11 +322,15 @@ def test_daemon_stops_reading_a_chunked_body_past_the_limit(daemon):
     sent = 0
     answer = b""
     try:
-        client.sendall(raw_head("POST", "/data/io.cozy.events/", "Transfer-Encoding: chunked"))
+        client.sendall(
+            raw_head("POST", "/data/io.cozy.events/", "Transfer-Encoding: chunked")
+        )
         while sent < DAEMON_LIMIT * 20:
             client.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
             sent += len(chunk)
-            readable, _, _ = select.select([client], [], [], 0.05 if sent > DAEMON_LIMIT else 0)
+            readable, _, _ = select.select(
+                [client], [], [], 0.05 if sent > DAEMON_LIMIT else 0
+            )
             if readable:
                 break
         answer = read_until_closed(client)
@@ -303,8 +348,12 @@ def test_daemon_serves_chunked_bodies_within_the_limit(daemon):
     client = open_socket(daemon)
     try:
         payload = json.dumps({"a": "z" * 1000}).encode()
-        client.sendall(raw_head("POST", "/data/io.cozy.events/", "Transfer-Encoding: chunked")
-                       + b"%x\r\n" % len(payload) + payload + b"\r\n0\r\n\r\n")
+        client.sendall(
+            raw_head("POST", "/data/io.cozy.events/", "Transfer-Encoding: chunked")
+            + b"%x\r\n" % len(payload)
+            + payload
+            + b"\r\n0\r\n\r\n"
+        )
         client.settimeout(10)
         first = client.recv(65536)
     finally:
@@ -312,4 +361,3 @@ def test_daemon_serves_chunked_bodies_within_the_limit(daemon):
     # Read and routed: no such instance here, so 404 rather than 413.
     status, _, _ = parse(first)
     assert status == 404
-

@@ -64,11 +64,19 @@ def daemon(make_daemon):
 
 def register_client(daemon, domain, redirect_uri):
     response = daemon.public(
-        "POST", "/auth/register", domain,
+        "POST",
+        "/auth/register",
+        domain,
         headers={"Content-Type": "application/json", "Accept": "application/json"},
-        data=json.dumps({"redirect_uris": [redirect_uri], "client_name": "Contacts sync",
-                         "software_id": "github.com/example/sync",
-                         "client_uri": "https://example.org/"}).encode())
+        data=json.dumps(
+            {
+                "redirect_uris": [redirect_uri],
+                "client_name": "Contacts sync",
+                "software_id": "github.com/example/sync",
+                "client_uri": "https://example.org/",
+            }
+        ).encode(),
+    )
     assert response.status == 201, response.body
     return response.json()
 
@@ -82,10 +90,21 @@ def test_consent_in_chromium_gives_a_code_for_tokens(daemon, callback):
     added = daemon.cozyctl("instances", "add", domain, "--passphrase", PASSPHRASE)
     assert added.returncode == 0, added.stderr
     client = register_client(daemon, domain, callback.url)
-    authorize = base + "/auth/authorize?" + urlencode({
-        "client_id": client["client_id"], "redirect_uri": callback.url,
-        "state": "xyz-state", "response_type": "code", "scope": SCOPE,
-        "code_challenge": code_challenge(VERIFIER), "code_challenge_method": "S256"})
+    authorize = (
+        base
+        + "/auth/authorize?"
+        + urlencode(
+            {
+                "client_id": client["client_id"],
+                "redirect_uri": callback.url,
+                "state": "xyz-state",
+                "response_type": "code",
+                "scope": SCOPE,
+                "code_challenge": code_challenge(VERIFIER),
+                "code_challenge_method": "S256",
+            }
+        )
+    )
 
     with B.chromium(prefix="oauth") as driver:
         # No session yet: the login page first, then back to the consent.
@@ -111,34 +130,54 @@ def test_consent_in_chromium_gives_a_code_for_tokens(daemon, callback):
     query = parse_qs(urlsplit(landed).query)
     assert query["state"] == ["xyz-state"]
     code = query["code"][0]
-    assert any(path.startswith("/callback?") and f"code={code}" in path
-               for path in callback.received)
+    assert any(
+        path.startswith("/callback?") and f"code={code}" in path
+        for path in callback.received
+    )
 
     def exchange(**extra):
         return daemon.public(
-            "POST", "/auth/access_token", domain,
-            headers={"Content-Type": "application/x-www-form-urlencoded",
-                     "Accept": "application/json"},
-            data=urlencode({"grant_type": "authorization_code",
-                            "client_id": client["client_id"],
-                            "client_secret": client["client_secret"], "code": code,
-                            **extra}).encode())
+            "POST",
+            "/auth/access_token",
+            domain,
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Accept": "application/json",
+            },
+            data=urlencode(
+                {
+                    "grant_type": "authorization_code",
+                    "client_id": client["client_id"],
+                    "client_secret": client["client_secret"],
+                    "code": code,
+                    **extra,
+                }
+            ).encode(),
+        )
 
     tokens = exchange(code_verifier=VERIFIER)
     assert tokens.status == 200, tokens.body
     body = tokens.json()
     assert body["token_type"] == "bearer" and body["scope"] == SCOPE
-    me = daemon.public("GET", "/permissions/self", domain,
-                       headers={"Authorization": f"Bearer {body['access_token']}"})
+    me = daemon.public(
+        "GET",
+        "/permissions/self",
+        domain,
+        headers={"Authorization": f"Bearer {body['access_token']}"},
+    )
     assert me.status == 200, me.body
     assert me.json()["data"]["attributes"]["type"] == "oauth"
     assert exchange(code_verifier=VERIFIER).json() == {"error": "invalid code"}  # used
 
     daemon.stop()
-    log = open(daemon.log_path, encoding="utf-8").read()
-    for what, value in [("client secret", client["client_secret"]),
-                        ("registration token", client["registration_access_token"]),
-                        ("code", code), ("access token", body["access_token"]),
-                        ("refresh token", body["refresh_token"]),
-                        ("passphrase", PASSPHRASE)]:
+    with open(daemon.log_path, encoding="utf-8") as f:
+        log = f.read()
+    for what, value in [
+        ("client secret", client["client_secret"]),
+        ("registration token", client["registration_access_token"]),
+        ("code", code),
+        ("access token", body["access_token"]),
+        ("refresh token", body["refresh_token"]),
+        ("passphrase", PASSPHRASE),
+    ]:
         assert value not in log, f"the {what} appears in the daemon's log"

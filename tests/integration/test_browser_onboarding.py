@@ -61,10 +61,14 @@ def test_onboarding_logout_and_login_in_chromium(daemon):
         # The home page, not a JSON 404: the instance's name and its links.
         assert B.home_name(driver) == domain
         assert "{" not in driver.find_element(By.TAG_NAME, "body").text
-        assert driver.find_element(By.ID, "home-logout").get_attribute("href") == \
-            base + "/auth/logout"
-        assert driver.find_element(By.ID, "home-settings").get_attribute("href") == \
-            f"http://settings.{domain}/#/profile"
+        assert (
+            driver.find_element(By.ID, "home-logout").get_attribute("href")
+            == base + "/auth/logout"
+        )
+        assert (
+            driver.find_element(By.ID, "home-settings").get_attribute("href")
+            == f"http://settings.{domain}/#/profile"
+        )
         B.shoot(driver, "home-after-onboarding")
 
         # Logged in: the login page sends the owner home at once.
@@ -90,8 +94,9 @@ def test_onboarding_logout_and_login_in_chromium(daemon):
         B.shoot(driver, "login-failed")
 
         # The right one: the home page (the login page came back there).
-        assert B.log_in(driver, base, PASSPHRASE, redirect=B.home_url(base)) == \
-            B.home_url(base)
+        assert B.log_in(driver, base, PASSPHRASE, redirect=B.home_url(base)) == B.home_url(
+            base
+        )
         assert B.home_name(driver) == domain
         B.shoot(driver, "home-after-login")
         B.log_out(driver, base)
@@ -108,28 +113,34 @@ def test_onboarding_logout_and_login_in_chromium(daemon):
         csrf = next((c for c in driver.get_cookies() if c["name"] == "_csrf"), None)
         B.shoot(driver, "logged-in")
     # The passphrase as the browser sent it (PBKDF2 done by the page).
-    secrets["client-side hash"] = hashing.client_side_hash(PASSPHRASE, domain,
-                                                           TEST_KDF_ITERATIONS)
+    secrets["client-side hash"] = hashing.client_side_hash(
+        PASSPHRASE, domain, TEST_KDF_ITERATIONS
+    )
     if csrf:
         secrets["csrf token"] = csrf["value"]
     # And the server accepts exactly that hash: the page hashes as cozyd does.
-    status = form_login(daemon, domain, hashing.client_side_hash(
-        PASSPHRASE, domain, TEST_KDF_ITERATIONS))
+    status = form_login(
+        daemon, domain, hashing.client_side_hash(PASSPHRASE, domain, TEST_KDF_ITERATIONS)
+    )
     assert status == 303
     assert_no_secret_in(daemon.output, secrets)  # all it has logged so far
 
 
-def request(daemon, method: str, path: str, domain: str, *, headers=None,
-            body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+def request(
+    daemon, method: str, path: str, domain: str, *, headers=None, body: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """One HTTP exchange with the public server, redirects not followed."""
-    connection = http.client.HTTPConnection("127.0.0.1", daemon.ports["public"],
-                                            timeout=30)
+    connection = http.client.HTTPConnection("127.0.0.1", daemon.ports["public"], timeout=30)
     try:
-        connection.request(method, path, body=body,
-                           headers={"Host": domain, **(headers or {})})
+        connection.request(
+            method, path, body=body, headers={"Host": domain, **(headers or {})}
+        )
         response = connection.getresponse()
-        return (response.status, {k.lower(): v for k, v in response.getheaders()},
-                response.read())
+        return (
+            response.status,
+            {k.lower(): v for k, v in response.getheaders()},
+            response.read(),
+        )
     finally:
         connection.close()
 
@@ -139,9 +150,14 @@ def form_login(daemon, domain: str, hashed: str) -> int:
     status, headers, body = request(daemon, "GET", "/auth/login", domain)
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', body.decode()).group(1)
     cookie = headers["set-cookie"].split(";", 1)[0]
-    status, _, _ = request(daemon, "POST", "/auth/login", domain, headers={
-        "Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"},
-        body=urlencode({"csrf_token": csrf, "passphrase": hashed}).encode())
+    status, _, _ = request(
+        daemon,
+        "POST",
+        "/auth/login",
+        domain,
+        headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"},
+        body=urlencode({"csrf_token": csrf, "passphrase": hashed}).encode(),
+    )
     return status
 
 
@@ -150,24 +166,48 @@ def test_full_flow_keeps_secrets_out_of_the_log(daemon):
     tokens: none of the secrets used reaches the log."""
     domain, _, token = add_instance(daemon, "bob")
     hashed = hashing.client_side_hash(PASSPHRASE, domain, TEST_KDF_ITERATIONS)
-    secrets = {"register token": token, "passphrase": PASSPHRASE, "hash": hashed,
-               "new passphrase": NEW_PASSPHRASE}
+    secrets = {
+        "register token": token,
+        "passphrase": PASSPHRASE,
+        "hash": hashed,
+        "new passphrase": NEW_PASSPHRASE,
+    }
     # The link and the form, as a browser would fetch them.
     assert request(daemon, "GET", f"/?registerToken={token}", domain)[0] == 303
-    assert request(daemon, "GET", f"/auth/passphrase?registerToken={token}",
-                   domain)[0] == 200
-    status, headers, body = request(daemon, "POST", "/settings/passphrase", domain, headers={
-        "Content-Type": "application/json", "Accept": "application/json"},
-        body=json.dumps({"register_token": token, "passphrase": hashed,
-                         "iterations": TEST_KDF_ITERATIONS, "key": "0.aXY=|a2V5"}).encode())
+    assert (
+        request(daemon, "GET", f"/auth/passphrase?registerToken={token}", domain)[0] == 200
+    )
+    status, headers, body = request(
+        daemon,
+        "POST",
+        "/settings/passphrase",
+        domain,
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+        body=json.dumps(
+            {
+                "register_token": token,
+                "passphrase": hashed,
+                "iterations": TEST_KDF_ITERATIONS,
+                "key": "0.aXY=|a2V5",
+            }
+        ).encode(),
+    )
     assert status == 200, body
     secrets["session cookie"] = headers["set-cookie"].split(";")[0].split("=", 1)[1]
     assert form_login(daemon, domain, "wrong") == 401
     assert form_login(daemon, domain, hashed) == 303
 
     # The CLI changes the passphrase (talking to the public server).
-    result = daemon.cozyctl("instances", "set-passphrase", domain, NEW_PASSPHRASE,
-                            "--host", "127.0.0.1", "--port", str(daemon.ports["public"]))
+    result = daemon.cozyctl(
+        "instances",
+        "set-passphrase",
+        domain,
+        NEW_PASSPHRASE,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(daemon.ports["public"]),
+    )
     assert result.returncode == 0, result.stderr
     assert "Passphrase has been changed" in result.stdout
     assert form_login(daemon, domain, hashed) == 401
@@ -177,11 +217,12 @@ def test_full_flow_keeps_secrets_out_of_the_log(daemon):
 
     cli = daemon.cozyctl("instances", "token-cli", domain, "io.cozy.settings")
     secrets["CLI token"] = cli.stdout.strip()
-    shown = request(daemon, "GET", f"/settings/instance?bearer_token={secrets['CLI token']}",
-                    domain)
+    shown = request(
+        daemon, "GET", f"/settings/instance?bearer_token={secrets['CLI token']}", domain
+    )
     assert shown[0] == 200
     daemon.stop()
     with open(daemon.log_path, encoding="utf-8") as f:
         log = f.read()
     assert "/settings/passphrase" in log  # the requests are logged…
-    assert_no_secret_in(log, secrets)     # …without their secrets
+    assert_no_secret_in(log, secrets)  # …without their secrets

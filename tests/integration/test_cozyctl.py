@@ -24,9 +24,24 @@ def add(daemon, domain=DOMAIN, *args):
 
 
 def test_add_prints_the_register_token_alone(daemon):
-    result = add(daemon, DOMAIN, "--locale", "fr", "--email", "alice@example.com",
-                 "--public-name", "Alice", "--tz", "Europe/Paris", "--disk-quota", "2GB",
-                 "--settings", "offer:premium", "--context-name", "test")
+    result = add(
+        daemon,
+        DOMAIN,
+        "--locale",
+        "fr",
+        "--email",
+        "alice@example.com",
+        "--public-name",
+        "Alice",
+        "--tz",
+        "Europe/Paris",
+        "--disk-quota",
+        "2GB",
+        "--settings",
+        "offer:premium",
+        "--context-name",
+        "test",
+    )
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"[0-9a-f]{32}\n", result.stdout)
     assert DOMAIN in result.stderr
@@ -47,17 +62,25 @@ def test_ls_formats(daemon):
     lines = listing.stdout.splitlines()
     assert [line.split("\t")[0] for line in lines] == ["a.cozy.test:8080", "b.cozy.test"]
     assert "unlimited" in lines[0]
-    as_json = [json.loads(line) for line in
-               daemon.cozyctl("instances", "ls", "--json").stdout.splitlines()]
+    as_json = [
+        json.loads(line)
+        for line in daemon.cozyctl("instances", "ls", "--json").stdout.splitlines()
+    ]
     assert {i["domain"] for i in as_json} == {"a.cozy.test:8080", "b.cozy.test"}
     fields = daemon.cozyctl("instances", "ls", "--fields", "domain,locale").stdout
     assert fields.splitlines()[0].split("\t") == ["a.cozy.test:8080", "en"]
     assert daemon.cozyctl("instances", "count").stdout.strip() == "2 instances"
 
 
-@pytest.mark.parametrize("domain,rule", [("bad domain", "must not contain ' '"),
-                                         ("a/b", "must not contain '/'"),
-                                         ("..", "host name"), ("a\tb", "must not contain")])
+@pytest.mark.parametrize(
+    "domain,rule",
+    [
+        ("bad domain", "must not contain ' '"),
+        ("a/b", "must not contain '/'"),
+        ("..", "host name"),
+        ("a\tb", "must not contain"),
+    ],
+)
 def test_add_refuses_invalid_domains(make_daemon, domain, rule):
     daemon = make_daemon()
     result = add(daemon, domain)
@@ -79,8 +102,9 @@ def test_add_existing_and_apps_are_refused(daemon):
 
 def test_modify_blocks_and_unblocks(daemon):
     add(daemon)
-    result = daemon.cozyctl("instances", "modify", DOMAIN, "--blocked",
-                            "--blocking-reason", "PAYMENT_FAILED")
+    result = daemon.cozyctl(
+        "instances", "modify", DOMAIN, "--blocked", "--blocking-reason", "PAYMENT_FAILED"
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["attributes"]["blocked"] is True
     response = daemon.public("GET", "/data/io.cozy.notes/", host=DOMAIN)
@@ -92,9 +116,21 @@ def test_modify_blocks_and_unblocks(daemon):
     daemon.cozyctl("instances", "modify", DOMAIN, "--blocked=false")
     # Served again: the data service asks for a token.
     assert daemon.public("GET", "/data/io.cozy.notes/", host=DOMAIN).status == 401
-    changed = daemon.cozyctl("instances", "modify", DOMAIN, "--locale", "fr",
-                             "--email", "new@example.com", "--public-name", "Al",
-                             "--disk-quota", "1GB", "--domain-aliases", "alice.example.org")
+    changed = daemon.cozyctl(
+        "instances",
+        "modify",
+        DOMAIN,
+        "--locale",
+        "fr",
+        "--email",
+        "new@example.com",
+        "--public-name",
+        "Al",
+        "--disk-quota",
+        "1GB",
+        "--domain-aliases",
+        "alice.example.org",
+    )
     attributes = json.loads(changed.stdout)["attributes"]
     assert attributes["locale"] == "fr" and attributes["disk_quota"] == "1000000000"
     assert attributes["domain_aliases"] == ["alice.example.org"]
@@ -112,14 +148,22 @@ def test_destroy_asks_then_removes_everything(daemon, couchdb_url_if_any):
     done = daemon.cozyctl("instances", "destroy", DOMAIN, input=DOMAIN + "\n")
     assert done.returncode == 0, done.stderr
     assert "destroyed" in done.stderr
-    assert daemon.public("GET", "/x", host=DOMAIN).json()["errors"][0]["code"] == \
-        "instance_not_found"
+    assert (
+        daemon.public("GET", "/x", host=DOMAIN).json()["errors"][0]["code"]
+        == "instance_not_found"
+    )
     assert not os.path.exists(os.path.join(daemon.data_dir, "files", DOMAIN))
-    assert not [f for f in os.listdir(os.path.join(daemon.data_dir, "db"))
-                if prefix in f] if os.path.isdir(os.path.join(daemon.data_dir, "db")) else True
+    assert (
+        not [f for f in os.listdir(os.path.join(daemon.data_dir, "db")) if prefix in f]
+        if os.path.isdir(os.path.join(daemon.data_dir, "db"))
+        else True
+    )
     if daemon.couchdb_url:
-        all_dbs = http("GET", without_credentials(couchdb_url_if_any) + "_all_dbs",
-                       headers=basic_auth(couchdb_url_if_any)).json()
+        all_dbs = http(
+            "GET",
+            without_credentials(couchdb_url_if_any) + "_all_dbs",
+            headers=basic_auth(couchdb_url_if_any),
+        ).json()
         assert not [db for db in all_dbs if prefix in db]
     missing = daemon.cozyctl("instances", "destroy", "--force", DOMAIN)
     assert missing.returncode != 0 and "not found" in missing.stderr
@@ -140,6 +184,7 @@ def test_concurrent_adds_exactly_one_succeeds(daemon):
 
     def run():
         results.append(add(daemon, "race.cozy.test"))
+
     threads = [threading.Thread(target=run) for _ in range(4)]
     for thread in threads:
         thread.start()
@@ -191,15 +236,26 @@ def test_config_passwd_writes_a_hash_the_daemon_accepts(make_daemon, tmp_path):
     path = os.path.join(daemon.workdir, "cozy-admin-passphrase")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COZY_")}
     env["COZY_ADMIN_PASSPHRASE"] = "a brand new passphrase"
-    written = subprocess.run([os.path.join(os.path.dirname(daemon.command()[0]), "cozyctl"),
-                              "config", "passwd", path], env=env, capture_output=True,
-                             text=True, timeout=60)
+    written = subprocess.run(
+        [
+            os.path.join(os.path.dirname(daemon.command()[0]), "cozyctl"),
+            "config",
+            "passwd",
+            path,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert written.returncode == 0, written.stderr
     with open(path) as f:
         assert f.read().startswith("scrypt$")
     daemon.start()
-    assert daemon.cozyctl("instances", "ls", passphrase="a brand new passphrase"
-                          ).returncode == 0
+    assert (
+        daemon.cozyctl("instances", "ls", passphrase="a brand new passphrase").returncode
+        == 0
+    )
     assert daemon.cozyctl("instances", "ls").returncode != 0
 
 

@@ -44,8 +44,14 @@ CONF = "/etc/cozyd/cozyd.conf"
 # Stopped by SIGTERM: 0, or killed by the signal re-raised (twistd does), which
 # systemd counts as a clean stop.
 CLEAN_EXIT = (0, -signal.SIGTERM)
-HARDENING = ("NoNewPrivileges=true", "ProtectSystem=strict", "ProtectHome=true",
-             "PrivateTmp=true", "ReadWritePaths=/var/lib/cozyd", "Restart=on-failure")
+HARDENING = (
+    "NoNewPrivileges=true",
+    "ProtectSystem=strict",
+    "ProtectHome=true",
+    "PrivateTmp=true",
+    "ReadWritePaths=/var/lib/cozyd",
+    "Restart=on-failure",
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +73,24 @@ def built(host, tmp_path_factory):
         for tree in trees.values():
             debian.copy_tree(files, root.path(tree))
         upgrade_version = debian.bump_version(root.path(trees["next"]), "+test1")
-        root.run("sh", "-c", f"cd {trees['first']} && apt-get -y -o "
-                 "APT::Sandbox::User=root build-dep ./", timeout=1800)
+        root.run(
+            "sh",
+            "-c",
+            f"cd {trees['first']} && apt-get -y -o APT::Sandbox::User=root build-dep ./",
+            timeout=1800,
+        )
         root.apt_get("install", "--no-install-recommends", "lintian")
-        debs = {name: debian.build(root, tree, fast_compression=name == "next")
-                for name, tree in trees.items()}
+        debs = {
+            name: debian.build(root, tree, fast_compression=name == "next")
+            for name, tree in trees.items()
+        }
         assert upgrade_version in debs["next"].name
-        lintian = root.run("lintian", "--no-tag-display-limit",
-                           "/" + str(debs["first"].relative_to(root.root)),
-                           check=False)
+        lintian = root.run(
+            "lintian",
+            "--no-tag-display-limit",
+            "/" + str(debs["first"].relative_to(root.root)),
+            check=False,
+        )
         copies = {}
         for name, deb in debs.items():
             copies[name] = out / deb.name
@@ -93,12 +108,15 @@ def test_lintian_reports_no_error(built):
 def test_the_package_is_named_for_the_version_and_architecture(built):
     first = (Path(debian.REPO) / "debian" / "changelog").read_text().split("\n", 1)[0]
     version = first.split("(", 1)[1].split(")", 1)[0]
-    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    arch = subprocess.run(
+        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert built["first"].name == f"cozyd_{version}_{arch}.deb"
 
 
-WARNING = re.compile(r"^[WE]: |warning|traceback|\berror:|\bfailed\b", re.IGNORECASE | re.MULTILINE)
+WARNING = re.compile(
+    r"^[WE]: |warning|traceback|\berror:|\bfailed\b", re.IGNORECASE | re.MULTILINE
+)
 
 
 def _no_warning(text: str) -> None:
@@ -125,17 +143,30 @@ def _start_as_the_unit_does(root: debian.Chroot) -> debian.RunningDaemon:
     assert keys["User"] == keys["Group"] == "cozyd", unit
     command = keys["ExecStart"].split()
     assert command[0] == f"{VENV}/bin/twistd", command
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "LANG": "C.UTF-8", "HOME": "/var/lib/cozyd", "USER": "cozyd",
-           "LOGNAME": "cozyd", "SHELL": "/usr/sbin/nologin"}
-    daemon = root.spawn_in_netns(["sh", "-c", 'cd / && exec "$@"', "sh", *command],
-                                 user="cozyd", env=env)
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": "/var/lib/cozyd",
+        "USER": "cozyd",
+        "LOGNAME": "cozyd",
+        "SHELL": "/usr/sbin/nologin",
+    }
+    daemon = root.spawn_in_netns(
+        ["sh", "-c", 'cd / && exec "$@"', "sh", *command], user="cozyd", env=env
+    )
     daemon.wait_listening()
     return daemon
 
 
-def _http(daemon: debian.RunningDaemon, method: str, path: str, *, port: int,
-          token: str | None = None, body: dict | None = None) -> tuple[int, dict]:
+def _http(
+    daemon: debian.RunningDaemon,
+    method: str,
+    path: str,
+    *,
+    port: int,
+    token: str | None = None,
+    body: dict | None = None,
+) -> tuple[int, dict]:
     """A real HTTP request from inside the daemon's network namespace."""
     script = (
         "import json, sys, urllib.request, urllib.error\n"
@@ -150,12 +181,24 @@ def _http(daemon: debian.RunningDaemon, method: str, path: str, *, port: int,
         "try:\n"
         "    with opener.open(req, timeout=30) as r: status, raw = r.status, r.read()\n"
         "except urllib.error.HTTPError as e: status, raw = e.code, e.read()\n"
-        "print(json.dumps([status, raw.decode('utf-8', 'replace')]))\n")
+        "print(json.dumps([status, raw.decode('utf-8', 'replace')]))\n"
+    )
     argument = json.dumps([method, f"http://127.0.0.1:{port}{path}", DOMAIN, token, body])
     done = subprocess.run(
-        ["nsenter", f"--net=/proc/{daemon.process.pid}/ns/net", sys.executable, "-c",
-         script, argument], capture_output=True, text=True, timeout=60,
-        stdin=subprocess.DEVNULL, check=False)
+        [
+            "nsenter",
+            f"--net=/proc/{daemon.process.pid}/ns/net",
+            sys.executable,
+            "-c",
+            script,
+            argument,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     status, text = json.loads(done.stdout)
     try:
@@ -166,8 +209,7 @@ def _http(daemon: debian.RunningDaemon, method: str, path: str, *, port: int,
 
 def _cozyctl(root: debian.Chroot, daemon: debian.RunningDaemon, *args: str) -> str:
     """``cozyctl`` as root in the root, with no passphrase in the environment."""
-    done = root.run("/usr/bin/cozyctl", *args, netns_of=daemon, check=False,
-                    timeout=300)
+    done = root.run("/usr/bin/cozyctl", *args, netns_of=daemon, check=False, timeout=300)
     assert done.returncode == 0, f"cozyctl {args}: {done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -182,7 +224,7 @@ def test_install_run_upgrade_remove_purge(built):
         # -- install -----------------------------------------------------------
         installed = root.apt_get("install", f"/srv/debs/{built['first'].name}")
         output = installed.stdout + installed.stderr
-        box = output[output.index("admin passphrase (shown once)"):]
+        box = output[output.index("admin passphrase (shown once)") :]
         passphrase = box.split()[5]
         _no_warning(output.replace("admin passphrase", ""))
         assert root.path(CLEAR).read_text() == passphrase + "\n"
@@ -203,12 +245,14 @@ def test_install_run_upgrade_remove_purge(built):
             assert line in unit.splitlines(), line
         assert f"ExecStart={VENV}/bin/twistd --nodaemon --pidfile= cozyd -c {CONF}" in unit
         # Enabled for the next boot; no systemd in a chroot, so not started.
-        assert root.path("/etc/systemd/system/multi-user.target.wants/"
-                         "cozyd.service").is_symlink()
+        assert root.path(
+            "/etc/systemd/system/multi-user.target.wants/cozyd.service"
+        ).is_symlink()
         link = root.run("readlink", "-f", "/usr/bin/cozyctl").stdout.strip()
         assert link == f"{VENV}/bin/cozyctl"
-        caches = list(root.path(VENV).glob("lib/python3*/site-packages/twisted/"
-                                           "plugins/dropin.cache"))
+        caches = list(
+            root.path(VENV).glob("lib/python3*/site-packages/twisted/plugins/dropin.cache")
+        )
         assert len(caches) == 1
 
         # -- run as the unit does; cozyctl as root; a /data round trip -----------
@@ -217,14 +261,22 @@ def test_install_run_upgrade_remove_purge(built):
             assert daemon.ports == {"public": 8080, "admin": 6060}
             _cozyctl(root, daemon, "instances", "add", DOMAIN, "--public-name", "Alice")
             assert DOMAIN in _cozyctl(root, daemon, "instances", "ls")
-            token = _cozyctl(root, daemon, "instances", "token-cli", DOMAIN,
-                             DOCTYPE).strip()
-            status, made = _http(daemon, "POST", f"/data/{DOCTYPE}/", port=8080,
-                                 token=token, body={"title": "packaged", "n": 1})
+            token = _cozyctl(
+                root, daemon, "instances", "token-cli", DOMAIN, DOCTYPE
+            ).strip()
+            status, made = _http(
+                daemon,
+                "POST",
+                f"/data/{DOCTYPE}/",
+                port=8080,
+                token=token,
+                body={"title": "packaged", "n": 1},
+            )
             assert status == 201, made
             doc_id = made["id"]
-            status, read = _http(daemon, "GET", f"/data/{DOCTYPE}/{doc_id}", port=8080,
-                                 token=token)
+            status, read = _http(
+                daemon, "GET", f"/data/{DOCTYPE}/{doc_id}", port=8080, token=token
+            )
             assert status == 200, read
             assert (read["title"], read["n"]) == ("packaged", 1)
         finally:
@@ -248,8 +300,9 @@ def test_install_run_upgrade_remove_purge(built):
         daemon = _start_as_the_unit_does(root)
         try:
             assert daemon.ports["public"] == 8081  # the kept conffile is used
-            status, read = _http(daemon, "GET", f"/data/{DOCTYPE}/{doc_id}", port=8081,
-                                 token=token)
+            status, read = _http(
+                daemon, "GET", f"/data/{DOCTYPE}/{doc_id}", port=8081, token=token
+            )
             assert status == 200, read
             assert read["title"] == "packaged"
             assert DOMAIN in _cozyctl(root, daemon, "instances", "ls")

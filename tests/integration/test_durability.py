@@ -24,8 +24,11 @@ DOCTYPE = "io.cozy.notes"
 
 
 def writer(daemon, token, name, acknowledged, stop):
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
-               "Accept": "application/json"}
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
     n = 0
     while not stop.is_set():
         n += 1
@@ -33,18 +36,32 @@ def writer(daemon, token, name, acknowledged, stop):
         try:
             if n % 10 == 0:  # a bulk write now and then
                 ids = [f"{doc_id}-{i}" for i in range(5)]
-                body = ('{"docs": [' + ",".join(
-                    f'{{"_id": "{i}", "n": {n}}}' for i in ids) + "]}").encode()
-                response = http("POST", f"{daemon.public_url}/data/{DOCTYPE}/_bulk_docs",
-                                host=DOMAIN, headers=headers, data=body, timeout=10)
+                body = (
+                    '{"docs": ['
+                    + ",".join(f'{{"_id": "{i}", "n": {n}}}' for i in ids)
+                    + "]}"
+                ).encode()
+                response = http(
+                    "POST",
+                    f"{daemon.public_url}/data/{DOCTYPE}/_bulk_docs",
+                    host=DOMAIN,
+                    headers=headers,
+                    data=body,
+                    timeout=10,
+                )
                 if response.status == 201:
                     for result in response.json():
                         if result.get("ok"):
                             acknowledged[result["id"]] = (n, result["rev"])
                 continue
-            response = http("PUT", f"{daemon.public_url}/data/{DOCTYPE}/{doc_id}",
-                            host=DOMAIN, headers=headers, data=f'{{"n": {n}}}'.encode(),
-                            timeout=10)
+            response = http(
+                "PUT",
+                f"{daemon.public_url}/data/{DOCTYPE}/{doc_id}",
+                host=DOMAIN,
+                headers=headers,
+                data=f'{{"n": {n}}}'.encode(),
+                timeout=10,
+            )
         except OSError:
             return  # the daemon is gone
         if 200 <= response.status < 300:
@@ -58,8 +75,12 @@ def test_acknowledged_writes_survive_kill_9(daemon):
     token = daemon.cozyctl("instances", "token-cli", DOMAIN, DOCTYPE).stdout.strip()
     acknowledged: dict[str, tuple[int, str]] = {}
     stop = threading.Event()
-    threads = [threading.Thread(target=writer, args=(daemon, token, f"w{i}", acknowledged,
-                                                     stop), daemon=True) for i in range(3)]
+    threads = [
+        threading.Thread(
+            target=writer, args=(daemon, token, f"w{i}", acknowledged, stop), daemon=True
+        )
+        for i in range(3)
+    ]
     for thread in threads:
         thread.start()
     time.sleep(random.Random(seed).uniform(1.0, 2.5))
@@ -77,9 +98,13 @@ def test_acknowledged_writes_survive_kill_9(daemon):
     assert info.status == 200, info.body
     assert info.json()["doc_count"] >= len(acknowledged)
     ids = sorted(acknowledged)
-    found = http("POST", f"{daemon.public_url}/data/{DOCTYPE}/_all_docs?include_docs=true",
-                 host=DOMAIN, headers=headers,
-                 data=("{\"keys\": [" + ",".join(f'"{i}"' for i in ids) + "]}").encode())
+    found = http(
+        "POST",
+        f"{daemon.public_url}/data/{DOCTYPE}/_all_docs?include_docs=true",
+        host=DOMAIN,
+        headers=headers,
+        data=('{"keys": [' + ",".join(f'"{i}"' for i in ids) + "]}").encode(),
+    )
     assert found.status == 200
     rows = {row["key"]: row for row in found.json()["rows"]}
     lost = [doc_id for doc_id in ids if "doc" not in rows[doc_id]]
@@ -87,6 +112,11 @@ def test_acknowledged_writes_survive_kill_9(daemon):
     for doc_id in ids:
         n, rev = acknowledged[doc_id]
         assert rows[doc_id]["doc"]["n"] == n and rows[doc_id]["value"]["rev"] == rev
-    after = http("PUT", f"{daemon.public_url}/data/{DOCTYPE}/after-restart", host=DOMAIN,
-                 headers=headers, data=b'{"ok": 1}')
+    after = http(
+        "PUT",
+        f"{daemon.public_url}/data/{DOCTYPE}/after-restart",
+        host=DOMAIN,
+        headers=headers,
+        data=b'{"ok": 1}',
+    )
     assert after.status == 200

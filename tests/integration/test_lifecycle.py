@@ -28,6 +28,7 @@ def _get_in_thread(url: str, results: list, **kwargs) -> threading.Thread:
             results.append((http("GET", url, **kwargs), time.monotonic() - started))
         except Exception as exc:
             results.append((exc, time.monotonic() - started))
+
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
@@ -106,8 +107,14 @@ def test_idle_keep_alive_connections_are_closed_at_once(make_daemon):
 # -- failed starts --------------------------------------------------------------
 def _run(daemon: Daemon, *args: str, command: list[str] | None = None) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COZY")}
-    result = subprocess.run(command or [*daemon.command(), *args], capture_output=True,
-                            text=True, timeout=90, cwd=daemon.workdir, env=env)
+    result = subprocess.run(
+        command or [*daemon.command(), *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=daemon.workdir,
+        env=env,
+    )
     return result.returncode, result.stdout + result.stderr, result.stderr
 
 
@@ -137,8 +144,12 @@ def test_unusable_data_directory(tmp_path):
     blocker.write_text("not a directory")
     daemon = Daemon(str(tmp_path / "d"), storage={"data_dir": str(blocker / "data")})
     code, output, stderr = _run(daemon)
-    _assert_refused(code, output, stderr, f"the data directory {blocker / 'data'} is not "
-                                          "usable: Not a directory")
+    _assert_refused(
+        code,
+        output,
+        stderr,
+        f"the data directory {blocker / 'data'} is not usable: Not a directory",
+    )
 
 
 def test_unreadable_data_directory(tmp_path):
@@ -154,11 +165,17 @@ def test_unreachable_couchdb(tmp_path):
     closed = socket.create_server(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()
-    daemon = Daemon(str(tmp_path), couchdb_url=f"http://127.0.0.1:{port}/",
-                    couchdb={"timeout": "5"})
+    daemon = Daemon(
+        str(tmp_path), couchdb_url=f"http://127.0.0.1:{port}/", couchdb={"timeout": "5"}
+    )
     code, output, stderr = _run(daemon)
-    _assert_refused(code, output, stderr, "the couchdb storage cannot start: CouchDB at "
-                                          f"http://127.0.0.1:{port}/ unreachable")
+    _assert_refused(
+        code,
+        output,
+        stderr,
+        "the couchdb storage cannot start: CouchDB at "
+        f"http://127.0.0.1:{port}/ unreachable",
+    )
 
 
 def test_unreadable_passphrase_file(tmp_path):
@@ -174,10 +191,19 @@ def test_bad_tls_key(tmp_path):
     (tmp_path / "bad.key").write_text("-----BEGIN PRIVATE KEY-----\nnope\n")
     (tmp_path / "bad.crt").write_text("-----BEGIN CERTIFICATE-----\nnope\n")
     daemon = Daemon(str(tmp_path))
-    command = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "cozyd", "-c",
-               daemon.config_path, "--admin-port", "0",
-               "--listen", f"ssl:0:interface=127.0.0.1:privateKey={tmp_path}/bad.key:"
-               f"certKey={tmp_path}/bad.crt"]
+    command = [
+        os.path.join(BIN, "twistd"),
+        "-n",
+        "--pidfile=",
+        "cozyd",
+        "-c",
+        daemon.config_path,
+        "--admin-port",
+        "0",
+        "--listen",
+        f"ssl:0:interface=127.0.0.1:privateKey={tmp_path}/bad.key:"
+        f"certKey={tmp_path}/bad.crt",
+    ]
     code, output, stderr = _run(daemon, command=command)
     _assert_refused(code, output, stderr, "public API: cannot use 'ssl:0:")
 
@@ -197,9 +223,18 @@ class _UnixHTTPConnection(http_client.HTTPConnection):
 def test_unix_socket_listener(make_daemon, tmp_path):
     path = str(tmp_path / "public.sock")
     daemon = make_daemon(start=False)
-    daemon.command = lambda: [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "cozyd",
-                              "-c", daemon.config_path, "--listen", f"unix:{path}",
-                              "--admin-listen", "tcp:0:interface=127.0.0.1"]
+    daemon.command = lambda: [
+        os.path.join(BIN, "twistd"),
+        "-n",
+        "--pidfile=",
+        "cozyd",
+        "-c",
+        daemon.config_path,
+        "--listen",
+        f"unix:{path}",
+        "--admin-listen",
+        "tcp:0:interface=127.0.0.1",
+    ]
     daemon.start(wait=False)
     _wait_for(lambda: f"public API listening on unix:{path}" in daemon.output, 30)
     connection = _UnixHTTPConnection(path)
@@ -211,16 +246,36 @@ def test_unix_socket_listener(make_daemon, tmp_path):
 
 def test_admin_on_every_address_is_refused(tmp_path):
     daemon = Daemon(str(tmp_path))
-    command = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "cozyd", "-c",
-               daemon.config_path, "--port", "0", "--admin-listen", "tcp:0"]
+    command = [
+        os.path.join(BIN, "twistd"),
+        "-n",
+        "--pidfile=",
+        "cozyd",
+        "-c",
+        daemon.config_path,
+        "--port",
+        "0",
+        "--admin-listen",
+        "tcp:0",
+    ]
     code, output, stderr = _run(daemon, command=command)
-    _assert_refused(code, output, stderr, "[admin] listen: 'tcp:0' listens on every address")
+    _assert_refused(
+        code, output, stderr, "[admin] listen: 'tcp:0' listens on every address"
+    )
 
 
 def test_admin_remote_allowed_explicitly(make_daemon):
     daemon = make_daemon(start=False, admin={"allow_remote": "true", "listen": "tcp:0"})
-    daemon.command = lambda: [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "cozyd",
-                              "-c", daemon.config_path, "--port", "0"]
+    daemon.command = lambda: [
+        os.path.join(BIN, "twistd"),
+        "-n",
+        "--pidfile=",
+        "cozyd",
+        "-c",
+        daemon.config_path,
+        "--port",
+        "0",
+    ]
     daemon.start()
     assert "admin API listening on http://0.0.0.0:" in daemon.output
     assert daemon.cozyctl("instances", "ls").returncode == 0
@@ -228,39 +283,62 @@ def test_admin_remote_allowed_explicitly(make_daemon):
 
 # -- SIGHUP ---------------------------------------------------------------------
 def _write_passphrase(daemon: Daemon, passphrase: str) -> None:
-    adminpass.write_hash_file(os.path.join(daemon.workdir, "cozy-admin-passphrase"),
-                              adminpass.hash_passphrase(passphrase, n=TEST_SCRYPT_N))
+    adminpass.write_hash_file(
+        os.path.join(daemon.workdir, "cozy-admin-passphrase"),
+        adminpass.hash_passphrase(passphrase, n=TEST_SCRYPT_N),
+    )
 
 
 def test_new_admin_passphrase_works_at_once(make_daemon):
     daemon = make_daemon()
     assert daemon.cozyctl("instances", "ls").returncode == 0
     _write_passphrase(daemon, "a brand new passphrase")
-    assert daemon.cozyctl("instances", "ls", passphrase="a brand new passphrase"
-                          ).returncode == 0
+    assert (
+        daemon.cozyctl("instances", "ls", passphrase="a brand new passphrase").returncode
+        == 0
+    )
     old = daemon.cozyctl("instances", "ls")
     assert old.returncode != 0
     # SIGHUP re-reads it too (same content: nothing changes).
     daemon.process.send_signal(signal.SIGHUP)
     _wait_for(lambda: "SIGHUP" in daemon.output)
-    assert daemon.cozyctl("instances", "ls", passphrase="a brand new passphrase"
-                          ).returncode == 0
-    assert daemon.cozyctl("instances", "ls", passphrase=TEST_ADMIN_PASSPHRASE
-                          ).returncode != 0
+    assert (
+        daemon.cozyctl("instances", "ls", passphrase="a brand new passphrase").returncode
+        == 0
+    )
+    assert (
+        daemon.cozyctl("instances", "ls", passphrase=TEST_ADMIN_PASSPHRASE).returncode != 0
+    )
 
 
 def test_sighup_reopens_the_log_file(tmp_path):
     daemon = Daemon(str(tmp_path))
     logfile = tmp_path / "cozyd.log.file"
-    command = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", f"--logfile={logfile}",
-               "cozyd", "-c", daemon.config_path, "--port", "0", "--admin-port", "0"]
-    process = subprocess.Popen(command, cwd=str(tmp_path), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    command = [
+        os.path.join(BIN, "twistd"),
+        "-n",
+        "--pidfile=",
+        f"--logfile={logfile}",
+        "cozyd",
+        "-c",
+        daemon.config_path,
+        "--port",
+        "0",
+        "--admin-port",
+        "0",
+    ]
+    process = subprocess.Popen(
+        command, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
-        _wait_for(lambda: logfile.exists() and "public API listening" in logfile.read_text(),
-                  30)
-        port = int(logfile.read_text().split("public API listening on http://127.0.0.1:")[1]
-                   .split("/")[0])
+        _wait_for(
+            lambda: logfile.exists() and "public API listening" in logfile.read_text(), 30
+        )
+        port = int(
+            logfile.read_text()
+            .split("public API listening on http://127.0.0.1:")[1]
+            .split("/")[0]
+        )
         os.rename(logfile, str(logfile) + ".1")  # what logrotate does
         process.send_signal(signal.SIGHUP)
         _wait_for(logfile.exists)
@@ -276,8 +354,12 @@ def test_sighup_reopens_the_log_file(tmp_path):
 # -- logs -----------------------------------------------------------------------
 def test_access_log_line(make_daemon):
     daemon = make_daemon()
-    assert http("GET", daemon.public_url + "/status?secret=hunter2",
-                host="alice.cozy.test").status == 200
+    assert (
+        http(
+            "GET", daemon.public_url + "/status?secret=hunter2", host="alice.cozy.test"
+        ).status
+        == 200
+    )
     _wait_for(lambda: '"GET /status"' in daemon.output)
     line = next(line for line in daemon.output.splitlines() if '"GET /status"' in line)
     assert "alice.cozy.test" in line
@@ -288,12 +370,18 @@ def test_access_log_line(make_daemon):
 
 def test_json_log_format(make_daemon):
     daemon = make_daemon(log={"format": "json"})
-    assert http("GET", daemon.public_url + "/status?token=hunter2",
-                host="bob.cozy.test").status == 200
+    assert (
+        http(
+            "GET", daemon.public_url + "/status?token=hunter2", host="bob.cozy.test"
+        ).status
+        == 200
+    )
     _wait_for(lambda: "GET /status" in daemon.output)
     daemon.stop()
     records = [json.loads(line) for line in daemon.output.splitlines() if line.strip()]
-    assert all({"time", "level", "namespace", "message", "fields"} <= set(r) for r in records)
+    assert all(
+        {"time", "level", "namespace", "message", "fields"} <= set(r) for r in records
+    )
     access = next(r for r in records if r["namespace"] == "cozyd.access")
     assert access["fields"]["host"] == "bob.cozy.test"
     assert access["fields"]["method"] == "GET"
@@ -312,15 +400,31 @@ def test_systemd_socket_activation(tmp_path):
     sock = socket.create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     daemon = Daemon(str(tmp_path))
-    twistd = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "cozyd", "-c",
-              daemon.config_path, "--listen", "systemd:domain=INET:index=0",
-              "--admin-port", "0"]
+    twistd = [
+        os.path.join(BIN, "twistd"),
+        "-n",
+        "--pidfile=",
+        "cozyd",
+        "-c",
+        daemon.config_path,
+        "--listen",
+        "systemd:domain=INET:index=0",
+        "--admin-port",
+        "0",
+    ]
     fd = sock.fileno()
-    script = (f"exec 3<&{fd} {fd}<&-; "
-              'export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=cozyd-public; exec "$@"')
-    process = subprocess.Popen(["bash", "-c", script, "bash", *twistd], cwd=str(tmp_path),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               pass_fds=(fd,))
+    script = (
+        f"exec 3<&{fd} {fd}<&-; "
+        'export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=cozyd-public; exec "$@"'
+    )
+    process = subprocess.Popen(
+        ["bash", "-c", script, "bash", *twistd],
+        cwd=str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        pass_fds=(fd,),
+    )
     try:
         _wait_for(lambda: _port_answers(port) or process.poll() is not None, 30)
         assert process.poll() is None, process.communicate()[0]

@@ -32,29 +32,47 @@ def _scrape(daemon, passphrase=TEST_ADMIN_PASSPHRASE):
 def test_metrics_are_scraped_through_the_admin_api(daemon):
     assert daemon.cozyctl("instances", "add", "alice.cozy.test").returncode == 0
     for _ in range(3):
-        assert http("GET", daemon.public_url + "/status", host="alice.cozy.test"
-                    ).status == 200
-    assert http("GET", daemon.public_url + "/data/io.cozy.nothing/x",
-                host="alice.cozy.test").status in (401, 403)
+        assert (
+            http("GET", daemon.public_url + "/status", host="alice.cozy.test").status == 200
+        )
+    assert http(
+        "GET", daemon.public_url + "/data/io.cozy.nothing/x", host="alice.cozy.test"
+    ).status in (401, 403)
     assert _scrape(daemon, passphrase=None).status == 401
     assert _scrape(daemon, passphrase="wrong").status == 401
     response = _scrape(daemon)
     assert response.status == 200
     assert response.headers["content-type"].startswith("text/plain")
     samples = _samples(response.body.decode())
-    status_ok = ("cozyd_http_requests_total",
-                 (("listener", "public"), ("service", "status"), ("status", "200")))
+    status_ok = (
+        "cozyd_http_requests_total",
+        (("listener", "public"), ("service", "status"), ("status", "200")),
+    )
     assert samples[status_ok] == 3
-    assert any(name == "cozyd_http_requests_total" and dict(labels)["service"] == "data"
-               for name, labels in samples)
-    assert samples[("cozyd_http_request_duration_seconds_count",
-                    (("listener", "public"), ("service", "status")))] == 3
-    assert any(name == "cozyd_http_requests_total" and dict(labels)["listener"] == "admin"
-               for name, labels in samples)
+    assert any(
+        name == "cozyd_http_requests_total" and dict(labels)["service"] == "data"
+        for name, labels in samples
+    )
+    assert (
+        samples[
+            (
+                "cozyd_http_request_duration_seconds_count",
+                (("listener", "public"), ("service", "status")),
+            )
+        ]
+        == 3
+    )
+    assert any(
+        name == "cozyd_http_requests_total" and dict(labels)["listener"] == "admin"
+        for name, labels in samples
+    )
     engine = "couchdb" if daemon.couchdb_url else "embedded"
-    storage = [v for (name, labels), v in samples.items()
-               if name == "cozyd_storage_call_duration_seconds_count"
-               and dict(labels)["engine"] == engine]
+    storage = [
+        v
+        for (name, labels), v in samples.items()
+        if name == "cozyd_storage_call_duration_seconds_count"
+        and dict(labels)["engine"] == engine
+    ]
     assert storage and sum(storage) > 0
     assert samples[("cozyd_instances_cached", ())] >= 1
     assert ("cozyd_threadpool_queue_depth", (("pool", "default"),)) in samples

@@ -27,20 +27,40 @@ PLUGIN = "twisted/plugins/cozyd_plugin.py"
 
 
 def run(*command: str | os.PathLike, timeout: float = 600.0, **kwargs):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("COZY")}
-    done = subprocess.run([str(c) for c in command], capture_output=True, text=True,
-                          timeout=timeout, env=env, stdin=subprocess.DEVNULL, **kwargs)
-    assert done.returncode == 0, f"{command} exited {done.returncode}:\n" \
-        f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("COZY")
+    }
+    done = subprocess.run(
+        [str(c) for c in command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        **kwargs,
+    )
+    assert done.returncode == 0, (
+        f"{command} exited {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    )
     return done
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-        "--wheel-dir", out, REPO)
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--quiet",
+        "--no-deps",
+        "--wheel-dir",
+        out,
+        REPO,
+    )
     [built] = out.glob("cozyd-*.whl")
     return built
 
@@ -50,8 +70,14 @@ def venv(tmp_path_factory, wheel) -> Path:
     root = tmp_path_factory.mktemp("venv") / "venv"
     run(sys.executable, "-m", "venv", root)
     pip = [root / "bin" / "python", "-m", "pip", "--quiet", "--disable-pip-version-check"]
-    run(*pip, "install", "--require-hashes", "--no-deps", "-r",
-        Path(REPO) / "requirements.lock")
+    run(
+        *pip,
+        "install",
+        "--require-hashes",
+        "--no-deps",
+        "-r",
+        Path(REPO) / "requirements.lock",
+    )
     run(*pip, "install", "--no-index", "--no-deps", wheel)
     run(*pip, "check")  # the lock holds every dependency the wheel declares
     return root
@@ -69,14 +95,20 @@ def test_the_wheel_holds_the_plugin_and_the_data(wheel):
 
 def test_the_installed_wheel_runs_the_daemon_and_cozyctl(venv, tmp_path):
     python = venv / "bin" / "python"
-    where = run(python, "-c", "import cozyd, twisted.plugins.cozyd_plugin as p; "
-                "print(cozyd.__file__); print(p.__file__)", cwd=tmp_path).stdout.split()
+    where = run(
+        python,
+        "-c",
+        "import cozyd, twisted.plugins.cozyd_plugin as p; "
+        "print(cozyd.__file__); print(p.__file__)",
+        cwd=tmp_path,
+    ).stdout.split()
     site = str(venv / "lib")
     assert all(path.startswith(site) for path in where), where  # not the checkout
     assert "cozyd" in run(venv / "bin" / "twistd", "--help", cwd=tmp_path).stdout
 
-    daemon = Daemon(str(tmp_path / "cozyd"), bin_dir=str(venv / "bin"),
-                    env={"PYTHONPATH": ""})
+    daemon = Daemon(
+        str(tmp_path / "cozyd"), bin_dir=str(venv / "bin"), env={"PYTHONPATH": ""}
+    )
     daemon.start()
     try:
         added = daemon.cozyctl("instances", "add", DOMAIN, "--public-name", "Alice")

@@ -18,13 +18,14 @@ import subprocess
 
 import pytest
 
-from tests.support.node_packages import install_node_packages
 from tests.support.daemon import http
+from tests.support.node_packages import install_node_packages
 
 pytestmark = pytest.mark.integration
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "support",
-                      "pouchdb_sync.js")
+SCRIPT = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "support", "pouchdb_sync.js"
+)
 DOCTYPE = "io.cozy.notes"
 
 
@@ -34,8 +35,14 @@ def node_modules():
 
 
 def oauth_token(daemon, domain: str) -> str:
-    client = daemon.cozyctl("instances", "client-oauth", domain, "http://localhost/callback",
-                            "pouchdb-test", "github.com/cozy/pouchdb-test")
+    client = daemon.cozyctl(
+        "instances",
+        "client-oauth",
+        domain,
+        "http://localhost/callback",
+        "pouchdb-test",
+        "github.com/cozy/pouchdb-test",
+    )
     assert client.returncode == 0, client.stderr
     client_id = client.stdout.strip().splitlines()[-1]
     made = daemon.cozyctl("instances", "token-oauth", domain, client_id, DOCTYPE)
@@ -48,16 +55,26 @@ def test_pouchdb_sync_both_ways_with_a_conflict(daemon, node_modules, tmp_path):
     added = daemon.cozyctl("instances", "add", domain)
     assert added.returncode == 0, added.stderr
     token = oauth_token(daemon, domain)
-    me = http("GET", f"{daemon.public_url}/permissions/self",
-              headers={"Authorization": f"Bearer {token}"})
+    me = http(
+        "GET",
+        f"{daemon.public_url}/permissions/self",
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert me.status == 200 and me.json()["data"]["attributes"]["type"] == "oauth"
 
     config = tmp_path / "pouchdb.json"
-    config.write_text(json.dumps({"url": f"{daemon.public_url}/data/{DOCTYPE}",
-                                  "token": token}))
+    config.write_text(
+        json.dumps({"url": f"{daemon.public_url}/data/{DOCTYPE}", "token": token})
+    )
     env = {**os.environ, "NODE_PATH": node_modules}
-    done = subprocess.run(["node", SCRIPT, str(config)], capture_output=True, text=True,
-                          env=env, timeout=180, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        ["node", SCRIPT, str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 0, done.stderr + "\n--- cozyd ---\n" + daemon.output[-3000:]
     result = json.loads(done.stdout)
 
@@ -81,7 +98,10 @@ def test_pouchdb_sync_both_ways_with_a_conflict(daemon, node_modules, tmp_path):
     assert gamma["ok"]["_deleted"] is True and gamma["ok"]["_rev"].startswith("2-")
 
     # And cozyd's own API agrees.
-    server = http("GET", f"{daemon.public_url}/data/{DOCTYPE}/beta?revs=true&conflicts=true",
-                  headers={"Authorization": f"Bearer {token}"}).json()
+    server = http(
+        "GET",
+        f"{daemon.public_url}/data/{DOCTYPE}/beta?revs=true&conflicts=true",
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()
     assert server["_rev"] == beta["rev"] and server["_conflicts"] == beta["conflicts"]
     assert "Traceback" not in daemon.output

@@ -40,15 +40,17 @@ def connect(daemon) -> socket.socket:
 
 def send_chunked(client: socket.socket, path: str, total: int) -> str:
     """Send ``total`` bytes chunked (1 MiB chunks); their sha256."""
-    client.sendall(f"POST {path} HTTP/1.1\r\nHost: anything.test\r\n"
-                   "Transfer-Encoding: chunked\r\n\r\n".encode())
+    client.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: anything.test\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n".encode()
+    )
     digest = hashlib.sha256()
     piece = bytearray(PIECE)
     sent = 0
     while sent < total:
         # Each piece differs: a hash of the wrong order or a lost chunk differs.
         piece[:8] = sent.to_bytes(8, "big")
-        data = bytes(piece[:min(PIECE, total - sent)])
+        data = bytes(piece[: min(PIECE, total - sent)])
         digest.update(data)
         client.sendall(b"%x\r\n" % len(data) + data + b"\r\n")
         sent += len(data)
@@ -65,7 +67,9 @@ def read_response(client: socket.socket) -> tuple[int, dict]:
             _, headers, _ = parse(received)
             if "content-length" in headers and len(body) >= int(headers["content-length"]):
                 break
-            if headers.get("transfer-encoding") == "chunked" and body.endswith(b"0\r\n\r\n"):
+            if headers.get("transfer-encoding") == "chunked" and body.endswith(
+                b"0\r\n\r\n"
+            ):
                 body = dechunk(body)
                 break
         data = client.recv(65536)
@@ -81,7 +85,7 @@ def dechunk(body: bytes) -> bytes:
         length = int(size, 16)
         if length == 0:
             return out
-        out, body = out + body[:length], body[length + 2:]
+        out, body = out + body[:length], body[length + 2 :]
 
 
 def test_a_gigabyte_streams_through_with_flat_memory(daemon):
@@ -126,8 +130,9 @@ def test_test_routes_are_off_by_default(make_daemon):
     plain = make_daemon("plain")
     client = connect(plain)
     try:
-        client.sendall(b"POST /_debug/sha256 HTTP/1.1\r\nHost: a.test\r\n"
-                       b"Content-Length: 3\r\n\r\nabc")
+        client.sendall(
+            b"POST /_debug/sha256 HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc"
+        )
         status, _, _ = parse(client.recv(65536))
     finally:
         client.close()
@@ -150,7 +155,7 @@ def test_a_trickling_head_is_closed_at_the_deadline(daemon):
             client.settimeout(0.01)
             try:
                 data = client.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except ConnectionResetError:
                 data = b""

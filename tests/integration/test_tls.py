@@ -22,8 +22,17 @@ pytestmark = pytest.mark.integration
 
 
 def _command(daemon: Daemon, *args: str) -> list[str]:
-    return [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "cozyd", "-c",
-            daemon.config_path, "--admin-port", "0", *args]
+    return [
+        os.path.join(BIN, "twistd"),
+        "-n",
+        "--pidfile=",
+        "cozyd",
+        "-c",
+        daemon.config_path,
+        "--admin-port",
+        "0",
+        *args,
+    ]
 
 
 def test_https_public_api_end_to_end(make_daemon, tmp_path):
@@ -31,20 +40,26 @@ def test_https_public_api_end_to_end(make_daemon, tmp_path):
     server = ca.issue(str(tmp_path / "pki"), "server", ("localhost", "127.0.0.1"))
     daemon = make_daemon(start=False)
     daemon.command = lambda: _command(
-        daemon, "--listen",
-        f"ssl:0:interface=127.0.0.1:privateKey={server.key}:certKey={server.cert}")
+        daemon,
+        "--listen",
+        f"ssl:0:interface=127.0.0.1:privateKey={server.key}:certKey={server.cert}",
+    )
     daemon.start()
     assert re.search(r"public API listening on https://127\.0\.0\.1:\d+/", daemon.output)
     port = daemon.ports["public"]
     trusted = ssl.create_default_context(cafile=ca.cert)
-    with urllib.request.urlopen(f"https://localhost:{port}/version", context=trusted,
-                                timeout=10) as response:
+    with urllib.request.urlopen(
+        f"https://localhost:{port}/version", context=trusted, timeout=10
+    ) as response:
         assert response.status == 200
         assert json.loads(response.read())["version"]
     # A client that does not trust the test CA refuses the server.
     with pytest.raises(urllib.error.URLError) as info:
-        urllib.request.urlopen(f"https://localhost:{port}/version",
-                               context=ssl.create_default_context(), timeout=10)
+        urllib.request.urlopen(
+            f"https://localhost:{port}/version",
+            context=ssl.create_default_context(),
+            timeout=10,
+        )
     assert "CERTIFICATE_VERIFY_FAILED" in str(info.value)
     # Plain HTTP on the TLS port gets nothing useful.
     with pytest.raises((OSError, http.client.HTTPException)):
@@ -58,14 +73,19 @@ def couchdb_behind_tls(fresh_couchdb, tmp_path):
     url = fresh_couchdb()
     parts = urlsplit(url)
     ca = make_ca(str(tmp_path / "pki"))
-    good = TLSProxy(ca.issue(str(tmp_path / "pki"), "couchdb", ("localhost",)),
-                    (parts.hostname, parts.port))
-    wrong = TLSProxy(ca.issue(str(tmp_path / "pki"), "other", ("other.test",)),
-                     (parts.hostname, parts.port))
+    good = TLSProxy(
+        ca.issue(str(tmp_path / "pki"), "couchdb", ("localhost",)),
+        (parts.hostname, parts.port),
+    )
+    wrong = TLSProxy(
+        ca.issue(str(tmp_path / "pki"), "other", ("other.test",)),
+        (parts.hostname, parts.port),
+    )
     credentials = f"{parts.username}:{parts.password}@" if parts.username else ""
 
     def https(port: int) -> str:
         return urlunsplit(("https", f"{credentials}localhost:{port}", "/", "", ""))
+
     yield https(good.port), ca.cert, https(wrong.port)
     good.stop()
     wrong.stop()
@@ -91,12 +111,15 @@ def test_https_couchdb_is_verified(couchdb_behind_tls, tmp_path):
         daemon.stop()
     # Without the CA file the certificate is not trusted: no start.
     # With it, a certificate naming another host is refused too.
-    for name, target, ca, why in (("untrusted", url, None, "certificate verify failed"),
-                                  ("wrong-host", wrong_host_url, ca_file, "DNSMismatch")):
+    for name, target, ca, why in (
+        ("untrusted", url, None, "certificate verify failed"),
+        ("wrong-host", wrong_host_url, ca_file, "DNSMismatch"),
+    ):
         daemon = _start(tmp_path, name, target, ca)
         started = time.monotonic()
-        result = subprocess.run(daemon.command(), capture_output=True, text=True,
-                                timeout=90, cwd=daemon.workdir)
+        result = subprocess.run(
+            daemon.command(), capture_output=True, text=True, timeout=90, cwd=daemon.workdir
+        )
         assert result.returncode == 1, result.stdout + result.stderr
         assert "cozyd cannot start: the couchdb storage cannot start" in result.stderr
         assert "Traceback" not in result.stdout + result.stderr
@@ -105,10 +128,14 @@ def test_https_couchdb_is_verified(couchdb_behind_tls, tmp_path):
 
 
 def test_unreadable_ca_file_refuses_to_start(tmp_path):
-    daemon = Daemon(str(tmp_path), couchdb_url="https://localhost:1/",
-                    couchdb={"ca_file": str(tmp_path / "missing.pem")})
-    result = subprocess.run(daemon.command(), capture_output=True, text=True, timeout=90,
-                            cwd=daemon.workdir)
+    daemon = Daemon(
+        str(tmp_path),
+        couchdb_url="https://localhost:1/",
+        couchdb={"ca_file": str(tmp_path / "missing.pem")},
+    )
+    result = subprocess.run(
+        daemon.command(), capture_output=True, text=True, timeout=90, cwd=daemon.workdir
+    )
     assert result.returncode == 1
     assert "cozyd cannot start: the couchdb storage cannot start" in result.stderr
     assert "missing.pem" in result.stderr

@@ -262,9 +262,7 @@ async def test_a_revision_of_a_missing_document_conflicts(store, created):
 async def test_concurrent_updates_of_one_revision_let_one_win(store, created):
     first = await store.put_doc(created, {"_id": "doc", "v": 0})
     attempts = [
-        ensureDeferred(
-            store.put_doc(created, {"_id": "doc", "_rev": first["rev"], "v": i})
-        )
+        ensureDeferred(store.put_doc(created, {"_id": "doc", "_rev": first["rev"], "v": i}))
         for i in range(1, 9)
     ]
     outcomes = await DeferredList(attempts, consumeErrors=True)
@@ -348,9 +346,7 @@ async def test_revisions_history(store, created):
     revs = [(await store.put_doc(created, {"_id": "doc", "v": 0}))["rev"]]
     for v in (1, 2):
         revs.append(
-            (await store.put_doc(created, {"_id": "doc", "_rev": revs[-1], "v": v}))[
-                "rev"
-            ]
+            (await store.put_doc(created, {"_id": "doc", "_rev": revs[-1], "v": v}))["rev"]
         )
     got = await store.get_doc(created, "doc", revs=True)
     assert got["_revisions"] == {
@@ -488,9 +484,7 @@ async def test_winner_does_not_depend_on_arrival_order(store, created):
     y = await store.get_doc(created, "y", conflicts=True)
     assert x["_rev"] == y["_rev"] == "2-" + H["e"]
     assert (
-        sorted(x["_conflicts"])
-        == sorted(y["_conflicts"])
-        == ["2-" + H["3"], "2-" + H["7"]]
+        sorted(x["_conflicts"]) == sorted(y["_conflicts"]) == ["2-" + H["3"], "2-" + H["7"]]
     )
 
 
@@ -508,9 +502,7 @@ async def test_resolving_a_conflict_by_deleting_the_loser(store, created):
 async def test_a_losing_leaf_can_be_edited(store, created):
     await replicate(store, created, "doc", ["2-" + H["b"], "1-" + H["a"]], {"v": "b"})
     await replicate(store, created, "doc", ["2-" + H["c"], "1-" + H["a"]], {"v": "c"})
-    edited = await store.put_doc(
-        created, {"_id": "doc", "_rev": "2-" + H["b"], "v": "b+"}
-    )
+    edited = await store.put_doc(created, {"_id": "doc", "_rev": "2-" + H["b"], "v": "b+"})
     got = await store.get_doc(created, "doc", conflicts=True)
     assert got["_rev"] == edited["rev"] and got["v"] == "b+"
     assert got["_conflicts"] == ["2-" + H["c"]]
@@ -531,9 +523,7 @@ async def test_a_leaf_revision_can_be_read(store, created):
     with pytest.raises(DocNotFound):
         await store.get_doc(created, "doc", rev="2-" + H["f"])
     # latest=true reads the winner.
-    assert (await store.get_doc(created, "doc", rev="2-" + H["b"], latest=True))[
-        "v"
-    ] == "c"
+    assert (await store.get_doc(created, "doc", rev="2-" + H["b"], latest=True))["v"] == "c"
 
 
 @pytest_twisted.ensureDeferred

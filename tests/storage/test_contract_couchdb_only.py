@@ -34,8 +34,7 @@ def _server(url: str) -> tuple[str, dict[bytes, list[bytes]]]:
     parts = urlsplit(url)
     base = f"{parts.scheme}://{parts.hostname}:{parts.port}/"
     token = base64.b64encode(f"{parts.username}:{parts.password}".encode())
-    return base, {b"Authorization": [b"Basic " + token],
-                  b"Accept": [b"application/json"]}
+    return base, {b"Authorization": [b"Basic " + token], b"Accept": [b"application/json"]}
 
 
 async def raw_get(url: str, path: str):
@@ -62,8 +61,9 @@ async def couch(couchdb_url):
 
 @pytest.mark.realcouchdb
 @pytest_twisted.ensureDeferred
-async def test_database_names_on_the_server_are_cozy_stack_names(couch, couchdb_url,
-                                                                 prefix):
+async def test_database_names_on_the_server_are_cozy_stack_names(
+    couch, couchdb_url, prefix
+):
     db = f"{prefix}/io-cozy-files"
     await couch.create_db(db)
     try:
@@ -71,8 +71,12 @@ async def test_database_names_on_the_server_are_cozy_stack_names(couch, couchdb_
         assert status == 200
         assert info["db_name"] == db
         status, names = await raw_get(
-            couchdb_url, "_all_dbs?start_key=" + quote(json.dumps(prefix + "/"))
-            + "&end_key=" + quote(json.dumps(prefix + "0")))
+            couchdb_url,
+            "_all_dbs?start_key="
+            + quote(json.dumps(prefix + "/"))
+            + "&end_key="
+            + quote(json.dumps(prefix + "0")),
+        )
         assert names == [db]
     finally:
         await couch.delete_prefix(prefix)
@@ -101,9 +105,13 @@ async def test_bookkeeping_is_shared_by_several_nodes(couchdb_url, prefix):
         await node.start()
     try:
         parts = [f"io-cozy-doctype{i}" for i in range(8)]
-        results = await DeferredList([
-            ensureDeferred(nodes[i % 2].create_db(f"{prefix}/{part}"))
-            for i, part in enumerate(parts)], consumeErrors=True)
+        results = await DeferredList(
+            [
+                ensureDeferred(nodes[i % 2].create_db(f"{prefix}/{part}"))
+                for i, part in enumerate(parts)
+            ],
+            consumeErrors=True,
+        )
         assert all(ok for ok, _ in results), results
         expected = sorted(f"{prefix}/{part}" for part in parts)
         assert await nodes[0].list_dbs(prefix) == expected
@@ -127,8 +135,7 @@ async def test_delete_prefix_finishes_a_half_done_run(couch, couchdb_url, prefix
         await couch.ensure_db(db)
     # An earlier run deleted one database, then died before the others.
     base, headers = _server(couchdb_url)
-    response = await treq.delete(base + quote(dbs[1], safe=""), headers=headers,
-                                 timeout=10)
+    response = await treq.delete(base + quote(dbs[1], safe=""), headers=headers, timeout=10)
     await response.content()
     assert await couch.list_dbs(prefix) == [dbs[0], dbs[2]]
     await couch.delete_prefix(prefix)
@@ -178,8 +185,7 @@ async def test_unreachable_server_is_unavailable():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # nobody listens once closed
-    store = CouchDBStore(f"http://admin:Pa55@127.0.0.1:{port}/", reactor=reactor,
-                         timeout=5)
+    store = CouchDBStore(f"http://admin:Pa55@127.0.0.1:{port}/", reactor=reactor, timeout=5)
     try:
         with pytest.raises(StorageUnavailable) as info:
             await store.start()
@@ -210,18 +216,30 @@ async def test_answers_are_those_of_couchdb(couch, prefix):
         with pytest.raises(DocNotFound) as info:
             await couch.get_doc(db, "never")
         assert info.value.detail == "missing"
-        diff = await couch.revs_diff(db, {"note": ["5-abc", first["rev"]],
-                                          "never": ["1-abc"]})
+        diff = await couch.revs_diff(
+            db, {"note": ["5-abc", first["rev"]], "never": ["1-abc"]}
+        )
         assert diff["note"]["missing"] == ["5-abc"]
         assert len(diff["note"]["possible_ancestors"]) == 1  # the tombstone
         assert diff["never"] == {"missing": ["1-abc"]}
         with pytest.raises(DocConflict):
             await couch.delete_doc(db, "note", "")
-        results = await couch.bulk_get(db, [{"id": "never"}, {"id": "note"},
-                                            {"id": "note", "rev": first["rev"]}])
-        assert results[0] == {"id": "never", "docs": [{"error": {
-            "id": "never", "rev": "undefined", "error": "not_found",
-            "reason": "missing"}}]}
+        results = await couch.bulk_get(
+            db, [{"id": "never"}, {"id": "note"}, {"id": "note", "rev": first["rev"]}]
+        )
+        assert results[0] == {
+            "id": "never",
+            "docs": [
+                {
+                    "error": {
+                        "id": "never",
+                        "rev": "undefined",
+                        "error": "not_found",
+                        "reason": "missing",
+                    }
+                }
+            ],
+        }
         assert results[1]["docs"][0]["ok"]["_deleted"] is True
         assert results[2]["docs"][0]["ok"]["_rev"] == first["rev"]
         changes = await couch.changes(db, limit=1)

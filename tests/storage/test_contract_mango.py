@@ -391,9 +391,7 @@ async def test_invalid_queries(store, people, query, code):
 @pytest_twisted.ensureDeferred
 async def test_a_sort_field_must_exist(store, people):
     await store.create_index(people, ["score"], ddoc="by-score", name="by-score")
-    result = await store.find(
-        people, {"selector": {"type": "person"}, "sort": ["score"]}
-    )
+    result = await store.find(people, {"selector": {"type": "person"}, "sort": ["score"]})
     assert ids(result) == ["p01", "p02"]
 
 
@@ -429,10 +427,13 @@ CATASTROPHIC = "(a+)+$"  # exponential for a backtracking engine
 async def test_a_catastrophic_regex_answers_at_once(store, created):
     import time
 
-    await store.bulk_docs(created, [
-        {"_id": "no", "v": "a" * 40 + "!"},
-        {"_id": "yes", "v": "a" * 40},
-    ])
+    await store.bulk_docs(
+        created,
+        [
+            {"_id": "no", "v": "a" * 40 + "!"},
+            {"_id": "yes", "v": "a" * 40},
+        ],
+    )
     started = time.monotonic()
     found = await store.find(created, {"selector": {"v": {"$regex": CATASTROPHIC}}})
     changes = await store.changes(created, selector={"v": {"$regex": CATASTROPHIC}})
@@ -443,8 +444,9 @@ async def test_a_catastrophic_regex_answers_at_once(store, created):
 
 @pytest.mark.parametrize("pattern", [r"(a)\1", "(?=a)a", "(?<!b)a"])
 @pytest_twisted.ensureDeferred
-async def test_regexes_a_linear_engine_cannot_run_are_refused(store, created, engine,
-                                                               pattern):
+async def test_regexes_a_linear_engine_cannot_run_are_refused(
+    store, created, engine, pattern
+):
     """RE2 has no backreferences nor lookarounds: the embedded engine
     refuses them with CouchDB's bad_arg, as the selector filter of
     ``_changes`` does on both engines (cozyd evaluates it)."""

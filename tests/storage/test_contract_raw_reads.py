@@ -61,11 +61,17 @@ async def test_changes_json_is_changes(store, db):
         await raw.changes_json(db)
     await store.create_db(db)
     await store.bulk_docs(db, [{"_id": f"d{n}", "n": n} for n in range(5)])
-    for options in ({}, {"limit": 2}, {"include_docs": True}, {"descending": True},
-                    {"style": "all_docs"}):
+    for options in (
+        {},
+        {"limit": 2},
+        {"include_docs": True},
+        {"descending": True},
+        {"style": "all_docs"},
+    ):
         decoded = await store.changes(db, **options)
         data = await raw.changes_json(db, **options)
         assert json.loads(data) == decoded, options
     since = (await store.changes(db, limit=2))["last_seq"]
-    assert json.loads(await raw.changes_json(db, since=since)) == \
-        await store.changes(db, since=since)
+    assert json.loads(await raw.changes_json(db, since=since)) == await store.changes(
+        db, since=since
+    )

@@ -420,19 +420,18 @@ async def test_changes_selector_sees_each_leaf_without_conflicts(store, created)
     await fill(store, created, ["plain"])
     # The winner (2-c) is shown to the selector with its _rev but without
     # _conflicts, as CouchDB 3 opens it for a filter.
-    assert change_ids(await store.changes(created, selector={"_rev": "2-" + H["c"]})) \
-        == ["doc"]
+    assert change_ids(await store.changes(created, selector={"_rev": "2-" + H["c"]})) == [
+        "doc"
+    ]
     conflicted = await store.changes(created, selector={"_conflicts": {"$exists": True}})
     assert change_ids(conflicted) == []
-    [row] = (
-        await store.changes(created, selector={"v": "c"}, include_docs=True)
-    )["results"]
+    [row] = (await store.changes(created, selector={"v": "c"}, include_docs=True))[
+        "results"
+    ]
     assert "_conflicts" not in row["doc"]  # only when asked
     assert change_ids(await store.changes(created, selector={"v": "b"})) == []
     # style=all_docs: each leaf on its own; changes lists those that match.
-    [row] = (await store.changes(created, selector={"v": "b"}, style="all_docs"))[
-        "results"
-    ]
+    [row] = (await store.changes(created, selector={"v": "b"}, style="all_docs"))["results"]
     assert row["changes"] == [{"rev": "2-" + H["b"]}]
     both = await store.changes(
         created, selector={"v": {"$in": ["b", "c"]}}, style="all_docs"

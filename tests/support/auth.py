@@ -51,9 +51,16 @@ class Browser:
         self._stub = StubTreq(resource)
         self.cookies: dict[str, str] = {}
 
-    def request(self, method: str, url: str, *, headers: dict[str, str] | None = None,
-                form: dict[str, str] | None = None, body: Any = None,
-                cookies: bool = True) -> Reply:
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        form: dict[str, str] | None = None,
+        body: Any = None,
+        cookies: bool = True,
+    ) -> Reply:
         all_headers = dict(headers or {})
         data = None
         if form is not None:
@@ -64,8 +71,9 @@ class Browser:
             all_headers.setdefault("Content-Type", "application/json")
         if cookies and self.cookies:
             all_headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        d = self._stub.request(method, url, headers=all_headers, data=data,
-                               allow_redirects=False)
+        d = self._stub.request(
+            method, url, headers=all_headers, data=data, allow_redirects=False
+        )
         response = self._wait(d)
         content = self._wait(response.content())
         flat: dict[str, list[str]] = {}
@@ -95,8 +103,11 @@ class Browser:
 
 def create_instance(admin: Browser, domain: str = DOMAIN, **params: str) -> str:
     """Create an instance; its register token (hex)."""
-    reply = admin.request("POST", f"{ADMIN}/instances?" + urlencode(
-        {"Domain": domain, **params}), headers=basic_auth())
+    reply = admin.request(
+        "POST",
+        f"{ADMIN}/instances?" + urlencode({"Domain": domain, **params}),
+        headers=basic_auth(),
+    )
     assert reply.status == 201, reply.body
     token = reply.json()["data"]["attributes"].get("register_token")
     return base64.b64decode(token).hex() if token else ""
@@ -108,29 +119,50 @@ def basic_auth() -> dict[str, str]:
 
 
 def admin_token(admin: Browser, domain: str = DOMAIN, **params: str) -> str:
-    reply = admin.request("POST", f"{ADMIN}/instances/token?" + urlencode(
-        {"Domain": domain, **params}), headers=basic_auth())
+    reply = admin.request(
+        "POST",
+        f"{ADMIN}/instances/token?" + urlencode({"Domain": domain, **params}),
+        headers=basic_auth(),
+    )
     assert reply.status == 200, reply.body
     return reply.text
 
 
-def client_hash(passphrase: str = PASSPHRASE, domain: str = DOMAIN,
-                iterations: int = TEST_KDF_ITERATIONS) -> str:
+def client_hash(
+    passphrase: str = PASSPHRASE,
+    domain: str = DOMAIN,
+    iterations: int = TEST_KDF_ITERATIONS,
+) -> str:
     return hashing.client_side_hash(passphrase, domain, iterations)
 
 
-def onboard(browser: Browser, register_token: str, passphrase: str = PASSPHRASE,
-            domain: str = DOMAIN) -> Reply:
+def onboard(
+    browser: Browser,
+    register_token: str,
+    passphrase: str = PASSPHRASE,
+    domain: str = DOMAIN,
+) -> Reply:
     """What the onboarding page does (JSON variant)."""
-    return browser.request("POST", f"http://{domain}/settings/passphrase", body={
-        "register_token": register_token, "passphrase": client_hash(passphrase, domain),
-        "iterations": TEST_KDF_ITERATIONS, "key": "0.aXY=|a2V5"})
+    return browser.request(
+        "POST",
+        f"http://{domain}/settings/passphrase",
+        body={
+            "register_token": register_token,
+            "passphrase": client_hash(passphrase, domain),
+            "iterations": TEST_KDF_ITERATIONS,
+            "key": "0.aXY=|a2V5",
+        },
+    )
 
 
-def login(browser: Browser, passphrase: str = PASSPHRASE, domain: str = DOMAIN,
-          **fields: str) -> Reply:
+def login(
+    browser: Browser, passphrase: str = PASSPHRASE, domain: str = DOMAIN, **fields: str
+) -> Reply:
     """What the login page does, with a form post."""
     base = f"http://{domain}"
     token = browser.csrf(base + "/auth/login")
-    return browser.request("POST", base + "/auth/login", form={
-        "csrf_token": token, "passphrase": client_hash(passphrase, domain), **fields})
+    return browser.request(
+        "POST",
+        base + "/auth/login",
+        form={"csrf_token": token, "passphrase": client_hash(passphrase, domain), **fields},
+    )

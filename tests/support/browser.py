@@ -55,14 +55,23 @@ def chromium(screenshots: str = SCREENSHOTS, prefix: str = "") -> Iterator:
     profile = tempfile.mkdtemp(prefix="cozyd-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-dev-shm-usage",
-                 "--no-first-run", "--no-default-browser-check",
-                 "--disable-extensions", "--disable-sync", "--window-size=1024,900",
-                 f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-extensions",
+        "--disable-sync",
+        "--window-size=1024,900",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER),
-                              options=options)
+    driver = webdriver.Chrome(
+        service=Service(executable_path=CHROMEDRIVER), options=options
+    )
     driver.set_page_load_timeout(WAIT)
     driver.cozyd_screenshots = (screenshots, prefix)
     try:
@@ -97,8 +106,9 @@ def home_url(base_url: str) -> str:
     return f"{parts.scheme}://home.{parts.netloc}/"
 
 
-def onboard(driver, base_url: str, register_token: str, passphrase: str,
-            hint: str = "") -> str:
+def onboard(
+    driver, base_url: str, register_token: str, passphrase: str, hint: str = ""
+) -> str:
     """Open the link of ``cozyctl instances add`` and choose the passphrase;
     returns the URL landed on (the home)."""
     from selenium.webdriver.common.by import By
@@ -114,8 +124,15 @@ def onboard(driver, base_url: str, register_token: str, passphrase: str,
     return wait_for_url(driver, home_url(base_url))
 
 
-def log_in(driver, base_url: str, passphrase: str, *, redirect: str | None = None,
-           long_run: bool = False, expect: str | None = None) -> str:
+def log_in(
+    driver,
+    base_url: str,
+    passphrase: str,
+    *,
+    redirect: str | None = None,
+    long_run: bool = False,
+    expect: str | None = None,
+) -> str:
     """Log in through the form; returns the URL landed on (``expect``, by
     default the redirect or the home)."""
     from urllib.parse import quote

@@ -72,9 +72,7 @@ class FakeAdmin:
         delay: float = 0.0,
     ) -> None:
         if text is not None:
-            self.replies[(method, path)] = Reply(
-                status, text.encode(), "text/plain", delay
-            )
+            self.replies[(method, path)] = Reply(status, text.encode(), "text/plain", delay)
         else:
             raw = b"" if body is None else json.dumps(body).encode()
             self.replies[(method, path)] = Reply(status, raw, delay=delay)

@@ -75,7 +75,8 @@ def _require(tool: str) -> str:
             f"`{tool}` was not found on PATH. The CouchDB engine tests run "
             f"against pouchdb-server, which needs Node.js and npm (Debian: "
             f"`apt-get install nodejs npm`), or set {ENV_URL} to a CouchDB "
-            "URL with admin credentials.")
+            "URL with admin credentials."
+        )
     return path
 
 
@@ -106,23 +107,36 @@ def install_pouchdb_server(prefix: Path = NODE_PREFIX) -> Path:
         script = _installed_bin(prefix)  # another process may have done it
         if script is not None:
             return script
-        command = [npm, "install", "--ignore-scripts", "--no-audit", "--no-fund",
-                   "--prefix", str(prefix), f"pouchdb-server@{POUCHDB_SERVER_VERSION}"]
+        command = [
+            npm,
+            "install",
+            "--ignore-scripts",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+            str(prefix),
+            f"pouchdb-server@{POUCHDB_SERVER_VERSION}",
+        ]
         try:
-            done = subprocess.run(command, stdin=subprocess.DEVNULL,
-                                  capture_output=True, text=True,
-                                  timeout=_INSTALL_TIMEOUT, check=False)
+            done = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=_INSTALL_TIMEOUT,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             raise CouchDBServerError(
-                f"`{' '.join(command)}` did not finish within "
-                f"{_INSTALL_TIMEOUT:g}s") from None
+                f"`{' '.join(command)}` did not finish within {_INSTALL_TIMEOUT:g}s"
+            ) from None
         script = _installed_bin(prefix)
         if done.returncode != 0 or script is None:
             tail = (done.stdout + done.stderr).strip().splitlines()[-20:]
             raise CouchDBServerError(
                 f"installing pouchdb-server {POUCHDB_SERVER_VERSION} failed "
-                f"(`{' '.join(command)}` exited {done.returncode}):\n"
-                + "\n".join(tail))
+                f"(`{' '.join(command)}` exited {done.returncode}):\n" + "\n".join(tail)
+            )
         return script
 
 
@@ -133,8 +147,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _http(method: str, url: str, *, body: object = None,
-          auth: tuple[str, str] | None = None, timeout: float = 5.0) -> tuple[int, object]:
+def _http(
+    method: str,
+    url: str,
+    *,
+    body: object = None,
+    auth: tuple[str, str] | None = None,
+    timeout: float = 5.0,
+) -> tuple[int, object]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Accept", "application/json")
@@ -179,26 +199,41 @@ class _Server:
         self.log_file.close()
 
 
-def _spawn(node: str, script: Path, workdir: Path, port: int,
-           log_path: Path, server_uuid: str) -> _Server:
+def _spawn(
+    node: str, script: Path, workdir: Path, port: int, log_path: Path, server_uuid: str
+) -> _Server:
     # A fresh configuration each time: no admin yet (so ours can be made),
     # quiet logs from the start, and a uuid of our own, by which we know
     # that whoever answers on the port is this very process.
     config = {"couchdb": {"uuid": server_uuid}, "log": {"level": "error"}}
     (workdir / "config.json").write_text(json.dumps(config))
     log_file = open(log_path, "ab")  # noqa: SIM115 (closed by _Server.stop)
-    command = [node, "--unhandled-rejections=warn", str(script),
-               "--host", "127.0.0.1", "--port", str(port),
-               "--dir", str(workdir), "--config", str(workdir / "config.json"),
-               "--no-color"]
-    process = subprocess.Popen(command, cwd=workdir, stdin=subprocess.DEVNULL,
-                               stdout=log_file, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    command = [
+        node,
+        "--unhandled-rejections=warn",
+        str(script),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(workdir),
+        "--config",
+        str(workdir / "config.json"),
+        "--no-color",
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     return _Server(process, log_file)
 
 
-def _wait_ready(server: _Server, base: str, server_uuid: str,
-                deadline: float) -> bool:
+def _wait_ready(server: _Server, base: str, server_uuid: str, deadline: float) -> bool:
     """True once our server answers; False if it exited (port taken: it
     exits with status 0 then, while someone else may answer on the port)."""
     while time.monotonic() < deadline:
@@ -213,12 +248,17 @@ def _wait_ready(server: _Server, base: str, server_uuid: str,
             return server.process.poll() is None
         time.sleep(0.1)
     raise CouchDBServerError(
-        f"pouchdb-server did not answer on {base} within {_START_TIMEOUT:g}s")
+        f"pouchdb-server did not answer on {base} within {_START_TIMEOUT:g}s"
+    )
 
 
-def start_pouchdb_server(workdir: Path, *, admin: str = ADMIN_NAME,
-                         password: str | None = None,
-                         prefix: Path = NODE_PREFIX) -> tuple[str, Callable[[], None]]:
+def start_pouchdb_server(
+    workdir: Path,
+    *,
+    admin: str = ADMIN_NAME,
+    password: str | None = None,
+    prefix: Path = NODE_PREFIX,
+) -> tuple[str, Callable[[], None]]:
     """Start pouchdb-server with its data in ``workdir``.
 
     Returns ``(url, stop)``: the URL carries the admin credentials; ``stop()``
@@ -238,8 +278,9 @@ def start_pouchdb_server(workdir: Path, *, admin: str = ADMIN_NAME,
         server_uuid = secrets.token_hex(16)
         server = _spawn(node, script, workdir, port, log_path, server_uuid)
         try:
-            ready = _wait_ready(server, base, server_uuid,
-                                time.monotonic() + _START_TIMEOUT)
+            ready = _wait_ready(
+                server, base, server_uuid, time.monotonic() + _START_TIMEOUT
+            )
         except BaseException:
             server.stop()
             raise
@@ -249,12 +290,14 @@ def start_pouchdb_server(workdir: Path, *, admin: str = ADMIN_NAME,
         server.stop()
         if code != 0:
             raise CouchDBServerError(
-                f"pouchdb-server exited with status {code}:\n{_tail(log_path)}")
+                f"pouchdb-server exited with status {code}:\n{_tail(log_path)}"
+            )
         # Status 0: the port was taken meanwhile; try another one.
     else:
         raise CouchDBServerError(
             f"pouchdb-server did not stay up after {_PORT_ATTEMPTS} ports:\n"
-            f"{_tail(log_path)}")
+            f"{_tail(log_path)}"
+        )
 
     stopped = False
 
@@ -269,8 +312,9 @@ def start_pouchdb_server(workdir: Path, *, admin: str = ADMIN_NAME,
         status, body = _http("PUT", f"{base}_config/admins/{admin}", body=password)
         if status != 200:
             raise CouchDBServerError(f"creating the admin failed: {status} {body}")
-        status, body = _http("PUT", f"{base}_config/log/level", body="error",
-                             auth=(admin, password))
+        status, body = _http(
+            "PUT", f"{base}_config/log/level", body="error", auth=(admin, password)
+        )
         if status != 200:
             raise CouchDBServerError(f"setting the log level failed: {status} {body}")
         status, body = _http("GET", f"{base}_all_dbs", auth=(admin, password))
@@ -278,7 +322,8 @@ def start_pouchdb_server(workdir: Path, *, admin: str = ADMIN_NAME,
             raise CouchDBServerError(f"the admin cannot log in: {status} {body}")
         if server.process.poll() is not None:
             raise CouchDBServerError(
-                f"pouchdb-server exited during set-up:\n{_tail(log_path)}")
+                f"pouchdb-server exited during set-up:\n{_tail(log_path)}"
+            )
     except BaseException:
         stop()
         raise
@@ -313,8 +358,8 @@ def pytest_collection_modifyitems(config, items):
     if real_couchdb_url():
         return
     skip = pytest.mark.skip(
-        reason=f"needs a real Apache CouchDB: set {ENV_URL} "
-               "(pouchdb-server differs here)")
+        reason=f"needs a real Apache CouchDB: set {ENV_URL} (pouchdb-server differs here)"
+    )
     for item in items:
         if item.get_closest_marker("realcouchdb") is None:
             continue
@@ -325,5 +370,6 @@ def pytest_collection_modifyitems(config, items):
         params = callspec.params.values() if callspec is not None else ()
         engines = [value for value in params if value in ENGINE_PARAMS]
         if "couchdb" in engines or (
-                not engines and "couchdb_url" in getattr(item, "fixturenames", ())):
+            not engines and "couchdb_url" in getattr(item, "fixturenames", ())
+        ):
             item.add_marker(skip)

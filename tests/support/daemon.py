@@ -41,27 +41,43 @@ class HTTPResponse:
         return json.loads(self.body)
 
 
-def http(method: str, url: str, *, host: str | None = None,
-         headers: dict[str, str] | None = None, data: bytes | None = None,
-         timeout: float = 30.0) -> HTTPResponse:
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers=dict(headers or {}))
+def http(
+    method: str,
+    url: str,
+    *,
+    host: str | None = None,
+    headers: dict[str, str] | None = None,
+    data: bytes | None = None,
+    timeout: float = 30.0,
+) -> HTTPResponse:
+    request = urllib.request.Request(
+        url, data=data, method=method, headers=dict(headers or {})
+    )
     if host is not None:
         request.add_header("Host", host)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return HTTPResponse(response.status, {k.lower(): v for k, v in
-                                                  response.headers.items()},
-                                response.read())
+            return HTTPResponse(
+                response.status,
+                {k.lower(): v for k, v in response.headers.items()},
+                response.read(),
+            )
     except urllib.error.HTTPError as error:
-        return HTTPResponse(error.code, {k.lower(): v for k, v in error.headers.items()},
-                            error.read())
+        return HTTPResponse(
+            error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
+        )
 
 
 class Daemon:
-    def __init__(self, workdir: str, *, couchdb_url: str | None = None,
-                 env: dict[str, str] | None = None, bin_dir: str = BIN,
-                 **sections: dict[str, Any]):
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        couchdb_url: str | None = None,
+        env: dict[str, str] | None = None,
+        bin_dir: str = BIN,
+        **sections: dict[str, Any],
+    ):
         self.workdir = workdir
         self.bin_dir = bin_dir  # where twistd and cozyctl are (a virtualenv's bin)
         self.couchdb_url = couchdb_url
@@ -78,8 +94,18 @@ class Daemon:
         return os.path.join(self.workdir, "data")
 
     def command(self) -> list[str]:
-        command = [os.path.join(self.bin_dir, "twistd"), "-n", "--pidfile=", "cozyd",
-                   "-c", self.config_path, "--port", "0", "--admin-port", "0"]
+        command = [
+            os.path.join(self.bin_dir, "twistd"),
+            "-n",
+            "--pidfile=",
+            "cozyd",
+            "-c",
+            self.config_path,
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+        ]
         if self.couchdb_url:
             command += ["--couchdb-url", self.couchdb_url]
         return command
@@ -91,10 +117,17 @@ class Daemon:
         self.ports = {}
         log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed by _read)
         self.process = subprocess.Popen(
-            self.command(), cwd=self.workdir, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, bufsize=1)
-        self._reader = threading.Thread(target=self._read, args=(self.process, log),
-                                        daemon=True)
+            self.command(),
+            cwd=self.workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        self._reader = threading.Thread(
+            target=self._read, args=(self.process, log), daemon=True
+        )
         self._reader.start()
         if wait:
             self.wait_for_ports()
@@ -115,8 +148,9 @@ class Daemon:
         while len(self.ports) < 2:
             if self.process.poll() is not None:
                 self._reader.join(5)
-                raise RuntimeError(f"cozyd exited with {self.process.returncode}:\n"
-                                   + "".join(self._lines))
+                raise RuntimeError(
+                    f"cozyd exited with {self.process.returncode}:\n" + "".join(self._lines)
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError("cozyd did not start in time:\n" + "".join(self._lines))
             time.sleep(0.05)
@@ -154,14 +188,30 @@ class Daemon:
     def public(self, method: str, path: str, host: str, **kwargs: Any) -> HTTPResponse:
         return http(method, self.public_url + path, host=host, **kwargs)
 
-    def cozyctl(self, *args: str, input: str | None = None,
-                passphrase: str | None = TEST_ADMIN_PASSPHRASE,
-                timeout: float = 120.0) -> subprocess.CompletedProcess:
+    def cozyctl(
+        self,
+        *args: str,
+        input: str | None = None,
+        passphrase: str | None = TEST_ADMIN_PASSPHRASE,
+        timeout: float = 120.0,
+    ) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("COZY_")}
         if passphrase is not None:
             env["COZY_ADMIN_PASSPHRASE"] = passphrase
-        command = [os.path.join(self.bin_dir, "cozyctl"), "--admin-host", "127.0.0.1",
-                   "--admin-port", str(self.ports.get("admin", 6060)), *args]
-        return subprocess.run(command, env=env, input=input, capture_output=True,
-                              text=True, timeout=timeout, stdin=None if input is not None
-                              else subprocess.DEVNULL)
+        command = [
+            os.path.join(self.bin_dir, "cozyctl"),
+            "--admin-host",
+            "127.0.0.1",
+            "--admin-port",
+            str(self.ports.get("admin", 6060)),
+            *args,
+        ]
+        return subprocess.run(
+            command,
+            env=env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )

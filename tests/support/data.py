@@ -14,8 +14,10 @@ from tests.unit.web.conftest import ADMIN, AUTH, create
 DOMAIN = "alice.cozy.test"
 BASE = f"http://{DOMAIN}/data"
 #: What most tests use: every doctype they touch, whole type, all verbs.
-FULL_SCOPE = ("io.cozy.events io.cozy.notes io.cozy.doctypes io.cozy.files "
-              "io.cozy.permissions io.cozy.nottype io.cozy.fresh io.cozy.jobs")
+FULL_SCOPE = (
+    "io.cozy.events io.cozy.notes io.cozy.doctypes io.cozy.files "
+    "io.cozy.permissions io.cozy.nottype io.cozy.fresh io.cozy.jobs"
+)
 
 
 def new_instance(admin: MemoryClient, domain: str = DOMAIN) -> Instance:
@@ -25,8 +27,9 @@ def new_instance(admin: MemoryClient, domain: str = DOMAIN) -> Instance:
 
 
 def token(admin: MemoryClient, domain: str = DOMAIN, **params: str) -> str:
-    response = admin.request("POST", ADMIN + "/instances/token", auth=AUTH,
-                             params={"Domain": domain, **params})
+    response = admin.request(
+        "POST", ADMIN + "/instances/token", auth=AUTH, params={"Domain": domain, **params}
+    )
     assert response.status == 200, response.body
     return response.body.decode()
 
@@ -35,13 +38,22 @@ def cli_token(admin: MemoryClient, scope: str = FULL_SCOPE, domain: str = DOMAIN
     return token(admin, domain, Audience="cli", Scope=scope)
 
 
-def app_token(stack, admin: MemoryClient, slug: str, permissions: dict[str, Any],
-              domain: str = DOMAIN) -> str:
+def app_token(
+    stack, admin: MemoryClient, slug: str, permissions: dict[str, Any], domain: str = DOMAIN
+) -> str:
     """An app token whose permission document is written first."""
     prefix = Instance.new(domain).prefix
-    sync(stack.store.put_doc(db_name(prefix, "io.cozy.permissions"), {
-        "_id": f"perm-{slug}", "type": "app", "source_id": f"io.cozy.apps/{slug}",
-        "permissions": permissions}))
+    sync(
+        stack.store.put_doc(
+            db_name(prefix, "io.cozy.permissions"),
+            {
+                "_id": f"perm-{slug}",
+                "type": "app",
+                "source_id": f"io.cozy.apps/{slug}",
+                "permissions": permissions,
+            },
+        )
+    )
     return token(admin, domain, Audience="app", Subject=slug)
 
 
@@ -53,17 +65,29 @@ class Data:
         self.bearer = bearer
         self.base = base
 
-    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                headers: dict[str, str] | None = None, params: dict[str, str] | None = None):
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+    ):
         all_headers = {"Accept": "application/json", **(headers or {})}
         if self.bearer:
             all_headers["Authorization"] = f"Bearer {self.bearer}"
-        data = raw if raw is not None else (
-            None if body is None else json.dumps(body).encode())
+        data = (
+            raw
+            if raw is not None
+            else (None if body is None else json.dumps(body).encode())
+        )
         if data is not None:
             all_headers.setdefault("Content-Type", "application/json")
-        return self.public.request(method, self.base + path, headers=all_headers,
-                                   params=params, data=data)
+        return self.public.request(
+            method, self.base + path, headers=all_headers, params=params, data=data
+        )
 
     def get(self, path: str, **kwargs):
         return self.request("GET", path, **kwargs)

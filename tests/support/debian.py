@@ -36,8 +36,7 @@ SUITE = "bookworm"
 #: downloaded once (pip's HTTP cache stores nothing behind some proxies).
 WHEELS = "/var/cache/cozyd-test-wheels"
 #: Downloads kept between runs (the bootstrapped root, apt's .debs, wheels).
-CACHE = Path(os.environ.get("COZYD_TEST_DEBIAN_CACHE")
-             or Path(REPO) / ".cache" / "debian")
+CACHE = Path(os.environ.get("COZYD_TEST_DEBIAN_CACHE") or Path(REPO) / ".cache" / "debian")
 APT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -51,20 +50,34 @@ class CommandFailed(AssertionError):
     pass
 
 
-def _run(command: Sequence[str | os.PathLike], *, timeout: float = 900.0,
-         env: dict[str, str] | None = None, check: bool = True,
-         **kwargs) -> subprocess.CompletedProcess:
-    done = subprocess.run([str(c) for c in command], capture_output=True, text=True,
-                          timeout=timeout, env=env or APT_ENV, check=False,
-                          stdin=subprocess.DEVNULL, **kwargs)
+def _run(
+    command: Sequence[str | os.PathLike],
+    *,
+    timeout: float = 900.0,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    **kwargs,
+) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [str(c) for c in command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or APT_ENV,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        **kwargs,
+    )
     if check and done.returncode != 0:
         raise CommandFailed(
             f"{shlex.join(map(str, command))} exited {done.returncode}:\n"
-            f"{done.stdout[-6000:]}\n{done.stderr[-6000:]}")
+            f"{done.stdout[-6000:]}\n{done.stderr[-6000:]}"
+        )
     return done
 
 
 # -- the host -------------------------------------------------------------------
+
 
 def host_problem() -> str | None:
     """Why the package test cannot run on this host (None: it can). A missing
@@ -77,12 +90,18 @@ def host_problem() -> str | None:
     if bootstrap_tool() is None:
         env = {**APT_ENV}
         update = _run(["apt-get", "update", "-qq"], env=env, check=False, timeout=600)
-        install = _run(["apt-get", "install", "-y", "-qq", "mmdebstrap"], env=env,
-                       check=False, timeout=900)
+        install = _run(
+            ["apt-get", "install", "-y", "-qq", "mmdebstrap"],
+            env=env,
+            check=False,
+            timeout=900,
+        )
         if bootstrap_tool() is None:
-            return ("neither mmdebstrap nor debootstrap is installed, and apt-get "
-                    f"could not install mmdebstrap: {update.stderr[-500:]}"
-                    f"{install.stderr[-1000:]}")
+            return (
+                "neither mmdebstrap nor debootstrap is installed, and apt-get "
+                f"could not install mmdebstrap: {update.stderr[-500:]}"
+                f"{install.stderr[-1000:]}"
+            )
     if not host_mirrors():
         return "no Debian mirror for bookworm in this host's apt sources"
     return None
@@ -148,14 +167,34 @@ def base_tarball() -> Path:
     partial = tarball.with_suffix(".partial.tar")
     tool = bootstrap_tool()
     if tool == "mmdebstrap":
-        _run(["mmdebstrap", "--quiet", "--variant=apt", "--include=ca-certificates",
-              "--skip=cleanup/apt/lists", SUITE, partial, *mirrors], timeout=1200)
+        _run(
+            [
+                "mmdebstrap",
+                "--quiet",
+                "--variant=apt",
+                "--include=ca-certificates",
+                "--skip=cleanup/apt/lists",
+                SUITE,
+                partial,
+                *mirrors,
+            ],
+            timeout=1200,
+        )
     else:  # debootstrap: a directory, packed here
         with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
             root = Path(tmp) / "root"
             uri = mirrors[0].split()[1]
-            _run(["debootstrap", "--variant=minbase", "--include=ca-certificates",
-                  SUITE, root, uri], timeout=1200)
+            _run(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    "--include=ca-certificates",
+                    SUITE,
+                    root,
+                    uri,
+                ],
+                timeout=1200,
+            )
             (root / "etc/apt/sources.list").write_text("\n".join(mirrors) + "\n")
             _run(["tar", "-C", root, "-cf", partial, "."], timeout=600)
     partial.rename(tarball)
@@ -163,6 +202,7 @@ def base_tarball() -> Path:
 
 
 # -- a root to run things in ----------------------------------------------------
+
 
 class Chroot:
     """A fresh bookworm root from the cached tarball, with /proc mounted and
@@ -181,13 +221,16 @@ class Chroot:
             shutil.copy("/etc/resolv.conf", self.root / "etc/resolv.conf")
             hosts = self.root / "etc/hosts"
             if not hosts.exists():  # as the installer writes it
-                hosts.write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost "
-                                 "ip6-loopback\n")
+                hosts.write_text(
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                )
             self._trust_host_authorities()
             self._mount(["-t", "proc", "proc"], "proc")
             self._mount(["--bind", "/dev/pts"], "dev/pts")  # apt's terminal log
-            for cache, inside in (("apt-archives", "var/cache/apt/archives"),
-                                  ("wheels", WHEELS.lstrip("/"))):
+            for cache, inside in (
+                ("apt-archives", "var/cache/apt/archives"),
+                ("wheels", WHEELS.lstrip("/")),
+            ):
                 (CACHE / cache).mkdir(parents=True, exist_ok=True)
                 if cache == "apt-archives":
                     (CACHE / cache / "partial").mkdir(exist_ok=True)
@@ -247,14 +290,19 @@ class Chroot:
             spec = [f"--userspec={uid}:{gid}", "--groups="]
         return ["chroot", *spec, str(self.root), *args]
 
-    def run(self, *args: str, env: dict[str, str] | None = None, check: bool = True,
-            timeout: float = 900.0, netns_of: RunningDaemon | None = None,
-            user: str | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        check: bool = True,
+        timeout: float = 900.0,
+        netns_of: RunningDaemon | None = None,
+        user: str | None = None,
+    ) -> subprocess.CompletedProcess:
         command = self.command(*args, user=user)
         if netns_of is not None:
             command = ["nsenter", f"--net=/proc/{netns_of.process.pid}/ns/net", *command]
-        return _run(command, env={**APT_ENV, **(env or {})}, check=check,
-                    timeout=timeout)
+        return _run(command, env={**APT_ENV, **(env or {})}, check=check, timeout=timeout)
 
     def ids(self, user: str) -> tuple[int, int]:
         for line in self.path("/etc/passwd").read_text().splitlines():
@@ -264,19 +312,32 @@ class Chroot:
         raise KeyError(f"no user {user} in {self.root}")
 
     def apt_get(self, *args: str, timeout: float = 1200.0) -> subprocess.CompletedProcess:
-        return self.run("apt-get", "-y", "-o", "APT::Sandbox::User=root", *args,
-                        timeout=timeout)
+        return self.run(
+            "apt-get", "-y", "-o", "APT::Sandbox::User=root", *args, timeout=timeout
+        )
 
-    def spawn_in_netns(self, args: Sequence[str], *, user: str | None,
-                       env: dict[str, str]) -> RunningDaemon:
+    def spawn_in_netns(
+        self, args: Sequence[str], *, user: str | None, env: dict[str, str]
+    ) -> RunningDaemon:
         """Start ``args`` in the root, in a new network namespace of its own
         (loopback only, so fixed ports never clash with the host's)."""
-        inner = shlex.join(["env", "-i", *(f"{k}={v}" for k, v in env.items()),
-                            *self.command(*args, user=user)])
+        inner = shlex.join(
+            [
+                "env",
+                "-i",
+                *(f"{k}={v}" for k, v in env.items()),
+                *self.command(*args, user=user),
+            ]
+        )
         process = subprocess.Popen(
             ["unshare", "--net", "--", "sh", "-c", f"ip link set lo up && exec {inner}"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-            stdin=subprocess.DEVNULL, env=APT_ENV)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            stdin=subprocess.DEVNULL,
+            env=APT_ENV,
+        )
         self.processes.append(process)
         return RunningDaemon(process)
 
@@ -308,8 +369,9 @@ class RunningDaemon:
         while len(self.ports) < 2:
             if self.process.poll() is not None:
                 self._reader.join(5)
-                raise AssertionError(f"cozyd exited {self.process.returncode}:\n"
-                                     + self.output)
+                raise AssertionError(
+                    f"cozyd exited {self.process.returncode}:\n" + self.output
+                )
             if time.monotonic() > deadline:
                 raise AssertionError("cozyd did not start in time:\n" + self.output)
             time.sleep(0.1)
@@ -328,14 +390,19 @@ class RunningDaemon:
 
 # -- building -------------------------------------------------------------------
 
+
 def source_files() -> list[str]:
     """The repository's files as git sees them (tracked, and new ones not
     ignored): what a fresh clone would hold, with the work in progress."""
-    done = _run(["git", "-C", REPO, "ls-files", "-z", "--cached", "--others",
-                 "--exclude-standard"], env={**APT_ENV, "HOME": os.environ.get(
-                     "HOME", "/root")})
-    return [name for name in done.stdout.split("\0")
-            if name and os.path.lexists(os.path.join(REPO, name))]
+    done = _run(
+        ["git", "-C", REPO, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        env={**APT_ENV, "HOME": os.environ.get("HOME", "/root")},
+    )
+    return [
+        name
+        for name in done.stdout.split("\0")
+        if name and os.path.lexists(os.path.join(REPO, name))
+    ]
 
 
 def copy_tree(files: Iterable[str], target: Path) -> None:
@@ -362,9 +429,11 @@ def bump_version(tree: Path, suffix: str) -> str:
     trailer = re.search(r"^ -- (.+?)  ", text, re.MULTILINE)
     assert trailer, "no trailer line in debian/changelog"
     stamp = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
-    entry = (f"{source} ({new}) {dist}; {urgency}\n\n"
-             f"  * Rebuilt by the package test (an upgrade).\n\n"
-             f" -- {trailer.group(1)}  {stamp}\n\n")
+    entry = (
+        f"{source} ({new}) {dist}; {urgency}\n\n"
+        f"  * Rebuilt by the package test (an upgrade).\n\n"
+        f" -- {trailer.group(1)}  {stamp}\n\n"
+    )
     changelog.write_text(entry + text)
     return new
 
@@ -377,18 +446,29 @@ def build(chroot: Chroot, tree: str, *, fast_compression: bool = False) -> Path:
     # The wheels the lock files name, hash-checked, into the shared cache
     # (only what is missing is downloaded); the build then installs from
     # there, hash-checked again, without asking the index.
-    chroot.run("sh", "-c", "python3 -m venv /tmp/wheels-venv && /tmp/wheels-venv/bin/pip "
-               "download --quiet --disable-pip-version-check --no-deps "
-               f"--dest {WHEELS} -r {tree}/requirements.lock "
-               f"-r {tree}/debian/build-requirements.lock", timeout=1200)
+    chroot.run(
+        "sh",
+        "-c",
+        "python3 -m venv /tmp/wheels-venv && /tmp/wheels-venv/bin/pip "
+        "download --quiet --disable-pip-version-check --no-deps "
+        f"--dest {WHEELS} -r {tree}/requirements.lock "
+        f"-r {tree}/debian/build-requirements.lock",
+        timeout=1200,
+    )
     env = {"PIP_FIND_LINKS": WHEELS, "PIP_NO_INDEX": "1"}
     if fast_compression:
         env.update(DPKG_DEB_COMPRESSOR_TYPE="gzip", DPKG_DEB_COMPRESSOR_LEVEL="1")
-    chroot.run("sh", "-c", f"cd {shlex.quote(tree)} && dpkg-buildpackage -us -uc -b",
-               env=env, timeout=1800)
+    chroot.run(
+        "sh",
+        "-c",
+        f"cd {shlex.quote(tree)} && dpkg-buildpackage -us -uc -b",
+        env=env,
+        timeout=1800,
+    )
     parent = chroot.path(tree).parent
-    version = chroot.run("dpkg-parsechangelog", "-l", f"{tree}/debian/changelog",
-                         "-S", "Version").stdout.strip()
+    version = chroot.run(
+        "dpkg-parsechangelog", "-l", f"{tree}/debian/changelog", "-S", "Version"
+    ).stdout.strip()
     debs = list(parent.glob(f"cozyd_{version}_*.deb"))
     assert len(debs) == 1, (version, sorted(p.name for p in parent.iterdir()))
     return debs[0]

@@ -19,8 +19,15 @@ from tests.support.couchdb_server import REPO_ROOT, CouchDBServerError, _require
 #: PouchDB as an offline client uses it: core, in-memory storage, HTTP
 #: remote databases and replication.
 POUCHDB_VERSION = "9.0.0"
-POUCHDB_PACKAGES = {name: POUCHDB_VERSION for name in (
-    "pouchdb-core", "pouchdb-adapter-memory", "pouchdb-adapter-http", "pouchdb-replication")}
+POUCHDB_PACKAGES = {
+    name: POUCHDB_VERSION
+    for name in (
+        "pouchdb-core",
+        "pouchdb-adapter-memory",
+        "pouchdb-adapter-http",
+        "pouchdb-replication",
+    )
+}
 CLIENTS_PREFIX = REPO_ROOT / ".cache" / "node-client"
 
 _INSTALL_TIMEOUT = 600.0
@@ -41,8 +48,9 @@ def _installed(prefix: Path, packages: dict[str, str]) -> bool:
     return True
 
 
-def install_node_packages(packages: dict[str, str] = POUCHDB_PACKAGES,
-                          prefix: Path = CLIENTS_PREFIX) -> Path:
+def install_node_packages(
+    packages: dict[str, str] = POUCHDB_PACKAGES, prefix: Path = CLIENTS_PREFIX
+) -> Path:
     """Install ``packages`` (name -> exact version) into ``prefix`` unless
     they are there; return ``prefix/node_modules``."""
     modules = prefix / "node_modules"
@@ -55,17 +63,32 @@ def install_node_packages(packages: dict[str, str] = POUCHDB_PACKAGES,
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _installed(prefix, packages):
             return modules
-        command = [npm, "install", "--ignore-scripts", "--no-audit", "--no-fund",
-                   "--prefix", str(prefix),
-                   *(f"{name}@{version}" for name, version in sorted(packages.items()))]
+        command = [
+            npm,
+            "install",
+            "--ignore-scripts",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+            str(prefix),
+            *(f"{name}@{version}" for name, version in sorted(packages.items())),
+        ]
         try:
-            done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
-                                  text=True, timeout=_INSTALL_TIMEOUT, check=False)
+            done = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=_INSTALL_TIMEOUT,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
-            raise NodePackagesError(f"`{' '.join(command)}` did not finish within "
-                                    f"{_INSTALL_TIMEOUT:g}s") from None
+            raise NodePackagesError(
+                f"`{' '.join(command)}` did not finish within {_INSTALL_TIMEOUT:g}s"
+            ) from None
         if done.returncode != 0 or not _installed(prefix, packages):
             tail = (done.stdout + done.stderr).strip().splitlines()[-20:]
-            raise NodePackagesError(f"`{' '.join(command)}` exited {done.returncode}:\n"
-                                    + "\n".join(tail))
+            raise NodePackagesError(
+                f"`{' '.join(command)}` exited {done.returncode}:\n" + "\n".join(tail)
+            )
     return modules

@@ -18,18 +18,27 @@ class PageClient(MemoryClient):
     """A MemoryClient that does not follow redirects (we check them)."""
 
     def request(self, method, url, *, headers=None, params=None, auth=None, data=None):
-        d = self._stub.request(method, url, headers=dict(headers or {}), params=params,
-                               data=data, allow_redirects=False)
+        d = self._stub.request(
+            method,
+            url,
+            headers=dict(headers or {}),
+            params=params,
+            data=data,
+            allow_redirects=False,
+        )
         response = self._wait(d)
         body = self._wait(response.content())
-        flat = {k.decode().lower(): v[-1].decode()
-                for k, v in response.headers.getAllRawHeaders()}
+        flat = {
+            k.decode().lower(): v[-1].decode()
+            for k, v in response.headers.getAllRawHeaders()
+        }
         return Response(response.code, flat, body)
 
 
 def instance_of(stack, domain="alice.cozy.test"):
-    return Instance.from_doc(sync(stack.store.get_doc(INSTANCES_DB,
-                                                      Instance.new(domain).id)))
+    return Instance.from_doc(
+        sync(stack.store.get_doc(INSTANCES_DB, Instance.new(domain).id))
+    )
 
 
 def bearer(token):
@@ -37,19 +46,28 @@ def bearer(token):
 
 
 def admin_token(admin, domain="alice.cozy.test", **params):
-    response = admin.request("POST", ADMIN + "/instances/token", auth=AUTH,
-                             params={"Domain": domain, **params})
+    response = admin.request(
+        "POST", ADMIN + "/instances/token", auth=AUTH, params={"Domain": domain, **params}
+    )
     assert response.status == 200, response.body
     return response.body.decode()
 
 
 def register(public, body=None, *, url=ALICE, headers=None, **fields):
     if body is None:
-        body = {"redirect_uris": [REDIRECT], "client_name": "Client",
-                "software_id": "github.com/example/client", **fields}
+        body = {
+            "redirect_uris": [REDIRECT],
+            "client_name": "Client",
+            "software_id": "github.com/example/client",
+            **fields,
+        }
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return public.request("POST", url + "/auth/register", data=data,
-                          headers=JSON_HEADERS if headers is None else headers)
+    return public.request(
+        "POST",
+        url + "/auth/register",
+        data=data,
+        headers=JSON_HEADERS if headers is None else headers,
+    )
 
 
 def registered(public, **fields):
@@ -65,13 +83,20 @@ def make_code(stack, clock, client_id, scope, challenge="", domain="alice.cozy.t
 
 def form(pairs):
     from urllib.parse import urlencode
+
     return urlencode(pairs).encode()
 
 
 def token_request(public, url=ALICE, **fields):
-    return public.request("POST", url + "/auth/access_token", data=form(fields),
-                          headers={"Content-Type": "application/x-www-form-urlencoded",
-                                   "Accept": "application/json"})
+    return public.request(
+        "POST",
+        url + "/auth/access_token",
+        data=form(fields),
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Accept": "application/json",
+        },
+    )
 
 
 __all__ = ["ADMIN", "AUTH", "create"]

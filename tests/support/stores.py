@@ -26,8 +26,9 @@ async def open_store(engine, tmp_path, request):
     if engine == "embedded":
         from cozyd.storage.sqlite import EmbeddedStore
 
-        store = EmbeddedStore(str(tmp_path / "db"), reactor=reactor,
-                              threadpool=reactor.getThreadPool())
+        store = EmbeddedStore(
+            str(tmp_path / "db"), reactor=reactor, threadpool=reactor.getThreadPool()
+        )
     else:
         from cozyd.storage.couchdb import CouchDBStore
 

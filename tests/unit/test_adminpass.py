@@ -19,8 +19,17 @@ def test_hash_verify_and_file_mode(tmp_path):
     assert adminpass.read_hash_file(path) == line
 
 
-@pytest.mark.parametrize("line", ["", "scrypt$1$8$1$00$00", "bcrypt$x", "scrypt$1000$8$1$00$00",
-                                  "scrypt$1024$8$1$zz$00", "scrypt$1024$8$1$00$"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "scrypt$1$8$1$00$00",
+        "bcrypt$x",
+        "scrypt$1000$8$1$00$00",
+        "scrypt$1024$8$1$zz$00",
+        "scrypt$1024$8$1$00$",
+    ],
+)
 def test_malformed_hash_lines_are_refused(line):
     with pytest.raises(adminpass.InvalidHashFile):
         adminpass.parse_hash(line)
@@ -34,8 +43,9 @@ def test_checker_caches_only_the_right_passphrase():
         hashed.append(result)
         return result
 
-    checker = adminpass.PassphraseChecker(adminpass.hash_passphrase("good", n=1024),
-                                          run_hashing=run_hashing)
+    checker = adminpass.PassphraseChecker(
+        adminpass.hash_passphrase("good", n=1024), run_hashing=run_hashing
+    )
     assert not sync(checker.check("bad"))
     assert sync(checker.check("good"))
     assert hashed == [False, True]  # scrypt ran in the hashing runner

@@ -19,8 +19,12 @@ def test_defaults_and_relative_paths(tmp_path):
 
 
 def test_every_problem_is_reported_at_once(tmp_path):
-    path = write_config(str(tmp_path), server={"port": "99999", "colour": "blue"},
-                        storage={"engine": "mysql"}, admin={"secret_filename": "nope"})
+    path = write_config(
+        str(tmp_path),
+        server={"port": "99999", "colour": "blue"},
+        storage={"engine": "mysql"},
+        admin={"secret_filename": "nope"},
+    )
     with open(path, "a") as f:
         f.write("[extras]\nx = 1\n")
     with pytest.raises(ConfigError) as info:
@@ -30,7 +34,10 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert "[server] colour: unknown key" in problems
     assert "[storage] engine: must be one of embedded, couchdb" in problems
     assert "[extras]: unknown section" in problems
-    assert "environment COZYD_COUCHDB_TIMEOUT: [couchdb] timeout: must be a positive" in problems
+    assert (
+        "environment COZYD_COUCHDB_TIMEOUT: [couchdb] timeout: must be a positive"
+        in problems
+    )
     assert "cozyctl config passwd" in problems
     assert len(info.value.problems) == 6
     assert all(p.startswith((path, "environment")) for p in info.value.problems)
@@ -93,44 +100,68 @@ def test_listeners_default_from_host_and_port(tmp_path):
 
 
 def test_listen_descriptions_and_shorthand_flags(tmp_path):
-    path = write_config(str(tmp_path), server={"listen": "unix:/run/cozyd.sock"},
-                        couchdb={"ca_file": "ca.pem"})
+    path = write_config(
+        str(tmp_path),
+        server={"listen": "unix:/run/cozyd.sock"},
+        couchdb={"ca_file": "ca.pem"},
+    )
     config = load_config(path, env={})
     assert config.get("server", "listen") == "unix:/run/cozyd.sock"
     assert config.get("couchdb", "ca_file") == os.path.join(str(tmp_path), "ca.pem")
     # --port beats the file's listen; --listen beats --port.
-    assert load_config(path, env={}, flags={"port": "0"}).get("server", "listen") \
+    assert (
+        load_config(path, env={}, flags={"port": "0"}).get("server", "listen")
         == "tcp:port=0:interface=127.0.0.1"
-    assert load_config(path, env={}, flags={"port": "0", "listen": "systemd:domain=INET:"
-                                            "index=0"}).get("server", "listen") \
+    )
+    assert (
+        load_config(
+            path, env={}, flags={"port": "0", "listen": "systemd:domain=INET:index=0"}
+        ).get("server", "listen")
         == "systemd:domain=INET:index=0"
+    )
 
 
 def test_bad_lifecycle_values_are_all_listed(tmp_path):
-    path = write_config(str(tmp_path), server={"listen": "http:8080", "shutdown_grace": "-1"},
-                        log={"format": "xml"}, admin={"listen": "ssl:6060"})
+    path = write_config(
+        str(tmp_path),
+        server={"listen": "http:8080", "shutdown_grace": "-1"},
+        log={"format": "xml"},
+        admin={"listen": "ssl:6060"},
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
     problems = "\n".join(info.value.problems)
-    assert "[server] listen: must be a listener description starting with one of" in problems
+    assert (
+        "[server] listen: must be a listener description starting with one of" in problems
+    )
     assert "[server] shutdown_grace: must be a number of seconds" in problems
     assert "[log] format: must be one of text, json" in problems
     assert "[admin] listen: must name its key and certificate files" in problems
     assert len(info.value.problems) == 4
 
 
-@pytest.mark.parametrize("listen", ["tcp:6060", "tcp:6060:interface=0.0.0.0",
-                                    "ssl:6060:privateKey=k.pem:interface=192.0.2.1",
-                                    "tcp6:6060:interface=\\:\\:"])
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "tcp:6060",
+        "tcp:6060:interface=0.0.0.0",
+        "ssl:6060:privateKey=k.pem:interface=192.0.2.1",
+        "tcp6:6060:interface=\\:\\:",
+    ],
+)
 def test_admin_listener_stays_on_loopback(tmp_path, listen):
     path = write_config(str(tmp_path), admin={"listen": listen})
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
-    assert "must stay on loopback unless [admin] allow_remote = true" \
-        in info.value.problems[0]
+    assert (
+        "must stay on loopback unless [admin] allow_remote = true" in info.value.problems[0]
+    )
     allowed = write_config(str(tmp_path), admin={"listen": listen, "allow_remote": "true"})
     assert load_config(allowed, env={}).get("admin", "listen") == listen
-    for fine in ("tcp:6060:interface=127.0.0.1", "unix:/run/cozyd-admin.sock",
-                 "tcp6:6060:interface=\\:\\:1"):
+    for fine in (
+        "tcp:6060:interface=127.0.0.1",
+        "unix:/run/cozyd-admin.sock",
+        "tcp6:6060:interface=\\:\\:1",
+    ):
         ok = write_config(str(tmp_path), admin={"listen": fine})
         assert load_config(ok, env={}).get("admin", "listen") == fine

@@ -26,7 +26,8 @@ def extracted_messages() -> set[str]:
     keywords = {**extract.DEFAULT_KEYWORDS, "N_": None}
     found = set()
     for _, _, message, _, _ in extract.extract_from_dir(
-            ROOT, method_map, options_map, keywords=keywords):
+        ROOT, method_map, options_map, keywords=keywords
+    ):
         found.add(message if isinstance(message, str) else message[0])
     return found
 
@@ -57,8 +58,9 @@ def test_french_translates_everything_with_the_same_placeholders(used):
             continue
         assert message.string, f"not translated: {message.id!r}"
         assert not message.fuzzy, f"fuzzy: {message.id!r}"
-        assert sorted(PLACEHOLDER.findall(message.id)) == \
-            sorted(PLACEHOLDER.findall(message.string)), message.id
+        assert sorted(PLACEHOLDER.findall(message.id)) == sorted(
+            PLACEHOLDER.findall(message.string)
+        ), message.id
 
 
 def test_english_is_the_message_id():
@@ -81,18 +83,30 @@ def test_words():
     assert i18n.words("en").ngettext("%(num)d tab", "%(num)d tabs", 1) == "1 tab"
 
 
-@pytest.mark.parametrize("locale,language", [
-    ("fr", "fr"), ("fr_FR", "fr"), ("FR-ca", "fr"), ("en_GB", "en"), ("de", "en"),
-    ("", "en"), (None, "en")])
+@pytest.mark.parametrize(
+    "locale,language",
+    [
+        ("fr", "fr"),
+        ("fr_FR", "fr"),
+        ("FR-ca", "fr"),
+        ("en_GB", "en"),
+        ("de", "en"),
+        ("", "en"),
+        (None, "en"),
+    ],
+)
 def test_words_of_any_locale(locale, language):
     assert i18n.words(locale).language == language
 
 
 def test_fuzzy_entries_are_not_used(tmp_path):
     po = tmp_path / "x.po"
-    po.write_text('msgid ""\nmsgstr "Content-Type: text/plain; charset=utf-8\\n"\n\n'
-                  '#, fuzzy\nmsgid "Log in"\nmsgstr "Entrer"\n\n'
-                  'msgid "Log out"\nmsgstr "Sortir"\n', encoding="utf-8")
+    po.write_text(
+        'msgid ""\nmsgstr "Content-Type: text/plain; charset=utf-8\\n"\n\n'
+        '#, fuzzy\nmsgid "Log in"\nmsgstr "Entrer"\n\n'
+        'msgid "Log out"\nmsgstr "Sortir"\n',
+        encoding="utf-8",
+    )
     translations = i18n.load_translations(str(po))
     assert translations.gettext("Log in") == "Log in"
     assert translations.gettext("Log out") == "Sortir"
@@ -105,9 +119,11 @@ def test_the_package_ships_the_catalogs_and_templates():
     config.read(os.path.join(ROOT, "setup.cfg"))
     # "*": the patterns apply in every package (find_namespace: makes each
     # directory under cozyd/ one).
-    patterns = [p.strip() for p in
-                config["options.package_data"]["*"].replace("\n", ",").split(",")
-                if p.strip()]
+    patterns = [
+        p.strip()
+        for p in config["options.package_data"]["*"].replace("\n", ",").split(",")
+        if p.strip()
+    ]
     package = os.path.join(ROOT, "cozyd")
     shipped = set()
     needed = set()

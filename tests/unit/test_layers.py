@@ -24,8 +24,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[2] / "cozyd"
 #: the test helpers, the storage engines and the wiring.
 NOT_DOMAIN = frozenset({"web", "cli", "testing", "storage", "service", "tap"})
 #: What of twisted.web a storage engine may use: an HTTP client.
-CLIENT_SIDE = ("twisted.web.client", "twisted.web.http_headers", "twisted.web.iweb",
-               "twisted.web._newclient")
+CLIENT_SIDE = (
+    "twisted.web.client",
+    "twisted.web.http_headers",
+    "twisted.web.iweb",
+    "twisted.web._newclient",
+)
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -36,8 +40,9 @@ def module_name(path: pathlib.Path) -> str:
 def is_module(name: str) -> bool:
     """Is ``cozyd.x.y`` a module or package of the source tree?"""
     relative = pathlib.Path(*name.split(".")[1:])
-    return (ROOT / relative).with_suffix(".py").is_file() or \
-        (ROOT / relative / "__init__.py").is_file()
+    return (ROOT / relative).with_suffix(".py").is_file() or (
+        ROOT / relative / "__init__.py"
+    ).is_file()
 
 
 def imports_of(path: pathlib.Path) -> set[str]:
@@ -52,7 +57,7 @@ def imports_of(path: pathlib.Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 module = ".".join([*base, node.module] if node.module else base)
             else:
                 module = node.module or ""
@@ -104,7 +109,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return [*path[path.index(nxt) :], nxt]
             if nxt not in state and (cycle := visit(nxt)) is not None:
                 return cycle
         path.pop()
@@ -124,8 +129,10 @@ def imports():
 
 def test_the_reader_sees_the_imports_it_must_judge(imports):
     # The rules below mean nothing if the reader misses imports.
-    assert "cozyd.documents.layer" in imports["cozyd.web.data"] or \
-        "cozyd.documents" in imports["cozyd.web.data"]
+    assert (
+        "cozyd.documents.layer" in imports["cozyd.web.data"]
+        or "cozyd.documents" in imports["cozyd.web.data"]
+    )
     # from cozyd import passphrase
     assert "cozyd.passphrase" in imports["cozyd.instance.lifecycle"]
     assert "cozyd.storage.sqlite" in imports["cozyd.service"]  # inside a function
@@ -143,10 +150,13 @@ def test_the_cycle_finder_finds_cycles():
 
 
 def test_the_web_layer_never_imports_storage(imports):
-    offenders = sorted(f"{module} imports {target}"
-                       for module, targets in imports.items()
-                       if package_of(module) == "web"
-                       for target in targets if package_of(target) == "storage")
+    offenders = sorted(
+        f"{module} imports {target}"
+        for module, targets in imports.items()
+        if package_of(module) == "web"
+        for target in targets
+        if package_of(target) == "storage"
+    )
     assert offenders == []
 
 
@@ -157,8 +167,12 @@ def test_domain_packages_know_nothing_of_http_servers(imports):
         if package in NOT_DOMAIN - {"storage"}:
             continue
         for target in targets:
-            http = target == "klein" or target.startswith("klein.") or \
-                target == "twisted.web" or target.startswith("twisted.web.")
+            http = (
+                target == "klein"
+                or target.startswith("klein.")
+                or target == "twisted.web"
+                or target.startswith("twisted.web.")
+            )
             if not http:
                 continue
             if package == "storage" and target.startswith(CLIENT_SIDE):

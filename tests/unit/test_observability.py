@@ -15,9 +15,16 @@ from cozyd.testing import TEST_SCRYPT_N, result_of
 
 
 def test_json_event_has_the_documented_keys_and_no_bookkeeping():
-    event = {"log_format": "{who} did {what}", "who": "alice", "what": object(),
-             "log_level": LogLevel.warn, "log_namespace": "cozyd.x", "log_time": 0.0,
-             "log_logger": object(), "log_source": None}
+    event = {
+        "log_format": "{who} did {what}",
+        "who": "alice",
+        "what": object(),
+        "log_level": LogLevel.warn,
+        "log_namespace": "cozyd.x",
+        "log_time": 0.0,
+        "log_logger": object(),
+        "log_source": None,
+    }
     record = json.loads(event_as_json(event))
     assert set(record) == {"time", "level", "namespace", "message", "fields"}
     assert record["level"] == "warn"
@@ -49,8 +56,10 @@ def test_store_calls_are_timed_by_engine_and_operation():
     store = instrument_store(_Store(), metrics)
     assert result_of(defer.Deferred.fromCoroutine(store.get_doc("db", "x"))) == {"_id": "x"}
     text = metrics.exposition().decode()
-    assert 'cozyd_storage_call_duration_seconds_count{engine="fake",operation="get_doc"} 1.0' \
+    assert (
+        'cozyd_storage_call_duration_seconds_count{engine="fake",operation="get_doc"} 1.0'
         in text
+    )
     assert store.not_async() == 1
 
 
@@ -61,6 +70,7 @@ def test_passphrase_file_is_re_read_when_it_changes(tmp_path):
 
     def check(passphrase):
         return result_of(defer.Deferred.fromCoroutine(checker.check(passphrase)))
+
     assert check("old")
     adminpass.write_hash_file(path, adminpass.hash_passphrase("new", n=TEST_SCRYPT_N))
     assert check("new")

@@ -55,6 +55,7 @@ async def test_hashing_threads_run_at_a_lower_priority():
     pools = daemon_pools(reactor, storage_threads=1, hashing_threads=1)
     pools.start()
     try:
+
         def niceness() -> int:
             return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 

@@ -1,3 +1,5 @@
 from twisted.application.service import ServiceMaker
 
-cozyd = ServiceMaker("cozyd", "cozyd.tap", "A cozy-stack compatible personal cloud server", "cozyd")
+cozyd = ServiceMaker(
+    "cozyd", "cozyd.tap", "A cozy-stack compatible personal cloud server", "cozyd"
+)

@@ -8,9 +8,6 @@ import struct
 import unicodedata
 from typing import Any
 
-
-
-
 # =============================================================================
 # 1. Collation
 # =============================================================================
@@ -216,10 +213,12 @@ def _same_term(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, list):
-        return len(a) == len(b) and all(_same_term(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(
+            _same_term(x, y) for x, y in zip(a, b, strict=False)
+        )
     if isinstance(a, dict):
         return len(a) == len(b) and all(
             ka == kb and _same_term(va, vb)
-            for (ka, va), (kb, vb) in zip(a.items(), b.items())
+            for (ka, va), (kb, vb) in zip(a.items(), b.items(), strict=False)
         )
     return a == b

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-
 from cozyd.storage.interface import InvalidRequest
 
-
 Doc = dict[str, Any]
+
 
 def mango_error(code: str, reason: str) -> InvalidRequest:
     """A 400 error named as CouchDB's Mango names it."""

@@ -6,18 +6,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-
-from cozyd.storage.mango.collation import compare, json_type, _same_term
+from cozyd.storage.mango.collation import _same_term, compare, json_type
 from cozyd.storage.mango.regex import _compiled_regex
 from cozyd.storage.mango.selectors import (
     BAD_PATH,
+    NOT_FOUND,
     Cond,
-    get_field,
-    _is_integer,
     Logic,
     MatchAll,
-    NOT_FOUND,
     Selector,
+    _is_integer,
+    get_field,
 )
 
 

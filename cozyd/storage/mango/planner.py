@@ -10,24 +10,22 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from cozyd.storage.interface import InvalidRequest, StorageError
 from cozyd.storage.mango.collation import compare
 from cozyd.storage.mango.common import Doc, _json, mango_error
 from cozyd.storage.mango.selectors import (
+    MATCH_ALL,
     Cond,
     FieldMatch,
-    _is_integer,
-    join_field,
     Logic,
-    MATCH_ALL,
+    Selector,
+    _is_integer,
     _Missing,
+    join_field,
     normalize,
     parse_field,
-    Selector,
     selector_to_json,
 )
-
 
 DEFAULT_FIND_LIMIT = 25
 NO_INDEX_WARNING = "No matching index found, create an index to optimize query time."
@@ -36,6 +34,7 @@ INDEX_SCAN_WARNING = (
     "results returned. Consider adding a more specific index to improve this."
 )
 _INDEX_SCAN_RATIO = 10
+
 
 # =============================================================================
 # 5. Indexes, queries and the planner
@@ -59,9 +58,7 @@ def parse_sort(sort: Any) -> list[tuple[str, str]]:
                 )
             fields.append((name, direction))
         else:
-            raise mango_error(
-                "invalid_sort_field", f"Invalid sort field: {_json(spec)}"
-            )
+            raise mango_error("invalid_sort_field", f"Invalid sort field: {_json(spec)}")
     for name, _ in fields:
         parse_field(name)
     if len({direction for _, direction in fields}) > 1:
@@ -91,9 +88,7 @@ class MangoIndex:
 
     def to_json(self) -> Doc:
         """As ``GET /db/_index`` lists it."""
-        definition: Doc = {
-            "fields": [{name: direction} for name, direction in self.fields]
-        }
+        definition: Doc = {"fields": [{name: direction} for name, direction in self.fields]}
         if self.is_special:
             return {
                 "ddoc": None,
@@ -102,9 +97,7 @@ class MangoIndex:
                 "def": definition,
             }
         if self.partial_filter is not None:
-            definition["partial_filter_selector"] = selector_to_json(
-                self.partial_filter
-            )
+            definition["partial_filter_selector"] = selector_to_json(self.partial_filter)
         return {
             "ddoc": self.ddoc,
             "name": self.name,
@@ -171,9 +164,7 @@ def indexes_of_design_doc(ddoc_id: str, body: Mapping[str, Any]) -> list[MangoIn
 
 def _index_of_view(ddoc_id: str, name: str, view: Any) -> MangoIndex | None:
     definition = view.get("map") if isinstance(view, dict) else None
-    if not isinstance(definition, dict) or not isinstance(
-        definition.get("fields"), dict
-    ):
+    if not isinstance(definition, dict) or not isinstance(definition.get("fields"), dict):
         return None
     fields = definition["fields"]
     if not fields or not all(d in ("asc", "desc") for d in fields.values()):
@@ -346,9 +337,7 @@ def _remaining_required(
             for arg in selector.args:
                 left.update(_remaining_required([arg], remaining))
             remaining = sorted(left)
-        elif isinstance(selector, FieldMatch) and selector.cond != Cond(
-            "$exists", False
-        ):
+        elif isinstance(selector, FieldMatch) and selector.cond != Cond("$exists", False):
             remaining = [path for path in remaining if path != selector.path]
     return remaining
 
@@ -485,9 +474,7 @@ def is_usable(index: MangoIndex, selector: Selector, sort_fields: list[str]) -> 
     )
 
 
-def _can_use_sort(
-    columns: list[str], sort_fields: list[str], selector: Selector
-) -> bool:
+def _can_use_sort(columns: list[str], sort_fields: list[str], selector: Selector) -> bool:
     if not sort_fields:
         return True
     if not columns:
@@ -526,9 +513,7 @@ def plan_query(indexes: list[MangoIndex], query: FindQuery) -> QueryPlan:
     every = [ALL_DOCS_INDEX, *indexes]
     # Partial indexes only when asked for: they may not hold every match.
     candidates = [i for i in every if i.partial_filter is None]
-    candidates += [
-        i for i in _filter_by_use_index(every, use_index) if i not in candidates
-    ]
+    candidates += [i for i in _filter_by_use_index(every, use_index) if i not in candidates]
     sort_fields = [name for name, _ in query.sort]
     usable = [i for i in candidates if is_usable(i, selector, sort_fields)]
     if not usable:
@@ -550,9 +535,7 @@ def plan_query(indexes: list[MangoIndex], query: FindQuery) -> QueryPlan:
     if index.is_special:
         warnings.append(NO_INDEX_WARNING)
     noop = (
-        isinstance(selector, Logic)
-        and selector.op in ("$and", "$or")
-        and not selector.args
+        isinstance(selector, Logic) and selector.op in ("$and", "$or") and not selector.args
     )
     return QueryPlan(index, warnings, nothing_to_run=noop)
 
@@ -577,9 +560,7 @@ def _invalid_index_error(use_index: list[str]) -> InvalidRequest:
         return mango_error(
             "invalid_index", "You must specify an index with the `use_index` parameter."
         )
-    target = f"_design/{use_index[0]}" + (
-        f", {use_index[1]}" if len(use_index) > 1 else ""
-    )
+    target = f"_design/{use_index[0]}" + (f", {use_index[1]}" if len(use_index) > 1 else "")
     return mango_error(
         "invalid_index",
         f"{target} specified by `use_index` could not be found or it is not suitable.",

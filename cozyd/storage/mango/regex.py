@@ -10,7 +10,6 @@ import re2
 
 from cozyd.storage.mango.common import _json, mango_error
 
-
 # Regular expressions run on RE2, whose matching time is linear in the
 # text: a pattern such as "(a+)+$" cannot stall the server. RE2 has no
 # backreferences nor lookarounds; patterns that need them are refused.

@@ -8,7 +8,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-
 from cozyd.storage.interface import InvalidRequest
 from cozyd.storage.mango.common import Doc, _json, mango_error
 from cozyd.storage.mango.regex import _check_regex
@@ -169,9 +168,7 @@ def normalize(selector: Any) -> Selector:
     try:
         normalized = _norm_negations(_norm_fields(_norm_ops(selector), ()))
     except RecursionError:
-        raise mango_error(
-            "invalid_selector", "Selector is nested too deeply."
-        ) from None
+        raise mango_error("invalid_selector", "Selector is nested too deeply.") from None
     if isinstance(normalized, FieldMatch) and not normalized.path:
         raise mango_error(
             "invalid_selector", "One or more conditions is missing a field name."
@@ -232,6 +229,7 @@ def _check_operand(op: str, arg: Any) -> None:
 
 def _is_integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
 
 def _norm_fields(raw: dict[str, Any], path: tuple[str, ...]) -> Selector:
     """Turn the validated JSON into the normalized tree, pushing field names

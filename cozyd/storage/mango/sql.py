@@ -10,21 +10,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-
 from cozyd.storage.mango.collation import collation_key, json_type
 from cozyd.storage.mango.common import _json
 from cozyd.storage.mango.matching import _CONDITION_MATCHERS
 from cozyd.storage.mango.selectors import (
-    BAD_PATH,
-    Cond,
-    get_field,
     _INDEX_RE,
-    _is_integer,
-    join_field,
+    BAD_PATH,
+    NOT_FOUND,
+    Cond,
     Logic,
     MatchAll,
-    NOT_FOUND,
     Selector,
+    _is_integer,
+    get_field,
+    join_field,
 )
 
 
@@ -189,9 +188,7 @@ def _is_plain_name(name: str) -> bool:
 _MAX_SQL_TERMS = 300
 
 
-def compile_sql(
-    selector: Selector, document: SqlDocument = SqlDocument()
-) -> SqlCondition:
+def compile_sql(selector: Selector, document: SqlDocument = SqlDocument()) -> SqlCondition:
     """A SQLite condition for a normalized selector (see ``SqlCondition``)."""
     condition = _compile_sql(selector, document)
     sql = condition.sql
@@ -388,9 +385,7 @@ def _compile_in(args: list[Any], f: SqlField, *, negate: bool) -> SqlCondition:
                 keys,
                 exact=False,
             )
-        return SqlCondition(
-            f"({f.type_sql} = 'array' OR {scalar.sql})", keys, exact=False
-        )
+        return SqlCondition(f"({f.type_sql} = 'array' OR {scalar.sql})", keys, exact=False)
     # An array matches $in when one of its elements does.
     element = SqlCondition(
         f"(EXISTS (SELECT 1 FROM json_each({f.each_source}) AS e"

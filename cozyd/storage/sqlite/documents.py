@@ -36,7 +36,6 @@ from cozyd.storage.revisions import (
     stem,
 )
 
-
 # Fields of a document body CouchDB keeps although they start with "_".
 _KEPT_SPECIAL_FIELDS = frozenset(
     {
@@ -87,9 +86,7 @@ def _check_doc_id(doc_id: Any) -> str:
         raise _illegal_id("Document id must not be empty")
     if doc_id in (_DESIGN_PREFIX, _LOCAL_PREFIX):
         raise _illegal_id(f"Illegal document id `{doc_id}`")
-    if doc_id.startswith("_") and not doc_id.startswith(
-        (_DESIGN_PREFIX, _LOCAL_PREFIX)
-    ):
+    if doc_id.startswith("_") and not doc_id.startswith((_DESIGN_PREFIX, _LOCAL_PREFIX)):
         raise _illegal_id("Only reserved document ids may start with underscore.")
     return doc_id
 
@@ -111,9 +108,7 @@ def _local_id(doc_id: Any) -> str:
 def _dump_body(body: Mapping[str, Any]) -> str:
     """The stored JSON of a body (``InvalidRequest`` if it is not JSON)."""
     try:
-        text = json.dumps(
-            body, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         text.encode("utf-8")  # lone surrogates cannot be stored
     except (TypeError, ValueError, RecursionError) as e:
         raise InvalidRequest(f"Document is not valid JSON: {e}") from None
@@ -162,17 +157,13 @@ def _parse_edit(
         parse_rev(rev)
     deleted = doc.get("_deleted", False)
     if not isinstance(deleted, bool):
-        raise InvalidRequest(
-            "Bad special document member: _deleted", code="doc_validation"
-        )
+        raise InvalidRequest("Bad special document member: _deleted", code="doc_validation")
     body = {}
     for name, value in doc.items():
         if not name.startswith("_") or name in _KEPT_SPECIAL_FIELDS:
             body[name] = value
         elif name == "_attachments":
-            raise InvalidRequest(
-                "Attachments are not supported.", code="doc_validation"
-            )
+            raise InvalidRequest("Attachments are not supported.", code="doc_validation")
         elif (
             name not in ("_id", "_rev", "_deleted", "_revisions")
             and name not in _IGNORED_SPECIAL_FIELDS
@@ -199,6 +190,7 @@ def _doc_json(doc_id: str, rev: str, deleted: bool, body: Mapping[str, Any]) -> 
     if deleted:
         doc["_deleted"] = True
     return doc
+
 
 # =============================================================================
 # One logical database inside a file, for the length of one operation
@@ -261,9 +253,7 @@ class _Database:
     # -- the database itself ---------------------------------------------------
     def exists(self) -> bool:
         return (
-            self.conn.execute(
-                "SELECT 1 FROM dbs WHERE name = ?", (self.name,)
-            ).fetchone()
+            self.conn.execute("SELECT 1 FROM dbs WHERE name = ?", (self.name,)).fetchone()
             is not None
         )
 
@@ -271,8 +261,7 @@ class _Database:
         """The database's row; ``DatabaseNotFound`` when there is none."""
         if self._meta is None:
             row = self.conn.execute(
-                "SELECT uuid, update_seq, doc_count, doc_del_count FROM dbs"
-                " WHERE name = ?",
+                "SELECT uuid, update_seq, doc_count, doc_del_count FROM dbs WHERE name = ?",
                 (self.name,),
             ).fetchone()
             if row is None:
@@ -529,18 +518,19 @@ def _local_counter(rev: str | None) -> int:
         return 0
     generation, counter = parse_rev(rev)
     # The next counter must fit SQLite's 64-bit integers.
-    if generation != 0 or not (counter.isascii() and counter.isdigit()) or (
-        int(counter) >= _SQLITE_MAX_INT
+    if (
+        generation != 0
+        or not (counter.isascii() and counter.isdigit())
+        or (int(counter) >= _SQLITE_MAX_INT)
     ):
         raise InvalidRevision()
     return int(counter)
 
+
 # =============================================================================
 # Reading several documents
 # =============================================================================
-def _read_leaf(
-    database: _Database, stored: _StoredDoc, rev: str | None, revs: bool
-) -> Doc:
+def _read_leaf(database: _Database, stored: _StoredDoc, rev: str | None, revs: bool) -> Doc:
     """The document at revision ``rev``, which must be a leaf."""
     if rev is None or not stored.tree.is_leaf(rev):
         raise DocNotFound("missing")  # unknown, or its body compacted away
@@ -573,28 +563,21 @@ def _open_revs(
 ) -> list[Doc]:
     bodies = database.leaf_bodies(stored)
     return [
-        {"ok": database.leaf_doc(stored, rev, revs=revs, bodies=bodies)}
-        for rev in found
+        {"ok": database.leaf_doc(stored, rev, revs=revs, bodies=bodies)} for rev in found
     ] + [{"missing": rev} for rev in missing]
 
 
 def _bulk_get_error(doc_id: Any, rev: Any, error: str, reason: str) -> Doc:
     return {
         "id": doc_id,
-        "docs": [
-            {"error": {"id": doc_id, "rev": rev, "error": error, "reason": reason}}
-        ],
+        "docs": [{"error": {"id": doc_id, "rev": rev, "error": error, "reason": reason}}],
     }
 
 
-def _bulk_get_one(
-    database: _Database, request: Any, revs: bool, latest: bool
-) -> Doc:
+def _bulk_get_one(database: _Database, request: Any, revs: bool, latest: bool) -> Doc:
     """One entry of ``_bulk_get``'s results, errors shaped as CouchDB's."""
     if not isinstance(request, dict):
-        return _bulk_get_error(
-            None, None, "bad_request", "document must be a JSON object"
-        )
+        return _bulk_get_error(None, None, "bad_request", "document must be a JSON object")
     doc_id = request.get("id")
     if doc_id is None:
         return _bulk_get_error(None, None, "bad_request", "document id missed")

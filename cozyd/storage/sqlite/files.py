@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cozyd.storage import mango
 from cozyd.storage.interface import InvalidRequest, StorageUnavailable
@@ -87,6 +87,7 @@ _TRANSIENT_SQLITE_ERRORS = (
     "out of memory",
 )
 
+
 # =============================================================================
 # SQLite files and connections
 # =============================================================================
@@ -134,13 +135,9 @@ def _migrate(connection: sqlite3.Connection) -> None:
             for statement in _MIGRATIONS[target]:
                 connection.execute(statement)
         if row is None:
-            connection.execute(
-                "INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,)
-            )
+            connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
         elif version != SCHEMA_VERSION:
-            connection.execute(
-                "UPDATE schema_version SET version = ?", (SCHEMA_VERSION,)
-            )
+            connection.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
 
 @contextlib.contextmanager
@@ -182,7 +179,7 @@ class _Job:
 
 
 def _deliver_all(jobs: list[_Job], results: list[Any]) -> None:
-    for job, result in zip(jobs, results):
+    for job, result in zip(jobs, results, strict=False):
         job.deliver(result)
 
 
@@ -275,7 +272,7 @@ class _JobQueue:
                     ):
                         group.append(self._jobs.popleft())
                     group = [j for j in group if not j.cancelled]
-            if job.group is None and job.cancelled or not group:
+            if (job.group is None and job.cancelled) or not group:
                 continue
             done += len(group)
             if job.group is None:
@@ -483,8 +480,9 @@ def _unavailable(prefix: str, error: BaseException) -> BaseException:
     else:
         return error
     # The log has the details (the path is there); the client does not.
-    log.error("storage file of {prefix} unavailable: {error}", prefix=prefix,
-              error=repr(error))
+    log.error(
+        "storage file of {prefix} unavailable: {error}", prefix=prefix, error=repr(error)
+    )
     return StorageUnavailable(f"storage unavailable ({_strip_paths(reason)})")
 
 

@@ -16,9 +16,9 @@ from typing import Any
 from cozyd.storage import mango
 from cozyd.storage.interface import Doc
 from cozyd.storage.sqlite.documents import (
+    _SQLITE_MAX_INT,
     _Database,
     _doc_json,
-    _SQLITE_MAX_INT,
 )
 
 
@@ -111,9 +111,7 @@ class _FindRun:
     SQLite too.
     """
 
-    def __init__(
-        self, database: _Database, query: mango.FindQuery, plan: mango.QueryPlan
-    ):
+    def __init__(self, database: _Database, query: mango.FindQuery, plan: mango.QueryPlan):
         self.db = database
         self.query = query
         self.plan = plan
@@ -238,18 +236,13 @@ class _FindRun:
         direction = "DESC" if query.descending else "ASC"
         order = ", ".join(f"{key} {direction}" for key in sort_sql)
         columns = ", ".join(["id", "rev", "body", "conflicts", *self.order_sql[:-1]])
-        sql = (
-            f"SELECT {columns} FROM {source} WHERE {' AND '.join(where)}"
-            f" ORDER BY {order}"
-        )
+        sql = f"SELECT {columns} FROM {source} WHERE {' AND '.join(where)} ORDER BY {order}"
         if exact:
             sql += " LIMIT ? OFFSET ?"
             params += [min(query.limit, _SQLITE_MAX_INT), min(query.skip, _SQLITE_MAX_INT)]
         return sql, params
 
-    def _rows(
-        self, sql: str, params: list[Any]
-    ) -> Generator[tuple[Any, ...], None, None]:
+    def _rows(self, sql: str, params: list[Any]) -> Generator[tuple[Any, ...], None, None]:
         try:
             cursor = self.db.conn.execute(sql, params)
         except sqlite3.OperationalError as e:

@@ -25,7 +25,10 @@ from cozyd.storage.interface import (
     StorageUnavailable,
     new_doc_id,
 )
+from cozyd.storage.revisions import DEFAULT_REVS_LIMIT, missing_revs, parse_rev
 from cozyd.storage.sqlite.documents import (
+    _DESIGN_PREFIX,
+    _LOCAL_PREFIX,
     _add_meta,
     _bulk_get_one,
     _check_doc_id,
@@ -33,13 +36,11 @@ from cozyd.storage.sqlite.documents import (
     _check_read_id,
     _count,
     _Database,
-    _DESIGN_PREFIX,
     _dump_body,
     _Edit,
     _limit,
     _local_counter,
     _local_id,
-    _LOCAL_PREFIX,
     _open_revs,
     _parse_edit,
     _read_leaf,
@@ -59,7 +60,6 @@ from cozyd.storage.sqlite.views import (
     _AllDocs,
     _Changes,
 )
-from cozyd.storage.revisions import DEFAULT_REVS_LIMIT, missing_revs, parse_rev
 
 log = Logger()
 T = TypeVar("T")
@@ -203,7 +203,11 @@ class EmbeddedStore:
         exists themselves, only when the document is not found.
         ``one_statement`` work needs no snapshot: it runs without BEGIN."""
         return await self._in_transaction(
-            db, work, write=False, create=False, inline=inline,
+            db,
+            work,
+            write=False,
+            create=False,
+            inline=inline,
             one_statement=one_statement,
         )
 
@@ -272,9 +276,7 @@ class EmbeddedStore:
         # else: the end of the current use schedules a new timer
 
     def _close_beyond_max_open(self) -> None:
-        open_files = [
-            f for f in self._files.values() if f.may_be_open and not f.in_memory
-        ]
+        open_files = [f for f in self._files.values() if f.may_be_open and not f.in_memory]
         excess = len(open_files) - self._max_open
         for prefix_file in open_files:  # least recently used first
             if excess <= 0:
@@ -470,9 +472,7 @@ class EmbeddedStore:
         edit = _parse_edit(doc, new_edits=True)
         if edit.is_local:
             return await self.put_local(db, doc)
-        [result] = await self._write(
-            db, lambda database: _write_edits(database, [edit])
-        )
+        [result] = await self._write(db, lambda database: _write_edits(database, [edit]))
         if "error" in result:
             raise DocConflict()
         return result
@@ -527,9 +527,7 @@ class EmbeddedStore:
             raise InvalidRequest("docs must be an array")
         return await self._read(
             db,
-            lambda database: [
-                _bulk_get_one(database, r, revs, latest) for r in requests
-            ],
+            lambda database: [_bulk_get_one(database, r, revs, latest) for r in requests],
         )
 
     async def revs_diff(self, db: str, revs: dict[str, list[str]]) -> Doc:
@@ -546,9 +544,7 @@ class EmbeddedStore:
             result: Doc = {}
             for doc_id, rev_list in revs.items():
                 stored = database.load(doc_id)
-                missing, ancestors = missing_revs(
-                    stored.tree if stored else None, rev_list
-                )
+                missing, ancestors = missing_revs(stored.tree if stored else None, rev_list)
                 if missing:
                     entry: Doc = {"missing": missing}
                     if ancestors:
@@ -726,6 +722,7 @@ class EmbeddedStore:
             return _FindRun(database, parsed, plan).execute()
 
         return await self._read(db, find)
+
 
 # =============================================================================
 # Operations spanning several documents

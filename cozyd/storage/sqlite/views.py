@@ -13,14 +13,13 @@ from typing import Any
 from cozyd.storage import mango
 from cozyd.storage.interface import Doc, InvalidRequest
 from cozyd.storage.sqlite.documents import (
-    _Database,
-    _DbMeta,
     _DOC_COLUMNS,
     _SQLITE_MAX_INT,
+    _Database,
+    _DbMeta,
     _stored_doc,
     _StoredDoc,
 )
-
 
 _SINCE_RE = re.compile(r"([0-9]+)(?:-(.*))?", re.DOTALL)
 
@@ -39,6 +38,7 @@ def _parse_since(since: Any, meta: _DbMeta) -> int:
     if match.group(2) is not None and match.group(2) != meta.uuid:
         return 0  # from an earlier incarnation of the database: start over
     return min(int(match.group(1)), _SQLITE_MAX_INT)
+
 
 @dataclass
 class _AllDocs:
@@ -245,9 +245,7 @@ class _Changes:
         return [
             rev
             for rev in leaves
-            if mango.matches(
-                self.selector, database.leaf_doc(stored, rev, bodies=bodies)
-            )
+            if mango.matches(self.selector, database.leaf_doc(stored, rev, bodies=bodies))
         ]
 
     def _result(

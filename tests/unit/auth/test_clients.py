@@ -5,8 +5,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cozyd.auth import tokens
-from cozyd.auth.clients import (OAuthClients, RegistrationError, RegistrationRateLimited,
-                                linked_app_slug, public_view, secrets_equal)
+from cozyd.auth.clients import (
+    OAuthClients,
+    RegistrationError,
+    RegistrationRateLimited,
+    linked_app_slug,
+    public_view,
+    secrets_equal,
+)
 from cozyd.documents import Documents
 from cozyd.instance.model import Instance
 from cozyd.permissions.resolver import PermissionResolver
@@ -34,32 +40,49 @@ def instance(store):
 @pytest.fixture
 def clients(store, clock):
     resolver = PermissionResolver(store, seconds=clock.seconds)
-    return OAuthClients(Documents(store), on_change=resolver.forget_client,
-                        seconds=clock.seconds, registrations_per_hour=3)
+    return OAuthClients(
+        Documents(store),
+        on_change=resolver.forget_client,
+        seconds=clock.seconds,
+        registrations_per_hour=3,
+    )
 
 
 def metadata(**fields):
-    return {"redirect_uris": [REDIRECT], "client_name": "Client", "software_id": "sw",
-            **fields}
+    return {
+        "redirect_uris": [REDIRECT],
+        "client_name": "Client",
+        "software_id": "sw",
+        **fields,
+    }
 
 
 def test_register_stores_a_pending_client(clients, store, instance):
-    client = sync(clients.register(instance, metadata(software_id="registry://drive",
-                                                      software_version="1.2")))
+    client = sync(
+        clients.register(
+            instance, metadata(software_id="registry://drive", software_version="1.2")
+        )
+    )
     stored = sync(clients.get(instance, client["client_id"]))
     assert stored["pending"] is True
     assert stored["cozyMetadata"]["createdByApp"] == "drive"
     assert stored["cozyMetadata"]["createdByAppVersion"] == "1.2"
     assert stored["cozyMetadata"]["createdAt"] == "2027-01-15T08:00:00Z"
-    claims = tokens.parse(instance, client["registration_access_token"],
-                          now=1_800_000_000, audiences=(tokens.REGISTRATION,))
+    claims = tokens.parse(
+        instance,
+        client["registration_access_token"],
+        now=1_800_000_000,
+        audiences=(tokens.REGISTRATION,),
+    )
     assert claims.subject == client["client_id"]
-    assert clients.check_registration_token(instance, stored,
-                                            client["registration_access_token"])
+    assert clients.check_registration_token(
+        instance, stored, client["registration_access_token"]
+    )
     assert not clients.check_registration_token(instance, stored, None)
     other = Instance.new("bob.cozy.test")
-    assert not clients.check_registration_token(other, stored,
-                                                client["registration_access_token"])
+    assert not clients.check_registration_token(
+        other, stored, client["registration_access_token"]
+    )
 
 
 def test_secrets_and_ids_are_random(clients, instance):
@@ -70,32 +93,68 @@ def test_secrets_and_ids_are_random(clients, instance):
     assert len(first["client_secret"]) == 32  # 24 bytes, URL-safe base64
 
 
-@pytest.mark.parametrize("uri", [
-    "http://alice.cozy.test:8080/cb", "https://ALIAS.cozy.test/cb", "https://x.org/a#b",
-    "http://me@alice.cozy.test:8080/cb", "https://x.org/a#",
-    "data:text/html,hi", "vbscript:x", "relative/path", "https://x.org/\nfoo",
-    "https://x.org:99999/", ""])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://alice.cozy.test:8080/cb",
+        "https://ALIAS.cozy.test/cb",
+        "https://x.org/a#b",
+        "http://me@alice.cozy.test:8080/cb",
+        "https://x.org/a#",
+        "data:text/html,hi",
+        "vbscript:x",
+        "relative/path",
+        "https://x.org/\nfoo",
+        "https://x.org:99999/",
+        "",
+    ],
+)
 def test_refused_redirect_uris(clients, instance, uri):
     with pytest.raises(RegistrationError) as caught:
         sync(clients.register(instance, metadata(redirect_uris=[uri])))
     assert caught.value.error == "invalid_redirect_uri"
 
 
-@pytest.mark.parametrize("uri", [
-    "http://localhost:8000/callback", "https://alice.cozy.test/cb",  # another port
-    "cozy://oauth", "com.example.app:/oauth2redirect", "urn:ietf:wg:oauth:2.0:oob"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://localhost:8000/callback",
+        "https://alice.cozy.test/cb",  # another port
+        "cozy://oauth",
+        "com.example.app:/oauth2redirect",
+        "urn:ietf:wg:oauth:2.0:oob",
+    ],
+)
 def test_accepted_redirect_uris(clients, instance, uri):
     assert sync(clients.register(instance, metadata(redirect_uris=[uri])))
 
 
 @settings(deadline=None)
-@given(st.dictionaries(st.sampled_from(["redirect_uris", "client_name", "software_id",
-                                        "client_kind", "logo_uri", "flagship",
-                                        "notification_platform"]),
-                       st.one_of(st.none(), st.booleans(), st.integers(), st.text(),
-                                 st.lists(st.text(max_size=30), max_size=3))))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "redirect_uris",
+                "client_name",
+                "software_id",
+                "client_kind",
+                "logo_uri",
+                "flagship",
+                "notification_platform",
+            ]
+        ),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.text(),
+            st.lists(st.text(max_size=30), max_size=3),
+        ),
+    )
+)
 def test_any_metadata_is_either_accepted_or_refused_cleanly(body):
     from cozyd.auth.clients import _declared_metadata
+
     instance = Instance.new("alice.cozy.test")
     try:
         result = _declared_metadata(instance, body)
@@ -121,12 +180,24 @@ def test_update_keeps_what_the_server_manages(clients, store, instance):
     client = sync(clients.register(instance, metadata(), allow_login_scope=True))
     stored = sync(clients.get(instance, client["client_id"]))
     stored["flagship"] = True
-    stored["_rev"] = sync(store.put_doc(db_name(instance.prefix, "io.cozy.oauth.clients"),
-                                        stored))["rev"]
-    updated = sync(clients.update(instance, stored, {
-        "client_id": client["client_id"], "redirect_uris": [REDIRECT],
-        "client_name": "Renamed", "software_id": "sw", "flagship": False,
-        "allow_login_scope": False, "pending": False}))
+    stored["_rev"] = sync(
+        store.put_doc(db_name(instance.prefix, "io.cozy.oauth.clients"), stored)
+    )["rev"]
+    updated = sync(
+        clients.update(
+            instance,
+            stored,
+            {
+                "client_id": client["client_id"],
+                "redirect_uris": [REDIRECT],
+                "client_name": "Renamed",
+                "software_id": "sw",
+                "flagship": False,
+                "allow_login_scope": False,
+                "pending": False,
+            },
+        )
+    )
     assert updated["flagship"] is True and updated["allow_login_scope"] is True
     assert updated["pending"] is True and updated["client_name"] == "Renamed"
     assert updated["client_secret"] == client["client_secret"]
@@ -144,8 +215,9 @@ def test_mark_used_and_delete(clients, instance):
 
 
 def test_list_pages(clients, instance):
-    ids = sorted(sync(clients.register(instance, metadata()))["client_id"]
-                 for _ in range(5))
+    ids = sorted(
+        sync(clients.register(instance, metadata()))["client_id"] for _ in range(5)
+    )
     page, cursor = sync(clients.list(instance, limit=2))
     seen = [c["_id"] for c in page]
     while cursor:

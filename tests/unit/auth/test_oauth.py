@@ -4,8 +4,7 @@ import hashlib
 
 import pytest
 
-from cozyd.auth.oauth import (ACCESS_CODES_DOCTYPE, AccessCodes, code_challenge,
-                              pkce_matches)
+from cozyd.auth.oauth import ACCESS_CODES_DOCTYPE, AccessCodes, code_challenge, pkce_matches
 from cozyd.documents import Documents
 from cozyd.instance.model import Instance
 from cozyd.storage.names import db_name
@@ -40,12 +39,18 @@ def test_codes_are_stored_hashed_and_used_once(codes, store):
     code = sync(codes.create(INSTANCE, "client1", "io.cozy.files", "challenge"))
     assert len(code) >= 32
     db = db_name(INSTANCE.prefix, ACCESS_CODES_DOCTYPE)
-    ids = [row["id"] for row in sync(store.all_docs(db))["rows"]
-           if not row["id"].startswith("_design/")]
+    ids = [
+        row["id"]
+        for row in sync(store.all_docs(db))["rows"]
+        if not row["id"].startswith("_design/")
+    ]
     assert ids == [hashlib.sha256(code.encode()).hexdigest()]  # never the code itself
     grant = sync(codes.consume(INSTANCE, code))
     assert (grant.client_id, grant.scope, grant.challenge) == (
-        "client1", "io.cozy.files", "challenge")
+        "client1",
+        "io.cozy.files",
+        "challenge",
+    )
     assert sync(codes.consume(INSTANCE, code)) is None
     assert sync(codes.consume(INSTANCE, "")) is None
     assert sync(codes.consume(Instance.new("bob.cozy.test"), code)) is None
@@ -66,6 +71,9 @@ def test_stale_codes_are_purged(codes, store, clock):
     clock.advance(301)
     fresh = sync(codes.create(INSTANCE, "client1", "io.cozy.files"))
     db = db_name(INSTANCE.prefix, ACCESS_CODES_DOCTYPE)
-    ids = [row["id"] for row in sync(store.all_docs(db))["rows"]
-           if not row["id"].startswith("_design/")]
+    ids = [
+        row["id"]
+        for row in sync(store.all_docs(db))["rows"]
+        if not row["id"].startswith("_design/")
+    ]
     assert ids == [hashlib.sha256(fresh.encode()).hexdigest()]

@@ -21,14 +21,17 @@ def test_cookie_round_trip(instance):
     assert S.decode_cookie(instance, value) == "0123456789abcdef0123456789abcdef"
 
 
-@pytest.mark.parametrize("tamper", [
-    lambda v: v[:-2] + ("AA" if not v.endswith("AA") else "BB"),
-    lambda v: "f" + v[1:] if not v.startswith("f") else "e" + v[1:],
-    lambda v: v.split(".")[0],
-    lambda v: "",
-    lambda v: v + "x" * 300,
-    lambda v: "../x." + v.split(".")[1],
-])
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda v: v[:-2] + ("AA" if not v.endswith("AA") else "BB"),
+        lambda v: "f" + v[1:] if not v.startswith("f") else "e" + v[1:],
+        lambda v: v.split(".")[0],
+        lambda v: "",
+        lambda v: v + "x" * 300,
+        lambda v: "../x." + v.split(".")[1],
+    ],
+)
 def test_forged_cookies_are_refused(instance, tamper):
     value = S.encode_cookie(instance, "0123456789abcdef0123456789abcdef")
     assert S.decode_cookie(instance, tamper(value)) is None
@@ -49,23 +52,52 @@ def test_cookie_domain_covers_the_apps(instance):
     assert S.cookie_name(instance) == "cozysessid"
 
 
-@pytest.mark.parametrize("agent,expected", [
-    (("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-      "Chrome/120.0.0.0 Safari/537.36"), ("Linux x86_64", "Chrome")),
-    (("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-      "HeadlessChrome/120.0.0.0 Safari/537.36"), ("Linux x86_64", "Headless Chrome")),
-    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0",
-     ("Windows 10", "Firefox")),
-    (("Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
-      "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"), ("iOS 17.1", "Safari")),
-    (("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like "
-      "Gecko) Chrome/120.0.0.0 Safari/537.36 Edg/120.0.2210.91"),
-     ("Mac OS X 10.15.7", "Edge")),
-    (("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
-      "Chrome/120.0.0.0 Mobile Safari/537.36"), ("Android 14", "Chrome")),
-    ("io.cozy.drive.mobile-1.2 CozyDrive", ("", "CozyDrive")),
-    ("", ("", "")),
-])
+@pytest.mark.parametrize(
+    "agent,expected",
+    [
+        (
+            (
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                "Chrome/120.0.0.0 Safari/537.36"
+            ),
+            ("Linux x86_64", "Chrome"),
+        ),
+        (
+            (
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                "HeadlessChrome/120.0.0.0 Safari/537.36"
+            ),
+            ("Linux x86_64", "Headless Chrome"),
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0",
+            ("Windows 10", "Firefox"),
+        ),
+        (
+            (
+                "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
+                "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"
+            ),
+            ("iOS 17.1", "Safari"),
+        ),
+        (
+            (
+                "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like "
+                "Gecko) Chrome/120.0.0.0 Safari/537.36 Edg/120.0.2210.91"
+            ),
+            ("Mac OS X 10.15.7", "Edge"),
+        ),
+        (
+            (
+                "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+                "Chrome/120.0.0.0 Mobile Safari/537.36"
+            ),
+            ("Android 14", "Chrome"),
+        ),
+        ("io.cozy.drive.mobile-1.2 CozyDrive", ("", "CozyDrive")),
+        ("", ("", "")),
+    ],
+)
 def test_user_agents(agent, expected):
     assert S.parse_user_agent(agent) == expected
 
@@ -108,10 +140,17 @@ def test_durations_and_listing(store, clock, instance):
 
 def test_login_history(store, clock, instance):
     sessions = S.SessionStore(Documents(store), seconds=clock.seconds)
-    sync(sessions.record_login(instance, "sid", ip="192.0.2.1",
-                               user_agent="Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0"))
-    rows = sync(store.all_docs(db_name(instance.prefix, S.LOGINS_DOCTYPE),
-                               include_docs=True))["rows"]
+    sync(
+        sessions.record_login(
+            instance,
+            "sid",
+            ip="192.0.2.1",
+            user_agent="Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
+        )
+    )
+    rows = sync(
+        store.all_docs(db_name(instance.prefix, S.LOGINS_DOCTYPE), include_docs=True)
+    )["rows"]
     [doc] = [row["doc"] for row in rows]
     assert doc["ip"] == "192.0.2.1" and doc["session_id"] == "sid"
     assert (doc["os"], doc["browser"]) == ("Linux x86_64", "Firefox")

@@ -143,6 +143,5 @@ def test_context_precedence():
         15,
     )
     assert (
-        Context.from_args(argparse.Namespace(), {"COZY_ADMIN_TIMEOUT": "0"}).timeout
-        is None
+        Context.from_args(argparse.Namespace(), {"COZY_ADMIN_TIMEOUT": "0"}).timeout is None
     )

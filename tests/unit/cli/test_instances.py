@@ -170,7 +170,8 @@ def test_add_rejects_an_invalid_domain(admin, cli):
     r = cli("instances", "add", "bad/domain")
     assert r.code == 1
     assert r.err.splitlines()[-1].startswith(
-        "Error: Invalid domain 'bad/domain': the domain must not contain '/'")
+        "Error: Invalid domain 'bad/domain': the domain must not contain '/'"
+    )
     assert admin.requests == []
 
 
@@ -285,9 +286,7 @@ def test_show_db_prefix(admin, cli):
         cli("instances", "show-db-prefix", DOMAIN).out
         == "cozy0123456789abcdef0123456789abcd\n"
     )
-    admin.reply(
-        "GET", quoted(), 200, {"data": instance_data(prefix="", couch_cluster=2)}
-    )
+    admin.reply("GET", quoted(), 200, {"data": instance_data(prefix="", couch_cluster=2)})
     assert (
         cli("instances", "show-db-prefix", DOMAIN).out
         == "alice-cozy-localhost-8080\ncouch_cluster: 2\n"

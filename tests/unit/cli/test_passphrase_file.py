@@ -53,8 +53,9 @@ def test_an_unreadable_default_file_is_skipped(admin, cli, no_env_no_terminal):
     assert admin.requests == []
 
 
-def test_the_env_variable_names_the_file_and_wins(admin, cli, no_env_no_terminal,
-                                                  monkeypatch, tmp_path):
+def test_the_env_variable_names_the_file_and_wins(
+    admin, cli, no_env_no_terminal, monkeypatch, tmp_path
+):
     _count(admin)
     no_env_no_terminal.write_text("default\n")
     named = tmp_path / "mine"
@@ -64,8 +65,9 @@ def test_the_env_variable_names_the_file_and_wins(admin, cli, no_env_no_terminal
     assert admin.last.password == "named-one"
 
 
-def test_the_passphrase_in_the_env_beats_any_file(admin, cli, no_env_no_terminal,
-                                                  monkeypatch):
+def test_the_passphrase_in_the_env_beats_any_file(
+    admin, cli, no_env_no_terminal, monkeypatch
+):
     _count(admin)
     no_env_no_terminal.write_text("default\n")
     monkeypatch.setenv("COZY_ADMIN_PASSPHRASE", "from-env")
@@ -73,8 +75,9 @@ def test_the_passphrase_in_the_env_beats_any_file(admin, cli, no_env_no_terminal
     assert admin.last.password == "from-env"
 
 
-def test_an_empty_variable_turns_the_lookup_off(admin, cli, no_env_no_terminal,
-                                                monkeypatch):
+def test_an_empty_variable_turns_the_lookup_off(
+    admin, cli, no_env_no_terminal, monkeypatch
+):
     no_env_no_terminal.write_text("default\n")
     monkeypatch.setenv("COZY_ADMIN_PASSPHRASE_FILE", "")
     r = cli("instances", "count")
@@ -82,13 +85,17 @@ def test_an_empty_variable_turns_the_lookup_off(admin, cli, no_env_no_terminal,
     assert admin.requests == []
 
 
-@pytest.mark.parametrize("content,message", [
-    (None, "cannot read"),
-    ("", "is empty"),
-    ("hash", "holds the hashed admin passphrase"),
-])
-def test_a_bad_named_file_is_a_clear_error(admin, cli, no_env_no_terminal,
-                                           monkeypatch, tmp_path, content, message):
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (None, "cannot read"),
+        ("", "is empty"),
+        ("hash", "holds the hashed admin passphrase"),
+    ],
+)
+def test_a_bad_named_file_is_a_clear_error(
+    admin, cli, no_env_no_terminal, monkeypatch, tmp_path, content, message
+):
     named = tmp_path / "named"
     if content == "hash":
         named.write_text(adminpass.hash_passphrase("x", n=2) + "\n")

@@ -22,18 +22,24 @@ def data(stack):
     return client
 
 
-@pytest.mark.parametrize("method, path, body", [
-    ("POST", "/_bulk_docs", b'{"docs": [{"_id": "fine"}, {"_id": "bad\\ud800"}]}'),
-    ("POST", "/_bulk_docs", b'{"docs": [{"_id": "\\udfff", "_rev": "1-abc"}], '
-                            b'"new_edits": false}'),
-    ("POST", "/_all_docs", b'{"keys": ["\\ud800"]}'),
-    ("POST", "/_bulk_get", b'{"docs": [{"id": "\\ud800"}]}'),
-    ("POST", "/_revs_diff", b'{"\\ud800": ["1-abc"]}'),
-    # Anywhere in a body, not only in ids: no engine can store it.
-    ("POST", "/", b'{"title": "half \\ud800 a pair"}'),
-    ("POST", "/_index", b'{"index": {"fields": ["\\udc00"]}}'),
-    ("PUT", "/_local/x", b'{"value": {"\\ud800": 1}}'),
-])
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("POST", "/_bulk_docs", b'{"docs": [{"_id": "fine"}, {"_id": "bad\\ud800"}]}'),
+        (
+            "POST",
+            "/_bulk_docs",
+            b'{"docs": [{"_id": "\\udfff", "_rev": "1-abc"}], "new_edits": false}',
+        ),
+        ("POST", "/_all_docs", b'{"keys": ["\\ud800"]}'),
+        ("POST", "/_bulk_get", b'{"docs": [{"id": "\\ud800"}]}'),
+        ("POST", "/_revs_diff", b'{"\\ud800": ["1-abc"]}'),
+        # Anywhere in a body, not only in ids: no engine can store it.
+        ("POST", "/", b'{"title": "half \\ud800 a pair"}'),
+        ("POST", "/_index", b'{"index": {"fields": ["\\udc00"]}}'),
+        ("PUT", "/_local/x", b'{"value": {"\\ud800": 1}}'),
+    ],
+)
 def test_a_lone_surrogate_in_an_id_is_a_400(stack, data, method, path, body):
     events = events_of(stack)
     before = data.get(EVENTS + "/_all_docs").json()["total_rows"]
@@ -41,7 +47,11 @@ def test_a_lone_surrogate_in_an_id_is_a_400(stack, data, method, path, body):
     assert response.status == 400, response.body
     # CouchDB's shape (routes of cozy-stack's helpers add "ok" and "status").
     assert {**response.json(), "ok": False, "status": "400"} == {
-        "ok": False, "status": "400", "error": "bad_request", "reason": REASON}
+        "ok": False,
+        "status": "400",
+        "error": "bad_request",
+        "reason": REASON,
+    }
     assert data.get(EVENTS + "/_all_docs").json()["total_rows"] == before
     assert events == []
 

@@ -42,7 +42,7 @@ from tests.support.auth import (
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 EVENTS = "io.cozy.events"
 REDIRECT = "https://client.example.org/oauth/callback"
-I, G = "instance", "global"  # whose hub key an event came under
+INST, G = "instance", "global"  # whose hub key an event came under
 
 #: Routes that accept a write method but are not routes of their own.
 #: Routes that write nothing although their method could (none today: the
@@ -62,7 +62,7 @@ class World:
         self.events: list[tuple[str, str, str]] = []
         self.docs: list[dict[str, Any]] = []
         self._recording = False
-        stack.hub.subscribe(Instance.new(DOMAIN), None, self._recorder(I))
+        stack.hub.subscribe(Instance.new(DOMAIN), None, self._recorder(INST))
         stack.hub.subscribe("global", None, self._recorder(G))
 
     def _recorder(self, owner: str):
@@ -70,6 +70,7 @@ class World:
             if self._recording:
                 self.events.append((owner, event["doctype"], event["verb"]))
                 self.docs.append(event["doc"])
+
         return record
 
     def start(self) -> None:
@@ -83,8 +84,9 @@ class World:
         assert onboard(self.owner, create_instance(self.admin)).status == 200
 
     def instance(self) -> Instance:
-        return Instance.from_doc(sync(self.stack.store.get_doc(
-            INSTANCES_DB, Instance.new(DOMAIN).id)))
+        return Instance.from_doc(
+            sync(self.stack.store.get_doc(INSTANCES_DB, Instance.new(DOMAIN).id))
+        )
 
     def cli(self, scope: str = f"{EVENTS} io.cozy.settings io.cozy.files") -> str:
         return admin_token(self.admin, Audience="cli", Scope=scope)
@@ -92,47 +94,86 @@ class World:
     def app_token(self, slug: str = "home") -> str:
         """A webapp token bound to the owner's session."""
         instance = self.instance()
-        sync(self.stack.store.put_doc(db_name(instance.prefix, "io.cozy.permissions"), {
-            "_id": f"perm-{slug}", "type": "app", "source_id": f"io.cozy.apps/{slug}",
-            "permissions": {"settings": {"type": "io.cozy.settings"}}}))
+        sync(
+            self.stack.store.put_doc(
+                db_name(instance.prefix, "io.cozy.permissions"),
+                {
+                    "_id": f"perm-{slug}",
+                    "type": "app",
+                    "source_id": f"io.cozy.apps/{slug}",
+                    "permissions": {"settings": {"type": "io.cozy.settings"}},
+                },
+            )
+        )
         session_id = self.owner.cookies["cozysessid"].split(".")[0]
-        return tokens.issue(instance, tokens.APP, slug, issued_at=self.clock.seconds(),
-                            session_id=session_id)
+        return tokens.issue(
+            instance,
+            tokens.APP,
+            slug,
+            issued_at=self.clock.seconds(),
+            session_id=session_id,
+        )
 
-    def data(self, method: str, path: str, body: Any = None, *, token: str,
-             headers: dict[str, str] | None = None, status: int = 200):
-        all_headers = {"Authorization": f"Bearer {token}", "Accept": "application/json",
-                       **(headers or {})}
-        reply = self.owner.request(method, f"{BASE}/data{path}", body=body,
-                                   headers=all_headers, cookies=False)
+    def data(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str,
+        headers: dict[str, str] | None = None,
+        status: int = 200,
+    ):
+        all_headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            **(headers or {}),
+        }
+        reply = self.owner.request(
+            method, f"{BASE}/data{path}", body=body, headers=all_headers, cookies=False
+        )
         assert reply.status == status, (method, path, reply.status, reply.body)
         return reply.json() if reply.body else None
 
     def client(self, **fields: Any) -> dict[str, Any]:
         """A registered OAuth client (pending until a token is issued)."""
-        reply = self.owner.request("POST", BASE + "/auth/register", body={
-            "redirect_uris": [REDIRECT], "client_name": "Client",
-            "software_id": "github.com/example/client", **fields},
-            headers={"Accept": "application/json"}, cookies=False)
+        reply = self.owner.request(
+            "POST",
+            BASE + "/auth/register",
+            body={
+                "redirect_uris": [REDIRECT],
+                "client_name": "Client",
+                "software_id": "github.com/example/client",
+                **fields,
+            },
+            headers={"Accept": "application/json"},
+            cookies=False,
+        )
         assert reply.status == 201, reply.body
         return reply.json()
 
     def access_code(self, client: dict[str, Any]) -> str:
         """What the consent page gives (an access code), as a browser gets it."""
-        query = {"client_id": client["client_id"], "redirect_uri": REDIRECT,
-                 "state": "state-of-the-art", "response_type": "code",
-                 "scope": EVENTS}
+        query = {
+            "client_id": client["client_id"],
+            "redirect_uri": REDIRECT,
+            "state": "state-of-the-art",
+            "response_type": "code",
+            "scope": EVENTS,
+        }
         page = self.owner.request("GET", BASE + "/auth/authorize?" + urlencode(query))
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-        reply = self.owner.request("POST", BASE + "/auth/authorize",
-                                   form={**query, "csrf_token": csrf})
+        reply = self.owner.request(
+            "POST", BASE + "/auth/authorize", form={**query, "csrf_token": csrf}
+        )
         assert reply.status == 302, reply.body
         return parse_qs(urlsplit(reply.header("location")).query)["code"][0]
 
 
 def admin_request(w: World, method: str, path: str, status: int, **params: str):
-    reply = w.admin.request(method, f"{ADMIN}{path}?{urlencode(params)}",
-                            headers=basic_auth())
+    reply = w.admin.request(
+        method, f"{ADMIN}{path}?{urlencode(params)}", headers=basic_auth()
+    )
     assert reply.status == status, reply.body
     return reply
 
@@ -151,11 +192,13 @@ class Case:
 CASES: list[Case] = []
 
 
-def case(service: str, method: str, route: str, *events: tuple[str, str, str],
-         name: str = ""):
+def case(
+    service: str, method: str, route: str, *events: tuple[str, str, str], name: str = ""
+):
     def register(run):
         CASES.append(Case(name or run.__name__, (service, method, route), run, events))
         return run
+
     return register
 
 
@@ -181,7 +224,7 @@ def data_delete_db(w):
     w.data("DELETE", f"/{EVENTS}", token=token)
 
 
-@case("public", "POST", "/data/{doctype}", (I, EVENTS, CREATED))
+@case("public", "POST", "/data/{doctype}", (INST, EVENTS, CREATED))
 def data_create_doc(w):
     token = with_token(w)
     w.start()
@@ -189,38 +232,66 @@ def data_create_doc(w):
     assert w.docs == [{"_id": created["id"], "_rev": created["rev"], "title": "hello"}]
 
 
-@case("public", "PUT", "/data/{doctype}/{docid}", (I, EVENTS, CREATED),
-      name="data_put_new_doc")
+@case(
+    "public",
+    "PUT",
+    "/data/{doctype}/{docid}",
+    (INST, EVENTS, CREATED),
+    name="data_put_new_doc",
+)
 def data_put_new_doc(w):
     token = with_token(w)
     w.start()
     w.data("PUT", f"/{EVENTS}/fixed", {"title": "hello"}, token=token)
 
 
-@case("public", "PUT", "/data/{doctype}/{docid}", (I, EVENTS, UPDATED),
-      name="data_update_doc")
+@case(
+    "public",
+    "PUT",
+    "/data/{doctype}/{docid}",
+    (INST, EVENTS, UPDATED),
+    name="data_update_doc",
+)
 def data_update_doc(w):
     token = with_token(w)
     created = w.data("POST", f"/{EVENTS}/", {"n": 1}, token=token, status=201)
     w.start()
-    w.data("PUT", f"/{EVENTS}/{created['id']}",
-           {"_id": created["id"], "_rev": created["rev"], "n": 2}, token=token)
+    w.data(
+        "PUT",
+        f"/{EVENTS}/{created['id']}",
+        {"_id": created["id"], "_rev": created["rev"], "n": 2},
+        token=token,
+    )
     # A conflict publishes nothing.
-    w.data("PUT", f"/{EVENTS}/{created['id']}",
-           {"_id": created["id"], "_rev": created["rev"], "n": 3}, token=token, status=409)
+    w.data(
+        "PUT",
+        f"/{EVENTS}/{created['id']}",
+        {"_id": created["id"], "_rev": created["rev"], "n": 3},
+        token=token,
+        status=409,
+    )
 
 
-@case("public", "PUT", "/data/{doctype}/{docid}", (I, EVENTS, DELETED),
-      name="data_put_deleted")
+@case(
+    "public",
+    "PUT",
+    "/data/{doctype}/{docid}",
+    (INST, EVENTS, DELETED),
+    name="data_put_deleted",
+)
 def data_put_deleted(w):
     token = with_token(w)
     created = w.data("POST", f"/{EVENTS}/", {"n": 1}, token=token, status=201)
     w.start()
-    w.data("PUT", f"/{EVENTS}/{created['id']}",
-           {"_id": created["id"], "_rev": created["rev"], "_deleted": True}, token=token)
+    w.data(
+        "PUT",
+        f"/{EVENTS}/{created['id']}",
+        {"_id": created["id"], "_rev": created["rev"], "_deleted": True},
+        token=token,
+    )
 
 
-@case("public", "DELETE", "/data/{doctype}/{docid}", (I, EVENTS, DELETED))
+@case("public", "DELETE", "/data/{doctype}/{docid}", (INST, EVENTS, DELETED))
 def data_delete_doc(w):
     token = with_token(w)
     created = w.data("POST", f"/{EVENTS}/", {"n": 1}, token=token, status=201)
@@ -229,60 +300,117 @@ def data_delete_doc(w):
     assert w.docs[0]["n"] == 1  # the document deleted, with the tombstone's rev
 
 
-@case("public", "POST", "/data/{doctype}/_bulk_docs",
-      (I, EVENTS, CREATED), (I, EVENTS, CREATED), (I, EVENTS, UPDATED))
+@case(
+    "public",
+    "POST",
+    "/data/{doctype}/_bulk_docs",
+    (INST, EVENTS, CREATED),
+    (INST, EVENTS, CREATED),
+    (INST, EVENTS, UPDATED),
+)
 def data_bulk_docs(w):
     token = with_token(w)
     created = w.data("POST", f"/{EVENTS}/", {"n": 1}, token=token, status=201)
     w.start()
-    results = w.data("POST", f"/{EVENTS}/_bulk_docs", {"docs": [
-        {"a": 1}, {"_id": "b"}, {"_id": created["id"], "_rev": created["rev"], "n": 2},
-        {"_id": created["id"], "_rev": created["rev"], "n": 3},  # conflict
-        {"_id": "_local/checkpoint"}]}, token=token, status=201)
+    results = w.data(
+        "POST",
+        f"/{EVENTS}/_bulk_docs",
+        {
+            "docs": [
+                {"a": 1},
+                {"_id": "b"},
+                {"_id": created["id"], "_rev": created["rev"], "n": 2},
+                {"_id": created["id"], "_rev": created["rev"], "n": 3},  # conflict
+                {"_id": "_local/checkpoint"},
+            ]
+        },
+        token=token,
+        status=201,
+    )
     assert "error" in results[3]
 
 
-@case("public", "POST", "/data/{doctype}/_bulk_docs", (I, EVENTS, CREATED),
-      (I, EVENTS, UPDATED), name="data_bulk_docs_replicated")
+@case(
+    "public",
+    "POST",
+    "/data/{doctype}/_bulk_docs",
+    (INST, EVENTS, CREATED),
+    (INST, EVENTS, UPDATED),
+    name="data_bulk_docs_replicated",
+)
 def data_bulk_docs_replicated(w):
     token = with_token(w)
-    one = {"_id": "r", "_rev": "1-" + "a" * 32,
-           "_revisions": {"start": 1, "ids": ["a" * 32]}}
-    two = {"_id": "r", "_rev": "2-" + "b" * 32,
-           "_revisions": {"start": 2, "ids": ["b" * 32, "a" * 32]}}
-    w.data("POST", f"/{EVENTS}/_bulk_docs", {"docs": [{"_id": "x"}]}, token=token,
-           status=201)
+    one = {
+        "_id": "r",
+        "_rev": "1-" + "a" * 32,
+        "_revisions": {"start": 1, "ids": ["a" * 32]},
+    }
+    two = {
+        "_id": "r",
+        "_rev": "2-" + "b" * 32,
+        "_revisions": {"start": 2, "ids": ["b" * 32, "a" * 32]},
+    }
+    w.data(
+        "POST", f"/{EVENTS}/_bulk_docs", {"docs": [{"_id": "x"}]}, token=token, status=201
+    )
     w.start()
-    w.data("POST", f"/{EVENTS}/_bulk_docs", {"docs": [one, two, one], "new_edits": False},
-           token=token, status=201)
+    w.data(
+        "POST",
+        f"/{EVENTS}/_bulk_docs",
+        {"docs": [one, two, one], "new_edits": False},
+        token=token,
+        status=201,
+    )
     # The same revisions again change nothing: no event.
-    w.data("POST", f"/{EVENTS}/_bulk_docs", {"docs": [one, two], "new_edits": False},
-           token=token, status=201)
+    w.data(
+        "POST",
+        f"/{EVENTS}/_bulk_docs",
+        {"docs": [one, two], "new_edits": False},
+        token=token,
+        status=201,
+    )
 
 
 @case("public", "POST", "/data/{doctype}/_index")
 def data_define_index(w):
     token = with_token(w)
     w.start()
-    w.data("POST", f"/{EVENTS}/_index", {"index": {"fields": ["title"]}, "ddoc": "mine"},
-           token=token)
+    w.data(
+        "POST",
+        f"/{EVENTS}/_index",
+        {"index": {"fields": ["title"]}, "ddoc": "mine"},
+        token=token,
+    )
 
 
 @case("public", "POST", "/data/{doctype}/_design/{ddoc}/copy")
 def data_copy_design_doc(w):
     token = with_token(w)
-    w.data("POST", f"/{EVENTS}/_index", {"index": {"fields": ["title"]}, "ddoc": "mine"},
-           token=token)
+    w.data(
+        "POST",
+        f"/{EVENTS}/_index",
+        {"index": {"fields": ["title"]}, "ddoc": "mine"},
+        token=token,
+    )
     w.start()
-    w.data("POST", f"/{EVENTS}/_design/mine/copy", token=token,
-           headers={"Destination": "_design/copied"}, status=201)
+    w.data(
+        "POST",
+        f"/{EVENTS}/_design/mine/copy",
+        token=token,
+        headers={"Destination": "_design/copied"},
+        status=201,
+    )
 
 
 @case("public", "DELETE", "/data/{doctype}/_design/{ddoc}")
 def data_delete_design_doc(w):
     token = with_token(w)
-    made = w.data("POST", f"/{EVENTS}/_index", {"index": {"fields": ["title"]},
-                                                 "ddoc": "mine"}, token=token)
+    made = w.data(
+        "POST",
+        f"/{EVENTS}/_index",
+        {"index": {"fields": ["title"]}, "ddoc": "mine"},
+        token=token,
+    )
     rev = w.data("GET", f"/{EVENTS}/_design/mine", token=token)["_rev"]
     w.start()
     w.data("DELETE", f"/{EVENTS}/_design/mine?rev={rev}", token=token)
@@ -312,40 +440,62 @@ def read_only_data_case(route: str, method: str, path: str, body: Any):
         w.data("POST", f"/{EVENTS}/_index", {"index": {"fields": ["n"]}}, token=token)
         w.start()
         w.data(method, f"/{EVENTS}{path}", body, token=token)
+
     name = "data_reads_" + route.rsplit("/", 1)[1].strip("_")
     case("public", method, route, name=name)(run)
 
 
 read_only_data_case("/data/{doctype}/_all_docs", "POST", "/_all_docs", {"keys": ["x"]})
 read_only_data_case("/data/{doctype}/_find", "POST", "/_find", {"selector": {"n": 1}})
-read_only_data_case("/data/{doctype}/_changes", "POST", "/_changes?filter=_doc_ids",
-                    {"doc_ids": ["x"]})
-read_only_data_case("/data/{doctype}/_bulk_get", "POST", "/_bulk_get",
-                    {"docs": [{"id": "x"}]})
+read_only_data_case(
+    "/data/{doctype}/_changes", "POST", "/_changes?filter=_doc_ids", {"doc_ids": ["x"]}
+)
+read_only_data_case(
+    "/data/{doctype}/_bulk_get", "POST", "/_bulk_get", {"docs": [{"id": "x"}]}
+)
 read_only_data_case("/data/{doctype}/_revs_diff", "POST", "/_revs_diff", {"x": ["1-a"]})
 
 
 # /auth and /settings: the owner ----------------------------------------------------------
-@case("public", "POST", "/settings/passphrase", (G, "instances", UPDATED),
-      (I, "io.cozy.settings", CREATED), (I, "io.cozy.sessions", CREATED),
-      (I, "io.cozy.sessions.logins", CREATED))
+@case(
+    "public",
+    "POST",
+    "/settings/passphrase",
+    (G, "instances", UPDATED),
+    (INST, "io.cozy.settings", CREATED),
+    (INST, "io.cozy.sessions", CREATED),
+    (INST, "io.cozy.sessions.logins", CREATED),
+)
 def settings_register_passphrase(w):
     register_token = create_instance(w.admin)
     w.start()
     assert onboard(w.owner, register_token).status == 200
 
 
-@case("public", "PUT", "/settings/passphrase", (G, "instances", UPDATED),
-      (I, "io.cozy.settings", UPDATED), (I, "io.cozy.sessions", DELETED))
+@case(
+    "public",
+    "PUT",
+    "/settings/passphrase",
+    (G, "instances", UPDATED),
+    (INST, "io.cozy.settings", UPDATED),
+    (INST, "io.cozy.sessions", DELETED),
+)
 def settings_update_passphrase(w):
     w.onboarded()
     other = Browser(w.stack.public)
     assert login(other).status == 303  # a second session, ended by the change
     w.start()
-    reply = w.owner.request("PUT", BASE + "/settings/passphrase", body={
-        "current_passphrase": client_hash(), "new_passphrase": client_hash("new one!"),
-        "iterations": TEST_KDF_ITERATIONS, "key": "0.aXY=|a2V5"},
-        headers={"Authorization": f"Bearer {w.cli('io.cozy.settings')}"})
+    reply = w.owner.request(
+        "PUT",
+        BASE + "/settings/passphrase",
+        body={
+            "current_passphrase": client_hash(),
+            "new_passphrase": client_hash("new one!"),
+            "iterations": TEST_KDF_ITERATIONS,
+            "key": "0.aXY=|a2V5",
+        },
+        headers={"Authorization": f"Bearer {w.cli('io.cozy.settings')}"},
+    )
     assert reply.status == 204, reply.body
 
 
@@ -354,40 +504,61 @@ def settings_check_passphrase(w):
     w.onboarded()
     token = w.cli("io.cozy.settings")
     w.start()
-    reply = w.owner.request("POST", BASE + "/settings/passphrase/check",
-                            body={"passphrase": client_hash()},
-                            headers={"Authorization": f"Bearer {token}"})
+    reply = w.owner.request(
+        "POST",
+        BASE + "/settings/passphrase/check",
+        body={"passphrase": client_hash()},
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert reply.status == 204, reply.body
 
 
-@case("public", "PUT", "/settings/hint", (I, "io.cozy.settings", UPDATED))
+@case("public", "PUT", "/settings/hint", (INST, "io.cozy.settings", UPDATED))
 def settings_update_hint(w):
     w.onboarded()
     token = w.cli("io.cozy.settings")
     w.start()
     for _ in range(2):  # the second sets the same hint: nothing changes
-        reply = w.owner.request("PUT", BASE + "/settings/hint", body={"hint": "a hint"},
-                                headers={"Authorization": f"Bearer {token}"})
+        reply = w.owner.request(
+            "PUT",
+            BASE + "/settings/hint",
+            body={"hint": "a hint"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert reply.status == 204, reply.body
 
 
 def get_instance(w: World, token: str) -> dict[str, Any]:
-    reply = w.owner.request("GET", BASE + "/settings/instance", cookies=False,
-                            headers={"Authorization": f"Bearer {token}"})
+    reply = w.owner.request(
+        "GET",
+        BASE + "/settings/instance",
+        cookies=False,
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert reply.status == 200, reply.body
     return reply.json()["data"]
 
 
 def put_instance(w: World, token: str, **attributes: Any):
     rev = get_instance(w, token)["meta"]["rev"]
-    reply = w.owner.request("PUT", BASE + "/settings/instance", body={"data": {
-        "type": "io.cozy.settings", "id": "io.cozy.settings.instance",
-        "attributes": attributes, "meta": {"rev": rev}}}, cookies=False,
-        headers={"Authorization": f"Bearer {token}", "Accept": "application/vnd.api+json"})
+    reply = w.owner.request(
+        "PUT",
+        BASE + "/settings/instance",
+        body={
+            "data": {
+                "type": "io.cozy.settings",
+                "id": "io.cozy.settings.instance",
+                "attributes": attributes,
+                "meta": {"rev": rev},
+            }
+        },
+        cookies=False,
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/vnd.api+json"},
+    )
     assert reply.status == 200, reply.body
 
 
-@case("public", "PUT", "/settings/instance", (I, "io.cozy.settings", UPDATED))
+@case("public", "PUT", "/settings/instance", (INST, "io.cozy.settings", UPDATED))
 def settings_update_instance(w):
     w.onboarded()
     token = w.cli("io.cozy.settings")
@@ -396,20 +567,34 @@ def settings_update_instance(w):
     put_instance(w, token, public_name="Alice")  # unchanged: not written again
 
 
-@case("public", "PUT", "/settings/instance", (G, "instances", UPDATED),
-      name="settings_update_instance_locale")
+@case(
+    "public",
+    "PUT",
+    "/settings/instance",
+    (G, "instances", UPDATED),
+    name="settings_update_instance_locale",
+)
 def settings_update_instance_locale(w):
     w.onboarded()
     token = w.cli("io.cozy.settings")
     current = get_instance(w, token)["attributes"]
     w.start()
     # The same settings, another locale: the instance changes, the document not.
-    put_instance(w, token, **{k: v for k, v in current.items()
-                              if k in ("email", "public_name", "tz")}, locale="fr")
+    put_instance(
+        w,
+        token,
+        **{k: v for k, v in current.items() if k in ("email", "public_name", "tz")},
+        locale="fr",
+    )
 
 
-@case("public", "POST", "/auth/login", (I, "io.cozy.sessions", CREATED),
-      (I, "io.cozy.sessions.logins", CREATED))
+@case(
+    "public",
+    "POST",
+    "/auth/login",
+    (INST, "io.cozy.sessions", CREATED),
+    (INST, "io.cozy.sessions.logins", CREATED),
+)
 def auth_login(w):
     w.onboarded()
     browser = Browser(w.stack.public)
@@ -417,69 +602,98 @@ def auth_login(w):
     assert login(browser).status == 303
 
 
-@case("public", "DELETE", "/auth/login", (I, "io.cozy.sessions", DELETED))
+@case("public", "DELETE", "/auth/login", (INST, "io.cozy.sessions", DELETED))
 def auth_logout_from_an_app(w):
     w.onboarded()
     token = w.app_token()
     w.start()
-    reply = w.owner.request("DELETE", BASE + "/auth/login",
-                            headers={"Authorization": f"Bearer {token}"})
+    reply = w.owner.request(
+        "DELETE", BASE + "/auth/login", headers={"Authorization": f"Bearer {token}"}
+    )
     assert reply.status == 204, reply.body
 
 
-@case("public", "DELETE", "/auth/login/others", (I, "io.cozy.sessions", DELETED),
-      (I, "io.cozy.sessions", DELETED))
+@case(
+    "public",
+    "DELETE",
+    "/auth/login/others",
+    (INST, "io.cozy.sessions", DELETED),
+    (INST, "io.cozy.sessions", DELETED),
+)
 def auth_logout_others(w):
     w.onboarded()
     for _ in range(2):
         assert login(Browser(w.stack.public)).status == 303
     token = w.app_token()
     w.start()
-    reply = w.owner.request("DELETE", BASE + "/auth/login/others",
-                            headers={"Authorization": f"Bearer {token}"})
+    reply = w.owner.request(
+        "DELETE", BASE + "/auth/login/others", headers={"Authorization": f"Bearer {token}"}
+    )
     assert reply.status == 204, reply.body
 
 
-@case("public", "POST", "/auth/logout", (I, "io.cozy.sessions", DELETED))
+@case("public", "POST", "/auth/logout", (INST, "io.cozy.sessions", DELETED))
 def auth_logout(w):
     w.onboarded()
     page = w.owner.request("GET", BASE + "/auth/logout")
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
     w.start()
-    assert w.owner.request("POST", BASE + "/auth/logout",
-                           form={"csrf_token": csrf}).status == 303
+    assert (
+        w.owner.request("POST", BASE + "/auth/logout", form={"csrf_token": csrf}).status
+        == 303
+    )
 
 
 # OAuth ------------------------------------------------------------------------------------
-@case("public", "POST", "/auth/register", (I, "io.cozy.oauth.clients", CREATED))
+@case("public", "POST", "/auth/register", (INST, "io.cozy.oauth.clients", CREATED))
 def oauth_register(w):
     w.onboarded()
     w.start()
     w.client()
 
 
-def registration(w: World, method: str, client: dict[str, Any], body: Any = None,
-                 status: int = 200):
-    reply = w.owner.request(method, f"{BASE}/auth/register/{client['client_id']}",
-                            body=body, cookies=False, headers={
-                                "Accept": "application/json",
-                                "Authorization": f"Bearer "
-                                                 f"{client['registration_access_token']}"})
+def registration(
+    w: World, method: str, client: dict[str, Any], body: Any = None, status: int = 200
+):
+    reply = w.owner.request(
+        method,
+        f"{BASE}/auth/register/{client['client_id']}",
+        body=body,
+        cookies=False,
+        headers={
+            "Accept": "application/json",
+            "Authorization": f"Bearer {client['registration_access_token']}",
+        },
+    )
     assert reply.status == status, reply.body
 
 
-@case("public", "PUT", "/auth/register/{client_id}", (I, "io.cozy.oauth.clients", UPDATED))
+@case(
+    "public", "PUT", "/auth/register/{client_id}", (INST, "io.cozy.oauth.clients", UPDATED)
+)
 def oauth_update_client(w):
     w.onboarded()
     client = w.client()
     w.start()
-    registration(w, "PUT", client, {
-        "client_id": client["client_id"], "redirect_uris": [REDIRECT],
-        "client_name": "Renamed", "software_id": "github.com/example/client"})
+    registration(
+        w,
+        "PUT",
+        client,
+        {
+            "client_id": client["client_id"],
+            "redirect_uris": [REDIRECT],
+            "client_name": "Renamed",
+            "software_id": "github.com/example/client",
+        },
+    )
 
 
-@case("public", "DELETE", "/auth/register/{client_id}",
-      (I, "io.cozy.oauth.clients", DELETED))
+@case(
+    "public",
+    "DELETE",
+    "/auth/register/{client_id}",
+    (INST, "io.cozy.oauth.clients", DELETED),
+)
 def oauth_delete_client(w):
     w.onboarded()
     client = w.client()
@@ -487,8 +701,13 @@ def oauth_delete_client(w):
     registration(w, "DELETE", client, status=204)
 
 
-@case("public", "POST", "/auth/authorize", (I, "io.cozy.oauth.access_codes", CREATED),
-      (I, "io.cozy.oauth.clients", UPDATED))  # no longer pending
+@case(
+    "public",
+    "POST",
+    "/auth/authorize",
+    (INST, "io.cozy.oauth.access_codes", CREATED),
+    (INST, "io.cozy.oauth.clients", UPDATED),
+)  # no longer pending
 def oauth_authorize(w):
     w.onboarded()
     client = w.client()
@@ -496,56 +715,112 @@ def oauth_authorize(w):
     w.access_code(client)
 
 
-@case("public", "POST", "/auth/access_token", (I, "io.cozy.oauth.access_codes", DELETED),
-      (I, "io.cozy.oauth.clients", UPDATED))
+@case(
+    "public",
+    "POST",
+    "/auth/access_token",
+    (INST, "io.cozy.oauth.access_codes", DELETED),
+    (INST, "io.cozy.oauth.clients", UPDATED),
+)
 def oauth_access_token(w):
     w.onboarded()
     client = w.client()
     code = w.access_code(client)
     w.start()
-    reply = w.owner.request("POST", BASE + "/auth/access_token", form={
-        "grant_type": "authorization_code", "client_id": client["client_id"],
-        "client_secret": client["client_secret"], "code": code}, cookies=False)
+    reply = w.owner.request(
+        "POST",
+        BASE + "/auth/access_token",
+        form={
+            "grant_type": "authorization_code",
+            "client_id": client["client_id"],
+            "client_secret": client["client_secret"],
+            "code": code,
+        },
+        cookies=False,
+    )
     assert reply.status == 200, reply.body
 
 
-@case("public", "DELETE", "/settings/clients/{client_id}",
-      (I, "io.cozy.oauth.clients", DELETED))
+@case(
+    "public",
+    "DELETE",
+    "/settings/clients/{client_id}",
+    (INST, "io.cozy.oauth.clients", DELETED),
+)
 def settings_revoke_client(w):
     w.onboarded()
     client = w.client()
     token = w.cli("io.cozy.oauth.clients")
     w.start()
-    reply = w.owner.request("DELETE", f"{BASE}/settings/clients/{client['client_id']}",
-                            headers={"Authorization": f"Bearer {token}"}, cookies=False)
+    reply = w.owner.request(
+        "DELETE",
+        f"{BASE}/settings/clients/{client['client_id']}",
+        headers={"Authorization": f"Bearer {token}"},
+        cookies=False,
+    )
     assert reply.status == 204, reply.body
 
 
 # The admin API -----------------------------------------------------------------------
-TREE = ((I, "io.cozy.files", CREATED),) * 6  # root, trash, and four directories
+TREE = ((INST, "io.cozy.files", CREATED),) * 6  # root, trash, and four directories
 
 
-@case("admin", "POST", "/instances", (G, "instances", CREATED), (G, "instances", UPDATED),
-      (G, "domain_aliases", CREATED), (I, "io.cozy.settings", CREATED),
-      (I, "io.cozy.settings", CREATED), (I, "io.cozy.contacts", CREATED), *TREE)
+@case(
+    "admin",
+    "POST",
+    "/instances",
+    (G, "instances", CREATED),
+    (G, "instances", UPDATED),
+    (G, "domain_aliases", CREATED),
+    (INST, "io.cozy.settings", CREATED),
+    (INST, "io.cozy.settings", CREATED),
+    (INST, "io.cozy.contacts", CREATED),
+    *TREE,
+)
 def admin_create_instance(w):
     w.start()
-    admin_request(w, "POST", "/instances", 201, Domain=DOMAIN,
-                  DomainAliases="alias.cozy.test", Passphrase=PASSPHRASE,
-                  KdfIterations=str(TEST_KDF_ITERATIONS), Email="alice@example.org")
+    admin_request(
+        w,
+        "POST",
+        "/instances",
+        201,
+        Domain=DOMAIN,
+        DomainAliases="alias.cozy.test",
+        Passphrase=PASSPHRASE,
+        KdfIterations=str(TEST_KDF_ITERATIONS),
+        Email="alice@example.org",
+    )
 
 
-@case("admin", "PATCH", "/instances/{domain}", (G, "instances", UPDATED),
-      (I, "io.cozy.settings", UPDATED), (G, "domain_aliases", CREATED))
+@case(
+    "admin",
+    "PATCH",
+    "/instances/{domain}",
+    (G, "instances", UPDATED),
+    (INST, "io.cozy.settings", UPDATED),
+    (G, "domain_aliases", CREATED),
+)
 def admin_modify_instance(w):
     create_instance(w.admin)
     w.start()
-    admin_request(w, "PATCH", f"/instances/{DOMAIN}", 200, Email="new@example.org",
-                  DomainAliases="alias.cozy.test")
+    admin_request(
+        w,
+        "PATCH",
+        f"/instances/{DOMAIN}",
+        200,
+        Email="new@example.org",
+        DomainAliases="alias.cozy.test",
+    )
 
 
-@case("admin", "DELETE", "/instances/{domain}", (G, "instances", UPDATED),
-      (G, "instances", DELETED), (G, "domain_aliases", DELETED))
+@case(
+    "admin",
+    "DELETE",
+    "/instances/{domain}",
+    (G, "instances", UPDATED),
+    (G, "instances", DELETED),
+    (G, "domain_aliases", DELETED),
+)
 def admin_destroy_instance(w):
     create_instance(w.admin, DomainAliases="alias.cozy.test")
     w.start()
@@ -556,16 +831,25 @@ def admin_destroy_instance(w):
 def admin_token_route(w):
     create_instance(w.admin)
     w.start()
-    admin_request(w, "POST", "/instances/token", 200, Domain=DOMAIN, Audience="cli",
-                  Scope=EVENTS)
+    admin_request(
+        w, "POST", "/instances/token", 200, Domain=DOMAIN, Audience="cli", Scope=EVENTS
+    )
 
 
-@case("admin", "POST", "/instances/oauth_client", (I, "io.cozy.oauth.clients", CREATED))
+@case("admin", "POST", "/instances/oauth_client", (INST, "io.cozy.oauth.clients", CREATED))
 def admin_oauth_client(w):
     create_instance(w.admin)
     w.start()
-    admin_request(w, "POST", "/instances/oauth_client", 200, Domain=DOMAIN,
-                  RedirectURI=REDIRECT, ClientName="Operator", SoftwareID="sw")
+    admin_request(
+        w,
+        "POST",
+        "/instances/oauth_client",
+        200,
+        Domain=DOMAIN,
+        RedirectURI=REDIRECT,
+        ClientName="Operator",
+        SoftwareID="sw",
+    )
 
 
 # -- the routes of the services ---------------------------------------------------------
@@ -574,8 +858,11 @@ def _service_routes(resource) -> list[tuple[str, str]] | None:
     router = getattr(type(resource), "router", None)
     if router is None:
         return None
-    return [(method, "/" + "/".join(r.pattern) if r.pattern else "/")
-            for r in router.routes for method in r.methods]
+    return [
+        (method, "/" + "/".join(r.pattern) if r.pattern else "/")
+        for r in router.routes
+        for method in r.methods
+    ]
 
 
 def registered_routes(stack) -> set[tuple[str, str, str]]:
@@ -600,8 +887,11 @@ def registered_routes(stack) -> set[tuple[str, str, str]]:
 
 
 def test_the_table_names_every_route_that_can_write(stack):
-    writing = {route for route in registered_routes(stack)
-               if route[1] in WRITE_METHODS or route[1] == "*"}
+    writing = {
+        route
+        for route in registered_routes(stack)
+        if route[1] in WRITE_METHODS or route[1] == "*"
+    }
     assert ("public", "POST", "/data/{doctype}") in writing  # the listing works
     tabled = {c.route for c in CASES} | set(NOT_ROUTES)
     assert sorted(writing - tabled) == [], "routes that write but are not in the table"
@@ -621,8 +911,13 @@ def events_table() -> str:
     lines = ["| Route | Case | Events (owner: doctype verb) |", "|---|---|---|"]
     for c in CASES:
         counted = Counter(c.events)
-        events = ", ".join(f"{owner}: {doctype} {verb}" + (f" ×{n}" if n > 1 else "")
-                           for (owner, doctype, verb), n in counted.items()) or "none"
+        events = (
+            ", ".join(
+                f"{owner}: {doctype} {verb}" + (f" ×{n}" if n > 1 else "")
+                for (owner, doctype, verb), n in counted.items()
+            )
+            or "none"
+        )
         service, method, path = c.route
         where = f"{method} {path}" if service == "public" else f"{method} {path} (admin)"
         lines.append(f"| `{where}` | {c.name} | {events} |")
@@ -632,7 +927,8 @@ def events_table() -> str:
 def test_docs_events_md_shows_this_table():
     # Regenerate with: python -m tests.unit.documents.test_route_events
     text = (pathlib.Path(__file__).resolve().parents[3] / "docs" / "events.md").read_text(
-        encoding="utf-8")
+        encoding="utf-8"
+    )
     assert events_table() in text
 
 

@@ -5,35 +5,41 @@ from hypothesis import strategies as st
 from cozyd.instance.domain import InvalidDomain, normalize_host, validate_domain
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("alice.cozy.localhost:8080", "alice.cozy.localhost:8080"),
-    ("  Alice.COZY.localhost:8080 ", "alice.cozy.localhost:8080"),
-    ("xn--caf-dma.example", "café.example"),
-    ("CAFÉ.example:443", "café.example:443"),
-    ("localhost", "localhost"),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("alice.cozy.localhost:8080", "alice.cozy.localhost:8080"),
+        ("  Alice.COZY.localhost:8080 ", "alice.cozy.localhost:8080"),
+        ("xn--caf-dma.example", "café.example"),
+        ("CAFÉ.example:443", "café.example:443"),
+        ("localhost", "localhost"),
+    ],
+)
 def test_valid_domains_are_normalised(raw, expected):
     assert validate_domain(raw) == expected
 
 
-@pytest.mark.parametrize("raw,rule", [
-    ("", "must not be empty"),
-    ("   ", "must not be empty"),
-    ("a b.example", "must not contain ' '"),
-    ("a/b.example", "must not contain '/'"),
-    ("..", "host name"),
-    (".", "host name"),
-    (".alice.example", "host name"),
-    ("alice..example", "host name"),
-    ("alice\x00.example", "must not contain"),
-    ("alice\n.example", "must not contain"),
-    ("alice.example:0", "port"),
-    ("alice.example:http", "port"),
-    ("alice.example:80:80", "at most one ':'"),
-    ("alice@example", "must not contain '@'"),
-    ("-alice.example", "must not start or end with '-'"),
-    ("a" * 64 + ".example", "at most 63"),
-])
+@pytest.mark.parametrize(
+    "raw,rule",
+    [
+        ("", "must not be empty"),
+        ("   ", "must not be empty"),
+        ("a b.example", "must not contain ' '"),
+        ("a/b.example", "must not contain '/'"),
+        ("..", "host name"),
+        (".", "host name"),
+        (".alice.example", "host name"),
+        ("alice..example", "host name"),
+        ("alice\x00.example", "must not contain"),
+        ("alice\n.example", "must not contain"),
+        ("alice.example:0", "port"),
+        ("alice.example:http", "port"),
+        ("alice.example:80:80", "at most one ':'"),
+        ("alice@example", "must not contain '@'"),
+        ("-alice.example", "must not start or end with '-'"),
+        ("a" * 64 + ".example", "at most 63"),
+    ],
+)
 def test_invalid_domains_name_the_broken_rule(raw, rule):
     with pytest.raises(InvalidDomain) as info:
         validate_domain(raw)

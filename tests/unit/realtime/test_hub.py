@@ -22,10 +22,16 @@ def test_doctype_and_all_subscribers_get_events_of_their_instance_only():
     hub.publish("alice", event(UPDATED, "io.cozy.notes", "b"))
     assert [e["id"] for e in seen["events"]] == ["a"]
     assert [(e["verb"], e["doctype"]) for e in seen["all"]] == [
-        (CREATED, "io.cozy.events"), (UPDATED, "io.cozy.notes")]
+        (CREATED, "io.cozy.events"),
+        (UPDATED, "io.cozy.notes"),
+    ]
     assert seen["bob"] == [] and seen["other"] == []
-    assert seen["events"][0] == {"verb": CREATED, "doctype": "io.cozy.events", "id": "a",
-                                 "doc": {"_id": "a", "_rev": "1-x", "n": 1}}
+    assert seen["events"][0] == {
+        "verb": CREATED,
+        "doctype": "io.cozy.events",
+        "id": "a",
+        "doc": {"_id": "a", "_rev": "1-x", "n": 1},
+    }
 
 
 def test_unsubscribe_stops_delivery_and_is_idempotent():

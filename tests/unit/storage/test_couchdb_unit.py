@@ -56,8 +56,10 @@ class FakeCouch(Resource):
             "uri": uri,
             "path": path,
             "query": query,
-            "headers": {k.decode().lower(): [v.decode() for v in vs]
-                        for k, vs in request.requestHeaders.getAllRawHeaders()},
+            "headers": {
+                k.decode().lower(): [v.decode() for v in vs]
+                for k, vs in request.requestHeaders.getAllRawHeaders()
+            },
             "body": json.loads(raw) if raw else None,
         }
         self.requests.append(entry)
@@ -74,8 +76,7 @@ class FakeCouch(Resource):
 def make_store(route=None, *, timeout: float = 30.0):
     clock = Clock()
     fake = FakeCouch(route)
-    store = CouchDBStore(URL, reactor=clock, timeout=timeout,
-                         http_client=StubTreq(fake))
+    store = CouchDBStore(URL, reactor=clock, timeout=timeout, http_client=StubTreq(fake))
     return store, fake, clock
 
 
@@ -122,14 +123,17 @@ def test_create_db_records_then_creates():
     assert fake.requests[1]["body"] == {"_id": "cozyab12", "dbs": ["io-cozy-files"]}
 
 
-@pytest.mark.parametrize("doc_id, path", [
-    ("plain", "plain"),
-    ("a/b", "a%2Fb"),
-    ("é ?#&", "%C3%A9%20%3F%23%26"),
-    ("_design/by-name", "_design/by-name"),
-    ("_design/a/b", "_design/a%2Fb"),
-    ("_local/x/y", "_local/x%2Fy"),
-])
+@pytest.mark.parametrize(
+    "doc_id, path",
+    [
+        ("plain", "plain"),
+        ("a/b", "a%2Fb"),
+        ("é ?#&", "%C3%A9%20%3F%23%26"),
+        ("_design/by-name", "_design/by-name"),
+        ("_design/a/b", "_design/a%2Fb"),
+        ("_local/x/y", "_local/x%2Fy"),
+    ],
+)
 def test_doc_ids_are_escaped(doc_id, path):
     store, fake, _ = make_store(lambda *a: (200, {"_id": doc_id, "_rev": "1-a"}))
     result_of(store.get_doc(DB, doc_id))
@@ -146,8 +150,9 @@ def test_reserved_or_bad_ids_never_reach_the_server(doc_id):
     assert fake.requests == []
 
 
-@pytest.mark.parametrize("name", ["nodash", "Upper/x", "a/B", "a/b/c", "a/", "/b",
-                                  "a/_x", "../x", "a%2Fb", ""])
+@pytest.mark.parametrize(
+    "name", ["nodash", "Upper/x", "a/B", "a/b/c", "a/", "/b", "a/_x", "../x", "a%2Fb", ""]
+)
 def test_bad_db_names_never_reach_the_server(name):
     store, fake, _ = make_store()
     with pytest.raises(InvalidDatabaseName) as info:
@@ -170,13 +175,17 @@ def test_bad_prefixes_are_refused(prefix):
 
 
 def test_query_parameters_are_json_encoded():
-    store, fake, _ = make_store(lambda *a: (200, {"rows": [], "total_rows": 0,
-                                                  "offset": 0}))
-    result_of(store.all_docs(DB, start_key="a\"b", end_key="z", limit=3,
-                             inclusive_end=False, descending=True))
+    store, fake, _ = make_store(
+        lambda *a: (200, {"rows": [], "total_rows": 0, "offset": 0})
+    )
+    result_of(
+        store.all_docs(
+            DB, start_key='a"b', end_key="z", limit=3, inclusive_end=False, descending=True
+        )
+    )
     assert fake.requests[-1]["query"] == (
-        "startkey=%22a%5C%22b%22&endkey=%22z%22&inclusive_end=false"
-        "&descending=true&limit=3")
+        "startkey=%22a%5C%22b%22&endkey=%22z%22&inclusive_end=false&descending=true&limit=3"
+    )
 
 
 def test_accept_json_and_authorization_header():
@@ -191,8 +200,11 @@ def test_accept_json_and_authorization_header():
 
 
 def test_percent_encoded_credentials_are_decoded():
-    store = CouchDBStore("http://us%40er:p%3Aw@couch.test/", reactor=Clock(),
-                         http_client=StubTreq(FakeCouch()))
+    store = CouchDBStore(
+        "http://us%40er:p%3Aw@couch.test/",
+        reactor=Clock(),
+        http_client=StubTreq(FakeCouch()),
+    )
     assert store._auth == b"Basic " + base64.b64encode(b"us@er:p:w")
     assert store.url == "http://couch.test/"
 
@@ -208,11 +220,14 @@ class RefusingClient:
         return fail(self.exc)
 
 
-@pytest.mark.parametrize("exc", [
-    net_error.ConnectionRefusedError("Connection refused"),
-    net_error.DNSLookupError("no such host"),
-    net_error.ConnectionLost(),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        net_error.ConnectionRefusedError("Connection refused"),
+        net_error.DNSLookupError("no such host"),
+        net_error.ConnectionLost(),
+    ],
+)
 def test_network_errors_are_unavailable_and_keep_credentials_secret(exc):
     events: list[dict] = []
     globalLogPublisher.addObserver(events.append)
@@ -231,6 +246,7 @@ def test_network_errors_are_unavailable_and_keep_credentials_secret(exc):
     finally:
         globalLogPublisher.removeObserver(events.append)
     from twisted.logger import formatEvent
+
     logged = " ".join(formatEvent(e) + repr(e) for e in events)
     assert "unreachable" in logged
     assert PASSWORD not in logged
@@ -238,57 +254,120 @@ def test_network_errors_are_unavailable_and_keep_credentials_secret(exc):
 
 def test_bad_url_does_not_echo_the_password():
     with pytest.raises(ValueError) as info:
-        CouchDBStore(f"ftp://admin:{PASSWORD}@couch.test/", reactor=Clock(),
-                     http_client=StubTreq(FakeCouch()))
+        CouchDBStore(
+            f"ftp://admin:{PASSWORD}@couch.test/",
+            reactor=Clock(),
+            http_client=StubTreq(FakeCouch()),
+        )
     assert PASSWORD not in str(info.value)
 
 
 # -- error mapping ------------------------------------------------------------
-@pytest.mark.parametrize("status, body, cls, code, detail", [
-    (404, {"error": "not_found", "reason": "missing"}, DocNotFound, "not_found",
-     "missing"),
-    (404, {"error": "not_found", "reason": "deleted"}, DocNotFound, "not_found",
-     "deleted"),
-    (404, {"error": "not_found", "reason": "Database does not exist."},
-     DatabaseNotFound, "not_found", "Database does not exist."),
-    (404, {"error": "not_found", "reason": "no_db_file"}, DatabaseNotFound,
-     "not_found", "Database does not exist."),
-    (409, {"error": "conflict", "reason": "Document update conflict."},
-     DocConflict, "conflict", "Document update conflict."),
-    (400, {"error": "bad_request", "reason": "Invalid rev format"},
-     InvalidRequest, "bad_request", "Invalid rev format"),
-    (400, {"error": "no_usable_index",
-           "reason": "No index exists for this sort, try indexing by the sort "
-                     "fields."},
-     InvalidRequest, "no_usable_index",
-     "No index exists for this sort, try indexing by the sort fields."),
-    (403, {"error": "forbidden", "reason": "nope"}, StorageError, "forbidden",
-     "CouchDB answered 403 forbidden: nope"),
-    (500, {"error": "unknown_error", "reason": "badarg"}, StorageError,
-     "unknown_error", "CouchDB answered 500 unknown_error: badarg"),
-    (500, None, StorageError, "unknown_error", "CouchDB answered 500 error"),
-    (503, {"error": "service_unavailable", "reason": "no quorum"},
-     StorageUnavailable, "service_unavailable", "no quorum"),
-])
+@pytest.mark.parametrize(
+    "status, body, cls, code, detail",
+    [
+        (
+            404,
+            {"error": "not_found", "reason": "missing"},
+            DocNotFound,
+            "not_found",
+            "missing",
+        ),
+        (
+            404,
+            {"error": "not_found", "reason": "deleted"},
+            DocNotFound,
+            "not_found",
+            "deleted",
+        ),
+        (
+            404,
+            {"error": "not_found", "reason": "Database does not exist."},
+            DatabaseNotFound,
+            "not_found",
+            "Database does not exist.",
+        ),
+        (
+            404,
+            {"error": "not_found", "reason": "no_db_file"},
+            DatabaseNotFound,
+            "not_found",
+            "Database does not exist.",
+        ),
+        (
+            409,
+            {"error": "conflict", "reason": "Document update conflict."},
+            DocConflict,
+            "conflict",
+            "Document update conflict.",
+        ),
+        (
+            400,
+            {"error": "bad_request", "reason": "Invalid rev format"},
+            InvalidRequest,
+            "bad_request",
+            "Invalid rev format",
+        ),
+        (
+            400,
+            {
+                "error": "no_usable_index",
+                "reason": "No index exists for this sort, try indexing by the sort fields.",
+            },
+            InvalidRequest,
+            "no_usable_index",
+            "No index exists for this sort, try indexing by the sort fields.",
+        ),
+        (
+            403,
+            {"error": "forbidden", "reason": "nope"},
+            StorageError,
+            "forbidden",
+            "CouchDB answered 403 forbidden: nope",
+        ),
+        (
+            500,
+            {"error": "unknown_error", "reason": "badarg"},
+            StorageError,
+            "unknown_error",
+            "CouchDB answered 500 unknown_error: badarg",
+        ),
+        (500, None, StorageError, "unknown_error", "CouchDB answered 500 error"),
+        (
+            503,
+            {"error": "service_unavailable", "reason": "no quorum"},
+            StorageUnavailable,
+            "service_unavailable",
+            "no quorum",
+        ),
+    ],
+)
 def test_error_mapping(status, body, cls, code, detail):
     store, _, _ = make_store(lambda *a: (status, body))
     with pytest.raises(StorageError) as info:
         result_of(store.get_doc(DB, "x"))
     assert type(info.value) is cls
     assert (info.value.status, info.value.code, info.value.detail) == (
-        status if status != 404 or cls is not DatabaseNotFound else 404, code, detail)
+        status if status != 404 or cls is not DatabaseNotFound else 404,
+        code,
+        detail,
+    )
 
 
 def test_412_on_create_is_database_exists():
     def route(method, path, query, body):
         if path.startswith("/global"):
-            return (404, {"error": "not_found", "reason": "missing"}) \
-                if method == "GET" else (201, {"ok": True})
+            return (
+                (404, {"error": "not_found", "reason": "missing"})
+                if method == "GET"
+                else (201, {"ok": True})
+            )
         if method == "HEAD":
             return 404, None  # not there yet… but created by someone else now
-        return 412, {"error": "file_exists",
-                     "reason": "The database could not be created, the file "
-                               "already exists."}
+        return 412, {
+            "error": "file_exists",
+            "reason": "The database could not be created, the file already exists.",
+        }
 
     store, _, _ = make_store(route)
     with pytest.raises(DatabaseExists):
@@ -304,8 +383,9 @@ def test_db_call_404_without_reason_is_database_not_found():
 
 
 def test_delete_db_of_a_missing_db_is_not_found():
-    store, fake, _ = make_store(lambda *a: (404, {"error": "not_found",
-                                                  "reason": "Database does not exist."}))
+    store, fake, _ = make_store(
+        lambda *a: (404, {"error": "not_found", "reason": "Database does not exist."})
+    )
     with pytest.raises(DatabaseNotFound):
         result_of(store.delete_db(DB))
     assert [r["method"] for r in fake.requests] == ["DELETE"]
@@ -386,8 +466,11 @@ def test_body_that_is_not_json():
 
 # -- answers normalised to what CouchDB says ------------------------------------------
 def test_sequences_pass_through_and_a_numeric_since_goes_out_as_text():
-    answer = {"results": [{"id": "a", "seq": "3-g1AAA", "changes": [{"rev": "1-a"}]}],
-              "last_seq": "3-g1AAA", "pending": 0}
+    answer = {
+        "results": [{"id": "a", "seq": "3-g1AAA", "changes": [{"rev": "1-a"}]}],
+        "last_seq": "3-g1AAA",
+        "pending": 0,
+    }
     store, fake, _ = make_store(lambda *a: (200, answer))
     changes = result_of(store.changes(DB, since=0))
     assert changes == answer
@@ -395,8 +478,9 @@ def test_sequences_pass_through_and_a_numeric_since_goes_out_as_text():
 
 
 def test_changes_with_doc_ids_posts_the_filter():
-    store, fake, _ = make_store(lambda *a: (200, {"results": [], "last_seq": "0",
-                                                  "pending": 0}))
+    store, fake, _ = make_store(
+        lambda *a: (200, {"results": [], "last_seq": "0", "pending": 0})
+    )
     result_of(store.changes(DB, doc_ids=["a", "b"], style="all_docs"))
     request = fake.requests[-1]
     assert request["method"] == "POST"
@@ -406,32 +490,41 @@ def test_changes_with_doc_ids_posts_the_filter():
 
 
 def test_bulk_get_on_couchdb_is_one_call():
-    answer = {"results": [{"id": "a", "docs": [{"ok": {"_id": "a", "_rev": "1-a"}}]},
-                          {"id": "a", "docs": [{"ok": {"_id": "a", "_rev": "2-a"}}]}]}
+    answer = {
+        "results": [
+            {"id": "a", "docs": [{"ok": {"_id": "a", "_rev": "1-a"}}]},
+            {"id": "a", "docs": [{"ok": {"_id": "a", "_rev": "2-a"}}]},
+        ]
+    }
     store, fake = started_store(WELCOME_COUCHDB, lambda *a: (200, answer))
     requests = [{"id": "a", "rev": "1-a"}, {"id": "a"}]
     assert result_of(store.bulk_get(DB, requests, revs=True)) == answer["results"]
     assert [(r["method"], r["query"], r["body"]) for r in fake.requests] == [
-        ("POST", "revs=true", {"docs": requests})]
+        ("POST", "revs=true", {"docs": requests})
+    ]
 
 
 def test_bulk_docs_new_edits_false_answers_only_errors():
-    store, fake, _ = make_store(lambda *a: (201, [{"ok": True, "id": "a",
-                                                    "rev": "1-a"}]))
-    assert result_of(store.bulk_docs(DB, [{"_id": "a", "_rev": "1-a"}],
-                                     new_edits=False)) == []
+    store, fake, _ = make_store(lambda *a: (201, [{"ok": True, "id": "a", "rev": "1-a"}]))
+    assert (
+        result_of(store.bulk_docs(DB, [{"_id": "a", "_rev": "1-a"}], new_edits=False)) == []
+    )
     assert fake.requests[-1]["body"]["new_edits"] is False
 
 
 def test_all_docs_rows_have_doc_only_when_asked():
-    rows = [{"id": "a", "key": "a", "value": {"rev": "2-a", "deleted": True},
-             "doc": None}, {"key": "zz", "error": "not_found"}]
-    store, fake, _ = make_store(lambda *a: (200, {"total_rows": 0, "offset": 0,
-                                                  "rows": [dict(r) for r in rows]}))
+    rows = [
+        {"id": "a", "key": "a", "value": {"rev": "2-a", "deleted": True}, "doc": None},
+        {"key": "zz", "error": "not_found"},
+    ]
+    store, fake, _ = make_store(
+        lambda *a: (200, {"total_rows": 0, "offset": 0, "rows": [dict(r) for r in rows]})
+    )
     result = result_of(store.all_docs(DB, keys=["a", "zz"]))
-    assert result["rows"] == [{"id": "a", "key": "a",
-                               "value": {"rev": "2-a", "deleted": True}},
-                              {"key": "zz", "error": "not_found"}]
+    assert result["rows"] == [
+        {"id": "a", "key": "a", "value": {"rev": "2-a", "deleted": True}},
+        {"key": "zz", "error": "not_found"},
+    ]
     assert fake.requests[-1]["method"] == "POST"
     assert fake.requests[-1]["body"] == {"keys": ["a", "zz"]}
     result = result_of(store.all_docs(DB, keys=["a"], include_docs=True))
@@ -439,10 +532,14 @@ def test_all_docs_rows_have_doc_only_when_asked():
 
 
 def test_local_docs_accept_ids_with_or_without_prefix():
-    store, fake, _ = make_store(lambda *a: (201, {"ok": True, "id": "_local/x",
-                                                  "rev": "0-1"}))
+    store, fake, _ = make_store(
+        lambda *a: (201, {"ok": True, "id": "_local/x", "rev": "0-1"})
+    )
     assert result_of(store.put_local(DB, {"_id": "_local/x", "a": 1})) == {
-        "ok": True, "id": "_local/x", "rev": "0-1"}
+        "ok": True,
+        "id": "_local/x",
+        "rev": "0-1",
+    }
     result_of(store.get_local(DB, "x"))
     result_of(store.delete_local(DB, "_local/x", "0-1"))
     assert [(r["method"], r["path"], r["query"]) for r in fake.requests] == [
@@ -453,16 +550,25 @@ def test_local_docs_accept_ids_with_or_without_prefix():
 
 
 def test_create_index_body():
-    store, fake, _ = make_store(lambda *a: (200, {"result": "created",
-                                                  "id": "_design/by-a",
-                                                  "name": "by-a"}))
-    result = result_of(store.create_index(DB, ["a", {"b": "desc"}], ddoc="by-a",
-                                          name="by-a",
-                                          partial_filter_selector={"c": 1}))
+    store, fake, _ = make_store(
+        lambda *a: (200, {"result": "created", "id": "_design/by-a", "name": "by-a"})
+    )
+    result = result_of(
+        store.create_index(
+            DB,
+            ["a", {"b": "desc"}],
+            ddoc="by-a",
+            name="by-a",
+            partial_filter_selector={"c": 1},
+        )
+    )
     assert result == {"result": "created", "id": "_design/by-a", "name": "by-a"}
     assert fake.requests[-1]["body"] == {
         "index": {"fields": ["a", {"b": "desc"}], "partial_filter_selector": {"c": 1}},
-        "type": "json", "ddoc": "by-a", "name": "by-a"}
+        "type": "json",
+        "ddoc": "by-a",
+        "name": "by-a",
+    }
 
 
 # -- bookkeeping of a prefix's databases --------------------------------------------
@@ -479,8 +585,11 @@ class FakeRegistry:
             key = path.rsplit("/", 1)[1]
             doc = self.docs.get(key)
             if method == "GET":
-                return (200, dict(doc)) if doc else (404, {"error": "not_found",
-                                                            "reason": "missing"})
+                return (
+                    (200, dict(doc))
+                    if doc
+                    else (404, {"error": "not_found", "reason": "missing"})
+                )
             if self.conflicts_left:
                 self.conflicts_left -= 1
                 # someone else wrote meanwhile
@@ -518,13 +627,19 @@ def test_list_and_delete_prefix_with_bookkeeping():
         result_of(store.create_db(f"cozyab12/{part}"))
     couch.conflicts_left = 2  # two concurrent writers on the next update
     result_of(store.create_db("cozyab12/io-cozy-jobs"))
-    assert couch.docs["cozyab12"]["dbs"] == ["io-cozy-apps", "io-cozy-files",
-                                             "io-cozy-jobs", "io-cozy-notes"]
+    assert couch.docs["cozyab12"]["dbs"] == [
+        "io-cozy-apps",
+        "io-cozy-files",
+        "io-cozy-jobs",
+        "io-cozy-notes",
+    ]
     result_of(store.delete_db("cozyab12/io-cozy-notes"))
     # A database gone behind our back (crash between delete and record).
     couch.dbs.discard("cozyab12%2Fio-cozy-jobs")
-    assert result_of(store.list_dbs("cozyab12")) == ["cozyab12/io-cozy-apps",
-                                                     "cozyab12/io-cozy-files"]
+    assert result_of(store.list_dbs("cozyab12")) == [
+        "cozyab12/io-cozy-apps",
+        "cozyab12/io-cozy-files",
+    ]
     result_of(store.delete_prefix("cozyab12"))
     assert couch.dbs == set() and couch.docs == {}
     result_of(store.delete_prefix("cozyab12"))  # idempotent
@@ -585,8 +700,9 @@ def test_answers_are_taken_as_they_are_whatever_the_server(welcome):
 
 
 def test_index_ddoc_may_be_given_with_its_prefix():
-    store, fake, _ = make_store(lambda *a: (200, {"result": "exists",
-                                                  "id": "_design/x", "name": "x"}))
+    store, fake, _ = make_store(
+        lambda *a: (200, {"result": "exists", "id": "_design/x", "name": "x"})
+    )
     result_of(store.create_index(DB, ["a"], ddoc="_design/x"))
     assert fake.requests[-1]["body"]["ddoc"] == "x"
 
@@ -601,9 +717,12 @@ def test_all_docs_refuses_bad_limits(arguments):
 
 
 def test_doc_validation_is_a_bad_request():
-    store, _, _ = make_store(lambda *a: (500, {
-        "error": "doc_validation",
-        "reason": "Bad special document member: _unknown"}))
+    store, _, _ = make_store(
+        lambda *a: (
+            500,
+            {"error": "doc_validation", "reason": "Bad special document member: _unknown"},
+        )
+    )
     with pytest.raises(InvalidRequest) as info:
         result_of(store.put_doc(DB, {"_id": "x", "_unknown": 1}))
     assert (info.value.status, info.value.code) == (400, "doc_validation")

@@ -100,7 +100,10 @@ async def test_concurrent_writers_are_answered_from_one_transaction(pooled):
     assert all(rev.startswith("1-") for rev in revs)
     assert prefix_file.commits == commits + 1
     assert [s for s in statements if s.startswith(("COMMIT", "BEGIN"))] == [
-        "BEGIN", "COMMIT", "BEGIN IMMEDIATE", "COMMIT"  # the holder, one group
+        "BEGIN",
+        "COMMIT",
+        "BEGIN IMMEDIATE",
+        "COMMIT",  # the holder, one group
     ]
     assert statements.count("COMMIT") == 2  # the holder's read and the group
     assert statements.count("BEGIN IMMEDIATE") == 1
@@ -249,6 +252,6 @@ def test_kill_9_during_groups_keeps_every_acknowledged_write(tmp_path):
     connection.close()
     for doc_id, rev in acknowledged.items():
         assert rows[doc_id][0] == rev
-    for doc_id, (rev, body) in rows.items():
+    for doc_id, (_rev, body) in rows.items():
         assert json.loads(body) == {"payload": doc_id * 50}  # whole, never torn
     assert count == len(rows)  # the counters and the rows of a group agree

@@ -41,8 +41,9 @@ def test_a_catastrophic_regex_cannot_freeze_the_server(stack, data):
     reader = Data(data.public, token(admin, Audience="cli", Scope="io.cozy.events:GET"))
     selector = {"selector": {"v": {"$regex": "(a+)+$"}}}
     started = time.monotonic()
-    changes = reader.post("/io.cozy.events/_changes", selector,
-                          params={"filter": "_selector"})
+    changes = reader.post(
+        "/io.cozy.events/_changes", selector, params={"filter": "_selector"}
+    )
     found = data.post("/io.cozy.events/_find", selector)
     assert time.monotonic() - started < 5
     assert changes.status == 200, changes.body
@@ -55,8 +56,11 @@ def test_a_catastrophic_regex_cannot_freeze_the_server(stack, data):
 def test_regexes_that_cannot_run_are_400s(data, pattern):
     for response in (
         data.post("/io.cozy.events/_find", {"selector": {"v": {"$regex": pattern}}}),
-        data.post("/io.cozy.events/_changes", {"selector": {"v": {"$regex": pattern}}},
-                  params={"filter": "_selector"}),
+        data.post(
+            "/io.cozy.events/_changes",
+            {"selector": {"v": {"$regex": pattern}}},
+            params={"filter": "_selector"},
+        ),
     ):
         assert response.status == 400, response.body
         body = response.json()
@@ -66,8 +70,9 @@ def test_regexes_that_cannot_run_are_400s(data, pattern):
 
 def test_an_index_of_1000_fields_is_a_400(data):
     before = data.get("/io.cozy.events/_design_docs").json()["rows"]
-    response = data.post("/io.cozy.events/_index",
-                         {"index": {"fields": [f"f{i}" for i in range(1000)]}})
+    response = data.post(
+        "/io.cozy.events/_index", {"index": {"fields": [f"f{i}" for i in range(1000)]}}
+    )
     assert response.status == 400, response.body
     assert response.json()["error"] == "invalid_index"
     assert "at most" in response.json()["reason"]
@@ -99,11 +104,13 @@ def test_a_lone_surrogate_is_a_400_and_writes_nothing():
     store = EmbeddedStore(None)
     db = "cozyaa/io-cozy-events"
     sync(store.create_db(db))
-    for call in (lambda: store.get_doc(db, "a\ud800"),
-                 lambda: store.put_doc(db, {"_id": "a\ud800"}),
-                 lambda: store.bulk_docs(db, [{"_id": "fine"}, {"_id": "b\udfff"}]),
-                 lambda: store.all_docs(db, start_key="\ud800"),
-                 lambda: store.find(db, {"selector": {"v": "\ud800"}})):
+    for call in (
+        lambda: store.get_doc(db, "a\ud800"),
+        lambda: store.put_doc(db, {"_id": "a\ud800"}),
+        lambda: store.bulk_docs(db, [{"_id": "fine"}, {"_id": "b\udfff"}]),
+        lambda: store.all_docs(db, start_key="\ud800"),
+        lambda: store.find(db, {"selector": {"v": "\ud800"}}),
+    ):
         with pytest.raises(InvalidRequest):
             sync(call())
     assert sync(store.all_docs(db))["rows"] == []
@@ -150,7 +157,8 @@ def test_an_unreadable_global_database_is_a_503_without_a_path(tmp_path, damage)
     responses = [
         MemoryClient(stack.public).request("GET", "http://alice.cozy.test/data/"),
         MemoryClient(stack.admin).request(
-            "GET", "http://localhost/instances", auth=("admin", _admin_passphrase())),
+            "GET", "http://localhost/instances", auth=("admin", _admin_passphrase())
+        ),
     ]
     for response in responses:
         assert response.status == 503, response.body

@@ -248,9 +248,7 @@ def test_a_selector_nested_too_deeply_is_refused():
 
 
 def test_selector_to_json():
-    normalized = normalize(
-        {"a": 1, "b": {"c": {"$gt": 2}}, "$not": {"d": {"$regex": "x"}}}
-    )
+    normalized = normalize({"a": 1, "b": {"c": {"$gt": 2}}, "$not": {"d": {"$regex": "x"}}})
     assert mango.selector_to_json(normalized) == {
         "$and": [
             {"a": {"$eq": 1}},
@@ -415,9 +413,7 @@ OPERAND_STRATEGIES = {
     "$in": st.lists(values, max_size=3),
     "$nin": st.lists(values, max_size=3),
     "$exists": st.booleans(),
-    "$type": st.sampled_from(
-        ["null", "boolean", "number", "string", "array", "object"]
-    ),
+    "$type": st.sampled_from(["null", "boolean", "number", "string", "array", "object"]),
     "$size": st.integers(0, 3),
     "$mod": st.tuples(st.integers(1, 3), st.integers(-2, 2)).map(list),
     "$regex": st.sampled_from(["^a", "b$", "."]),
@@ -469,9 +465,7 @@ def operands(selector):
                 if isinstance(value, list):
                     found.extend(value)
             elif (
-                isinstance(value, dict)
-                and value
-                and all(k.startswith("$") for k in value)
+                isinstance(value, dict) and value and all(k.startswith("$") for k in value)
             ):
                 walk(value)
             else:  # an implicit $eq, or nested fields
@@ -525,9 +519,7 @@ def check_sql_agrees_with_python(data, selector):
         json_of(near),
     )
     bodies = data.draw(
-        st.lists(
-            st.dictionaries(field_names, related, max_size=4), min_size=1, max_size=8
-        ),
+        st.lists(st.dictionaries(field_names, related, max_size=4), min_size=1, max_size=8),
         label="bodies",
     )
     conn = connection()
@@ -778,8 +770,7 @@ def test_indexes_of_design_doc_skips_what_does_not_parse():
     [index] = mango.indexes_of_design_doc("_design/x", body)
     assert (index.ddoc, index.name, index.columns) == ("_design/x", "good", ["a"])
     assert (
-        mango.indexes_of_design_doc("_design/x", {**body, "language": "javascript"})
-        == []
+        mango.indexes_of_design_doc("_design/x", {**body, "language": "javascript"}) == []
     )
 
 
@@ -839,8 +830,7 @@ def test_plan_use_index():
     indexes = [index("a", "a"), index("ab", "a", "b")]
     assert plan(indexes, selector={"a": 1, "b": 1}, use_index="a").index.name == "a"
     assert (
-        plan(indexes, selector={"a": 1, "b": 1}, use_index=["ab", "ab"]).index.name
-        == "ab"
+        plan(indexes, selector={"a": 1, "b": 1}, use_index=["ab", "ab"]).index.name == "ab"
     )
     fallback = plan(indexes, selector={"a": 1}, use_index="ab")
     assert fallback.index.name == "a"
@@ -883,7 +873,9 @@ def test_field_ranges():
     )
 
 
-@pytest.mark.parametrize("path", ["_deleted", "_deleted.a", "_access", "_access.b", "_other"])
+@pytest.mark.parametrize(
+    "path", ["_deleted", "_deleted.a", "_access", "_access.b", "_other"]
+)
 def test_deleted_and_kept_special_fields_agree_with_python(path):
     # The changes feed shows tombstones (_deleted: true) to selectors, and
     # bodies keep some "_" fields (_access…): SQL must read them as Python.
@@ -920,7 +912,9 @@ def test_deleted_and_kept_special_fields_agree_with_python(path):
                     f"SELECT id, deleted FROM docs WHERE {compiled.sql}", compiled.params
                 )
             }
-            in_python = {(row[0], row[3]) for row in rows if matches(normalized, as_doc(row))}
+            in_python = {
+                (row[0], row[3]) for row in rows if matches(normalized, as_doc(row))
+            }
             assert in_python <= in_sql, selector
             if compiled.exact:
                 assert in_sql == in_python, selector

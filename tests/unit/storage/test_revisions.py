@@ -155,9 +155,7 @@ def test_a_live_leaf_beats_a_deleted_one():
 
 
 def test_all_deleted_the_highest_wins():
-    tree = tree_of(
-        ["2-" + B, "1-" + A], ["2-" + C, "1-" + A], deleted=("2-" + B, "2-" + C)
-    )
+    tree = tree_of(["2-" + B, "1-" + A], ["2-" + C, "1-" + A], deleted=("2-" + B, "2-" + C))
     assert tree.winner() == "2-" + C
     assert tree.deleted_conflicts() == ["2-" + B]
 
@@ -176,9 +174,7 @@ def test_the_winner_does_not_depend_on_arrival_order(branch_specs, random):
     """Branches from one root, merged in two orders, elect the same leaf."""
     paths = []
     for length, leaf_hash, deleted in branch_specs:
-        path = [f"{g}-{leaf_hash[:-1]}{g % 10}" for g in range(length, 1, -1)] + [
-            "1-" + A
-        ]
+        path = [f"{g}-{leaf_hash[:-1]}{g % 10}" for g in range(length, 1, -1)] + ["1-" + A]
         paths.append((path, deleted))
     shuffled = list(paths)
     random.shuffle(shuffled)

@@ -299,9 +299,7 @@ def test_a_recreated_database_restarts_old_sequences():
     done(store.create_db(DB))
     done(store.put_doc(DB, {"_id": "new"}))
     # Sequences are opaque and belong to one life of the database.
-    assert [r["id"] for r in done(store.changes(DB, since=old_seq))["results"]] == [
-        "new"
-    ]
+    assert [r["id"] for r in done(store.changes(DB, since=old_seq))["results"]] == ["new"]
     with pytest.raises(InvalidRequest):
         done(store.changes(DB, since="garbage"))
 
@@ -311,8 +309,7 @@ def sqlite_indexes(store, prefix="cozyab12"):
     return {
         name
         for (name,) in conn.execute(
-            "SELECT name FROM sqlite_master"
-            " WHERE type = 'index' AND name LIKE 'mango_%'"
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'mango_%'"
         )
     }
 
@@ -338,10 +335,7 @@ def test_find_reads_through_the_index():
     done(
         store.bulk_docs(
             DB,
-            [
-                {"_id": f"{i:04}", "dir": f"d{i % 50}", "name": f"n{i}"}
-                for i in range(1000)
-            ],
+            [{"_id": f"{i:04}", "dir": f"d{i % 50}", "name": f"n{i}"} for i in range(1000)],
         )
     )
     done(store.create_index(DB, ["dir", "name"], ddoc="by-dir", name="by-dir"))

@@ -17,5 +17,6 @@ def public(stack):
 
 
 def create(admin, domain, **params):
-    return admin.request("POST", f"{ADMIN}/instances", auth=AUTH,
-                         params={"Domain": domain, **params})
+    return admin.request(
+        "POST", f"{ADMIN}/instances", auth=AUTH, params={"Domain": domain, **params}
+    )

@@ -24,8 +24,7 @@ from tests.support.auth import (
 
 @pytest.fixture
 def stack(tmp_path, clock):
-    return memory_stack(str(tmp_path), clock=clock,
-                        auth={"login_failures_per_hour": 5})
+    return memory_stack(str(tmp_path), clock=clock, auth={"login_failures_per_hour": 5})
 
 
 @pytest.fixture
@@ -42,18 +41,27 @@ def owner(stack, admin):
 
 
 def instance_of(stack, domain=DOMAIN):
-    return Instance.from_doc(sync(stack.store.get_doc(INSTANCES_DB,
-                                                      Instance.new(domain).id)))
+    return Instance.from_doc(
+        sync(stack.store.get_doc(INSTANCES_DB, Instance.new(domain).id))
+    )
 
 
 def app_token(stack, clock, session_id="", slug="home"):
     instance = instance_of(stack)
-    sync(stack.store.put_doc(db_name(instance.prefix, "io.cozy.permissions"), {
-        "_id": f"perm-{slug}-{clock.seconds()}", "type": "app",
-        "source_id": f"io.cozy.apps/{slug}",
-        "permissions": {"settings": {"type": "io.cozy.settings"}}}))
-    return tokens.issue(instance, tokens.APP, slug, issued_at=clock.seconds(),
-                        session_id=session_id)
+    sync(
+        stack.store.put_doc(
+            db_name(instance.prefix, "io.cozy.permissions"),
+            {
+                "_id": f"perm-{slug}-{clock.seconds()}",
+                "type": "app",
+                "source_id": f"io.cozy.apps/{slug}",
+                "permissions": {"settings": {"type": "io.cozy.settings"}},
+            },
+        )
+    )
+    return tokens.issue(
+        instance, tokens.APP, slug, issued_at=clock.seconds(), session_id=session_id
+    )
 
 
 def session_id(browser):
@@ -74,10 +82,14 @@ def test_login_form(owner, stack):
     # The token stays the same while the cookie lives.
     assert browser.csrf(BASE + "/auth/login") == token
     # Already logged in: straight to the target.
-    assert owner.request("GET", BASE + "/auth/login").header("location") == \
-        "http://home.alice.cozy.test/"
-    to_drive = owner.request("GET", BASE + "/auth/login?redirect="
-                             "http%3A%2F%2Fdrive.alice.cozy.test%2Ffoo%3Fbar%23baz")
+    assert (
+        owner.request("GET", BASE + "/auth/login").header("location")
+        == "http://home.alice.cozy.test/"
+    )
+    to_drive = owner.request(
+        "GET",
+        BASE + "/auth/login?redirect=http%3A%2F%2Fdrive.alice.cozy.test%2Ffoo%3Fbar%23baz",
+    )
     assert to_drive.header("location") == "http://drive.alice.cozy.test/foo?bar#baz"
 
 
@@ -92,31 +104,43 @@ def test_login_sets_a_session_cookie(stack):
     # As cozy-stack's Session.ToCookie, as Go writes it (no Secure on http).
     value = cookie.split(";", 1)[0].split("=", 1)[1]
     assert value
-    assert cookie == (f"cozysessid={value}; Path=/; Domain=alice.cozy.test; HttpOnly; "
-                      "SameSite=Lax")  # no Max-Age: a browser session
+    assert cookie == (
+        f"cozysessid={value}; Path=/; Domain=alice.cozy.test; HttpOnly; SameSite=Lax"
+    )  # no Max-Age: a browser session
     long = login(Browser(stack.public), **{"long-run-session": "1"}).cookies()["cozysessid"]
-    assert long.endswith("; Path=/; Domain=alice.cozy.test; Max-Age=315360000; HttpOnly; "
-                         "SameSite=Lax")
+    assert long.endswith(
+        "; Path=/; Domain=alice.cozy.test; Max-Age=315360000; HttpOnly; SameSite=Lax"
+    )
     # Home now goes to the home app.
-    assert browser.request("GET", BASE + "/").header("location") == \
-        "http://home.alice.cozy.test/"
+    assert (
+        browser.request("GET", BASE + "/").header("location")
+        == "http://home.alice.cozy.test/"
+    )
 
 
 def test_login_in_json(owner, stack):
     browser = Browser(stack.public)
     token = browser.csrf(BASE + "/auth/login")
-    reply = browser.request("POST", BASE + "/auth/login", headers={
-        "Accept": "application/json"}, form={"csrf_token": token,
-                                              "passphrase": client_hash()})
+    reply = browser.request(
+        "POST",
+        BASE + "/auth/login",
+        headers={"Accept": "application/json"},
+        form={"csrf_token": token, "passphrase": client_hash()},
+    )
     assert reply.status == 200
     assert reply.json() == {"redirect": "http://home.alice.cozy.test/"}
     bad = Browser(stack.public)
     token = bad.csrf(BASE + "/auth/login")
-    refused = bad.request("POST", BASE + "/auth/login", headers={
-        "Accept": "application/json"}, form={"csrf_token": token, "passphrase": "nope"})
+    refused = bad.request(
+        "POST",
+        BASE + "/auth/login",
+        headers={"Accept": "application/json"},
+        form={"csrf_token": token, "passphrase": "nope"},
+    )
     assert refused.status == 401
-    assert refused.json() == {"error": "This password is not the right one. Please try "
-                                       "again."}
+    assert refused.json() == {
+        "error": "This password is not the right one. Please try again."
+    }
     assert "cozysessid" not in bad.cookies
 
 
@@ -130,19 +154,22 @@ def test_wrong_passphrase_shows_the_form_again(owner, stack):
 
 def test_redirect_parameter_is_checked(owner, stack):
     browser = Browser(stack.public)
-    for bad, message in [("http://evil.example.com/", "bad url: should be subdomain"),
-                         ("http://alice.cozy.test.evil.com/", "bad url: should be subdomain"),
-                         ("http://alice.cozy.test@evil.com/", "bad url: should be subdomain"),
-                         ("javascript:alert(1)", "bad url: bad scheme"),
-                         ("http://evil.com\\@alice.cozy.test/", "bad url: could not parse"),
-                         ("http://evil.com\t@alice.cozy.test/", "bad url: could not parse"),
-                         ("//evil.com/", "bad url: could not parse"),
-                         ("http:///evil.com/", "bad url: should be subdomain"),
-                         ("drive/#/folder", "bad url: could not parse")]:
+    for bad, message in [
+        ("http://evil.example.com/", "bad url: should be subdomain"),
+        ("http://alice.cozy.test.evil.com/", "bad url: should be subdomain"),
+        ("http://alice.cozy.test@evil.com/", "bad url: should be subdomain"),
+        ("javascript:alert(1)", "bad url: bad scheme"),
+        ("http://evil.com\\@alice.cozy.test/", "bad url: could not parse"),
+        ("http://evil.com\t@alice.cozy.test/", "bad url: could not parse"),
+        ("//evil.com/", "bad url: could not parse"),
+        ("http:///evil.com/", "bad url: should be subdomain"),
+        ("drive/#/folder", "bad url: could not parse"),
+    ]:
         reply = login(browser, redirect=bad)
         assert (reply.status, reply.text) == (400, message), bad
-    on_instance = login(Browser(stack.public),
-                        redirect="http://alice.cozy.test/auth/authorize?x=1#frag")
+    on_instance = login(
+        Browser(stack.public), redirect="http://alice.cozy.test/auth/authorize?x=1#frag"
+    )
     # The fragment is replaced (no code can leak through it) and the
     # session opened for an OAuth consent is a short one.
     assert on_instance.header("location") == "http://alice.cozy.test/auth/authorize?x=1#="
@@ -151,8 +178,11 @@ def test_redirect_parameter_is_checked(owner, stack):
 
 def test_bad_url_page_for_browsers(owner, stack):
     browser = Browser(stack.public)
-    reply = browser.request("GET", BASE + "/auth/login?redirect=http%3A%2F%2Fevil.com%2F",
-                            headers={"Accept": "text/html"})
+    reply = browser.request(
+        "GET",
+        BASE + "/auth/login?redirect=http%3A%2F%2Fevil.com%2F",
+        headers={"Accept": "text/html"},
+    )
     assert reply.status == 400
     assert reply.header("content-type") == "text/html; charset=utf-8"
     assert "bad url: should be subdomain" in reply.text
@@ -162,14 +192,21 @@ def test_bad_url_page_for_browsers(owner, stack):
 def test_csrf_on_login(owner, stack):
     browser = Browser(stack.public)
     browser.csrf(BASE + "/auth/login")
-    missing = browser.request("POST", BASE + "/auth/login",
-                              form={"passphrase": client_hash()})
+    missing = browser.request(
+        "POST", BASE + "/auth/login", form={"passphrase": client_hash()}
+    )
     assert missing.status == 400
-    forged = browser.request("POST", BASE + "/auth/login",
-                             form={"passphrase": client_hash(), "csrf_token": "a" * 43})
+    forged = browser.request(
+        "POST",
+        BASE + "/auth/login",
+        form={"passphrase": client_hash(), "csrf_token": "a" * 43},
+    )
     assert (forged.status, forged.text) == (403, "invalid csrf token")
-    no_cookie = Browser(stack.public).request("POST", BASE + "/auth/login", form={
-        "passphrase": client_hash(), "csrf_token": browser.cookies["_csrf"]})
+    no_cookie = Browser(stack.public).request(
+        "POST",
+        BASE + "/auth/login",
+        form={"passphrase": client_hash(), "csrf_token": browser.cookies["_csrf"]},
+    )
     assert no_cookie.status == 403
 
 
@@ -184,8 +221,9 @@ def test_too_many_failures_block_the_instance(owner, stack, admin, clock):
     assert blocked.status == 503
     assert blocked.json()["errors"][0]["code"] == "LOGIN_FAILED"
     # The operator unblocks it; the owner logs in.
-    reply = admin.request("PATCH", f"{ADMIN}/instances/{DOMAIN}?Blocked=false",
-                          headers=basic_auth())
+    reply = admin.request(
+        "PATCH", f"{ADMIN}/instances/{DOMAIN}?Blocked=false", headers=basic_auth()
+    )
     assert reply.status == 200
     assert login(Browser(stack.public)).status == 303
     # A new hour, a new count.
@@ -197,17 +235,23 @@ def test_too_many_failures_block_the_instance(owner, stack, admin, clock):
 
 def test_delete_login_needs_a_webapp_token(owner, stack, clock, admin):
     sid = session_id(owner)
-    refused = owner.request("DELETE", BASE + "/auth/login",
-                            headers={"Origin": "http://home.alice.cozy.test"})
+    refused = owner.request(
+        "DELETE", BASE + "/auth/login", headers={"Origin": "http://home.alice.cozy.test"}
+    )
     assert refused.status == 401
     assert refused.json() == {"error": "The user can logout only from client-side apps"}
     assert refused.header("access-control-allow-origin") == "http://home.alice.cozy.test"
     cli = admin_token(admin, Audience="cli", Scope="io.cozy.settings")
-    assert owner.request("DELETE", BASE + "/auth/login",
-                         headers={"Authorization": f"Bearer {cli}"}).status == 401
+    assert (
+        owner.request(
+            "DELETE", BASE + "/auth/login", headers={"Authorization": f"Bearer {cli}"}
+        ).status
+        == 401
+    )
     app = app_token(stack, clock, session_id=sid)
-    done = owner.request("DELETE", BASE + "/auth/login",
-                         headers={"Authorization": f"Bearer {app}"})
+    done = owner.request(
+        "DELETE", BASE + "/auth/login", headers={"Authorization": f"Bearer {app}"}
+    )
     assert done.status == 204
     assert "Max-Age=0" in done.cookies()["cozysessid"]
     assert "cozysessid" not in owner.cookies
@@ -219,8 +263,9 @@ def test_app_token_bound_to_a_session(owner, stack, clock):
     headers = {"Authorization": f"Bearer {app}"}
     assert owner.request("GET", BASE + "/permissions/self", headers=headers).status == 200
     stranger = Browser(stack.public)
-    assert stranger.request("GET", BASE + "/permissions/self",
-                            headers=headers).status == 400
+    assert (
+        stranger.request("GET", BASE + "/permissions/self", headers=headers).status == 400
+    )
 
 
 def test_logout_others(owner, stack, clock):
@@ -230,20 +275,27 @@ def test_logout_others(owner, stack, clock):
     headers = {"Authorization": f"Bearer {app}"}
     listed = owner.request("GET", BASE + "/settings/sessions/current")
     assert listed.json()["data"]["id"] == session_id(owner)
-    assert owner.request("DELETE", BASE + "/auth/login/others",
-                         headers=headers).status == 204
+    assert (
+        owner.request("DELETE", BASE + "/auth/login/others", headers=headers).status == 204
+    )
     assert other.request("GET", BASE + "/settings/sessions/current").status == 404
     assert owner.request("GET", BASE + "/settings/sessions/current").status == 200
-    no_session = Browser(stack.public).request("DELETE", BASE + "/auth/login/others",
-                                               headers={"Authorization": f"Bearer {app}"})
+    no_session = Browser(stack.public).request(
+        "DELETE", BASE + "/auth/login/others", headers={"Authorization": f"Bearer {app}"}
+    )
     assert no_session.status in (400, 401)
 
 
 def test_preflight(owner):
-    reply = owner.request("OPTIONS", BASE + "/auth/login", headers={
-        "Origin": "http://home.alice.cozy.test",
-        "Access-Control-Request-Method": "DELETE",
-        "Access-Control-Request-Headers": "Authorization"})
+    reply = owner.request(
+        "OPTIONS",
+        BASE + "/auth/login",
+        headers={
+            "Origin": "http://home.alice.cozy.test",
+            "Access-Control-Request-Method": "DELETE",
+            "Access-Control-Request-Headers": "Authorization",
+        },
+    )
     assert reply.status == 204
     assert reply.header("access-control-allow-methods") == "DELETE"
     assert reply.header("access-control-allow-headers") == "Authorization"
@@ -267,12 +319,14 @@ def test_sessions_list(owner, stack, admin):
     login(Browser(stack.public))
     assert owner.request("GET", BASE + "/settings/sessions").status == 401
     cli = admin_token(admin, Audience="cli", Scope="io.cozy.settings")
-    forbidden = owner.request("GET", BASE + "/settings/sessions",
-                              headers={"Authorization": f"Bearer {cli}"})
+    forbidden = owner.request(
+        "GET", BASE + "/settings/sessions", headers={"Authorization": f"Bearer {cli}"}
+    )
     assert forbidden.status == 403
     cli = admin_token(admin, Audience="cli", Scope="io.cozy.sessions:GET")
-    listed = owner.request("GET", BASE + "/settings/sessions",
-                           headers={"Authorization": f"Bearer {cli}"})
+    listed = owner.request(
+        "GET", BASE + "/settings/sessions", headers={"Authorization": f"Bearer {cli}"}
+    )
     assert listed.status == 200
     assert listed.header("content-type") == "application/vnd.api+json"
     body = listed.json()
@@ -283,13 +337,17 @@ def test_sessions_list(owner, stack, admin):
 
 
 def test_a_cookie_of_another_instance_is_refused(owner, stack, admin):
-    onboard(Browser(stack.public), create_instance(admin, "bob.cozy.test"),
-            domain="bob.cozy.test")
+    onboard(
+        Browser(stack.public),
+        create_instance(admin, "bob.cozy.test"),
+        domain="bob.cozy.test",
+    )
     stolen = owner.cookies["cozysessid"]
     thief = Browser(stack.public)
     thief.cookies["cozysessid"] = stolen
-    assert thief.request("GET", "http://bob.cozy.test/settings/sessions/current"
-                         ).status == 404
+    assert (
+        thief.request("GET", "http://bob.cozy.test/settings/sessions/current").status == 404
+    )
 
 
 def test_https_public_urls(tmp_path, clock):

@@ -25,7 +25,10 @@ def test_welcome_needs_no_token(admin, public):
     new_instance(admin)
     for path in ("", "/"):
         response = Data(public, None).get(path)
-        assert (response.status, response.json()) == (200, {"message": "welcome to a cozy API"})
+        assert (response.status, response.json()) == (
+            200,
+            {"message": "welcome to a cozy API"},
+        )
 
 
 def test_create_read_update_delete(data, stack):
@@ -37,39 +40,65 @@ def test_create_read_update_delete(data, stack):
     assert set(body) == {"ok", "id", "rev", "type", "data"}
     assert body["ok"] is True and body["type"] == "io.cozy.events"
     assert len(doc_id) == 32 and rev.startswith("1-")
-    assert body["data"] == {"_id": doc_id, "_rev": rev, "_type": "io.cozy.events",
-                            "summary": "party", "n": 1}
+    assert body["data"] == {
+        "_id": doc_id,
+        "_rev": rev,
+        "_type": "io.cozy.events",
+        "summary": "party",
+        "n": 1,
+    }
     assert created.headers["content-type"] == "application/json"
 
     read = data.get(f"/io.cozy.events/{doc_id}")
     assert read.status == 200
     assert read.json() == body["data"]
 
-    updated = data.put(f"/io.cozy.events/{doc_id}",
-                       {"_id": doc_id, "_rev": rev, "_type": "io.cozy.events", "n": 2})
+    updated = data.put(
+        f"/io.cozy.events/{doc_id}",
+        {"_id": doc_id, "_rev": rev, "_type": "io.cozy.events", "n": 2},
+    )
     assert updated.status == 200, updated.body
     new_rev = updated.json()["rev"]
     assert new_rev.startswith("2-")
-    assert updated.json()["data"] == {"_id": doc_id, "_rev": new_rev,
-                                      "_type": "io.cozy.events", "n": 2}
+    assert updated.json()["data"] == {
+        "_id": doc_id,
+        "_rev": new_rev,
+        "_type": "io.cozy.events",
+        "n": 2,
+    }
     stale = data.put(f"/io.cozy.events/{doc_id}", {"_id": doc_id, "_rev": rev, "n": 3})
     assert stale.status == 409
-    assert stale.json() == {"ok": False, "status": "409", "error": "conflict",
-                            "reason": "Document update conflict."}
+    assert stale.json() == {
+        "ok": False,
+        "status": "409",
+        "error": "conflict",
+        "reason": "Document update conflict.",
+    }
 
     deleted = data.delete(f"/io.cozy.events/{doc_id}", params={"rev": new_rev})
     assert deleted.status == 200
-    assert deleted.json() == {"ok": True, "id": doc_id, "rev": deleted.json()["rev"],
-                              "type": "io.cozy.events", "deleted": True}
+    assert deleted.json() == {
+        "ok": True,
+        "id": doc_id,
+        "rev": deleted.json()["rev"],
+        "type": "io.cozy.events",
+        "deleted": True,
+    }
     assert deleted.json()["rev"].startswith("3-")
     gone = data.get(f"/io.cozy.events/{doc_id}")
     assert gone.status == 404
-    assert gone.json() == {"ok": False, "status": "404", "error": "not_found",
-                           "reason": "deleted"}
+    assert gone.json() == {
+        "ok": False,
+        "status": "404",
+        "error": "not_found",
+        "reason": "deleted",
+    }
 
     assert [(e["verb"], e["doctype"], e["id"]) for e in events] == [
-        (CREATED, "io.cozy.events", doc_id), (UPDATED, "io.cozy.events", doc_id),
-        (DELETED, "io.cozy.events", doc_id)]
+        (CREATED, "io.cozy.events", doc_id),
+        (UPDATED, "io.cozy.events", doc_id),
+        (DELETED, "io.cozy.events", doc_id),
+    ]
     assert events[0]["doc"] == {"_id": doc_id, "_rev": rev, "summary": "party", "n": 1}
     assert events[1]["doc"] == {"_id": doc_id, "_rev": new_rev, "n": 2}
     # DELETED carries the document as it was, with the tombstone's revision.
@@ -80,8 +109,12 @@ def test_create_refuses_an_id_and_reserved_members(data, stack):
     events = events_of(stack)
     with_id = data.post("/io.cozy.events/", {"_id": "mine", "a": 1})
     assert with_id.status == 400
-    assert with_id.json() == {"ok": False, "status": "400", "error": "defined_id",
-                              "reason": "document _id should be empty"}
+    assert with_id.json() == {
+        "ok": False,
+        "status": "400",
+        "error": "defined_id",
+        "reason": "document _id should be empty",
+    }
     with_member = data.post("/io.cozy.events/", {"_foo": 1})
     assert with_member.status == 400
     assert with_member.json()["error"] == "doc_validation"
@@ -102,7 +135,11 @@ def test_first_write_creates_the_database(data):
 def test_read_errors(data):
     created = data.create("io.cozy.events", {"a": 1})
     assert data.get("/io.cozy.events/nope").json() == {
-        "ok": False, "status": "404", "error": "not_found", "reason": "missing"}
+        "ok": False,
+        "status": "404",
+        "error": "not_found",
+        "reason": "missing",
+    }
     wrong = data.get("/io.cozy.nottype/" + created["id"])
     assert wrong.status == 404
     assert wrong.json()["reason"] == "wrong_doctype"
@@ -112,15 +149,22 @@ def test_read_errors(data):
 
 
 def test_ids_with_slashes_and_unicode(data):
-    for doc_id, path in (("with/slash", "with%2Fslash"), ("café ☕", "caf%C3%A9%20%E2%98%95")):
+    for doc_id, path in (
+        ("with/slash", "with%2Fslash"),
+        ("café ☕", "caf%C3%A9%20%E2%98%95"),
+    ):
         made = data.put(f"/io.cozy.events/{path}", {"test": doc_id})
         assert made.status == 200, made.body
         assert made.json()["id"] == doc_id
         read = data.get(f"/io.cozy.events/{path}")
         assert read.status == 200
         assert read.json()["test"] == doc_id
-        assert data.delete(f"/io.cozy.events/{path}",
-                           params={"rev": read.json()["_rev"]}).status == 200
+        assert (
+            data.delete(
+                f"/io.cozy.events/{path}", params={"rev": read.json()["_rev"]}
+            ).status
+            == 200
+        )
 
 
 def test_create_with_a_fixed_id(data, stack):
@@ -133,8 +177,12 @@ def test_create_with_a_fixed_id(data, stack):
     assert again.status == 409
     assert [e["verb"] for e in events] == [CREATED]
     # Re-created after a deletion: on top of the tombstone.
-    assert data.delete("/io.cozy.events/fixed",
-                       headers={"If-Match": made.json()["rev"]}).status == 200
+    assert (
+        data.delete(
+            "/io.cozy.events/fixed", headers={"If-Match": made.json()["rev"]}
+        ).status
+        == 200
+    )
     remade = data.put("/io.cozy.events/fixed", {"b": 3})
     assert remade.status == 200
     assert remade.json()["rev"].startswith("3-")
@@ -142,11 +190,14 @@ def test_create_with_a_fixed_id(data, stack):
     assert data.put("/io.cozy.events/_design", {"b": 1}).status == 400
 
 
-@pytest.mark.parametrize("body,detail", [
-    ({"_id": "x"}, "You must either provide an _id and _rev"),
-    ({"_rev": "1-abc"}, "You must either provide an _id and _rev"),
-    ({"_id": "other", "_rev": "1-abc"}, "document _id doesnt match url"),
-])
+@pytest.mark.parametrize(
+    "body,detail",
+    [
+        ({"_id": "x"}, "You must either provide an _id and _rev"),
+        ({"_rev": "1-abc"}, "You must either provide an _id and _rev"),
+        ({"_id": "other", "_rev": "1-abc"}, "document _id doesnt match url"),
+    ],
+)
 def test_update_needs_matching_id_and_rev(data, body, detail):
     response = data.put("/io.cozy.events/x", body)
     assert response.status == 400
@@ -168,13 +219,19 @@ def test_delete_revision_from_query_or_if_match(data):
     missing = data.delete(path)
     assert missing.status == 400
     assert missing.json() == {"error": "Bad Request(400): delete without revision"}
-    mismatch = data.delete(path, params={"rev": doc["rev"]}, headers={"If-Match": "1-other"})
+    mismatch = data.delete(
+        path, params={"rev": doc["rev"]}, headers={"If-Match": "1-other"}
+    )
     assert mismatch.status == 400
     assert "mismatch" in mismatch.json()["error"]
     wrong = data.delete(path, params={"rev": "1-" + "0" * 32})
     assert wrong.status == 409
-    assert data.delete(path, params={"rev": doc["rev"]},
-                       headers={"If-Match": doc["rev"]}).status == 200
+    assert (
+        data.delete(
+            path, params={"rev": doc["rev"]}, headers={"If-Match": doc["rev"]}
+        ).status
+        == 200
+    )
     assert data.delete(path, params={"rev": doc["rev"]}).status == 404
 
 
@@ -182,12 +239,14 @@ def test_reserved_and_invalid_doctypes(data):
     unwritable = data.post("/io.cozy.files/", {"wrong-vfs": "structure"})
     assert unwritable.status == 403
     assert unwritable.json() == {
-        "error": "code=403, message=reserved doctype io.cozy.files unwritable"}
+        "error": "code=403, message=reserved doctype io.cozy.files unwritable"
+    }
     assert data.put("/io.cozy.jobs/x", {"a": 1}).status == 403
     unreadable = data.get("/io.cozy.permissions/x")
     assert unreadable.status == 403
     assert unreadable.json() == {
-        "error": "code=403, message=reserved doctype io.cozy.permissions unreadable"}
+        "error": "code=403, message=reserved doctype io.cozy.permissions unreadable"
+    }
     # Read-only doctypes can be read.
     assert data.get("/io.cozy.files/io.cozy.files.root-dir").status == 200
     for bad in ("io.cozy.BAD", ".io.cozy", "io.cozy.", "io..cozy", "io-cozy", "io%20cozy"):
@@ -204,8 +263,9 @@ def test_tokens_are_checked(admin, public):
     assert no_token.json() == {"error": "No token in request"}
     bobs = Data(public, cli_token(admin, "io.cozy.events", domain="bob.cozy.test"))
     assert bobs.get("/io.cozy.events/x").status == 400
-    garbage = public.request("GET", BASE + "/io.cozy.events/x",
-                             headers={"Authorization": "Bearer nope"})
+    garbage = public.request(
+        "GET", BASE + "/io.cozy.events/x", headers={"Authorization": "Bearer nope"}
+    )
     assert (garbage.status, garbage.body) == (400, b"Invalid JWT token")
 
 
@@ -222,11 +282,13 @@ def test_permission_by_id(admin, public):
     # A missing document: only a whole-type rule learns it is missing.
     assert limited.get("/io.cozy.events/ghost").status == 403
     assert full.get("/io.cozy.events/ghost").status == 404
-    for method, path in (("GET", "/io.cozy.events/_all_docs"),
-                         ("GET", "/io.cozy.events/_changes"),
-                         ("POST", "/io.cozy.events/_find"),
-                         ("GET", "/io.cozy.events/_normal_docs"),
-                         ("GET", "/io.cozy.events/")):
+    for method, path in (
+        ("GET", "/io.cozy.events/_all_docs"),
+        ("GET", "/io.cozy.events/_changes"),
+        ("POST", "/io.cozy.events/_find"),
+        ("GET", "/io.cozy.events/_normal_docs"),
+        ("GET", "/io.cozy.events/"),
+    ):
         assert limited.request(method, path, {"selector": {}}).status == 403, path
     doc = limited.get(f"/io.cozy.events/{mine}").json()
     assert limited.put(f"/io.cozy.events/{mine}", {**doc, "a": 9}).status == 403
@@ -246,20 +308,32 @@ def test_permission_by_selector(admin, public, stack):
     assert scoped.post("/io.cozy.events/", {"category": "home"}).status == 403
     assert scoped.put("/io.cozy.events/fixed-home", {"category": "home"}).status == 403
     # Update: both the old and the new document must match.
-    moved = scoped.put(f"/io.cozy.events/{work['id']}",
-                       {"_id": work["id"], "_rev": work["rev"], "category": "home"})
+    moved = scoped.put(
+        f"/io.cozy.events/{work['id']}",
+        {"_id": work["id"], "_rev": work["rev"], "category": "home"},
+    )
     assert moved.status == 403
     assert full.get(f"/io.cozy.events/{work['id']}").json()["_rev"] == work["rev"]
-    stolen = scoped.put(f"/io.cozy.events/{home['id']}",
-                        {"_id": home["id"], "_rev": home["rev"], "category": "work"})
+    stolen = scoped.put(
+        f"/io.cozy.events/{home['id']}",
+        {"_id": home["id"], "_rev": home["rev"], "category": "work"},
+    )
     assert stolen.status == 403
-    kept = scoped.put(f"/io.cozy.events/{work['id']}",
-                      {"_id": work["id"], "_rev": work["rev"], "category": "work", "x": 1})
+    kept = scoped.put(
+        f"/io.cozy.events/{work['id']}",
+        {"_id": work["id"], "_rev": work["rev"], "category": "work", "x": 1},
+    )
     assert kept.status == 200
-    assert scoped.delete(f"/io.cozy.events/{home['id']}",
-                         params={"rev": home["rev"]}).status == 403
-    assert scoped.delete(f"/io.cozy.events/{work['id']}",
-                         params={"rev": kept.json()["rev"]}).status == 200
+    assert (
+        scoped.delete(f"/io.cozy.events/{home['id']}", params={"rev": home["rev"]}).status
+        == 403
+    )
+    assert (
+        scoped.delete(
+            f"/io.cozy.events/{work['id']}", params={"rev": kept.json()["rev"]}
+        ).status
+        == 200
+    )
     assert [e["verb"] for e in events] == [CREATED, UPDATED, DELETED]
 
 
@@ -267,12 +341,21 @@ def test_app_token_with_a_stored_permission(stack, admin, public):
     new_instance(admin)
     full = Data(public, cli_token(admin))
     doc = full.create("io.cozy.notes", {"title": "t"})
-    reader = Data(public, app_token(stack, admin, "notes", {
-        "notes": {"type": "io.cozy.notes", "verbs": ["GET"]}}))
+    reader = Data(
+        public,
+        app_token(
+            stack, admin, "notes", {"notes": {"type": "io.cozy.notes", "verbs": ["GET"]}}
+        ),
+    )
     assert reader.get(f"/io.cozy.notes/{doc['id']}").status == 200
     assert reader.get("/io.cozy.notes/_all_docs").status == 200
-    assert reader.put(f"/io.cozy.notes/{doc['id']}",
-                      {"_id": doc["id"], "_rev": doc["rev"], "title": "u"}).status == 403
+    assert (
+        reader.put(
+            f"/io.cozy.notes/{doc['id']}",
+            {"_id": doc["id"], "_rev": doc["rev"], "title": "u"},
+        ).status
+        == 403
+    )
     assert reader.post("/io.cozy.notes/", {"title": "v"}).status == 403
     assert reader.get("/io.cozy.events/_all_docs").status == 403
 
@@ -290,8 +373,10 @@ def test_failed_writes_publish_nothing(data, stack):
 def test_put_with_deleted_flag_deletes(data, stack):
     doc = data.create("io.cozy.events", {"a": 1})
     events = events_of(stack)
-    response = data.put(f"/io.cozy.events/{doc['id']}",
-                        {"_id": doc["id"], "_rev": doc["rev"], "_deleted": True})
+    response = data.put(
+        f"/io.cozy.events/{doc['id']}",
+        {"_id": doc["id"], "_rev": doc["rev"], "_deleted": True},
+    )
     assert response.status == 200
     assert data.get(f"/io.cozy.events/{doc['id']}").json()["reason"] == "deleted"
     assert [e["verb"] for e in events] == [DELETED]
@@ -300,6 +385,7 @@ def test_put_with_deleted_flag_deletes(data, stack):
 def test_unknown_routes_and_methods(data):
     assert data.request("PATCH", "/io.cozy.events/x").status == 405
     assert data.request("PATCH", "/io.cozy.events/x").json() == {
-        "error": "code=405, message=Method Not Allowed"}
+        "error": "code=405, message=Method Not Allowed"
+    }
     assert data.get("/io.cozy.events/x/y/z").status == 404
     assert data.get("/io.cozy.events/_find").status == 405

@@ -52,7 +52,11 @@ WRITE_ROUTES = [
     ("POST", "/io.cozy.events/_changes?filter=_selector"),
 ]
 
-DOCUMENT_ROUTES = ("/io.cozy.events/", "/io.cozy.events/some-id", "/io.cozy.events/_local/cp")
+DOCUMENT_ROUTES = (
+    "/io.cozy.events/",
+    "/io.cozy.events/some-id",
+    "/io.cozy.events/_local/cp",
+)
 
 BAD_BODIES = {
     "malformed": b'{"a": ',
@@ -88,27 +92,50 @@ def test_bad_bodies_are_refused_and_write_nothing(small, method, path, name):
     assert data.get("/io.cozy.events/existing").json()["a"] == 1
 
 
-@pytest.mark.parametrize("doc_id", ["_foo", "_design", "_local", "_all_docs_x", "_changes2"])
+@pytest.mark.parametrize(
+    "doc_id", ["_foo", "_design", "_local", "_all_docs_x", "_changes2"]
+)
 def test_ids_starting_with_underscore(small, doc_id):
     _, data = small
     for method in ("GET", "PUT", "DELETE"):
-        response = data.request(method, f"/io.cozy.events/{doc_id}", {"a": 1},
-                                params={"rev": "1-abc"} if method == "DELETE" else None)
+        response = data.request(
+            method,
+            f"/io.cozy.events/{doc_id}",
+            {"a": 1},
+            params={"rev": "1-abc"} if method == "DELETE" else None,
+        )
         assert response.status == 400, (method, response.body)
         assert response.json()["error"] == "bad_id"
     bulk = data.post("/io.cozy.events/_bulk_docs", {"docs": [{"_id": doc_id}]})
     assert bulk.status == 400
 
 
-@pytest.mark.parametrize("doctype", ["IO.COZY", "io.cozy.", ".io", "io..cozy", "io cozy",
-                                     "io-cozy", "io/cozy", "ïo.cozy", "io.cozy.*"])
+@pytest.mark.parametrize(
+    "doctype",
+    [
+        "IO.COZY",
+        "io.cozy.",
+        ".io",
+        "io..cozy",
+        "io cozy",
+        "io-cozy",
+        "io/cozy",
+        "ïo.cozy",
+        "io.cozy.*",
+    ],
+)
 def test_invalid_doctypes(small, doctype):
     _, data = small
     from urllib.parse import quote
+
     path = "/" + quote(doctype, safe="")
-    for method, suffix, body in (("GET", "/x", None), ("POST", "/", {"a": 1}),
-                                 ("POST", "/_find", {"selector": {}}),
-                                 ("GET", "/_changes", None), ("PUT", "/", None)):
+    for method, suffix, body in (
+        ("GET", "/x", None),
+        ("POST", "/", {"a": 1}),
+        ("POST", "/_find", {"selector": {}}),
+        ("GET", "/_changes", None),
+        ("PUT", "/", None),
+    ):
         response = data.request(method, path + suffix, body)
         assert response.status == 403, (method, suffix, response.body)
         assert "is not a valid doctype name" in response.json()["error"]
@@ -152,10 +179,20 @@ def fresh_data() -> Data:
 
 _TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 _KEYS = _TEXT.filter(lambda key: not key.startswith("_"))
-_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**53, 2**53),
-                     st.floats(allow_nan=False, allow_infinity=False), _TEXT)
-_JSON = st.recursive(_SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(_TEXT, inner, max_size=4)), max_leaves=20)
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**53), 2**53),
+    st.floats(allow_nan=False, allow_infinity=False),
+    _TEXT,
+)
+_JSON = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(_TEXT, inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 DOCUMENTS = st.dictionaries(_KEYS, _JSON, max_size=6)
 
 _DOCS_DATA: list[Data] = []
@@ -175,9 +212,16 @@ def test_generated_documents_round_trip(doc):
     assert created.status == 201, created.body
     body = created.json()
     read = data.get(f"/io.cozy.events/{body['id']}").json()
-    assert read == {**doc, "_id": body["id"], "_rev": body["rev"], "_type": "io.cozy.events"}
-    updated = data.put(f"/io.cozy.events/{body['id']}",
-                       {**doc, "_id": body["id"], "_rev": body["rev"], "extra": doc})
+    assert read == {
+        **doc,
+        "_id": body["id"],
+        "_rev": body["rev"],
+        "_type": "io.cozy.events",
+    }
+    updated = data.put(
+        f"/io.cozy.events/{body['id']}",
+        {**doc, "_id": body["id"], "_rev": body["rev"], "extra": doc},
+    )
     assert updated.status == 200, updated.body
     assert data.get(f"/io.cozy.events/{body['id']}").json()["extra"] == doc
 
@@ -193,8 +237,12 @@ def test_arbitrary_bytes_never_give_a_500(raw, route):
 
 # -- generated Mango selectors ------------------------------------------------------
 FIELDS = ["a", "b", "c.d", "tags", "n"]
-_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 3),
-                    st.sampled_from(["x", "y", "Z", "é", "xy", ""]))
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.sampled_from(["x", "y", "Z", "é", "xy", ""]),
+)
 _ANY_VALUE = st.one_of(_VALUES, st.lists(_VALUES, max_size=3))
 _REGEXES = ["^x", "y$", "[a-z]", "(?i)z", "é", "(", "^$"]
 _TYPES = ["null", "boolean", "number", "string", "array", "object", "nope"]
@@ -203,12 +251,18 @@ _TYPES = ["null", "boolean", "number", "string", "array", "object", "nope"]
 def _conditions(inner):
     return st.one_of(
         _ANY_VALUE,
-        st.builds(lambda op, v: {op: v},
-                  st.sampled_from(["$eq", "$ne", "$gt", "$gte", "$lt", "$lte"]), _ANY_VALUE),
+        st.builds(
+            lambda op, v: {op: v},
+            st.sampled_from(["$eq", "$ne", "$gt", "$gte", "$lt", "$lte"]),
+            _ANY_VALUE,
+        ),
         st.builds(lambda v: {"$exists": v}, st.booleans()),
         st.builds(lambda v: {"$type": v}, st.sampled_from(_TYPES)),
-        st.builds(lambda op, v: {op: v}, st.sampled_from(["$in", "$nin", "$all"]),
-                  st.lists(_VALUES, max_size=3)),
+        st.builds(
+            lambda op, v: {op: v},
+            st.sampled_from(["$in", "$nin", "$all"]),
+            st.lists(_VALUES, max_size=3),
+        ),
         st.builds(lambda v: {"$size": v}, st.integers(0, 3)),
         st.builds(lambda d, r: {"$mod": [d, r]}, st.integers(0, 3), st.integers(0, 2)),
         st.builds(lambda v: {"$regex": v}, st.sampled_from(_REGEXES)),
@@ -221,16 +275,38 @@ def _conditions(inner):
 CONDITIONS = st.recursive(_VALUES, _conditions, max_leaves=4)
 SELECTORS = st.recursive(
     st.dictionaries(st.sampled_from(FIELDS), CONDITIONS, min_size=0, max_size=2),
-    lambda inner: st.builds(lambda op, parts: {op: parts},
-                            st.sampled_from(["$and", "$or", "$nor"]),
-                            st.lists(inner, min_size=1, max_size=3)),
-    max_leaves=6)
+    lambda inner: st.builds(
+        lambda op, parts: {op: parts},
+        st.sampled_from(["$and", "$or", "$nor"]),
+        st.lists(inner, min_size=1, max_size=3),
+    ),
+    max_leaves=6,
+)
 
 
 def _sample_docs() -> list[dict]:
     rng = random.Random(4)
-    choices = [None, True, False, 0, 1, 2, -1, 3, "x", "y", "Z", "xy", "é", "", [], ["x"],
-               [1, 2], ["x", "y", 1], {"d": 1}]
+    choices = [
+        None,
+        True,
+        False,
+        0,
+        1,
+        2,
+        -1,
+        3,
+        "x",
+        "y",
+        "Z",
+        "xy",
+        "é",
+        "",
+        [],
+        ["x"],
+        [1, 2],
+        ["x", "y", 1],
+        {"d": 1},
+    ]
     docs = []
     for i in range(60):
         doc = {"_id": f"doc{i:02d}"}
@@ -238,7 +314,9 @@ def _sample_docs() -> list[dict]:
             if rng.random() < 0.8:
                 doc[name] = rng.choice(choices)
         if rng.random() < 0.6:
-            doc["c"] = {"d": rng.choice(choices)} if rng.random() < 0.8 else rng.choice(choices)
+            doc["c"] = (
+                {"d": rng.choice(choices)} if rng.random() < 0.8 else rng.choice(choices)
+            )
         docs.append(doc)
     return docs
 
@@ -253,9 +331,13 @@ def selector_data() -> tuple[Data, dict[str, dict]]:
         assert data.post("/io.cozy.events/_bulk_docs", {"docs": docs}).status == 201
         # An index on _id serves any selector: no "no_index" refusal.
         data.post("/io.cozy.events/_index", {"index": {"fields": ["_id"]}, "ddoc": "by-id"})
-        stored = {row["id"]: row["doc"] for row in data.get(
-            "/io.cozy.events/_all_docs", params={"include_docs": "true"}).json()["rows"]
-            if not row["id"].startswith("_design/")}
+        stored = {
+            row["id"]: row["doc"]
+            for row in data.get(
+                "/io.cozy.events/_all_docs", params={"include_docs": "true"}
+            ).json()["rows"]
+            if not row["id"].startswith("_design/")
+        }
         _SELECTOR_DATA.append((data, stored))
     return _SELECTOR_DATA[0]
 
@@ -272,15 +354,24 @@ def test_find_matches_a_python_evaluation(selector):
         assert response.status == 400, (selector, response.body)
         return
     assert response.status == 200, (selector, response.body)
-    expected = sorted(doc_id for doc_id, doc in docs.items() if mango.matches(normalized, doc))
+    expected = sorted(
+        doc_id for doc_id, doc in docs.items() if mango.matches(normalized, doc)
+    )
     assert sorted(doc["_id"] for doc in response.json()["docs"]) == expected, selector
     # The changes feed filtered by the same selector agrees.
-    feed = data.post("/io.cozy.events/_changes", {"selector": selector},
-                     params={"filter": "_selector"})
+    feed = data.post(
+        "/io.cozy.events/_changes", {"selector": selector}, params={"filter": "_selector"}
+    )
     assert feed.status == 200
     # (design documents are in the feed too, and {} matches them)
-    assert sorted(row["id"] for row in feed.json()["results"]
-                  if not row["id"].startswith("_design/")) == expected
+    assert (
+        sorted(
+            row["id"]
+            for row in feed.json()["results"]
+            if not row["id"].startswith("_design/")
+        )
+        == expected
+    )
 
 
 def test_json_depth_limit_is_the_documented_one(small):

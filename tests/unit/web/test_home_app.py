@@ -42,8 +42,9 @@ def owner(stack, admin):
 
 
 def modify(admin, **params):
-    reply = admin.request("PATCH", f"{ADMIN}/instances/{DOMAIN}?" + urlencode(params),
-                          headers=basic_auth())
+    reply = admin.request(
+        "PATCH", f"{ADMIN}/instances/{DOMAIN}?" + urlencode(params), headers=basic_auth()
+    )
     assert reply.status == 200, reply.body
 
 
@@ -91,10 +92,12 @@ def test_without_a_session_the_home_sends_to_the_login(owner, stack):
     reply = stranger.request("GET", HOME + "?x=1&jwt=abc")
     assert reply.status == 302
     location = urlsplit(reply.header("location"))
-    assert (location.scheme, location.netloc, location.path) == ("http", DOMAIN,
-                                                                 "/auth/login")
-    assert parse_qs(location.query) == {"redirect": [HOME + "?x=1&jwt=abc"],
-                                        "jwt": ["abc"]}
+    assert (location.scheme, location.netloc, location.path) == (
+        "http",
+        DOMAIN,
+        "/auth/login",
+    )
+    assert parse_qs(location.query) == {"redirect": [HOME + "?x=1&jwt=abc"], "jwt": ["abc"]}
     # ... and the login page comes back to the home once logged in.
     assert login(stranger, redirect=HOME).header("location") == HOME
     assert stranger.request("GET", HOME).status == 200
@@ -102,15 +105,19 @@ def test_without_a_session_the_home_sends_to_the_login(owner, stack):
 
 def test_a_logged_out_owner_is_sent_to_the_login(owner):
     token = owner.csrf(f"{BASE}/auth/logout")
-    assert owner.request("POST", f"{BASE}/auth/logout",
-                         form={"csrf_token": token}).status == 303
+    assert (
+        owner.request("POST", f"{BASE}/auth/logout", form={"csrf_token": token}).status
+        == 303
+    )
     assert owner.request("GET", HOME).status == 302
 
 
 def test_an_app_not_installed(owner):
-    for headers, content_type in [(HTML, "text/html; charset=utf-8"),
-                                  ({"Accept": "application/json"}, "application/json"),
-                                  ({}, "text/plain; charset=utf-8")]:
+    for headers, content_type in [
+        (HTML, "text/html; charset=utf-8"),
+        ({"Accept": "application/json"}, "application/json"),
+        ({}, "text/plain; charset=utf-8"),
+    ]:
         reply = owner.request("GET", f"http://drive.{DOMAIN}/foo", headers=headers)
         assert reply.status == 404
         assert reply.header("content-type") == content_type

@@ -16,8 +16,8 @@ from cozyd.web import routing
 from cozyd.web.common import json_response, jsonapi_errors
 from cozyd.web.routing import Service, route, state_of
 from cozyd.web.site import CozySite
-from tests.unit.web.conftest import ADMIN, AUTH
 from tests.support.data import DOMAIN, Data, cli_token, new_instance
+from tests.unit.web.conftest import ADMIN, AUTH
 
 ODD_ID = "a%2Fb%25c"  # the id "a/b%c", escaped
 
@@ -73,10 +73,12 @@ def test_404_and_405_in_each_style(admin, public):
     data = Data(public, cli_token(admin))
     # /data: cozy-stack's echo errors.
     assert data.request("PATCH", "/io.cozy.notes/x").json() == {
-        "error": "code=405, message=Method Not Allowed"}
+        "error": "code=405, message=Method Not Allowed"
+    }
     assert data.request("DELETE", "/io.cozy.notes/_all_docs").status == 405
     assert data.get("/io.cozy.notes/x/y/z").json() == {
-        "error": "code=404, message=Not Found"}
+        "error": "code=404, message=Not Found"
+    }
     bad = data.get("/io.cozy.notes/%FF")
     assert bad.status == 400 and "UTF-8" in bad.json()["error"]
     # JSON:API elsewhere.
@@ -115,20 +117,33 @@ def test_every_service_is_a_klein_app_the_root_reaches(stack, admin, public, mon
     def spy(self, request):
         rendered.append(self._app._instance)
         return render(self, request)
+
     monkeypatch.setattr(KleinResource, "render", spy)
-    for path in ("/data/io.cozy.notes/_all_docs", "/permissions/self", "/version",
-                 "/settings/instance"):
-        response = public.request("GET", f"http://{DOMAIN}{path}",
-                                  headers={"Authorization": f"Bearer {token}"})
+    for path in (
+        "/data/io.cozy.notes/_all_docs",
+        "/permissions/self",
+        "/version",
+        "/settings/instance",
+    ):
+        response = public.request(
+            "GET", f"http://{DOMAIN}{path}", headers={"Authorization": f"Bearer {token}"}
+        )
         assert response.status in (200, 403, 404), (path, response.body)
     names = [type(service).__name__ for service in rendered]
-    assert names == ["DataService", "PermissionsService", "StatusService",
-                     "SettingsService"]
+    assert names == [
+        "DataService",
+        "PermissionsService",
+        "StatusService",
+        "SettingsService",
+    ]
 
 
 def test_nothing_renders_a_werkzeug_page(echo):
-    for method, path in (("GET", "/echo/nothing"), ("DELETE", "/echo/ids/x"),
-                         ("GET", "/echo/ids/x/y")):
+    for method, path in (
+        ("GET", "/echo/nothing"),
+        ("DELETE", "/echo/ids/x"),
+        ("GET", "/echo/ids/x/y"),
+    ):
         response = echo.request(method, f"http://{DOMAIN}{path}")
         assert response.status in (404, 405)
         assert b"<" not in response.body and "errors" in response.json()
@@ -150,12 +165,18 @@ def test_escapes_through_the_site(stack, admin):
     def spy(self, request, found, params):
         seen.append(state_of(request).instance.domain)
         return serve(self, request, found, params)
+
     Service.serve = spy
     try:
         for raw, name in ((b"%C3%A9", "é"), (ODD_ID.encode(), "a/b%c")):
             transport.clear()
-            protocol.dataReceived(b"GET /echo/ids/" + raw + b" HTTP/1.1\r\nHost: "
-                                  + DOMAIN.encode() + b"\r\n\r\n")
+            protocol.dataReceived(
+                b"GET /echo/ids/"
+                + raw
+                + b" HTTP/1.1\r\nHost: "
+                + DOMAIN.encode()
+                + b"\r\n\r\n"
+            )
             head, _, body = transport.value().partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200"), transport.value()
             assert b"Content-Length" in head
@@ -185,6 +206,7 @@ def test_a_subclass_has_its_own_app_and_routes():
 
     assert More.app is not Echo.app
     from cozyd.testing import MemoryClient
+
     base, more = MemoryClient(Echo()), MemoryClient(More())
     assert more.request("GET", "http://x/ids/_more").json() == {"more": True}
     # The base knows nothing of the subclass's fixed name.

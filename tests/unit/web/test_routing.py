@@ -47,8 +47,9 @@ class Toy(Service):
 
     @route("things/{name}", "GET", "PUT")
     async def one(self, request, name):
-        return json_response(request, {"name": name,
-                                       "route": state_of(request).route.handler.__name__})
+        return json_response(
+            request, {"name": name, "route": state_of(request).route.handler.__name__}
+        )
 
     @route("things/_count", "POST", errors=couchish)
     async def count(self, request):
@@ -86,7 +87,9 @@ def test_fixed_names_win_and_other_methods_get_405(toy):
     assert response.status == 405
     assert response.json()["errors"][0]["code"] == "method_not_allowed"
     missing = toy.request("GET", "http://x/nothing/here")
-    assert missing.status == 404 and missing.json()["errors"][0]["detail"] == "no such route"
+    assert (
+        missing.status == 404 and missing.json()["errors"][0]["detail"] == "no such route"
+    )
     bad = toy.request("GET", "http://x/things/%FF")
     assert bad.status == 400
 
@@ -146,6 +149,7 @@ def test_the_root_puts_the_instance_in_the_state(stack, admin, public):
         def peek(self, request):
             seen["instance"] = state_of(request).instance
             return b"ok"
+
     stack.public._site._services["peek"] = Peek()
     assert public.request("GET", "http://alice.cozy.test/peek/peek").body == b"ok"
     assert seen["instance"].domain == "alice.cozy.test"
@@ -163,6 +167,7 @@ def test_shield_runs_to_the_end_when_cancelled():
 
     async def handler():
         return await shield(two_steps())
+
     d = defer.Deferred.fromCoroutine(handler())
     d.cancel()
     with pytest.raises(defer.CancelledError):
@@ -201,29 +206,34 @@ def test_integer_syntax():
 BIG = "9" * 30
 
 
-@pytest.mark.parametrize("path, status", [
-    (f"/io.cozy.notes/_all_docs?limit={BIG}", 400),
-    (f"/io.cozy.notes/_all_docs?skip={BIG}", 400),
-    (f"/io.cozy.notes/_design_docs?limit={BIG}", 400),
-    (f"/io.cozy.notes/_changes?limit={BIG}", 400),
-    (f"/io.cozy.notes/_changes?since={BIG}", 400),
-    (f"/io.cozy.notes/_changes?since={BIG}-abc", 400),
-    (f"/io.cozy.notes/_changes?seq_interval={BIG}", 400),
-    # cozy-stack's fallbacks: the default page.
-    (f"/io.cozy.notes/_normal_docs?limit={BIG}&skip={BIG}", 200),
-])
+@pytest.mark.parametrize(
+    "path, status",
+    [
+        (f"/io.cozy.notes/_all_docs?limit={BIG}", 400),
+        (f"/io.cozy.notes/_all_docs?skip={BIG}", 400),
+        (f"/io.cozy.notes/_design_docs?limit={BIG}", 400),
+        (f"/io.cozy.notes/_changes?limit={BIG}", 400),
+        (f"/io.cozy.notes/_changes?since={BIG}", 400),
+        (f"/io.cozy.notes/_changes?since={BIG}-abc", 400),
+        (f"/io.cozy.notes/_changes?seq_interval={BIG}", 400),
+        # cozy-stack's fallbacks: the default page.
+        (f"/io.cozy.notes/_normal_docs?limit={BIG}&skip={BIG}", 200),
+    ],
+)
 def test_integers_past_64_bits_in_data(admin, public, path, status):
     new_instance(admin)
     data = Data(public, cli_token(admin))
     data.create("io.cozy.notes", {"a": 1})
     response = data.get(path)
     assert response.status == status, response.body
-    assert "error" in response.json() if status == 400 else \
-        len(response.json()["rows"]) == 1
+    assert (
+        "error" in response.json() if status == 400 else len(response.json()["rows"]) == 1
+    )
 
 
 def test_integers_past_64_bits_in_admin(admin):
     from tests.unit.web.conftest import ADMIN, AUTH
+
     for params in ({"page[limit]": BIG}, {"page[skip]": BIG}):
         response = admin.request("GET", ADMIN + "/instances", auth=AUTH, params=params)
         assert response.status == 400
@@ -236,8 +246,11 @@ def test_query_parameters_take_the_first_value_and_must_be_utf8(admin, public):
     created = data.create("io.cozy.notes", {"a": 1})
     one = data.get(f"/io.cozy.notes/{created['id']}?revs=true&revs=false")
     assert "_revisions" in one.json()
-    bad = public.request("GET", BASE + "/io.cozy.notes/_all_docs?limit=%FF", headers={
-        "Authorization": f"Bearer {data.bearer}"})
+    bad = public.request(
+        "GET",
+        BASE + "/io.cozy.notes/_all_docs?limit=%FF",
+        headers={"Authorization": f"Bearer {data.bearer}"},
+    )
     assert bad.status == 400 and "UTF-8" in bad.json()["error"]
 
 

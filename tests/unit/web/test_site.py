@@ -60,6 +60,7 @@ class Uploads(Service):
                 self.gates.append(gate)
                 return gate
             return None
+
         size = await body_stream(request).read_into(sink)
         return json_response(request, {"size": size, "sha256": digest.hexdigest()})
 
@@ -76,8 +77,13 @@ class Uploads(Service):
 def served():
     clock = Clock()
     service = Uploads()
-    site = CozySite(service, max_body_size=LIMIT, header_timeout=5, reactor=clock,
-                    logFormatter=access_log_line)
+    site = CozySite(
+        service,
+        max_body_size=LIMIT,
+        header_timeout=5,
+        reactor=clock,
+        logFormatter=access_log_line,
+    )
     site.logFile = io.StringIO()
 
     def connect():
@@ -85,12 +91,18 @@ def served():
         transport = HalfClosingTransport()
         protocol.makeConnection(transport)
         return protocol, transport
+
     return site, service, clock, connect
 
 
 def head(method, path, *headers, host=True):
-    lines = [f"{method} {path} HTTP/1.1", *(["Host: a.test"] if host else []), *headers,
-             "", ""]
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        *(["Host: a.test"] if host else []),
+        *headers,
+        "",
+        "",
+    ]
     return "\r\n".join(lines).encode("ascii")
 
 
@@ -101,14 +113,16 @@ def chunk(data: bytes) -> bytes:
 def parse(raw: bytes):
     top, _, body = raw.partition(b"\r\n\r\n")
     status_line, *lines = top.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (li.partition(":") for li in lines)}
+    headers = {
+        k.strip().lower(): v.strip() for k, _, v in (li.partition(":") for li in lines)
+    }
     if headers.get("transfer-encoding") == "chunked":
         out, rest = b"", body
         while True:
             size, _, rest = rest.partition(b"\r\n")
             if int(size, 16) == 0:
                 break
-            out, rest = out + rest[:int(size, 16)], rest[int(size, 16) + 2:]
+            out, rest = out + rest[: int(size, 16)], rest[int(size, 16) + 2 :]
         body = out
     return int(status_line.split()[1]), headers, body
 
@@ -125,8 +139,10 @@ def test_a_streamed_body_reaches_the_handler_as_it_arrives(served):
     protocol.dataReceived(b"0\r\n\r\n")
     status, _, body = parse(transport.value())
     assert status == 200
-    assert json.loads(body) == {"size": 600, "sha256": hashlib.sha256(
-        b"a" * 300 + b"b" * 300).hexdigest()}
+    assert json.loads(body) == {
+        "size": 600,
+        "sha256": hashlib.sha256(b"a" * 300 + b"b" * 300).hexdigest(),
+    }
     # The connection serves the next request.
     protocol.dataReceived(head("POST", "/form", "Content-Length: 3") + b"xyz")
     assert transport.value().endswith(b"got 3")
@@ -153,8 +169,9 @@ def test_a_streamed_route_has_its_own_limit(served):
     _, service, _, connect = served
     protocol, transport = connect()
     # Past the site's limit but within the route's: served.
-    protocol.dataReceived(head("POST", "/upload", f"Content-Length: {LIMIT * 2}")
-                          + b"z" * LIMIT * 2)
+    protocol.dataReceived(
+        head("POST", "/upload", f"Content-Length: {LIMIT * 2}") + b"z" * LIMIT * 2
+    )
     assert parse(transport.value())[0] == 200
     protocol, transport = connect()
     protocol.dataReceived(head("POST", "/upload", f"Content-Length: {STREAM_LIMIT + 1}"))
@@ -169,11 +186,12 @@ def test_a_streamed_route_has_its_own_limit(served):
 
 
 def test_an_early_answer_ends_the_connection_after_a_linger(served):
-    site, service, clock, connect = served
+    site, _service, clock, connect = served
     protocol, transport = connect()
-    protocol.dataReceived(head("POST", "/upload?refuse=1", "Content-Length: 500",
-                               "Expect: 100-continue"))
-    status, headers, body = parse(transport.value())
+    protocol.dataReceived(
+        head("POST", "/upload?refuse=1", "Content-Length: 500", "Expect: 100-continue")
+    )
+    status, headers, _body = parse(transport.value())
     assert status == 403 and headers["connection"] == "close"
     assert b"100 Continue" not in transport.value()
     assert transport.write_closed and not transport.disconnecting
@@ -245,6 +263,7 @@ def test_a_bodiless_request_meets_one_match(served, monkeypatch):
     """A GET is matched once, by the service's Klein app; a request with a
     body once more, at its headers (for its body policy)."""
     from werkzeug.routing import MapAdapter
+
     _, service, _, connect = served
     calls = []
     match = MapAdapter.match
@@ -252,6 +271,7 @@ def test_a_bodiless_request_meets_one_match(served, monkeypatch):
     def counted(self, *args, **kwargs):
         calls.append(self.map)
         return match(self, *args, **kwargs)
+
     monkeypatch.setattr(MapAdapter, "match", counted)
     protocol, transport = connect()
     protocol.dataReceived(head("GET", "/read"))
@@ -265,6 +285,7 @@ def test_a_bodiless_request_meets_one_match(served, monkeypatch):
 def test_the_edge_settings_are_configurable(tmp_path):
     from cozyd.config import ConfigError, load_config
     from cozyd.testing import write_config
+
     path = write_config(str(tmp_path))
     defaults = load_config(path, env={})
     assert defaults.get("server", "header_timeout") == 30.0
@@ -277,7 +298,7 @@ def test_the_edge_settings_are_configurable(tmp_path):
 
 
 def test_an_empty_streamed_body(served):
-    _, service, _, connect = served
+    _, _service, _, connect = served
     protocol, transport = connect()
     protocol.dataReceived(head("POST", "/upload", "Content-Length: 0"))
     status, _, body = parse(transport.value())
@@ -288,13 +309,16 @@ def test_an_empty_streamed_body(served):
 
 def test_the_public_root_tells_the_site_its_routes(stack, admin):
     from tests.unit.web.conftest import create
+
     create(admin, "alice.cozy.test")
     root = stack.public  # the app hosts, then the instances' site
     found = root.route_for_uri(b"POST", b"/data/io.cozy.notes/?x=1", b"alice.cozy.test")
     assert found.route.handler.__name__ == "create_doc"
     assert found.params == {"doctype": "io.cozy.notes"}
     # Any host that is not an app of a known instance goes to the site.
-    assert root.route_for_uri(b"GET", b"/version", b"unknown.test").route.handler \
-        .__name__ == "version"
+    assert (
+        root.route_for_uri(b"GET", b"/version", b"unknown.test").route.handler.__name__
+        == "version"
+    )
     sync(stack.registry.resolve("alice.cozy.test"))
     assert root.route_for_uri(b"GET", b"/version", b"home.alice.cozy.test") is None
