@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import attrs
+from twisted._threads import AlreadyQuit
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -129,7 +130,10 @@ class WorkerPool:
     def _stop_threads(self) -> None:
         self._shutdown_trigger = None
         if self._threads.started and not self._threads.joined:
-            self._threads.stop()
+            try:
+                self._threads.stop()
+            except AlreadyQuit:
+                pass  # its worker team was told to quit already (reactor shutdown)
 
     def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred:
         """``function(*args, **kwargs)`` in a thread of the pool; ``PoolBusy``
