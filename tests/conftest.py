@@ -10,7 +10,11 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["tests.support.couchdb_server", "tests.support.stores"]
+pytest_plugins = [
+    "tests.support.couchdb_server",
+    "tests.support.redis_server",
+    "tests.support.stores",
+]
 
 settings.register_profile(
     "fast", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -1,0 +1,1 @@
+"""Apps and konnectors: installing them from their sources, and where they live."""
