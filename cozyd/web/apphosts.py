@@ -105,6 +105,8 @@ class AppHosts(Resource):
             normalize_host(raw.decode("utf-8", "replace")) if raw else ""
         )
         if not slug:
+            if self._cors(request, parent):
+                return b""
             return self._site.render(request)
         known, instance = self._registry.peek(parent)
         if known:
@@ -114,6 +116,32 @@ class AppHosts(Resource):
             self._resolve(request, parent, slug),
             lambda failure: self._failed(failure, request),
         )
+
+    def _cors(self, request: IRequest, host: str) -> bool:
+        """CORS for the instance's own apps calling its API (``/auth/``
+        aside, as cozy-stack): the app's origin is reflected, with
+        credentials; a preflight is answered here (True)."""
+        origin = (request.getHeader(b"origin") or b"").decode("latin-1")
+        scheme, sep, netloc = origin.partition("://")
+        if not sep or scheme not in ("http", "https") or request.path.startswith(b"/auth/"):
+            return False
+        origin_parent, origin_slug = self._split(normalize_host(netloc))
+        if not origin_slug or origin_parent != host:
+            return False
+        request.setHeader(b"Access-Control-Allow-Origin", origin.encode("latin-1"))
+        request.setHeader(b"Access-Control-Allow-Credentials", b"true")
+        request.setHeader(b"Vary", b"Origin")
+        if request.method == b"OPTIONS" and request.getHeader(b"access-control-request-method"):
+            request.setResponseCode(204)
+            request.setHeader(
+                b"Access-Control-Allow-Methods", b"GET, HEAD, POST, PUT, PATCH, DELETE"
+            )
+            wanted = request.getHeader(b"access-control-request-headers")
+            if wanted:
+                request.setHeader(b"Access-Control-Allow-Headers", wanted)
+            request.setHeader(b"Access-Control-Max-Age", b"43200")
+            return True
+        return False
 
     async def _resolve(self, request: IRequest, parent: str, slug: str):
         return self._dispatch(request, await self._registry.resolve(parent), slug)
