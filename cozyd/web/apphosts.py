@@ -105,9 +105,7 @@ class AppHosts(Resource):
             normalize_host(raw.decode("utf-8", "replace")) if raw else ""
         )
         if not slug:
-            if self._cors(request, parent):
-                return b""
-            return self._site.render(request)
+            return self._to_site(request)
         known, instance = self._registry.peek(parent)
         if known:
             return self._dispatch(request, instance, slug)
@@ -146,9 +144,16 @@ class AppHosts(Resource):
     async def _resolve(self, request: IRequest, parent: str, slug: str):
         return self._dispatch(request, await self._registry.resolve(parent), slug)
 
+    def _to_site(self, request: IRequest):
+        raw = request.getHeader(b"host")
+        host = normalize_host(raw.decode("utf-8", "replace")) if raw else ""
+        if self._cors(request, host):
+            return b""
+        return self._site.render(request)
+
     def _dispatch(self, request: IRequest, instance: Instance | None, slug: str):
         if instance is None:
-            return self._site.render(request)
+            return self._to_site(request)
         return self._serve_app(request, instance, slug)
 
     def _serve_app(self, request: IRequest, instance: Instance, slug: str):

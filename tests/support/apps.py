@@ -33,8 +33,13 @@ INDEX = """<!DOCTYPE html>
 SCRIPT = """
 document.addEventListener("DOMContentLoaded", function () {
   var data = JSON.parse(document.querySelector("[role=application]").dataset.cozy);
-  var url = location.protocol + "//" + data.domain + "/data/io.cozy.notes/_all_docs";
-  fetch(url, {headers: {Authorization: "Bearer " + data.token}, credentials: "include"})
+  var url = location.protocol + "//" + data.domain + "/data/io.cozy.notes/";
+  fetch(url, {
+    method: "POST",
+    headers: {Authorization: "Bearer " + data.token, "Content-Type": "application/json"},
+    body: JSON.stringify({title: "written by the app"}),
+    credentials: "include"
+  })
     .then(function (r) { return r.text().then(function (t) {
       document.title = "data:" + r.status;
       document.body.setAttribute("data-answer", t);
