@@ -19,7 +19,12 @@ def app_host(domain: str, slug: str, mode: str = NESTED) -> str:
 
 
 def app_url(
-    scheme: str, domain: str, slug: str, mode: str = NESTED, path: str = "/", query: str = ""
+    scheme: str,
+    domain: str,
+    slug: str,
+    mode: str = NESTED,
+    path: str = "/",
+    query: str = "",
 ) -> str:
     return urlunsplit((scheme, app_host(domain, slug, mode), path, query, ""))
 

@@ -189,7 +189,9 @@ class Installer:
         finally:
             self._busy.discard(key)
 
-    async def _install(self, instance, kind, slug, source, deactivated, parameters, on_state):
+    async def _install(
+        self, instance, kind, slug, source, deactivated, parameters, on_state
+    ):
         doctype = layout.DOCTYPES[kind]
         existing = await self.find(instance, kind, slug)
         if existing is not None:
@@ -215,7 +217,11 @@ class Installer:
             await self._run_blocking(lambda: os.makedirs(staging, mode=0o755))
             fetched = await self.fetcher.fetch(source, kind, staging)
             manifest = parse_manifest(fetched.manifest, kind)
-            if parameters is not None and kind == layout.KONNECTOR and source.scheme != "registry":
+            if (
+                parameters is not None
+                and kind == layout.KONNECTOR
+                and source.scheme != "registry"
+            ):
                 manifest["parameters"] = dict(parameters)
             doc = app_document(
                 kind,
@@ -242,7 +248,9 @@ class Installer:
             doc["_rev"] = result["rev"]
         except BaseException as exc:
             if not isinstance(exc, CozyError):
-                log.failure("installing {slug} on {domain}", slug=slug, domain=instance.domain)
+                log.failure(
+                    "installing {slug} on {domain}", slug=slug, domain=instance.domain
+                )
             await self._run_blocking(lambda: _remove(staging))
             await self._undo_install(instance, kind, slug)
             raise
@@ -262,10 +270,16 @@ class Installer:
             current = await self.find(instance, kind, slug)
             if current is not None:
                 await self._documents.delete(
-                    instance, layout.DOCTYPES[kind], current["_id"], current["_rev"], doc=current
+                    instance,
+                    layout.DOCTYPES[kind],
+                    current["_id"],
+                    current["_rev"],
+                    doc=current,
                 )
             await self._run_blocking(
-                lambda: _remove(layout.slug_dir(self._data_dir, instance.domain, kind, slug))
+                lambda: _remove(
+                    layout.slug_dir(self._data_dir, instance.domain, kind, slug)
+                )
             )
         except Exception:
             log.failure("cleaning up the failed install of {slug}", slug=slug)
@@ -308,7 +322,11 @@ class Installer:
         except BaseException:
             await self._run_blocking(lambda: _remove(staging))
             raise
-        if parameters is not None and kind == layout.KONNECTOR and source.scheme != "registry":
+        if (
+            parameters is not None
+            and kind == layout.KONNECTOR
+            and source.scheme != "registry"
+        ):
             manifest["parameters"] = dict(parameters)
         new = app_document(
             kind,
@@ -324,9 +342,7 @@ class Installer:
         same_code = new["version"] == old.get("version") and new["checksum"] == old.get(
             "checksum"
         )
-        if same_code or (
-            source.scheme != "file" and new["version"] == old.get("version")
-        ):
+        if same_code or (source.scheme != "file" and new["version"] == old.get("version")):
             # Up to date: only the source may change.
             await self._run_blocking(lambda: _remove(staging))
             return await self._set(
@@ -365,7 +381,9 @@ class Installer:
             new["_rev"] = result["rev"]
         except BaseException as exc:
             if not isinstance(exc, CozyError):
-                log.failure("updating {slug} on {domain}", slug=slug, domain=instance.domain)
+                log.failure(
+                    "updating {slug} on {domain}", slug=slug, domain=instance.domain
+                )
             await self._run_blocking(lambda: _remove(staging))
             if new_dir != old_dir:
                 await self._run_blocking(lambda: _remove(new_dir))
@@ -403,6 +421,7 @@ class Installer:
     async def _restore(self, instance: Instance, kind: str, old: Mapping[str, Any]) -> None:
         """The document as it was before a failed update."""
         try:
+
             def back(doc: dict[str, Any]) -> None:
                 rev = doc.get("_rev")
                 doc.clear()
@@ -433,8 +452,12 @@ class Installer:
             await self._drop(instance, kind, doc)
         finally:
             self._busy.discard(key)
-        log.info("{kind} {slug} uninstalled from {domain}", kind=kind, slug=slug,
-                 domain=instance.domain)
+        log.info(
+            "{kind} {slug} uninstalled from {domain}",
+            kind=kind,
+            slug=slug,
+            domain=instance.domain,
+        )
         return doc
 
     async def _drop(self, instance: Instance, kind: str, doc: Mapping[str, Any]) -> None:
@@ -443,7 +466,9 @@ class Installer:
             instance, layout.DOCTYPES[kind], doc["_id"], doc["_rev"], doc=dict(doc)
         )
         await self._run_blocking(
-            lambda: _remove(layout.slug_dir(self._data_dir, instance.domain, kind, doc["slug"]))
+            lambda: _remove(
+                layout.slug_dir(self._data_dir, instance.domain, kind, doc["slug"])
+            )
         )
 
     async def remove_instance(self, instance: Instance) -> None:

@@ -180,7 +180,9 @@ def parse_manifest(data: bytes, kind: str) -> dict[str, Any]:
         check_services(services)
     for field in ("locales", "notifications", "fields", "terms"):
         _object(manifest, field)
-    if "parameters" in manifest and not isinstance(manifest["parameters"], (dict, type(None))):
+    if "parameters" in manifest and not isinstance(
+        manifest["parameters"], (dict, type(None))
+    ):
         raise InvalidManifest("the field 'parameters' must be an object")
     return manifest
 
@@ -219,7 +221,9 @@ def app_document(
     return doc
 
 
-def find_route(routes: Mapping[str, Any], path: str) -> tuple[str, dict[str, Any], str] | None:
+def find_route(
+    routes: Mapping[str, Any], path: str
+) -> tuple[str, dict[str, Any], str] | None:
     """The most specific route of ``path``: (route path, route, the file
     below its folder — "" for the route itself, which serves its index)."""
     best = None

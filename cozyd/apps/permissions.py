@@ -116,6 +116,10 @@ class AppPermissions:
         existing = await self.find(instance, kind, slug)
         if existing is not None:
             await self._documents.delete(
-                instance, PERMISSIONS_DOCTYPE, existing["_id"], existing["_rev"], doc=existing
+                instance,
+                PERMISSIONS_DOCTYPE,
+                existing["_id"],
+                existing["_rev"],
+                doc=existing,
             )
         self._forget(instance, source_id(kind, slug))

@@ -206,12 +206,16 @@ def extract_tarball(
         try:
             for member in tar:
                 if len(members) >= limits.max_files:
-                    raise BadArchive(f"the archive holds more than {limits.max_files} entries")
+                    raise BadArchive(
+                        f"the archive holds more than {limits.max_files} entries"
+                    )
                 if member.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
                     continue
                 name = _clean_name(member.name)
                 if member.ischr() or member.isblk() or member.isfifo():
-                    raise BadArchive(f"the archive entry {member.name!r} is a device or FIFO")
+                    raise BadArchive(
+                        f"the archive entry {member.name!r} is a device or FIFO"
+                    )
                 if member.islnk():
                     raise BadArchive(f"the archive entry {member.name!r} is a hard link")
                 if member.issym() and not _link_stays_inside(name, member.linkname):
@@ -388,7 +392,9 @@ class Fetcher:
         """Bring the app's code of ``source`` into ``staging`` (empty)."""
         name = MANIFEST_NAMES[kind]
         if source.scheme == "file":
-            return await self._run_blocking(lambda: self._file(source.location, staging, name))
+            return await self._run_blocking(
+                lambda: self._file(source.location, staging, name)
+            )
         if source.scheme in ("http", "https"):
             if source.scheme == "http" and not self._allow_http:
                 raise UnsupportedSource(
@@ -410,7 +416,9 @@ class Fetcher:
         manifest = extract_tarball(path, staging, name, self.limits)
         return Fetched(manifest, sha256_of(path))
 
-    async def _get(self, url: str, sink: Callable[[bytes], None], max_size: int) -> tuple[int, str]:
+    async def _get(
+        self, url: str, sink: Callable[[bytes], None], max_size: int
+    ) -> tuple[int, str]:
         if self._download is None:
             raise SourceNotReachable("downloads are not available here")
         try:
@@ -459,7 +467,9 @@ class Fetcher:
         if not self._registries:
             raise ManifestNotReachable("no apps registry is configured ([apps] registries)")
         if source.version:
-            path = f"/registry/{quote(source.slug, safe='')}/{quote(source.version, safe='')}"
+            path = (
+                f"/registry/{quote(source.slug, safe='')}/{quote(source.version, safe='')}"
+            )
         else:
             path = f"/registry/{quote(source.slug, safe='')}/{source.channel}/latest"
         for base in self._registries:

@@ -137,7 +137,9 @@ def cmd_update(kind: Kind) -> Callable[[argparse.Namespace, Context], int]:
 
         def update(domain: str) -> dict[str, Any]:
             return _attributes(
-                ctx.admin.json("PUT", _path(kind, domain, slug), query, min_timeout=LONG_TIMEOUT)
+                ctx.admin.json(
+                    "PUT", _path(kind, domain, slug), query, min_timeout=LONG_TIMEOUT
+                )
             )
 
         if args.all_domains:
@@ -171,7 +173,9 @@ def cmd_uninstall(kind: Kind) -> Callable[[argparse.Namespace, Context], int]:
     def run(args: argparse.Namespace, ctx: Context) -> int:
         domain = _domain(args, ctx)
         attributes = _attributes(
-            ctx.admin.json("DELETE", _path(kind, domain, args.slug), min_timeout=LONG_TIMEOUT)
+            ctx.admin.json(
+                "DELETE", _path(kind, domain, args.slug), min_timeout=LONG_TIMEOUT
+            )
         )
         out(f"{attributes.get('slug', args.slug)} has been uninstalled")
         return 0
@@ -198,7 +202,9 @@ def cmd_ls(kind: Kind) -> Callable[[argparse.Namespace, Context], int]:
 
 def cmd_show(kind: Kind) -> Callable[[argparse.Namespace, Context], int]:
     def run(args: argparse.Namespace, ctx: Context) -> int:
-        attributes = _attributes(ctx.admin.json("GET", _path(kind, _domain(args, ctx), args.slug)))
+        attributes = _attributes(
+            ctx.admin.json("GET", _path(kind, _domain(args, ctx), args.slug))
+        )
         out(dumps_indented(attributes))
         return 0
 
@@ -256,7 +262,11 @@ def register_commands(
             help="specify that the application should not be activated after installation",
         )
     update = add(
-        "update", f"update the {kind.what}", cmd_update(kind), aliases=("upgrade",), source=True
+        "update",
+        f"update the {kind.what}",
+        cmd_update(kind),
+        aliases=("upgrade",),
+        source=True,
     )
     update.add_argument(
         "--safe", action="store_true", help="do not upgrade if there are blocking changes"
@@ -276,4 +286,3 @@ def register(nouns: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     commands = noun.add_subparsers(dest="command", metavar="<command>", required=True)
     register_commands(WEBAPPS, commands, common)
-

@@ -65,8 +65,9 @@ async def install_default_apps(installer: Any, instance: Any, slugs) -> None:
                 reason=error.detail,
             )
         except Exception:
-            log.failure("instance {domain}: installing {slug}", domain=instance.domain,
-                        slug=slug)
+            log.failure(
+                "instance {domain}: installing {slug}", domain=instance.domain, slug=slug
+            )
 
 
 class TooManyFailures(CozyError):
@@ -296,7 +297,9 @@ class AdminService(Service):
 
         body = {
             "data": [
-                app_jsonapi(kind, d, scheme="http", domain=instance.domain, subdomains="nested")
+                app_jsonapi(
+                    kind, d, scheme="http", domain=instance.domain, subdomains="nested"
+                )
                 for d in docs
             ],
             "meta": {"count": len(docs)},

@@ -129,7 +129,9 @@ class AppHosts(Resource):
         request.setHeader(b"Access-Control-Allow-Origin", origin.encode("latin-1"))
         request.setHeader(b"Access-Control-Allow-Credentials", b"true")
         request.setHeader(b"Vary", b"Origin")
-        if request.method == b"OPTIONS" and request.getHeader(b"access-control-request-method"):
+        if request.method == b"OPTIONS" and request.getHeader(
+            b"access-control-request-method"
+        ):
             request.setResponseCode(204)
             request.setHeader(
                 b"Access-Control-Allow-Methods", b"GET, HEAD, POST, PUT, PATCH, DELETE"

@@ -110,9 +110,14 @@ class AppsService(Service):
             subdomains=self.subdomains,
         )
 
-    def _answer(self, request: IRequest, doc: Mapping[str, Any], status: int = 200) -> bytes:
+    def _answer(
+        self, request: IRequest, doc: Mapping[str, Any], status: int = 200
+    ) -> bytes:
         return json_response(
-            request, {"data": self._object(request, doc)}, status=status, content_type=JSONAPI
+            request,
+            {"data": self._object(request, doc)},
+            status=status,
+            content_type=JSONAPI,
         )
 
     async def _may_install(self, request: IRequest, source: str, verb: str) -> None:
@@ -187,7 +192,9 @@ class AppsService(Service):
         request.setHeader(b"Content-Type", kind.encode("ascii"))
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         if kind == "image/svg+xml":
-            request.setHeader(b"Content-Security-Policy", b"default-src 'none'; style-src 'unsafe-inline'")
+            request.setHeader(
+                b"Content-Security-Policy", b"default-src 'none'; style-src 'unsafe-inline'"
+            )
         if version:
             request.setHeader(b"Cache-Control", b"max-age=31536000, immutable")
         return content

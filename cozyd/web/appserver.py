@@ -45,7 +45,9 @@ PLACEHOLDER = re.compile(r"\{\{-?\s*\.([A-Za-z]+)\s*-?\}\}")
 SCRIPT_OPEN = re.compile(rb"<script\b", re.IGNORECASE)
 SCRIPT_CLOSE = re.compile(rb"</script\s*>", re.IGNORECASE)
 #: The stack's own HTML snippets: inserted as they are.
-RAW_HTML = frozenset({"CozyBar", "CozyClientJS", "CozyFonts", "ThemeCSS", "Favicon", "Warnings"})
+RAW_HTML = frozenset(
+    {"CozyBar", "CozyClientJS", "CozyFonts", "ThemeCSS", "Favicon", "Warnings"}
+)
 MAX_INDEX_SIZE = 5 * 1024 * 1024
 
 for _type, _ext in (
@@ -162,13 +164,19 @@ class AppServer:
     def _headers(self, request: IRequest, instance: Instance) -> None:
         request.setHeader(
             b"Content-Security-Policy",
-            content_security_policy(self._scheme, instance.domain, self._subdomains).encode(),
+            content_security_policy(
+                self._scheme, instance.domain, self._subdomains
+            ).encode(),
         )
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         if self._scheme == "https":
-            request.setHeader(b"Strict-Transport-Security", b"max-age=31536000; includeSubDomains")
+            request.setHeader(
+                b"Strict-Transport-Security", b"max-age=31536000; includeSubDomains"
+            )
 
-    async def serve(self, request: IRequest, instance: Instance, doc: dict[str, Any]) -> bytes:
+    async def serve(
+        self, request: IRequest, instance: Instance, doc: dict[str, Any]
+    ) -> bytes:
         self._headers(request, instance)
         slug = doc["slug"]
         if doc.get("state") not in SERVABLE or not doc.get("version"):
@@ -190,7 +198,9 @@ class AppServer:
             if not is_index:
                 return self._plain(request, 401, "You must be authenticated")
             query = request.uri.partition(b"?")[2].decode("utf-8", "replace")
-            here = app_url(self._scheme, instance.domain, slug, self._subdomains, path, query)
+            here = app_url(
+                self._scheme, instance.domain, slug, self._subdomains, path, query
+            )
             params = [("redirect", here)]
             jwt = request.args.get(b"jwt")
             if jwt:
@@ -206,7 +216,10 @@ class AppServer:
             if FINGERPRINT.search(posixpath.basename(file)):
                 request.setHeader(b"Cache-Control", b"max-age=31536000, immutable")
             kind = mimetypes.guess_type(target)[0] or "application/octet-stream"
-            if kind.startswith("text/") or kind in ("application/javascript", "application/json"):
+            if kind.startswith("text/") or kind in (
+                "application/javascript",
+                "application/json",
+            ):
                 kind += "; charset=utf-8"
             request.setHeader(b"Content-Type", kind.encode("ascii"))
             with open(target, "rb") as f:

@@ -81,7 +81,9 @@ def test_apps_from_a_registry_with_cozyctl(make_daemon, engine, registry):
     again = ok(daemon.cozyctl("apps", "update", "notes", "--domain", domain))
     assert again == "notes is already up-to-date at 2.0.0\n"
     down = ok(
-        daemon.cozyctl("apps", "update", "notes", "registry://notes/1.0.0", "--domain", domain)
+        daemon.cozyctl(
+            "apps", "update", "notes", "registry://notes/1.0.0", "--domain", domain
+        )
     )
     assert down == "notes has been downgraded to 1.0.0\n"
 
@@ -129,7 +131,9 @@ def test_konnectors_from_https_tarballs(make_daemon, engine, tls_server, tmp_pat
         )
     )
     assert installed == f"trainline (1.0.0) has been installed on {domain}\n"
-    shown = json.loads(ok(daemon.cozyctl("konnectors", "show", "trainline", "--domain", domain)))
+    shown = json.loads(
+        ok(daemon.cozyctl("konnectors", "show", "trainline", "--domain", domain))
+    )
     assert shown["parameters"] == {"region": "fr"} and shown["state"] == "ready"
     code = os.path.join(daemon.data_dir, "apps", domain, "konnector", "trainline", "1.0.0")
     assert os.path.isfile(os.path.join(code, "index.js"))
@@ -138,14 +142,16 @@ def test_konnectors_from_https_tarballs(make_daemon, engine, tls_server, tmp_pat
     # A folder, with a link out of it: refused, nothing written.
     hostile = write_folder(str(tmp_path / "hostile"), files)
     os.symlink("/etc/passwd", os.path.join(hostile, "passwd"))
-    refused = daemon.cozyctl("konnectors", "install", "hostile", f"file://{hostile}",
-                             "--domain", domain)
-    assert refused.returncode == 1 and "links outside" in refused.stderr
-    assert not os.path.exists(os.path.join(daemon.data_dir, "apps", domain, "konnector",
-                                           "hostile"))
-    assert ok(daemon.cozyctl("konnectors", "uninstall", "trainline", "--domain", domain)) == (
-        "trainline has been uninstalled\n"
+    refused = daemon.cozyctl(
+        "konnectors", "install", "hostile", f"file://{hostile}", "--domain", domain
     )
+    assert refused.returncode == 1 and "links outside" in refused.stderr
+    assert not os.path.exists(
+        os.path.join(daemon.data_dir, "apps", domain, "konnector", "hostile")
+    )
+    assert ok(
+        daemon.cozyctl("konnectors", "uninstall", "trainline", "--domain", domain)
+    ) == ("trainline has been uninstalled\n")
 
 
 def test_an_installed_app_is_served_on_its_host(make_daemon, tmp_path):

@@ -23,7 +23,9 @@ def test_an_app_reads_its_token_and_calls_data(make_daemon, tmp_path):
     assert added.returncode == 0, added.stderr
     token = added.stdout.strip()
     source = write_folder(str(tmp_path / "notes"), app_files(manifest()))
-    installed = daemon.cozyctl("apps", "install", "notes", f"file://{source}", "--domain", domain)
+    installed = daemon.cozyctl(
+        "apps", "install", "notes", f"file://{source}", "--domain", domain
+    )
     assert installed.returncode == 0, installed.stderr
     app = f"http://notes.{domain}/"
 

@@ -163,7 +163,13 @@ class Registry:
         return f"{self.url}/blobs/{name}"
 
     def publish(
-        self, slug: str, version: str, data: bytes, *, channel: str = "stable", kind="webapp"
+        self,
+        slug: str,
+        version: str,
+        data: bytes,
+        *,
+        channel: str = "stable",
+        kind="webapp",
     ) -> dict[str, Any]:
         url = self.blob(f"{slug}-{version}.tar.gz", data)
         entry = {

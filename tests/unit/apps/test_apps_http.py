@@ -15,7 +15,6 @@ import pytest
 from cozyd.auth import tokens
 from tests.support.apps import app_files, manifest, tarball, write_folder
 from tests.support.auth import (
-    ADMIN,
     BASE,
     DOMAIN,
     Browser,
@@ -198,12 +197,16 @@ def test_an_update_that_adds_permissions_waits_for_the_owner(stack, owner, cli, 
     query = urlencode({"Source": v2})
     waiting = owner.request("PUT", f"{BASE}/apps/notes?{query}", headers=cli)
     assert waiting.status == 202
-    doc = owner.request("GET", f"{BASE}/apps/notes", headers=cli).json()["data"]["attributes"]
+    doc = owner.request("GET", f"{BASE}/apps/notes", headers=cli).json()["data"][
+        "attributes"
+    ]
     assert doc["version"] == "1.0.0" and doc["available_version"] == "2.0.0"
     assert "contacts" not in doc["permissions"]
     query = urlencode({"Source": v2, "PermissionsAcked": "true"})
     assert owner.request("PUT", f"{BASE}/apps/notes?{query}", headers=cli).status == 202
-    doc = owner.request("GET", f"{BASE}/apps/notes", headers=cli).json()["data"]["attributes"]
+    doc = owner.request("GET", f"{BASE}/apps/notes", headers=cli).json()["data"][
+        "attributes"
+    ]
     assert doc["version"] == "2.0.0" and "available_version" not in doc
     token = bearer(app_token(stack, "notes"))
     rules = owner.request("GET", f"{BASE}/permissions/self", headers=token).json()
@@ -219,7 +222,9 @@ def test_a_failed_update_keeps_the_previous_version(stack, owner, cli, tmp_path)
     query = urlencode({"Source": f"file://{broken}", "PermissionsAcked": "true"})
     reply = owner.request("PUT", f"{BASE}/apps/notes?{query}", headers=cli)
     assert reply.status == 400
-    doc = owner.request("GET", f"{BASE}/apps/notes", headers=cli).json()["data"]["attributes"]
+    doc = owner.request("GET", f"{BASE}/apps/notes", headers=cli).json()["data"][
+        "attributes"
+    ]
     assert doc["version"] == "1.0.0" and doc["state"] == "ready"
     assert owner.request("GET", APP_HOST + "/").status == 200
 
@@ -230,9 +235,13 @@ def test_event_stream_and_uninstall(stack, owner, cli, tmp_path):
     reply = owner.request("POST", f"{BASE}/apps/notes?{query}", headers=headers)
     assert reply.status == 200 and reply.header("content-type") == "text/event-stream"
     events = [e for e in reply.text.split("\r\n\r\n") if e]
-    states = [json.loads(e.split("data: ", 1)[1])["data"]["attributes"]["state"] for e in events]
+    states = [
+        json.loads(e.split("data: ", 1)[1])["data"]["attributes"]["state"] for e in events
+    ]
     assert states == ["installing", "ready"]
-    failed = owner.request("POST", f"{BASE}/apps/other?Source=file:///none", headers=headers)
+    failed = owner.request(
+        "POST", f"{BASE}/apps/other?Source=file:///none", headers=headers
+    )
     assert failed.text.startswith("event: error\r\ndata: ")
     token = bearer(app_token(stack, "notes"))
     gone = owner.request("DELETE", f"{BASE}/apps/notes", headers=cli)
@@ -250,7 +259,9 @@ def test_konnectors_share_the_installer(stack, owner, cli, tmp_path):
     archive = tmp_path / "k.tar.gz"
     archive.write_bytes(tarball(files, prefix="build/"))
     query = {"Parameters": json.dumps({"region": "fr"})}
-    reply = install(owner, cli, "trainline", f"file://{archive}", kind="konnectors", **query)
+    reply = install(
+        owner, cli, "trainline", f"file://{archive}", kind="konnectors", **query
+    )
     assert reply.status == 202, reply.body
     shown = owner.request("GET", f"{BASE}/konnectors/trainline", headers=cli).json()["data"]
     assert shown["type"] == "io.cozy.konnectors"
@@ -268,7 +279,9 @@ def test_konnectors_share_the_installer(stack, owner, cli, tmp_path):
     assert rules["data"]["attributes"]["type"] == "konnector"
     webapp = install(owner, cli, "other", f"file://{archive}")
     assert webapp.status == 404 and "manifest.webapp" in webapp.text
-    assert owner.request("DELETE", f"{BASE}/konnectors/trainline", headers=cli).status == 200
+    assert (
+        owner.request("DELETE", f"{BASE}/konnectors/trainline", headers=cli).status == 200
+    )
 
 
 def test_the_installed_home_replaces_the_built_in_page(stack, owner, cli, tmp_path):

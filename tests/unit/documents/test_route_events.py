@@ -885,7 +885,9 @@ def app_cases(service: str, kind: str, doctype: str) -> None:
     def send(w: World, method: str, status: int, **params: str):
         if service == "public":
             return apps_request(w, method, f"{base}/notes", status, **params)
-        return admin_request(w, method, f"/instances/{DOMAIN}{base}/notes", status, **params)
+        return admin_request(
+            w, method, f"/instances/{DOMAIN}{base}/notes", status, **params
+        )
 
     created = 202 if service == "public" else 200
 
