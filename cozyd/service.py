@@ -222,6 +222,7 @@ def build_stack(
             pages=pages,
             session_of=web_sessions.session_id_of,
             seconds=seconds,
+            link_app=lambda instance, slug: ensure_webapp(apps_installer, instance, slug),
         ),
     }
     unscoped = (
@@ -322,6 +323,13 @@ def build_installer(config, documents, resolver, clients, run_blocking, seconds,
     )
 
 
+async def ensure_webapp(installer, instance, slug: str) -> None:
+    """The webapp of a linked OAuth client, installed from the registry
+    when it is not there yet (as cozy-stack does at the consent)."""
+    if await installer.find(instance, WEBAPP, slug) is None:
+        await installer.install(instance, WEBAPP, slug, f"registry://{slug}/stable")
+
+
 def apps_services(config: Config, installer, guard: Guard, sessions) -> dict[str, Any]:
     """``/apps`` and ``/konnectors``."""
     options = {
@@ -399,6 +407,7 @@ def oauth_services(
     pages: Pages,
     session_of: Any,
     seconds: Callable[[], float],
+    link_app: Any = None,
 ) -> dict[str, Any]:
     """The OAuth2 routes: registration, consent, tokens, clients settings."""
     oauth = OAuthService(
@@ -408,6 +417,7 @@ def oauth_services(
         pages=pages,
         session_of=session_of,
         seconds=seconds,
+        link_app=link_app,
     ).resource()
     clients_settings = ClientsSettingsService(clients, guard).resource()
     return {

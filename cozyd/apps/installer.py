@@ -90,7 +90,7 @@ class LinkedAppExists(BadRequest):
 
 def iso_time(seconds: float) -> str:
     whole = int(seconds)
-    micros = int(round((seconds - whole) * 1_000_000)) % 1_000_000
+    micros = round((seconds - whole) * 1_000_000) % 1_000_000
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{micros:06d}Z"
 
 
@@ -444,9 +444,9 @@ class Installer:
         doc = await self.get(instance, kind, slug)
         if doc.get("state") in (INSTALLING, UPGRADING) and not self._stale(doc, ()):
             raise BadState()
-        if kind == layout.WEBAPP and self._linked_client is not None:
-            if await self._linked_client(instance, f"registry://{slug}"):
-                raise LinkedAppExists()
+        linked = kind == layout.WEBAPP and self._linked_client is not None
+        if linked and await self._linked_client(instance, f"registry://{slug}"):
+            raise LinkedAppExists()
         self._busy.add(key)
         try:
             await self._drop(instance, kind, doc)

@@ -231,7 +231,7 @@ def find_route(
         if not isinstance(route, dict):
             continue
         base = prefix.rstrip("/")
-        if path == base or path == prefix or (base == "" and path == "/"):
+        if path in (base, prefix) or (base == "" and path == "/"):
             rest = ""
         elif path.startswith(base + "/"):
             rest = path[len(base) + 1 :]

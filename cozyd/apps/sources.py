@@ -197,7 +197,7 @@ def extract_tarball(
     """Extract the app in ``archive`` (tar, gzipped or not) into ``dest``
     (an empty folder); the manifest's bytes."""
     try:
-        tar = tarfile.open(archive, mode="r:*")
+        tar = tarfile.open(archive, mode="r:*")  # noqa: SIM115 (closed by the with below)
     except (tarfile.TarError, OSError, EOFError, zlib.error):
         raise BadArchive("the source is not a tar archive (plain or gzipped)") from None
     with tar:

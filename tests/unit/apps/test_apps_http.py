@@ -316,3 +316,79 @@ def stack_instance(stack):
 
 def app_token(stack, slug: str) -> str:
     return tokens.issue(stack_instance(stack), tokens.APP, slug, issued_at=stack_now(stack))
+
+
+def test_an_oauth_client_linked_to_an_app_gets_its_permissions(stack, owner, cli, tmp_path):
+    assert install(owner, cli, "notes", "file://" + folder(tmp_path)).status == 202
+    redirect = "https://mobile.example.org/callback"
+    client = owner.request(
+        "POST",
+        BASE + "/auth/register",
+        body={
+            "redirect_uris": [redirect],
+            "client_name": "Notes mobile",
+            "software_id": "registry://notes",
+        },
+        headers={"Accept": "application/json"},
+        cookies=False,
+    ).json()
+    query = {
+        "client_id": client["client_id"],
+        "redirect_uri": redirect,
+        "state": "some-state",
+        "response_type": "code",
+        "scope": "io.cozy.contacts",
+    }
+    page = owner.request("GET", BASE + "/auth/authorize?" + urlencode(query))
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    reply = owner.request(
+        "POST", BASE + "/auth/authorize", form={**query, "csrf_token": csrf}
+    )
+    assert reply.status == 302, reply.body
+    code = parse_qs(urlsplit(reply.header("location")).query)["code"][0]
+    answer = owner.request(
+        "POST",
+        BASE + "/auth/access_token",
+        form={
+            "grant_type": "authorization_code",
+            "code": code,
+            "client_id": client["client_id"],
+            "client_secret": client["client_secret"],
+        },
+        headers={"Accept": "application/json"},
+        cookies=False,
+    ).json()
+    assert answer["scope"] == "@io.cozy.apps/notes"
+    token = bearer(answer["access_token"])
+    rules = owner.request("GET", f"{BASE}/permissions/self", headers=token).json()
+    assert list(rules["data"]["attributes"]["permissions"]) == ["notes"]
+    assert (
+        owner.request(
+            "GET", f"{BASE}/data/io.cozy.contacts/_all_docs", headers=token
+        ).status
+        == 403
+    )
+    # The webapp cannot go while its linked client exists.
+    refused = owner.request("DELETE", f"{BASE}/apps/notes", headers=cli)
+    assert refused.status == 400 and "linked OAuth client" in refused.text
+
+
+def test_cors_is_for_the_instance_own_apps(stack, owner):
+    preflight = owner.request(
+        "OPTIONS",
+        f"{BASE}/data/io.cozy.notes/",
+        headers={
+            "Origin": f"http://notes.{DOMAIN}",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
+    assert preflight.status == 204
+    assert preflight.header("access-control-allow-origin") == f"http://notes.{DOMAIN}"
+    assert preflight.header("access-control-allow-credentials") == "true"
+    other = owner.request(
+        "OPTIONS",
+        f"{BASE}/data/io.cozy.notes/",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert other.header("access-control-allow-origin") is None
