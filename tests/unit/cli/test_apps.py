@@ -36,9 +36,7 @@ def test_install_sends_the_source_and_prints_the_version(admin, cli):
 
 
 def test_konnectors_install_with_parameters(admin, cli):
-    admin.reply(
-        "POST", f"{quoted()}/konnectors/trainline", 200, app("trainline")
-    )
+    admin.reply("POST", f"{quoted()}/konnectors/trainline", 200, app("trainline"))
     r = cli(
         "konnectors",
         "install",
@@ -91,9 +89,7 @@ def test_ls_show_uninstall_and_errors(admin, cli):
     assert cli("apps", "uninstall", "drive", "--domain", DOMAIN).out == (
         "drive has been uninstalled\n"
     )
-    admin.error(
-        "POST", f"{quoted()}/apps/nope", 404, "Application is not installed"
-    )
+    admin.error("POST", f"{quoted()}/apps/nope", 404, "Application is not installed")
     failed = cli("apps", "install", "nope", "--domain", DOMAIN)
     assert failed.code == 1 and "Error: Application is not installed" in failed.err
 
