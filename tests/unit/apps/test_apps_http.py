@@ -392,3 +392,26 @@ def test_cors_is_for_the_instance_own_apps(stack, owner):
         headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
     )
     assert other.header("access-control-allow-origin") is None
+
+
+def test_flat_subdomains(tmp_path, clock):
+    from cozyd.testing import memory_stack, sync
+
+    stack = memory_stack(str(tmp_path / "flat"), clock=clock, apps={"subdomains": "flat"})
+    try:
+        admin = Browser(stack.admin)
+        owner = Browser(stack.public)
+        assert onboard(owner, create_instance(admin)).status == 200
+        token = admin_token(admin, Audience="cli", Scope="io.cozy.apps")
+        headers = {"Authorization": f"Bearer {token}"}
+        reply = install(owner, headers, "notes", "file://" + folder(tmp_path))
+        assert reply.status == 202
+        shown = owner.request("GET", f"{BASE}/apps/notes", headers=headers).json()
+        assert shown["data"]["links"]["related"] == "http://alice-notes.cozy.test/"
+        public = owner.request("GET", "http://alice-notes.cozy.test/public")
+        assert public.status == 200 and public.text.startswith("<p>public notes ")
+        assert "http://*.cozy.test" in public.header("content-security-policy")
+        # In flat mode, the nested host is not an app's.
+        assert owner.request("GET", APP_HOST + "/public").status == 404
+    finally:
+        sync(stack.store.close())
