@@ -208,7 +208,12 @@ class AdminService(Service):
 
     @route("instances/{domain}", "DELETE", auth=ADMIN)
     async def destroy_instance(self, request: IRequest, domain: str):
-        instance = await self._instances.get(domain) if self._apps is not None else None
+        instance = None
+        if self._apps is not None:
+            try:
+                instance = await self._instances.get(domain)
+            except CozyError:
+                instance = None  # half-created: destroy repairs it, no app yet
         await self._instances.destroy(domain)
         if instance is not None:
             await self._apps.remove_instance(instance)  # its apps' code
