@@ -125,3 +125,26 @@ async def test_a_failed_install_leaves_nothing(store, tmp_path, prefix, registry
     )
     assert not os.path.exists(slug_dir)
     assert entry["url"].startswith("http://127.0.0.1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registry_answering_nothing_or_too_much(tmp_path, registry):
+    from cozyd.apps.sources import BadArchive, SourceNotReachable, parse_source
+
+    def fetcher(url):
+        return Fetcher(
+            download=downloader(reactor, timeout=10),
+            run_blocking=run_now,
+            registries=[url],
+            allow_http=True,
+        )
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    source = parse_source("registry://notes")
+    with pytest.raises(SourceNotReachable):
+        await fetcher("http://127.0.0.1:1").fetch(source, layout.WEBAPP, str(staging))
+    registry.garbage["/registry/notes/stable/latest"] = b"[" * 3_000_000
+    with pytest.raises(BadArchive, match="larger than"):
+        await fetcher(registry.url).fetch(source, layout.WEBAPP, str(staging))
+    assert os.listdir(staging) == []
