@@ -881,20 +881,17 @@ class ShareLinks:
         hit, perm_id = self._cached(key)
         if not hit:
             perm_id = await self._hint(instance, _HINT_CODE + digest)
+            if perm_id is not None and not _lists(
+                await self._read_cached(instance, perm_id), token
+            ):
+                perm_id = None  # a stale hint: the share went, or moved
             if perm_id is None:
                 perm_id = await self._scan_for_code(instance, token)
             self._remember(key, perm_id)
         if not perm_id:
             return None
         doc = await self._read_cached(instance, perm_id)
-        if doc is None or doc.get("type") != SHARE:
-            return None
-        if not any(
-            isinstance(value, str) and _same(value, token)
-            for value in (doc.get("codes") or {}).values()
-        ):
-            return None
-        return doc
+        return doc if _lists(doc, token) else None
 
     async def _scan_for_code(self, instance: Instance, token: str) -> str | None:
         """A signed code without its hint (a share imported from elsewhere):
@@ -917,12 +914,7 @@ class ShareLinks:
                 rows = rows[1:]
             for row in rows:
                 doc = row.get("doc") or {}
-                if doc.get("type") != SHARE:
-                    continue
-                if any(
-                    isinstance(v, str) and _same(v, token)
-                    for v in (doc.get("codes") or {}).values()
-                ):
+                if _lists(doc, token):
                     await self._put_hint(instance, _hint_id(_HINT_CODE, token), doc["_id"])
                     return doc["_id"]
             seen += len(rows)
@@ -980,6 +972,16 @@ def password_cookie_name(perm_id: str) -> str:
 def _cookie_mac(instance: Instance, perm_id: str) -> bytes:
     message = f"{_PASSWORD_COOKIE}{perm_id}|{instance.domain}|{perm_id}".encode()
     return hmac.new(instance.session_secret, message, hashlib.sha256).digest()
+
+
+def _lists(doc: Mapping[str, Any] | None, token: str) -> bool:
+    """Is ``doc`` a share that still hands out ``token``?"""
+    if doc is None or doc.get("type") != SHARE:
+        return False
+    return any(
+        isinstance(value, str) and _same(value, token)
+        for value in (doc.get("codes") or {}).values()
+    )
 
 
 def _has_rule_on(doc: Mapping[str, Any], doctype: str) -> bool:

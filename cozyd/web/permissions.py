@@ -81,7 +81,9 @@ class PermissionsService(Service):
 
     def _answer(self, request: IRequest, doc: dict[str, Any], *, with_codes: bool):
         return json_response(
-            request, {"data": jsonapi_object(doc, with_codes=with_codes)}, content_type=JSONAPI
+            request,
+            {"data": jsonapi_object(doc, with_codes=with_codes)},
+            content_type=JSONAPI,
         )
 
     @route("self", "GET", auth=token())
@@ -269,4 +271,3 @@ class ShareLinkPasswordService(Service):
             parts.append("SameSite=Lax")
             request.cookies.append("; ".join(parts).encode("utf-8"))
         return json_response(request, {"password": answer}, content_type=JSON)
-
