@@ -185,13 +185,12 @@ def parse_ttl(text: str) -> float:
             break
         total += int(match.group(1)) * _BIG_UNITS[match.group(2)]
         position = match.end()
-    rest = text[position:]
-    for match in _GO_PART.finditer(rest):
-        if match.start() != 0:
+    for match in _GO_PART.finditer(text, position):
+        if match.start() != position:
             break
         total += float(match.group(1)) * _GO_UNITS[match.group(2)]
-        rest = rest[match.end() :]
-    if rest or not text:
+        position = match.end()
+    if position != len(text) or not text:
         raise ValueError(f"invalid duration {text!r}")
     return total
 
