@@ -833,6 +833,62 @@ class ShareLinks:
                 return found, None
             start = rows[-1]["id"]
 
+    async def verbs_on(
+        self, instance: Instance, refs: list[tuple[str, str]]
+    ) -> list[dict[str, Any]]:
+        """For each ``(doctype, id)`` some share names by id, the verbs the
+        shares give on it (cozy-stack's ``byDoc`` view: every share, by
+        value; selector rules count for their own field only)."""
+        wanted = set(refs)
+        verbs: dict[tuple[str, str], set[str]] = {}
+        start: str | None = None
+        seen = 0
+        while wanted and seen < MAX_SCAN:
+            try:
+                page = await self._documents.all_docs(
+                    instance,
+                    PERMISSIONS_DOCTYPE,
+                    include_docs=True,
+                    start_key=start,
+                    limit=201 if start is not None else 200,
+                )
+            except DatabaseNotFound:
+                break
+            rows = page["rows"]
+            if start is not None and rows and rows[0]["id"] == start:
+                rows = rows[1:]
+            for row in rows:
+                doc = row.get("doc") or {}
+                if doc.get("type") != SHARE:
+                    continue
+                try:
+                    rules = set_of(doc).rules
+                except InvalidPermission:
+                    continue
+                for _, rule in rules:
+                    if rule.selector:
+                        continue
+                    for value in rule.values:
+                        key = (rule.type, value)
+                        if key in wanted:
+                            verbs.setdefault(key, set()).update(rule.verbs)
+            seen += len(rows)
+            if len(rows) < 200:
+                break
+            start = rows[-1]["id"]
+        order = ("GET", "POST", "PUT", "PATCH", "DELETE")
+        result = []
+        for key in dict.fromkeys(refs):
+            if key in verbs:
+                result.append(
+                    {
+                        "id": key[1],
+                        "type": key[0],
+                        "verbs": [v for v in order if v in verbs[key]],
+                    }
+                )
+        return result
+
     # -- resolving tokens -----------------------------------------------------------
     async def token_for_shortcode(self, instance: Instance, shortcode: str) -> str:
         """The code a shortcode stands for (403 when none)."""

@@ -5,6 +5,7 @@
 - ``POST /permissions?codes=a,b[&ttl=1D][&tiny=true]``: a share of part of
   the caller's permissions, with a code and a shortcode per name;
 - ``GET|PATCH|DELETE /permissions/:id``: read, change, revoke a share;
+- ``POST /permissions/exists``: which of some documents shares name;
 - ``GET /permissions/doctype/:doctype/shared-by-link`` (and the legacy
   ``sharedByLink``): the shares with a rule on a doctype, paginated.
 
@@ -44,6 +45,8 @@ from cozyd.web.routing import Service, json_body, route, shield, token
 
 #: Bodies of the routes that write a share (rules, codes, metadata).
 MAX_SHARE_BODY = 256 * 1024
+#: Documents one ``POST /permissions/exists`` asks about at most.
+MAX_EXISTS = 1000
 #: Wrong passwords a share takes per hour before it answers 429.
 PASSWORD_FAILURES_PER_HOUR = 50
 
@@ -129,6 +132,33 @@ class PermissionsService(Service):
             )
         )
         return self._answer(request, doc, with_codes=True)
+
+    @route("exists", "POST", auth=token(), body=json_body(MAX_SHARE_BODY))
+    async def exists(self, request: IRequest):
+        """Which of these documents a share names, with which verbs (only
+        for the doctypes the caller reads whole)."""
+        shares = self._shares()
+        caller = await self.guard.permissions(request)
+        body = read_json(request, MAX_SHARE_BODY)
+        data = body.get("data") if isinstance(body, dict) else None
+        if isinstance(data, dict):
+            data = [data]
+        if not isinstance(data, list):
+            raise BadRequest(_MALFORMED)
+        if len(data) > MAX_EXISTS:
+            raise BadRequest(f"at most {MAX_EXISTS} documents at a time")
+        refs: list[tuple[str, str]] = []
+        for item in data:
+            if (
+                not isinstance(item, dict)
+                or not isinstance(item.get("type"), str)
+                or not isinstance(item.get("id"), str)
+            ):
+                raise BadRequest(_MALFORMED)
+            if caller.allows_collection("GET", item["type"]):
+                refs.append((item["type"], item["id"]))
+        found = await shares.verbs_on(instance_of(request), refs)
+        return json_response(request, {"data": found}, content_type=JSONAPI)
 
     @route("{perm_id}", "GET", auth=token())
     async def show(self, request: IRequest, perm_id: str):

@@ -932,6 +932,16 @@ def permissions_revoke_share(w):
     assert reply.status == 204, reply.body
 
 
+@case("public", "POST", "/permissions/exists")
+def permissions_exists(w):
+    _, app = share(w)
+    w.start()
+    reply = permissions_request(
+        w, "POST", "/exists", {"data": [{"type": EVENTS, "id": "x"}]}, app
+    )
+    assert reply.status == 200, reply.body
+
+
 @case("public", "POST", "/auth/share-by-link/password")
 def permissions_share_password(w):
     perm_id, _ = share(w, password="pw")

@@ -685,3 +685,38 @@ def test_share_body_helper_shape():
     assert share_body({"r": rule(EVENTS)})["data"]["attributes"]["permissions"] == {
         "r": {"type": EVENTS, "verbs": ["GET"]}
     }
+
+
+# -- which documents are shared ---------------------------------------------------------------
+def test_exists_tells_which_documents_shares_name(world, stack, admin, public):
+    app, _, ids = world
+    share_of(app, {"r": rule(EVENTS, ["GET"], [ids[0]])})
+    share_of(app, {"r": rule(EVENTS, ["GET", "PATCH"], [ids[0]])})
+    share_of(app, {"f": rule(FILES, ["GET", "POST"], ["dir-photos"])})
+    share_of(app, {"s": rule(EVENTS, values=[ids[1]], selector="calendar-id")})
+    body = {
+        "data": [
+            {"type": EVENTS, "id": ids[0]},
+            {"type": EVENTS, "id": ids[1]},
+            {"type": FILES, "id": "dir-photos"},
+            {"type": FILES, "id": "not-shared"},
+            {"type": EVENTS, "id": ids[0]},
+        ]
+    }
+    response = app.request("POST", "/permissions/exists", body)
+    assert response.status == 200, response.body
+    assert response.json() == {
+        "data": [
+            {"id": ids[0], "type": EVENTS, "verbs": ["GET", "PATCH"]},
+            {"id": "dir-photos", "type": FILES, "verbs": ["GET", "POST"]},
+        ]
+    }
+    # only about doctypes the caller reads whole
+    narrow = Client(
+        public, app_token(stack, admin, "narrow", {"n": rule(EVENTS, ["GET"], [ids[0]])})
+    )
+    assert narrow.request("POST", "/permissions/exists", body).json() == {"data": []}
+    for bad in ({"data": 3}, {"data": [{"type": EVENTS}]}, [], {"nope": []}):
+        assert app.request("POST", "/permissions/exists", bad).status == 400
+    many = {"data": [{"type": EVENTS, "id": str(i)} for i in range(1001)]}
+    assert app.request("POST", "/permissions/exists", many).status == 400
