@@ -155,7 +155,7 @@ class PermissionsService(Service):
                 or not isinstance(item.get("id"), str)
             ):
                 raise BadRequest(_MALFORMED)
-            if caller.allows_collection("GET", item["type"]):
+            if caller.type != SHARE and caller.allows_collection("GET", item["type"]):
                 refs.append((item["type"], item["id"]))
         found = await shares.verbs_on(instance_of(request), refs)
         return json_response(request, {"data": found}, content_type=JSONAPI)
@@ -198,7 +198,9 @@ class PermissionsService(Service):
         shares = self._shares()
         caller = await self.guard.permissions(request)
         doc_rules.check_doctype_name(doctype)
-        if not caller.allows_collection("GET", doctype):
+        # A share's holder never sees other shares (their codes would give
+        # it more than its own share).
+        if caller.type == SHARE or not caller.allows_collection("GET", doctype):
             raise CozyError(
                 "You need GET permission on whole type to list its permissions",
                 status=403,

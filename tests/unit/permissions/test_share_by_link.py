@@ -720,3 +720,17 @@ def test_exists_tells_which_documents_shares_name(world, stack, admin, public):
         assert app.request("POST", "/permissions/exists", bad).status == 400
     many = {"data": [{"type": EVENTS, "id": str(i)} for i in range(1001)]}
     assert app.request("POST", "/permissions/exists", many).status == 400
+
+
+def test_a_share_holder_never_sees_other_shares(world):
+    app, _, ids = world
+    _, reader, _ = share_of(app, {"all": rule(EVENTS)})  # GET on every event
+    other_id, _, _ = share_of(app, {"rw": rule(EVENTS, ["GET", "PUT"], [ids[0]])})
+    share = app.with_token(reader["bob"])
+    listed = share.request("GET", f"/permissions/doctype/{EVENTS}/shared-by-link")
+    assert listed.status == 403
+    assert share.request("GET", f"/permissions/{other_id}").status == 403
+    exists = share.request(
+        "POST", "/permissions/exists", {"data": [{"type": EVENTS, "id": ids[0]}]}
+    )
+    assert exists.json() == {"data": []}
