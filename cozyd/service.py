@@ -53,6 +53,7 @@ from cozyd.instance.registry import InstanceRegistry
 from cozyd.listeners import ListenerService, ServingSite, StartError
 from cozyd.metrics import Metrics, instrument_store
 from cozyd.permissions.resolver import PermissionResolver
+from cozyd.permissions.sharing import ShareLinks
 from cozyd.pools import WorkerPools, daemon_pools
 from cozyd.realtime.hub import EventHub
 from cozyd.storage.interface import DocumentStore
@@ -66,7 +67,7 @@ from cozyd.web.debug import DebugService
 from cozyd.web.guard import Guard
 from cozyd.web.oauth import ClientsSettingsService, OAuthService
 from cozyd.web.pages import Pages
-from cozyd.web.permissions import PermissionsService
+from cozyd.web.permissions import PermissionsService, ShareLinkPasswordService
 from cozyd.web.root import PublicRoot
 from cozyd.web.settings import SettingsService
 from cozyd.web.status import StatusService
@@ -191,12 +192,28 @@ def build_stack(
     web_sessions = WebSessions(
         SessionStore(documents, seconds=seconds), secure=scheme == "https"
     )
-    guard = Guard(resolver, seconds=seconds, session_id_of=web_sessions.session_id_of)
+    # Shares by link (/permissions, share codes and shortcodes as tokens).
+    shares = ShareLinks(
+        documents,
+        resolver,
+        seconds=seconds,
+        run_hashing=run_hashing,
+        ttl=config.get("instances", "cache_ttl"),
+    )
+    guard = Guard(
+        resolver,
+        seconds=seconds,
+        session_id_of=web_sessions.session_id_of,
+        shares=shares,
+    )
     apps_installer = build_installer(
         config, documents, resolver, clients, run_blocking, seconds, download
     )
     services = {
-        "permissions": PermissionsService(guard).resource(),
+        "permissions": PermissionsService(guard, shares).resource(),
+        "auth/share-by-link": ShareLinkPasswordService(
+            shares, RateLimiter(seconds=seconds), secure=scheme == "https"
+        ).resource(),
         "data": DataService(
             documents,
             guard,

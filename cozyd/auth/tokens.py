@@ -89,7 +89,10 @@ def issue(
     scope: str = "",
     session_id: str = "",
     stamp: str = "",
+    token_id: str = "",
 ) -> str:
+    """``token_id`` (the ``jti`` claim) makes two tokens of the same subject
+    and second differ: share codes are looked up by their value."""
     if audience not in (APP, KONNECTOR, CLI, ACCESS, REFRESH, REGISTRATION, SHARE):
         raise BadRequest(f"unknown token audience {audience!r}")
     claims: dict[str, Any] = {
@@ -104,6 +107,8 @@ def issue(
         claims["session_id"] = session_id
     if stamp:
         claims["stamp"] = stamp
+    if token_id:
+        claims["jti"] = token_id
     return jwt.encode(claims, key_for(instance, audience), algorithm=_ALGORITHM)
 
 

@@ -34,6 +34,7 @@ from cozyd.errors import CozyError, InvalidToken, NoToken, PermissionDenied
 from cozyd.instance.model import Instance
 from cozyd.permissions.resolver import PermissionResolver
 from cozyd.permissions.rules import PermissionSet, Rule, document_field, verb_of
+from cozyd.permissions.sharing import SHORTCODE_RE, ShareLinks
 from cozyd.web.routing import state_of
 
 
@@ -49,6 +50,11 @@ def request_token(request: IRequest) -> str | None:
         return decoded.partition(":")[2] or None
     values = request.args.get(b"bearer_token")
     return values[-1].decode("latin-1") if values else None
+
+
+def request_cookie(request: IRequest, name: str) -> str | None:
+    value = request.getCookie(name.encode("ascii", "replace"))
+    return value.decode("latin-1") if value else None
 
 
 def register_token_matches(request: IRequest, instance: Instance) -> bool:
@@ -97,8 +103,11 @@ class Guard:
         *,
         seconds: Callable[[], float],
         session_id_of: Callable[[IRequest, Instance], Any] | None = None,
+        shares: ShareLinks | None = None,
     ):
         self._resolver = resolver
+        #: Shares by link: share codes, shortcodes (None: not accepted).
+        self.shares = shares
         self._seconds = seconds
         self._verified = tokens.VerifiedTokens()
         self._session_id_of = session_id_of
@@ -115,11 +124,21 @@ class Guard:
             else:
                 raise NoToken()
         else:
+            audiences: tuple[str, ...] = (
+                tokens.APP,
+                tokens.KONNECTOR,
+                tokens.CLI,
+                tokens.ACCESS,
+            )
+            if self.shares is not None:
+                audiences += (tokens.SHARE,)
+                if SHORTCODE_RE.match(token):
+                    token = await self.shares.token_for_shortcode(instance, token)
             claims = tokens.parse(
                 instance,
                 token,
                 now=self._seconds(),
-                audiences=(tokens.APP, tokens.KONNECTOR, tokens.CLI, tokens.ACCESS),
+                audiences=audiences,
                 verified=self._verified,
             )
             if claims.session_id:
@@ -128,7 +147,12 @@ class Guard:
                     session_id = await self._session_id_of(request, instance)
                 if session_id != claims.session_id:
                     raise InvalidToken()
-            result = await self._resolver.for_claims(instance, claims)
+            if claims.audience == tokens.SHARE and self.shares is not None:
+                result = await self.shares.permissions_for(
+                    instance, token, claims, lambda name: request_cookie(request, name)
+                )
+            else:
+                result = await self._resolver.for_claims(instance, claims)
         state.permissions = result
         return result
 

@@ -945,6 +945,109 @@ for _service in ("public", "admin"):
     app_cases(_service, "konnector", KONNS)
 
 
+# /permissions: shares by link --------------------------------------------------------------
+PERMISSIONS = "io.cozy.permissions"
+
+
+def drive_token(w: World) -> str:
+    """A token of an app allowed every event (no session: 30 minutes)."""
+    instance = w.instance()
+    sync(
+        w.stack.store.put_doc(
+            db_name(instance.prefix, PERMISSIONS),
+            {
+                "_id": "perm-drive",
+                "type": "app",
+                "source_id": "io.cozy.apps/drive",
+                "permissions": {"events": {"type": EVENTS}},
+            },
+        )
+    )
+    return tokens.issue(instance, tokens.APP, "drive", issued_at=w.clock.seconds())
+
+
+def share(w: World, **attributes: Any) -> tuple[str, str]:
+    """A share of the events by the drive app (its id, the app's token)."""
+    w.onboarded()
+    token = drive_token(w)
+    reply = permissions_request(
+        w,
+        "POST",
+        "?codes=bob",
+        {"data": {"attributes": {"permissions": {"e": {"type": EVENTS}}, **attributes}}},
+        token,
+    )
+    assert reply.status == 200, reply.body
+    return reply.json()["data"]["id"], token
+
+
+def permissions_request(w: World, method: str, path: str, body: Any, token: str):
+    return w.owner.request(
+        method,
+        BASE + "/permissions" + path,
+        body=body,
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+        cookies=False,
+    )
+
+
+@case("public", "POST", "/permissions", (INST, PERMISSIONS, CREATED))
+def permissions_create_share(w):
+    w.onboarded()
+    token = drive_token(w)
+    w.start()
+    reply = permissions_request(
+        w,
+        "POST",
+        "?codes=bob,jane",
+        {"data": {"attributes": {"permissions": {"e": {"type": EVENTS}}}}},
+        token,
+    )
+    assert reply.status == 200, reply.body
+    assert w.docs[0]["type"] == "share"
+
+
+@case("public", "PATCH", "/permissions/{perm_id}", (INST, PERMISSIONS, UPDATED))
+def permissions_patch_share(w):
+    perm_id, app = share(w)
+    w.start()
+    reply = permissions_request(
+        w, "PATCH", f"/{perm_id}", {"data": {"attributes": {"expires_at": ""}}}, app
+    )
+    assert reply.status == 200, reply.body
+
+
+@case("public", "DELETE", "/permissions/{perm_id}", (INST, PERMISSIONS, DELETED))
+def permissions_revoke_share(w):
+    perm_id, app = share(w)
+    w.start()
+    reply = permissions_request(w, "DELETE", f"/{perm_id}", None, app)
+    assert reply.status == 204, reply.body
+
+
+@case("public", "POST", "/permissions/exists")
+def permissions_exists(w):
+    _, app = share(w)
+    w.start()
+    reply = permissions_request(
+        w, "POST", "/exists", {"data": [{"type": EVENTS, "id": "x"}]}, app
+    )
+    assert reply.status == 200, reply.body
+
+
+@case("public", "POST", "/auth/share-by-link/password")
+def permissions_share_password(w):
+    perm_id, _ = share(w, password="pw")
+    w.start()
+    reply = w.owner.request(
+        "POST",
+        BASE + "/auth/share-by-link/password",
+        form={"password": "pw", "perm_id": perm_id},
+        cookies=False,
+    )
+    assert reply.json() == {"password": "ok"}
+
+
 # -- the routes of the services ---------------------------------------------------------
 def _service_routes(resource) -> list[tuple[str, str]] | None:
     """A service's declared routes (``cozyd.web.routing``), as (method, path)."""
