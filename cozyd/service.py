@@ -83,6 +83,9 @@ class Stack:
     metrics: Metrics | None = None
     #: Re-reads the admin passphrase file (SIGHUP).
     passphrase_checker: PassphraseChecker | None = None
+    #: The virtual file system (``/files``), and its thumbnails.
+    vfs: Any = None
+    thumbnails: Any = None
 
 
 def thread_runner(reactor) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
@@ -183,7 +186,12 @@ def build_stack(
         SessionStore(documents, seconds=seconds), secure=scheme == "https"
     )
     guard = Guard(resolver, seconds=seconds, session_id_of=web_sessions.session_id_of)
+    vfs, thumbnails, files_service = files_services(
+        config, documents, instances, guard, run_blocking=run_blocking, seconds=seconds,
+        pause=pause,
+    )
     services = {
+        "files": files_service,
         "permissions": PermissionsService(guard).resource(),
         "data": DataService(
             documents,
@@ -247,7 +255,12 @@ def build_stack(
         path=config.get("admin", "secret_filename") or None,
     )
     admin = AdminService(
-        instances, checker.check, clients=clients, seconds=seconds, metrics=metrics
+        instances,
+        checker.check,
+        clients=clients,
+        seconds=seconds,
+        metrics=metrics,
+        vfs=vfs,
     ).resource()
     return Stack(
         config,
@@ -260,7 +273,53 @@ def build_stack(
         documents,
         metrics=metrics,
         passphrase_checker=checker,
+        vfs=vfs,
+        thumbnails=thumbnails,
     )
+
+
+def files_services(
+    config: Config,
+    documents: Documents,
+    instances: InstanceManager,
+    guard: Guard,
+    *,
+    run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]],
+    seconds: Callable[[], float],
+    pause: Callable[[], Awaitable[Any]] | None,
+) -> tuple[Any, Any, Any]:
+    """The VFS, its thumbnails, and ``/files``."""
+    from cozyd.files.thumbs import Thumbnails
+    from cozyd.files.vfs import VFS
+    from cozyd.web.files import FilesService
+
+    def run(function, *args):
+        return run_blocking(lambda: function(*args))
+
+    vfs = VFS(
+        documents,
+        instances.files_dir,
+        run_blocking=run,
+        seconds=seconds,
+        versions_max=config.get("fs", "versions_max_number"),
+        versions_min_delay=config.get("fs", "versions_min_delay"),
+        max_file_size=config.get("fs", "max_file_size"),
+    )
+    thumbnails = None
+    if config.get("fs", "thumbnails"):
+        thumbnails = Thumbnails(
+            vfs, run_blocking=run, max_pixels=config.get("fs", "thumbnail_max_pixels")
+        )
+        vfs.on_uploaded = thumbnails.after_upload
+    service = FilesService(
+        vfs,
+        guard,
+        seconds=seconds,
+        scheme=config.get("server", "scheme"),
+        pause=pause,
+        thumbnails=thumbnails,
+    )
+    return vfs, thumbnails, service.resource()
 
 
 def owner_services(
@@ -355,6 +414,26 @@ def access_log_line(timestamp: str, request) -> str:
     return f'"{method} {path}" {request.code} {request.sentLength or "-"}'
 
 
+async def recover_files(stack: Stack) -> None:
+    """What a crash left in the instances' folders (unfinished uploads,
+    contents no metadata references): cleaned before serving."""
+    if stack.vfs is None:
+        return
+    for instance in await stack.instances.list():
+        try:
+            found = await stack.vfs.recover(instance)
+        except Exception:
+            log.failure("recovering the files of {domain}", domain=instance.domain)
+            continue
+        if any(found.values()):
+            log.info(
+                "files of {domain}: {tmp} unfinished uploads and {deleted} "
+                "unreferenced contents removed",
+                domain=instance.domain,
+                **found,
+            )
+
+
 class OrderedMultiService(MultiService):
     """Children started one after the other (each once the previous one's
     ``startService`` Deferred fired) and stopped in reverse order, one
@@ -440,6 +519,7 @@ class StorageService(Service):
             metrics=self.metrics,
         )
         await self.stack.instances.setup()
+        await recover_files(self.stack)
         log.info("storage ready: {engine} engine", engine=store.engine)
 
     def stopService(self) -> defer.Deferred:

@@ -65,9 +65,11 @@ class AdminService(Service):
         max_failures: int = MAX_FAILURES,
         failure_period: float = FAILURE_PERIOD,
         metrics: Any = None,
+        vfs: Any = None,
     ):
         super().__init__()
         self._metrics = metrics
+        self._vfs = vfs
         self._instances = instances
         self._check_passphrase = check_passphrase
         self._clients = clients
