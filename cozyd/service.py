@@ -187,7 +187,12 @@ def build_stack(
     )
     guard = Guard(resolver, seconds=seconds, session_id_of=web_sessions.session_id_of)
     vfs, thumbnails, files_service = files_services(
-        config, documents, instances, guard, run_blocking=run_blocking, seconds=seconds,
+        config,
+        documents,
+        instances,
+        guard,
+        run_blocking=run_blocking,
+        seconds=seconds,
         pause=pause,
     )
     services = {
@@ -209,6 +214,7 @@ def build_stack(
             sessions=web_sessions,
             run_hashing=run_hashing,
             seconds=seconds,
+            vfs=vfs,
         ),
         **oauth_services(
             clients,
@@ -333,6 +339,7 @@ def owner_services(
     sessions: WebSessions,
     run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]],
     seconds: Callable[[], float],
+    vfs: Any = None,
 ) -> dict[str, Any]:
     """The owner's routes: ``/`` (home), ``/auth`` (login, logout,
     onboarding form) and ``/settings`` (passphrase, instance, sessions)."""
@@ -370,6 +377,7 @@ def owner_services(
         sessions=sessions,
         passphrases=passphrases,
         urls=urls,
+        vfs=vfs,
     )
     return {
         "": HomePage(pages=pages, sessions=sessions, urls=urls).resource(),

@@ -116,10 +116,7 @@ def content_disposition(disposition: str, name: str) -> str:
     plain = all(32 <= ord(c) < 127 and c not in '"\\' for c in name)
     if plain:
         return f'{disposition}; filename="{name}"'
-    fallback = "".join(
-        c if 32 <= ord(c) < 127 and c not in '"\\%' else "_" for c in name
-    )
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\%' else "_" for c in name)
     return (
-        f'{disposition}; filename="{fallback}"; '
-        f"filename*=UTF-8''{quote(name, safe='')}"
+        f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
     )

@@ -171,14 +171,37 @@ class ContentStore:
         return digest.digest()
 
     def keys(self) -> Iterator[str]:
+        for key, _path in self.entries():
+            yield key
+
+    def entries(self) -> Iterator[tuple[str, str]]:
+        """``(name, path)`` of everything in the contents folder (a name in
+        the wrong sub-folder or not a key is listed too: fsck reports it)."""
         if not os.path.isdir(self.contents):
             return
         for sub in sorted(os.listdir(self.contents)):
             folder = os.path.join(self.contents, sub)
             if os.path.islink(folder) or not os.path.isdir(folder):
+                yield sub, folder
                 continue
             for name in sorted(os.listdir(folder)):
-                yield name
+                path = os.path.join(folder, name)
+                yield (
+                    (name if _valid_key(name) and name[:2] == sub else f"{sub}/{name}"),
+                    path,
+                )
+
+    def remove_entry(self, path: str) -> None:
+        """Delete what ``entries`` listed (inside the contents folder only)."""
+        real = os.path.abspath(path)
+        if os.path.dirname(os.path.dirname(real)) != os.path.abspath(self.contents) and (
+            os.path.dirname(real) != os.path.abspath(self.contents)
+        ):
+            raise ValueError(f"{path} is not in the contents folder")
+        if os.path.islink(real) or os.path.isfile(real):
+            os.unlink(real)
+        elif os.path.isdir(real) and not os.listdir(real):
+            os.rmdir(real)
 
     def pending(self) -> list[tuple[str, str]]:
         if not os.path.isdir(self.pending_dir):

@@ -26,7 +26,9 @@ FORMATS = {
     "medium": (1280, 720, False),
     "large": (1920, 1080, False),
 }
-IMAGE_MIMES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff"})
+IMAGE_MIMES = frozenset(
+    {"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff"}
+)
 
 
 class Thumbnails:

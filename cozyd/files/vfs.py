@@ -752,8 +752,7 @@ class VFS:
             "relationships": {"file": {"data": {"_id": base["_id"], "_type": FILES}}},
             "cozyMetadata": {
                 **base.get("cozyMetadata", {}),
-                "uploadedAt": base.get("cozyMetadata", {}).get("uploadedAt")
-                or self.now(),
+                "uploadedAt": base.get("cozyMetadata", {}).get("uploadedAt") or self.now(),
                 "versionCreatedAt": self.now(),
             },
         }
@@ -837,7 +836,9 @@ class VFS:
             if "tags" in changes:
                 tags = changes["tags"]
                 if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-                    raise names.InvalidName("tags must be a list of strings", code="bad_tags")
+                    raise names.InvalidName(
+                        "tags must be a list of strings", code="bad_tags"
+                    )
                 doc["tags"] = _dedup(tags)
             if "executable" in changes and not is_dir(doc):
                 doc["executable"] = bool(changes["executable"])
@@ -884,11 +885,11 @@ class VFS:
             raise ParentNotFound()
         old_path = await self.path_of(instance, base)
         new_path = names.join(parent.get("path") or "/", name)
-        if is_dir(base):
-            if dir_id == base["_id"] or (parent.get("path") or "/").startswith(
-                old_path.rstrip("/") + "/"
-            ):
-                raise ForbiddenMove()
+        if is_dir(base) and (
+            dir_id == base["_id"]
+            or (parent.get("path") or "/").startswith(old_path.rstrip("/") + "/")
+        ):
+            raise ForbiddenMove()
         if trashing is None and in_trash_path(parent.get("path", "")) != in_trash_path(
             old_path
         ):
@@ -935,7 +936,14 @@ class VFS:
             await self.documents.bulk(instance, FILES, files[start : start + PAGE])
 
     # -- trash --------------------------------------------------------------------
-    async def trash(self, instance: Any, doc_id: str, *, if_match: str | None = None, by: Doc | None = None) -> Doc:
+    async def trash(
+        self,
+        instance: Any,
+        doc_id: str,
+        *,
+        if_match: str | None = None,
+        by: Doc | None = None,
+    ) -> Doc:
         if doc_id in (ROOT_DIR_ID, TRASH_DIR_ID):
             raise Protected("the root and the trash cannot be trashed")
 
@@ -987,8 +995,10 @@ class VFS:
             if existing is not None and is_dir(existing):
                 current = existing
                 continue
-            part_name = part if existing is None else await self._free_name(
-                instance, current["_id"], part
+            part_name = (
+                part
+                if existing is None
+                else await self._free_name(instance, current["_id"], part)
             )
             now = self.now()
             doc: Doc = {
@@ -1014,7 +1024,9 @@ class VFS:
             instance, TRASH_DIR_ID, limit=limit, cursor=cursor, skip=skip
         )
 
-    async def destroy(self, instance: Any, doc_id: str, *, if_match: str | None = None) -> None:
+    async def destroy(
+        self, instance: Any, doc_id: str, *, if_match: str | None = None
+    ) -> None:
         """Delete for good an entry of the trash (a directory: its subtree)."""
 
         async def step() -> None:
@@ -1059,10 +1071,7 @@ class VFS:
             await self.documents.bulk(
                 instance,
                 FILES,
-                [
-                    {**e, "_deleted": True}
-                    for e in entries[start : start + PAGE]
-                ],
+                [{**e, "_deleted": True} for e in entries[start : start + PAGE]],
             )
         for key, _ in keys:
             await self._run(store.delete, key)
@@ -1079,7 +1088,13 @@ class VFS:
 
     # -- copy -----------------------------------------------------------------------
     async def copy_file(
-        self, instance: Any, doc_id: str, *, name: str | None = None, dir_id: str | None = None, app: str = ""
+        self,
+        instance: Any,
+        doc_id: str,
+        *,
+        name: str | None = None,
+        dir_id: str | None = None,
+        app: str = "",
     ) -> Doc:
         store = self.store_of(instance)
         source = await self.get(instance, doc_id)

@@ -40,7 +40,7 @@ from cozyd.web.common import (
     query_list,
     query_text,
 )
-from cozyd.web.routing import ADMIN, Service, maybe_await, route, shield
+from cozyd.web.routing import ADMIN, Service, maybe_await, route, shield, streamed
 
 #: Wrong admin passphrases accepted in a window before requests get 429.
 MAX_FAILURES = 10
@@ -251,6 +251,30 @@ class AdminService(Service):
                 f"no OAuth client with software_id {software_id!r}", code="client_not_found"
             )
         return json_response(request, {**client, "client_id": client["_id"]})
+
+    # -- files (cozyd.web.files.FilesAdmin does the work) -----------------------
+    def _files_admin(self):
+        if self._vfs is None:
+            raise NotFound("no file system here")
+        from cozyd.web.files import FilesAdmin
+
+        return FilesAdmin(self._vfs)
+
+    @route("instances/{domain}/fsck", "GET", auth=ADMIN)
+    async def fsck(self, request: IRequest, domain: str):
+        return await self._files_admin().fsck(request, await self._instances.get(domain))
+
+    @route("instances/{domain}/disk-usage", "GET", auth=ADMIN)
+    async def disk_usage(self, request: IRequest, domain: str):
+        return await self._files_admin().usage(request, await self._instances.get(domain))
+
+    @route("instances/{domain}/files/dir", "POST", auth=ADMIN)
+    async def files_mkdir(self, request: IRequest, domain: str):
+        return await self._files_admin().mkdir(request, await self._instances.get(domain))
+
+    @route("instances/{domain}/files/file", "POST", auth=ADMIN, body=streamed(2**50))
+    async def files_upload(self, request: IRequest, domain: str):
+        return await self._files_admin().upload(request, await self._instances.get(domain))
 
     # -- metrics ------------------------------------------------------------
     @route("metrics", "GET", auth=ADMIN)

@@ -121,7 +121,9 @@ def file_object(
     refs = doc.get("referenced_by") or []
     if refs:
         relationships["referenced_by"] = {
-            "links": {"self": f"/files/{quote(doc_id, safe='')}/relationships/referenced_by"},
+            "links": {
+                "self": f"/files/{quote(doc_id, safe='')}/relationships/referenced_by"
+            },
             "data": refs,
         }
     if relationships:
@@ -224,7 +226,7 @@ class ContentProducer:
         self.request = None
 
 
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
+def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
     """``(start, end)`` inclusive, None (no or several ranges: the whole
     content) or False (unsatisfiable: 416)."""
     if not header:
@@ -290,9 +292,7 @@ class FilesService(Service):
     def _thumbs_secret(self, request: IRequest, doc: dict[str, Any]) -> str | None:
         if is_dir(doc) or doc.get("class") != "image" or self.thumbnails is None:
             return None
-        return self.secrets.issue(
-            instance_of(request).prefix, ("thumb", doc["_id"])
-        )
+        return self.secrets.issue(instance_of(request).prefix, ("thumb", doc["_id"]))
 
     async def _object(self, request: IRequest, doc: dict[str, Any], *, with_path=False):
         path = await self.vfs.path_of(instance_of(request), doc) if with_path else None
@@ -327,11 +327,14 @@ class FilesService(Service):
         count = await self.vfs.count_children(instance, directory["_id"])
         links: dict[str, Any] = {}
         if next_cursor:
-            links["next"] = (
-                f"{base}?page[cursor]={quote(next_cursor, safe='')}"
-                + (f"&page[limit]={limit}" if limit != DEFAULT_PAGE else "")
+            links["next"] = f"{base}?page[cursor]={quote(next_cursor, safe='')}" + (
+                f"&page[limit]={limit}" if limit != DEFAULT_PAGE else ""
             )
-        return [file_object(d, thumbs=self._thumbs_secret(request, d)) for d in page], links, count
+        return (
+            [file_object(d, thumbs=self._thumbs_secret(request, d)) for d in page],
+            links,
+            count,
+        )
 
     # -- create ----------------------------------------------------------------------
     @route("", "POST", auth=token(collection=False), body=streamed(MAX_UPLOAD))
@@ -507,8 +510,10 @@ class FilesService(Service):
         instance = instance_of(request)
         doc = await self.vfs.get(instance, file_id)
         await self._authorize(request, "GET", doc)
-        total = await self.vfs.dir_size(instance, doc) if is_dir(doc) else int(
-            doc.get("size") or 0
+        total = (
+            await self.vfs.dir_size(instance, doc)
+            if is_dir(doc)
+            else int(doc.get("size") or 0)
         )
         return jsonapi(
             request,
@@ -527,7 +532,7 @@ class FilesService(Service):
         body = read_json(request)
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, dict) or not isinstance(data.get("attributes", {}), dict):
-            raise BadRequest("a JSON:API body is expected: {\"data\": {\"attributes\": …}}")
+            raise BadRequest('a JSON:API body is expected: {"data": {"attributes": …}}')
         return data.get("attributes") or {}
 
     @route("metadata", "PATCH", auth=token(collection=False))
@@ -541,7 +546,7 @@ class FilesService(Service):
         doc = await self.vfs.get(instance_of(request), file_id)
         return await self._patch(request, doc, changes)
 
-    async def _patch(self, request, doc, changes, if_match: str | None | bool = False):
+    async def _patch(self, request, doc, changes, if_match: str | bool | None = False):
         instance = instance_of(request)
         await self._authorize(request, "PATCH", doc)
         if if_match is False:
@@ -581,7 +586,9 @@ class FilesService(Service):
                 if attributes_.get("move_to_trash"):
                     new = await self.vfs.trash(instance, doc["_id"], if_match=rev)
                 else:
-                    new = await self.vfs.patch(instance, doc["_id"], attributes_, if_match=rev)
+                    new = await self.vfs.patch(
+                        instance, doc["_id"], attributes_, if_match=rev
+                    )
                 results.append(file_object(new))
             except CozyError as error:
                 errors.append({**error.jsonapi(), "source": {"id": item["id"]}})
@@ -657,7 +664,12 @@ class FilesService(Service):
         doc = await self.vfs.get(instance, file_id)
         await self._authorize(request, "GET", doc)
         version = await self.vfs.get_version(instance, f"{file_id}/{version_id}")
-        merged = {**doc, **{k: version[k] for k in ("size", "md5sum", "internal_vfs_id") if k in version}}
+        merged = {
+            **doc,
+            **{
+                k: version[k] for k in ("size", "md5sum", "internal_vfs_id") if k in version
+            },
+        }
         return self._send(request, merged)
 
     def _send(self, request: IRequest, doc: dict[str, Any], name: str | None = None):
@@ -699,7 +711,15 @@ class FilesService(Service):
                 request.setHeader(b"Content-Type", JSONAPI.encode())
                 return jsonapi(
                     request,
-                    {"errors": [{"status": "416", "title": "Requested Range Not Satisfiable", "detail": "Requested Range Not Satisfiable"}]},
+                    {
+                        "errors": [
+                            {
+                                "status": "416",
+                                "title": "Requested Range Not Satisfiable",
+                                "detail": "Requested Range Not Satisfiable",
+                            }
+                        ]
+                    },
                     416,
                 )
             if wanted is None:
@@ -709,9 +729,7 @@ class FilesService(Service):
                 start, end = wanted
                 length = end - start + 1
                 request.setResponseCode(206)
-                request.setHeader(
-                    b"Content-Range", f"bytes {start}-{end}/{size}".encode()
-                )
+                request.setHeader(b"Content-Range", f"bytes {start}-{end}/{size}".encode())
             request.setHeader(b"Content-Length", str(length).encode())
             if request.method == b"HEAD" or length == 0:
                 fileobj.close()
@@ -756,7 +774,9 @@ class FilesService(Service):
         def change(v: dict[str, Any]) -> None:
             v["tags"] = sorted(set(tags), key=tags.index)
 
-        new = await self.vfs.documents.update(instance, "io.cozy.files.versions", version_id, change)
+        new = await self.vfs.documents.update(
+            instance, "io.cozy.files.versions", version_id, change
+        )
         return jsonapi(request, {"data": _version_object(new)})
 
     @route("versions", "DELETE", auth=token(FILES, verb="DELETE"))
@@ -783,7 +803,10 @@ class FilesService(Service):
         target = await self.vfs.get(instance, dir_id)
         await self._authorize(request, "POST", target)
         new = await self.vfs.copy_file(
-            instance, file_id, name=query_param(request, "Name"), dir_id=dir_id,
+            instance,
+            file_id,
+            name=query_param(request, "Name"),
+            dir_id=dir_id,
             app=self._app(request),
         )
         return await self._answer_doc(request, new, 201)
@@ -795,7 +818,9 @@ class FilesService(Service):
         if isinstance(data, dict):
             data = [data]
         if not isinstance(data, list) or not all(
-            isinstance(r, dict) and isinstance(r.get("type"), str) and isinstance(r.get("id"), str)
+            isinstance(r, dict)
+            and isinstance(r.get("type"), str)
+            and isinstance(r.get("id"), str)
             for r in data
         ):
             raise BadRequest("a data array of {type, id} is expected")
@@ -823,7 +848,12 @@ class FilesService(Service):
         new = await self.vfs.add_references(instance, file_id, refs)
         return await self._refs_answer(request, new)
 
-    @route("{file_id}/relationships/referenced_by", "DELETE", auth=token(collection=False), body=json_body())
+    @route(
+        "{file_id}/relationships/referenced_by",
+        "DELETE",
+        auth=token(collection=False),
+        body=json_body(),
+    )
     async def remove_refs(self, request: IRequest, file_id: str):
         instance = instance_of(request)
         refs = self._refs(request)
@@ -843,7 +873,11 @@ class FilesService(Service):
         if not isinstance(limit, int) or limit < 0:
             raise BadRequest("limit must be a non-negative integer")
         limit = min(limit, 1000)
-        mango = {k: v for k, v in query.items() if k in ("selector", "sort", "skip", "use_index", "bookmark")}
+        mango = {
+            k: v
+            for k, v in query.items()
+            if k in ("selector", "sort", "skip", "use_index", "bookmark")
+        }
         mango["limit"] = limit
         cursor = query_param(request, "page[cursor]")
         if cursor:
@@ -898,7 +932,14 @@ class FilesService(Service):
             if skip_deleted and row.get("deleted"):
                 continue
             doc = row.get("doc")
-            if skip_trashed and doc and (doc.get("trashed") or str(doc.get("path", "")).startswith("/.cozy_trash")):
+            if (
+                skip_trashed
+                and doc
+                and (
+                    doc.get("trashed")
+                    or str(doc.get("path", "")).startswith("/.cozy_trash")
+                )
+            ):
                 continue
             if doc is not None:
                 if include_path and not doc.get("_deleted") and not is_dir(doc):
@@ -916,7 +957,11 @@ class FilesService(Service):
             results.append(row)
         return await json_rows_response(
             request,
-            {"last_seq": result.get("last_seq"), "pending": result.get("pending", 0), "results": results},
+            {
+                "last_seq": result.get("last_seq"),
+                "pending": result.get("pending", 0),
+                "results": results,
+            },
             "results",
             pause=self.pause,
         )
@@ -941,16 +986,25 @@ class FilesService(Service):
         secret = self.secrets.issue(instance.prefix, ("file", doc["_id"], version_id))
         obj = file_object(doc)
         obj["links"]["related"] = f"/files/downloads/{secret}/{quote(name, safe='')}"
-        return jsonapi(request, {"data": obj, "links": {"related": obj["links"]["related"]}})
+        return jsonapi(
+            request, {"data": obj, "links": {"related": obj["links"]["related"]}}
+        )
 
     @route("downloads/{secret}/{name}", "GET")
     async def download_by_secret(self, request: IRequest, secret: str, name: str):
         instance = instance_of(request)
-        kind, doc_id, version_id = self.secrets.get(instance.prefix, secret)
+        _kind, doc_id, version_id = self.secrets.get(instance.prefix, secret)
         doc = await self.vfs.get(instance, doc_id)
         if version_id:
             version = await self.vfs.get_version(instance, version_id)
-            doc = {**doc, **{k: version[k] for k in ("size", "md5sum", "internal_vfs_id") if k in version}}
+            doc = {
+                **doc,
+                **{
+                    k: version[k]
+                    for k in ("size", "md5sum", "internal_vfs_id")
+                    if k in version
+                },
+            }
         return self._send(request, doc, name=name)
 
     # -- archives ------------------------------------------------------------------------------
@@ -976,7 +1030,9 @@ class FilesService(Service):
         if not isinstance(name, str):
             raise BadRequest("name must be a string")
         names.check_name(name + ".zip")
-        secret = self.secrets.issue(instance.prefix, ("archive", [d["_id"] for d in docs], name))
+        secret = self.secrets.issue(
+            instance.prefix, ("archive", [d["_id"] for d in docs], name)
+        )
         related = f"/files/archive/{secret}/{quote(name, safe='')}.zip"
         return jsonapi(
             request,
@@ -1008,7 +1064,9 @@ class FilesService(Service):
                     parent = by_id.get(f["dir_id"])
                     if parent is None:
                         continue
-                    members.append((names.join(parent["path"], f["name"])[len(base) + 1 :], f))
+                    members.append(
+                        (names.join(parent["path"], f["name"])[len(base) + 1 :], f)
+                    )
             else:
                 members.append((doc["name"], doc))
         request.setHeader(b"Content-Type", b"application/zip")
@@ -1101,8 +1159,77 @@ def _version_object(version: dict[str, Any]) -> dict[str, Any]:
         "type": "io.cozy.files.versions",
         "id": version["_id"],
         "meta": {"rev": version.get("_rev", "")},
-        "attributes": {k: v for k, v in version.items() if not k.startswith("_") and k != "internal_vfs_id"},
+        "attributes": {
+            k: v
+            for k, v in version.items()
+            if not k.startswith("_") and k != "internal_vfs_id"
+        },
     }
 
 
-__all__ = ["FilesService", "Secrets", "PermissionDenied"]
+__all__ = ["FilesService", "PermissionDenied", "Secrets"]
+
+
+# -- the admin API's part (``cozyctl instances fsck``, ``cozyctl files …``) ----------------
+class FilesAdmin:
+    """What the admin routes of the files do (``cozyd.web.admin`` routes
+    here): fsck, disk usage, and the import of a local tree."""
+
+    def __init__(self, vfs: VFS):
+        self.vfs = vfs
+
+    async def fsck(self, request: IRequest, instance: Any) -> bytes:
+        from cozyd.files.fsck import fsck
+
+        def flag(name: str) -> bool:
+            return bool(query_bool(request, name))
+
+        index, files = flag("IndexIntegrity"), flag("FilesConsistency")
+        if not index and not files:
+            index = files = True
+        found = await fsck(
+            self.vfs,
+            instance,
+            index=index,
+            files=files,
+            check_md5=flag("CheckMD5"),
+            repair=flag("Repair"),
+            fail_fast=flag("FailFast"),
+        )
+        return json_response(request, {"domain": instance.domain, "mismatches": found})
+
+    async def usage(self, request: IRequest, instance: Any) -> bytes:
+        self.vfs.forget_usage(instance)
+        usage = await self.vfs.usage(instance)
+        body: dict[str, Any] = {
+            "used": usage.used,
+            "files": usage.files,
+            "versions": usage.versions,
+            "trash": usage.trash,
+        }
+        if instance.disk_quota:
+            body["quota"] = instance.disk_quota
+        return json_response(request, body)
+
+    async def mkdir(self, request: IRequest, instance: Any) -> bytes:
+        path = query_param(request, "Path") or ""
+        doc = await self.vfs.mkdir_p(instance, path)
+        return json_response(request, {"id": doc["_id"], "path": doc["path"]}, status=201)
+
+    async def upload(self, request: IRequest, instance: Any) -> bytes:
+        """A file at ``Path`` (its parent directories made), unless one is
+        there already (409)."""
+        path = query_param(request, "Path") or ""
+        parts = names.split_path(path)
+        if not parts:
+            raise InvalidName("Path needs a file name", code="invalid_path")
+        parent = await self.vfs.mkdir_p(instance, "/" + "/".join(parts[:-1]))
+        size_text = query_param(request, "Size") or _header(request, b"content-length")
+        upload = Upload(
+            name=parts[-1],
+            dir_id=parent["_id"],
+            size=int(size_text) if size_text and size_text.isdigit() else None,
+            content_type=query_param(request, "Type") or None,
+        )
+        doc = await self.vfs.create_file(instance, upload, body_stream(request).read_into)
+        return json_response(request, {"id": doc["_id"], "size": doc["size"]}, status=201)

@@ -4,7 +4,6 @@ versions, quota, permissions."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import uuid
 import zipfile
@@ -88,7 +87,9 @@ def test_directory_create_and_show(files, home):
     assert shown.data["relationships"]["contents"]["meta"]["count"] == 1
     by_path = files.request("GET", "/files/metadata", params={"Path": attrs["path"]})
     assert by_path.status == 200 and by_path.data["id"] == made.data["id"]
-    assert files.request("GET", "/files/metadata", params={"Path": "/no/such"}).status == 404
+    assert (
+        files.request("GET", "/files/metadata", params={"Path": "/no/such"}).status == 404
+    )
     assert files.request("HEAD", f"/files/{home}").status == 200
     assert files.get("no-such-id").status == 404
 
@@ -144,7 +145,9 @@ def test_content_disposition_for_any_name(files, home):
     assert up.status == 201, up.body
     header = files.download(up.data["id"]).headers["content-disposition"]
     assert header.startswith('inline; filename="')
-    assert "filename*=UTF-8''%C3%A9t%C3%A9%20%22quoted%22%20%E6%97%A5%E6%9C%AC.txt" in header
+    assert (
+        "filename*=UTF-8''%C3%A9t%C3%A9%20%22quoted%22%20%E6%97%A5%E6%9C%AC.txt" in header
+    )
 
 
 def test_wrong_md5_or_size_leaves_nothing(files, home):
@@ -310,7 +313,12 @@ def test_copy_size_references_archive_links(files, home):
     archive = files.request(
         "POST",
         "/files/archive",
-        body={"data": {"type": "io.cozy.files.archives", "attributes": {"name": "pack", "ids": [home]}}},
+        body={
+            "data": {
+                "type": "io.cozy.files.archives",
+                "attributes": {"name": "pack", "ids": [home]},
+            }
+        },
     )
     assert archive.status == 200, archive.body
     zipped = files.request("GET", archive.json()["links"]["related"], token=False)
@@ -324,9 +332,7 @@ def test_copy_size_references_archive_links(files, home):
 
 def test_find_changes_all_docs(files, home):
     f = files.upload("findme.txt", b"abc", home).data["id"]
-    found = files.request(
-        "POST", "/files/_find", body={"selector": {"name": "findme.txt"}}
-    )
+    found = files.request("POST", "/files/_find", body={"selector": {"name": "findme.txt"}})
     assert found.status == 200, found.body
     assert [d["id"] for d in found.json()["data"]] == [f]
     assert found.json()["data"][0]["attributes"]["path"].endswith("/findme.txt")

@@ -46,7 +46,7 @@ class FilesClient:
         headers: dict[str, str] | None = None,
         data: bytes | None = None,
         body: Any = None,
-        token: str | None | bool = True,
+        token: str | bool | None = True,
     ) -> Reply:
         url = path
         if params:
@@ -76,7 +76,7 @@ class FilesClient:
         content: bytes,
         parent: str = "",
         *,
-        md5: str | None | bool = True,
+        md5: str | bool | None = True,
         headers: dict[str, str] | None = None,
         **params: str,
     ) -> Reply:
@@ -96,16 +96,23 @@ class FilesClient:
     def get(self, doc_id: str, **params: str) -> Reply:
         return self.request("GET", f"/files/{quote(doc_id, safe='')}", params=params)
 
-    def download(self, doc_id: str, headers: dict[str, str] | None = None, **params) -> Reply:
+    def download(
+        self, doc_id: str, headers: dict[str, str] | None = None, **params
+    ) -> Reply:
         return self.request(
-            "GET", f"/files/download/{quote(doc_id, safe='')}", params=params, headers=headers
+            "GET",
+            f"/files/download/{quote(doc_id, safe='')}",
+            params=params,
+            headers=headers,
         )
 
     def patch(self, doc_id: str, attributes: dict[str, Any], **kw) -> Reply:
         return self.request(
             "PATCH",
             f"/files/{quote(doc_id, safe='')}",
-            body={"data": {"type": "io.cozy.files", "id": doc_id, "attributes": attributes}},
+            body={
+                "data": {"type": "io.cozy.files", "id": doc_id, "attributes": attributes}
+            },
             **kw,
         )
 

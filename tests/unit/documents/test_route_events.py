@@ -788,7 +788,9 @@ class FilesWorld:
         return reply.json() if reply.body else None
 
     def mkdir(self, name="d", parent=""):
-        return self.call("POST", f"/files/{parent}?Type=directory&Name={name}", status=201)["data"]["id"]
+        return self.call("POST", f"/files/{parent}?Type=directory&Name={name}", status=201)[
+            "data"
+        ]["id"]
 
     def upload(self, name="f.txt", parent="io.cozy.files.root-dir", content=b"abc"):
         return self.call(
@@ -816,7 +818,11 @@ def files_upload(w):
 
 
 @case(
-    "public", "PUT", "/files/{file_id}", (INST, FILES_EV, UPDATED), (INST, VERSIONS_EV, CREATED)
+    "public",
+    "PUT",
+    "/files/{file_id}",
+    (INST, FILES_EV, UPDATED),
+    (INST, VERSIONS_EV, CREATED),
 )
 def files_overwrite(w):
     f = FilesWorld(w)
@@ -850,7 +856,9 @@ def files_patch_batch(w):
     f = FilesWorld(w)
     doc = f.upload()
     w.start()
-    f.call("PATCH", "/files/", body={"data": [{"id": doc, "attributes": {"name": "n.txt"}}]})
+    f.call(
+        "PATCH", "/files/", body={"data": [{"id": doc, "attributes": {"name": "n.txt"}}]}
+    )
 
 
 @case("public", "DELETE", "/files/{file_id}", (INST, FILES_EV, UPDATED))
@@ -942,7 +950,10 @@ _REF = {"data": [{"type": "io.cozy.photos.albums", "id": "a1"}]}
 
 
 @case(
-    "public", "POST", "/files/{file_id}/relationships/referenced_by", (INST, FILES_EV, UPDATED)
+    "public",
+    "POST",
+    "/files/{file_id}/relationships/referenced_by",
+    (INST, FILES_EV, UPDATED),
 )
 def files_add_references(w):
     f = FilesWorld(w)
@@ -952,7 +963,10 @@ def files_add_references(w):
 
 
 @case(
-    "public", "DELETE", "/files/{file_id}/relationships/referenced_by", (INST, FILES_EV, UPDATED)
+    "public",
+    "DELETE",
+    "/files/{file_id}/relationships/referenced_by",
+    (INST, FILES_EV, UPDATED),
 )
 def files_remove_references(w):
     f = FilesWorld(w)
@@ -997,6 +1011,32 @@ def files_archive_link(w):
 
 
 # The admin API -----------------------------------------------------------------------
+@case("admin", "POST", "/instances/{domain}/files/dir", (INST, "io.cozy.files", CREATED))
+def admin_files_mkdir(w):
+    w.onboarded()
+    w.start()
+    admin_request(w, "POST", f"/instances/{DOMAIN}/files/dir", 201, Path="/imported")
+
+
+@case(
+    "admin",
+    "POST",
+    "/instances/{domain}/files/file",
+    (INST, "io.cozy.files", CREATED),
+    (INST, "io.cozy.files", CREATED),
+)
+def admin_files_upload(w):
+    w.onboarded()
+    w.start()
+    reply = w.admin.request(
+        "POST",
+        f"{ADMIN}/instances/{DOMAIN}/files/file?Path=/new/a.txt",
+        headers=basic_auth(),
+        body="some content",
+    )
+    assert reply.status == 201, reply.body
+
+
 TREE = ((INST, "io.cozy.files", CREATED),) * 6  # root, trash, and four directories
 
 
