@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cozyd.documents import Documents
 from cozyd.errors import BadRequest, Conflict, CozyError, NotFound, PayloadTooLarge
@@ -188,6 +189,12 @@ class VFS:
         return lock
 
     async def _locked(self, instance: Any, step: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``step`` under the instance's lock, to its end even when the
+        request that asked for it is cancelled (a client that hangs up
+        stops waiting, but a commit is never left halfway)."""
+        return await _shield(self._run_locked(instance, step))
+
+    async def _run_locked(self, instance: Any, step: Callable[[], Awaitable[Any]]) -> Any:
         lock = self.lock(instance)
         await lock.acquire()
         try:
@@ -1218,6 +1225,24 @@ class VFS:
             return False
         except Exception:
             return False
+
+
+def _shield(awaitable) -> defer.Deferred:
+    """``awaitable`` as a Deferred that a cancellation does not stop: the
+    caller stops waiting, the steps run on."""
+    inner = defer.ensureDeferred(awaitable)
+    if inner.called:
+        return inner
+    outer: defer.Deferred = defer.Deferred()
+
+    def done(result):
+        if not outer.called:
+            outer.callback(result)
+        elif isinstance(result, Failure):
+            log.failure("a file system change failed after its request went away", result)
+
+    inner.addBoth(done)
+    return outer
 
 
 def _dedup(tags) -> list[str]:
