@@ -34,7 +34,7 @@ def setup(daemon) -> tuple[FilesClient, str]:
 def state_files(daemon, sub: str) -> list[str]:
     folder = os.path.join(daemon.data_dir, "files", DOMAIN, ".cozyd", sub)
     found = []
-    for root, _dirs, names in os.walk(folder):
+    for _root, _dirs, names in os.walk(folder):
         found.extend(names)
     return found
 
