@@ -36,6 +36,10 @@ from collections.abc import Iterator
 STATE_DIR = ".cozyd"
 
 
+class PlantedLink(OSError):
+    """A symbolic link where the store keeps its own folders."""
+
+
 def new_key() -> str:
     return secrets.token_hex(16)
 
@@ -97,9 +101,17 @@ class ContentStore:
             raise ValueError(f"invalid content key {key!r}")
         return os.path.join(self.contents, key[:2], key)
 
+    def _check_folder(self, folder: str, *parts: str) -> None:
+        """``folder`` must be ``<root>/.cozyd/<parts>`` with no symbolic link
+        planted on the way (the root itself may be one: an operator's)."""
+        expected = os.path.join(os.path.realpath(self.root), STATE_DIR, *parts)
+        if os.path.realpath(folder) != expected:
+            raise PlantedLink(f"{folder} is not where it should be")
+
     # -- writing ----------------------------------------------------------------
     def start(self) -> TempFile:
         self.ensure()
+        self._check_folder(self.tmp, "tmp")
         key = new_key()
         return TempFile(os.path.join(self.tmp, key + ".part"), key)
 
@@ -115,6 +127,7 @@ class ContentStore:
         self.mark(temp.key, doc_id)
         target = self.path_of(temp.key)
         os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+        self._check_folder(os.path.dirname(target), "contents", temp.key[:2])
         os.replace(temp.path, target)
         return temp.key
 
@@ -151,7 +164,9 @@ class ContentStore:
 
     # -- reading ----------------------------------------------------------------
     def _open(self, key: str) -> int:
-        return os.open(self.path_of(key), os.O_RDONLY | os.O_NOFOLLOW)
+        path = self.path_of(key)
+        self._check_folder(os.path.dirname(path), "contents", key[:2])
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
 
     def open(self, key: str):
         """The content as a binary file object (``O_NOFOLLOW``)."""

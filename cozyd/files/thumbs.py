@@ -71,8 +71,13 @@ class Thumbnails:
         key = doc.get("internal_vfs_id")
         if not key or format not in FORMATS:
             return None
-        path = self.vfs.store_of(instance).thumb_path(key, format)
-        return path if os.path.isfile(path) else None
+        store = self.vfs.store_of(instance)
+        path = store.thumb_path(key, format)
+        try:
+            store._check_folder(store.thumbs, "thumbs")
+        except OSError:
+            return None
+        return path if os.path.isfile(path) and not os.path.islink(path) else None
 
 
 def _make_all(store, key: str, max_pixels: int) -> None:
