@@ -203,6 +203,7 @@ def build_stack(
             guard,
             max_body_size=config.get("server", "max_body_size"),
             pause=pause,
+            files=vfs,
         ).resource(),
         **owner_services(
             config,

@@ -1233,3 +1233,66 @@ class FilesAdmin:
         )
         doc = await self.vfs.create_file(instance, upload, body_stream(request).read_into)
         return json_response(request, {"id": doc["_id"], "size": doc["size"]}, status=201)
+
+
+# -- /data/:doctype/:id/relationships/references (web/data routes here) -----------------
+async def references_page(vfs: VFS, request: IRequest, doctype: str, doc_id: str) -> bytes:
+    """The files referenced by a document, by page (by id)."""
+    instance = instance_of(request)
+    limit = min(query_int(request, "page[limit]", minimum=1) or 100, MAX_PAGE)
+    cursor = query_param(request, "page[cursor]") or ""
+    docs = await vfs.referencing(instance, doctype, doc_id)
+    if query_param(request, "sort") == "datetime":
+        docs.sort(
+            key=lambda d: (
+                (d.get("metadata") or {}).get("datetime") or d.get("created_at", ""),
+                d["_id"],
+            )
+        )
+        start = int(cursor) if cursor.isdigit() else 0
+        page, more = docs[start : start + limit], len(docs) > start + limit
+        next_cursor = str(start + limit) if more else None
+    else:
+        docs.sort(key=lambda d: d["_id"])
+        rest = [d for d in docs if d["_id"] > cursor] if cursor else docs
+        page, more = rest[:limit], len(rest) > limit
+        next_cursor = page[-1]["_id"] if more and page else None
+    body: dict[str, Any] = {
+        "data": [{"type": FILES, "id": d["_id"]} for d in page],
+        "meta": {"count": len(docs)},
+    }
+    if next_cursor:
+        body["links"] = {
+            "next": f"/data/{quote(doctype, safe='')}/{quote(doc_id, safe='')}"
+            f"/relationships/references?page[cursor]={quote(next_cursor, safe='')}"
+        }
+    if query_param(request, "include") == "files":
+        body["included"] = [file_object(d) for d in page]
+    return jsonapi(request, body)
+
+
+async def change_references(
+    vfs: VFS, request: IRequest, doctype: str, doc_id: str, *, add: bool
+) -> bytes:
+    """Files named by the body (``data: [{type: io.cozy.files, id}]``) get
+    (or lose) a reference to the document; 204."""
+    body = read_json(request)
+    data = body.get("data") if isinstance(body, dict) else None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list) or not all(
+        isinstance(r, dict) and r.get("type") == FILES and isinstance(r.get("id"), str)
+        for r in data
+    ):
+        raise BadRequest("a data array of {type: io.cozy.files, id} is expected")
+    instance = instance_of(request)
+    ref = {"type": doctype, "id": doc_id}
+    for item in data:
+        doc = await vfs.get(instance, item["id"])
+        await access.authorize(vfs, instance, permissions_of(request), "PATCH", doc)
+        if add:
+            await vfs.add_references(instance, item["id"], [ref])
+        else:
+            await vfs.remove_references(instance, item["id"], [ref])
+    request.setResponseCode(204)
+    return b""

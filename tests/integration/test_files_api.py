@@ -361,3 +361,43 @@ def test_permissions_on_a_subtree(files_daemon, files, home):
     assert limited.patch(f, {"name": "y.txt"}).status == 403  # no PATCH verb
     assert limited.request("GET", "/files/trash").status == 403
     assert files.request("GET", f"/files/{home}", token=False).status == 401
+
+
+def test_references_in_both_directions(files_daemon, files, home):
+    token = token_for(files_daemon, "io.cozy.files", "io.cozy.photos.albums")
+    both = FilesClient(daemon_transport(files_daemon, files_daemon.domain), token)
+    album = f"album-{uuid.uuid4().hex[:6]}"
+    ids = sorted(both.upload(f"p{i}.jpg", b"%d" % i, home).data["id"] for i in range(3))
+    added = both.request(
+        "POST",
+        f"/data/io.cozy.photos.albums/{album}/relationships/references",
+        body={"data": [{"type": "io.cozy.files", "id": i} for i in ids]},
+    )
+    assert added.status == 204, added.body
+    page = both.request(
+        "GET",
+        f"/data/io.cozy.photos.albums/{album}/relationships/references",
+        params={"page[limit]": "2", "include": "files"},
+    ).json()
+    assert [d["id"] for d in page["data"]] == ids[:2]
+    assert page["meta"]["count"] == 3 and "next" in page["links"]
+    assert [d["id"] for d in page["included"]] == ids[:2]
+    refs = both.get(ids[0]).data["relationships"]["referenced_by"]["data"]
+    assert refs == [{"type": "io.cozy.photos.albums", "id": album}]
+    removed = both.request(
+        "DELETE",
+        f"/data/io.cozy.photos.albums/{album}/relationships/references",
+        body={"data": [{"type": "io.cozy.files", "id": ids[0]}]},
+    )
+    assert removed.status == 204
+    left = both.request(
+        "GET", f"/data/io.cozy.photos.albums/{album}/relationships/references"
+    ).json()
+    assert [d["id"] for d in left["data"]] == ids[1:]
+    # Files only: no permission on the album, no listing of its references.
+    assert (
+        files.request(
+            "GET", f"/data/io.cozy.photos.albums/{album}/relationships/references"
+        ).status
+        == 403
+    )

@@ -1010,6 +1010,51 @@ def files_archive_link(w):
     )
 
 
+@case(
+    "public",
+    "POST",
+    "/data/{doctype}/{docid}/relationships/references",
+    (INST, FILES_EV, UPDATED),
+)
+def data_add_references(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    f.token = w.cli("io.cozy.files io.cozy.photos.albums")
+    w.start()
+    f.call(
+        "POST",
+        "/data/io.cozy.photos.albums/a1/relationships/references",
+        body={"data": [{"type": "io.cozy.files", "id": doc}]},
+        status=204,
+    )
+
+
+@case(
+    "public",
+    "DELETE",
+    "/data/{doctype}/{docid}/relationships/references",
+    (INST, FILES_EV, UPDATED),
+)
+def data_remove_references(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    f.token = w.cli("io.cozy.files io.cozy.photos.albums")
+    body = {"data": [{"type": "io.cozy.files", "id": doc}]}
+    f.call(
+        "POST",
+        "/data/io.cozy.photos.albums/a1/relationships/references",
+        body=body,
+        status=204,
+    )
+    w.start()
+    f.call(
+        "DELETE",
+        "/data/io.cozy.photos.albums/a1/relationships/references",
+        body=body,
+        status=204,
+    )
+
+
 # The admin API -----------------------------------------------------------------------
 @case("admin", "POST", "/instances/{domain}/files/dir", (INST, "io.cozy.files", CREATED))
 def admin_files_mkdir(w):
