@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import datetime
 import time
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,8 @@ DIRECTORY = "directory"
 FILE = "file"
 #: Documents read per query when walking a whole tree.
 PAGE = 1000
+#: Bytes of an upload gathered before each write to disk.
+WRITE_BATCH = 1024 * 1024
 
 Doc = dict[str, Any]
 
@@ -412,8 +415,15 @@ class VFS:
         return candidate
 
     # -- usage and quota ----------------------------------------------------------
+    @staticmethod
+    def _usage_key(instance: Any) -> str:
+        # A domain destroyed and created again keeps its prefix, not its
+        # secrets: the figures of the old one are never reused.
+        secret = getattr(instance, "cli_secret", b"") or b""
+        return f"{instance.prefix}/{hashlib.sha256(secret).hexdigest()[:16]}"
+
     async def usage(self, instance: Any) -> Usage:
-        cached = self._usage.get(instance.prefix)
+        cached = self._usage.get(self._usage_key(instance))
         if cached is not None:
             return cached
         usage = Usage()
@@ -444,11 +454,11 @@ class VFS:
         result = await self.documents.all_docs(instance, VERSIONS, include_docs=True)
         for row in result.get("rows", []):
             usage.versions += size_of(row.get("doc") or {})
-        self._usage[instance.prefix] = usage
+        self._usage[self._usage_key(instance)] = usage
         return usage
 
     def forget_usage(self, instance: Any) -> None:
-        self._usage.pop(instance.prefix, None)
+        self._usage.pop(self._usage_key(instance), None)
 
     async def get_or_none(self, instance: Any, doc_id: str) -> Doc | None:
         try:
@@ -544,16 +554,31 @@ class VFS:
         if quota > 0:
             usage = await self.usage(instance)
             limit = min(limit, max(quota - usage.used, 0))
+        # Chunks are written in batches of WRITE_BATCH bytes (one trip to
+        # the blocking pool each): memory stays bounded by one batch.
+        pending: list[bytes] = []
+        counts = {"received": 0, "pending": 0}
         try:
 
             def sink(chunk: bytes):
-                if upload.size is not None and temp.size + len(chunk) > upload.size:
+                counts["received"] += len(chunk)
+                if upload.size is not None and counts["received"] > upload.size:
                     raise SizeMismatch()
-                if temp.size + len(chunk) > limit:
+                if counts["received"] > limit:
                     raise FileTooBig()
-                return self._run(temp.write, chunk)
+                pending.append(chunk)
+                counts["pending"] += len(chunk)
+                if counts["pending"] < WRITE_BATCH:
+                    return None
+                data = b"".join(pending)
+                pending.clear()
+                counts["pending"] = 0
+                return self._run(temp.write, data)
 
             await read_into(sink)
+            if pending:
+                await self._run(temp.write, b"".join(pending))
+                pending.clear()
             if upload.size is not None and temp.size != upload.size:
                 raise SizeMismatch()
             if upload.md5 is not None and temp.md5.digest() != upload.md5:
@@ -714,7 +739,7 @@ class VFS:
                 log.failure("after the upload of {id}", id=doc.get("_id"))
 
     def _count(self, instance: Any, *, files: int = 0, trash: int = 0, versions: int = 0):
-        usage = self._usage.get(instance.prefix)
+        usage = self._usage.get(self._usage_key(instance))
         if usage is not None:
             usage.files += files
             usage.trash += trash
