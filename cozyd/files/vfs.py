@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import base64
 import copy
-import hashlib
 import datetime
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,12 +31,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cozyd.documents import Documents
+from cozyd.documents import DocConflict, DocNotFound, Documents, new_doc_id
 from cozyd.errors import BadRequest, Conflict, CozyError, NotFound, PayloadTooLarge
 from cozyd.files import names
 from cozyd.files.store import ContentStore, TempFile
 from cozyd.instance.defaults import ROOT_DIR_ID, TRASH_DIR_ID, TRASH_DIR_NAME
-from cozyd.storage.interface import DocConflict, DocNotFound, new_doc_id
 
 log = Logger()
 
