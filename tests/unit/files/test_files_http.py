@@ -11,7 +11,6 @@ import pytest
 
 from cozyd.errors import PermissionDenied
 from cozyd.files import access
-from cozyd.instance.model import Instance
 from cozyd.permissions.rules import PermissionSet, Rule
 from cozyd.testing import MemoryClient, sync
 from tests.support.auth import Browser, admin_token, create_instance
@@ -23,8 +22,12 @@ ROOT = "io.cozy.files.root-dir"
 def client_for(stack, domain: str) -> FilesClient:
     admin = Browser(stack.admin)
     create_instance(admin, domain)
-    token = admin_token(admin, domain, Audience="cli", Scope="io.cozy.files io.cozy.settings")
-    return FilesClient(memory_transport(MemoryClient(stack.public), f"http://{domain}"), token)
+    token = admin_token(
+        admin, domain, Audience="cli", Scope="io.cozy.files io.cozy.settings"
+    )
+    return FilesClient(
+        memory_transport(MemoryClient(stack.public), f"http://{domain}"), token
+    )
 
 
 @pytest.fixture
@@ -75,7 +78,9 @@ def test_a_rule_on_a_directory_covers_its_subtree(stack, alice):
     inst = instance(stack, "alice.cozy.test")
     share = PermissionSet(
         type="share",
-        rules=(("files", Rule(type="io.cozy.files", verbs=frozenset({"GET"}), values=(top,))),),
+        rules=(
+            ("files", Rule(type="io.cozy.files", verbs=frozenset({"GET"}), values=(top,))),
+        ),
     )
 
     def doc(doc_id):
@@ -123,7 +128,12 @@ def test_bad_bodies_get_jsonapi_errors(alice):
     assert reply.status == 400
     md5 = alice.upload("g.txt", b"x", md5="not base64!")
     assert md5.status == 400
-    assert alice.request("POST", "/files/archive", body={"data": {"attributes": {"ids": []}}}).status == 400
+    assert (
+        alice.request(
+            "POST", "/files/archive", body={"data": {"attributes": {"ids": []}}}
+        ).status
+        == 400
+    )
 
 
 def test_disk_usage_needs_a_permission(stack, alice):

@@ -23,7 +23,9 @@ def test_bad_names(name):
     assert caught.value.status == 422
 
 
-@pytest.mark.parametrize("name", ["a", "...", ".hidden", "x" * 255, "é" * 127, "a b", "日本"])
+@pytest.mark.parametrize(
+    "name", ["a", "...", ".hidden", "x" * 255, "é" * 127, "a b", "日本"]
+)
 def test_good_names(name):
     assert names.check_name(name) == name
 
@@ -64,7 +66,10 @@ def test_content_disposition_carries_any_name(name):
 
 def test_mime_and_class():
     assert names.mime_and_class("a.jpg", None) == ("image/jpeg", "image")
-    assert names.mime_and_class("a.pdf", "application/octet-stream") == ("application/pdf", "pdf")
+    assert names.mime_and_class("a.pdf", "application/octet-stream") == (
+        "application/pdf",
+        "pdf",
+    )
     assert names.mime_and_class("noext", None) == ("application/octet-stream", "files")
     assert names.mime_and_class("x", "text/plain; charset=utf-8") == ("text/plain", "text")
 
