@@ -838,6 +838,56 @@ class VFS:
 
         return await self._locked(instance, step)
 
+    async def version_with_metadata(
+        self,
+        instance: Any,
+        doc_id: str,
+        metadata: Doc,
+        *,
+        tags: tuple[str, ...] = (),
+    ) -> Doc:
+        """A new version of a file with the same content and new metadata:
+        the current one becomes an old version (POST /files/:id/versions)."""
+        store = self.store_of(instance)
+        source = await self.get(instance, doc_id)
+        if is_dir(source) or not source.get("internal_vfs_id"):
+            raise BadRequest("only a file has versions")
+        await self.check_quota(instance, size_of(source))
+        key = await self._run(store.copy, source["internal_vfs_id"])
+
+        async def step() -> Doc:
+            base = await self.get(instance, doc_id)
+            if base.get("internal_vfs_id") != source.get("internal_vfs_id"):
+                raise PreconditionFailed("the file changed meanwhile")
+            doc = copy.deepcopy(base)
+            doc["internal_vfs_id"] = key
+            doc["metadata"] = metadata
+            if tags:
+                doc["tags"] = _dedup([*doc.get("tags", []), *tags])
+            now = self.now()
+            meta = doc.setdefault("cozyMetadata", {})
+            meta["updatedAt"] = meta["uploadedAt"] = now
+            old_key = base["internal_vfs_id"]
+            await self._run(store.mark, key, doc_id)
+            await self._run(store.mark, old_key, doc_id)
+            try:
+                result = await self.documents.put(instance, FILES, doc)
+            except BaseException:
+                await self._run(store.unmark, old_key)
+                raise
+            finally:
+                await self._run(store.unmark, key)
+            doc["_rev"] = result["rev"]
+            await self._add_version(instance, base)
+            await self._run(store.unmark, old_key)
+            return doc
+
+        try:
+            return await self._locked(instance, step)
+        except BaseException:
+            await self._run(store.delete, key)
+            raise
+
     async def clean_versions(self, instance: Any) -> None:
         result = await self.documents.all_docs(instance, VERSIONS, include_docs=True)
         for row in result.get("rows", []):

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
+from attrs import evolve as attrs_evolve
 from twisted.internet import interfaces
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -60,6 +61,11 @@ SECRET_TTL = 600.0
 DEFAULT_PAGE = 30
 MAX_PAGE = 1000
 THUMB_FORMATS = ("tiny", "small", "medium", "large")
+#: Metadata keys that need a permission of their own (files.md).
+SPECIAL_METADATA = {
+    "carbonCopy": "io.cozy.certified.carbon_copy",
+    "electronicSafe": "io.cozy.certified.electronic_safe",
+}
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -368,6 +374,7 @@ class FilesService(Service):
         updated_at = _query_time(request, "UpdatedAt") or _parse_time_header(
             request.getHeader(b"date")
         )
+        metadata = self._metadata_by_id(request)
         if kind == DIRECTORY:
             doc = await self.vfs.create_dir(
                 instance,
@@ -377,12 +384,71 @@ class FilesService(Service):
                 created_at=created_at,
                 updated_at=updated_at,
                 app=self._app(request),
+                metadata=metadata,
             )
             return await self._answer_doc(request, doc, 201)
         upload = self._upload(request, name, dir_id, tags, created_at, updated_at)
+        if metadata is not None:
+            upload = attrs_evolve(upload, metadata={**(upload.metadata or {}), **metadata})
         stream = body_stream(request)
         doc = await self.vfs.create_file(instance, upload, stream.read_into)
         return await self._answer_doc(request, doc, 201)
+
+    def _metadata_by_id(self, request: IRequest) -> dict[str, Any] | None:
+        metadata_id = query_param(request, "MetadataID")
+        if not metadata_id:
+            return None
+        try:
+            entry = self.secrets.get(instance_of(request).prefix, metadata_id)
+        except NotFound:
+            raise InvalidName(
+                "Invalid or expired MetadataID", code="invalid_metadata"
+            ) from None
+        if not (isinstance(entry, tuple) and entry[0] == "metadata"):
+            raise InvalidName("Invalid or expired MetadataID", code="invalid_metadata")
+        return dict(entry[1])
+
+    def _metadata_body(self, request: IRequest) -> dict[str, Any]:
+        body = read_json(request)
+        data = body.get("data") if isinstance(body, dict) else None
+        attributes_ = data.get("attributes") if isinstance(data, dict) else None
+        if not isinstance(attributes_, dict):
+            raise BadRequest("a JSON:API io.cozy.files.metadata object is expected")
+        permissions = permissions_of(request)
+        for key, doctype in SPECIAL_METADATA.items():
+            if key in attributes_ and not permissions.allows_collection("POST", doctype):
+                raise PermissionDenied(f"{key} needs a permission on {doctype}")
+        return attributes_
+
+    @route("upload/metadata", "POST", auth=token(FILES, verb="POST"))
+    async def upload_metadata(self, request: IRequest):
+        attributes_ = self._metadata_body(request)
+        secret = self.secrets.issue(instance_of(request).prefix, ("metadata", attributes_))
+        return jsonapi(
+            request,
+            {
+                "data": {
+                    "type": "io.cozy.files.metadata",
+                    "id": secret,
+                    "attributes": attributes_,
+                }
+            },
+            201,
+        )
+
+    @route("{file_id}/versions", "POST", auth=token(collection=False))
+    async def new_version(self, request: IRequest, file_id: str):
+        instance = instance_of(request)
+        doc = await self.vfs.get(instance, file_id)
+        await self._authorize(request, "PUT", doc)
+        attributes_ = self._metadata_body(request)
+        tags = tuple(
+            t.strip() for t in (query_param(request, "Tags") or "").split(",") if t.strip()
+        )
+        new = await self.vfs.version_with_metadata(
+            instance, file_id, attributes_, tags=tags
+        )
+        return await self._answer_doc(request, new)
 
     def _upload(self, request, name, dir_id, tags, created_at, updated_at) -> Upload:
         size: int | None = None
@@ -733,7 +799,9 @@ class FilesService(Service):
             request.setHeader(b"Content-Length", str(length).encode())
             if request.method == b"HEAD" or length == 0:
                 fileobj.close()
-                return b""
+                # Finished here: the Content-Length stays the content's.
+                request.finish()
+                return NOT_DONE_YET
         except BaseException:
             fileobj.close()
             raise

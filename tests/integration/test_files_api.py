@@ -401,3 +401,52 @@ def test_references_in_both_directions(files_daemon, files, home):
         ).status
         == 403
     )
+
+
+def test_head_metadata_id_and_new_version(files, home):
+    up = files.upload("q.txt", b"quarterly", home)
+    doc_id = up.data["id"]
+    head = files.request("HEAD", f"/files/download/{doc_id}")
+    assert head.status == 200 and head.body == b""
+    assert head.headers["content-length"] == "9"
+    meta = files.request(
+        "POST",
+        "/files/upload/metadata",
+        body={
+            "data": {
+                "type": "io.cozy.files.metadata",
+                "attributes": {"datetime": "2017-04-22T01:00:00Z"},
+            }
+        },
+    )
+    assert meta.status == 201, meta.body
+    metadata_id = meta.data["id"]
+    with_meta = files.upload("m.txt", b"m", home, MetadataID=metadata_id)
+    assert with_meta.status == 201
+    assert with_meta.data["attributes"]["metadata"] == {"datetime": "2017-04-22T01:00:00Z"}
+    assert files.upload("n.txt", b"n", home, MetadataID="nope").status == 422
+    refused = files.request(
+        "POST",
+        "/files/upload/metadata",
+        body={"data": {"attributes": {"carbonCopy": True}}},
+    )
+    assert refused.status == 403
+    version = files.request(
+        "POST",
+        f"/files/{doc_id}/versions",
+        params={"Tags": "qualified"},
+        body={
+            "data": {
+                "type": "io.cozy.files.metadata",
+                "attributes": {"qualification": {"label": "invoice"}},
+            }
+        },
+    )
+    assert version.status == 200, version.body
+    assert version.data["attributes"]["metadata"] == {"qualification": {"label": "invoice"}}
+    assert "qualified" in version.data["attributes"]["tags"]
+    assert files.download(doc_id).body == b"quarterly"
+    versions = files.request("GET", f"/files/{doc_id}/versions").data
+    assert len(versions) == 1
+    old = files.request("GET", f"/files/download/{versions[0]['id']}")
+    assert old.body == b"quarterly"

@@ -1055,6 +1055,36 @@ def data_remove_references(w):
     )
 
 
+@case("public", "POST", "/files/upload/metadata")
+def files_upload_metadata(w):
+    f = FilesWorld(w)
+    w.start()
+    f.call(
+        "POST",
+        "/files/upload/metadata",
+        body={"data": {"attributes": {"datetime": "2020-01-01T00:00:00Z"}}},
+        status=201,
+    )
+
+
+@case(
+    "public",
+    "POST",
+    "/files/{file_id}/versions",
+    (INST, FILES_EV, UPDATED),
+    (INST, VERSIONS_EV, CREATED),
+)
+def files_new_version(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    w.start()
+    f.call(
+        "POST",
+        f"/files/{doc}/versions",
+        body={"data": {"attributes": {"qualification": {"label": "x"}}}},
+    )
+
+
 # The admin API -----------------------------------------------------------------------
 @case("admin", "POST", "/instances/{domain}/files/dir", (INST, "io.cozy.files", CREATED))
 def admin_files_mkdir(w):

@@ -160,3 +160,16 @@ def test_recover_cleans_leftovers(stack, alice):
     assert store.pending() == [] and os.listdir(store.tmp) == []
     assert store.stat(orphan) is None and store.stat(key) is not None
     del leftover
+
+
+def test_a_link_planted_in_the_storage_folder_is_not_followed(stack, alice, tmp_path):
+    secret = tmp_path / "outside.txt"
+    secret.write_bytes(b"root:x:0:0")
+    doc_id = alice.upload("victim.txt", b"mine").data["id"]
+    inst = instance(stack, "alice.cozy.test")
+    store = stack.vfs.store_of(inst)
+    path = store.path_of(sync(stack.vfs.get(inst, doc_id))["internal_vfs_id"])
+    os.unlink(path)
+    os.symlink(secret, path)
+    reply = alice.download(doc_id)
+    assert reply.status == 404 and b"root:" not in reply.body
