@@ -170,6 +170,29 @@ def test_concurrent_moves_and_same_name_uploads_stay_consistent(make_daemon, eng
     fsck = daemon.cozyctl("instances", "fsck", DOMAIN)
     assert fsck.returncode == 0, fsck.stdout
 
+    # A move into a directory being trashed: before (it goes to the trash
+    # with it) or after (refused), never a live entry under a trashed one.
+    for n in range(5):
+        c = files.mkdir(f"c{n}").data["id"]
+        x = files.mkdir(f"x{n}").data["id"]
+        inner = files.upload("inner.txt", b"i", x).data["id"]
+        results.clear()
+        calls = [lambda c=c: files.trash(c), lambda x=x, c=c: files.patch(x, {"dir_id": c})]
+        threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        moved = files.get(x).data["attributes"]
+        if moved["dir_id"] == c:
+            assert moved["path"].startswith("/.cozy_trash/")
+            assert files.get(inner).data["attributes"]["trashed"] is True
+        else:
+            assert moved["path"] == f"/x{n}" and 412 in results
+            assert files.get(inner).data["attributes"]["trashed"] is False
+    fsck = daemon.cozyctl("instances", "fsck", DOMAIN)
+    assert fsck.returncode == 0, fsck.stdout
+
 
 def peak_rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
