@@ -318,6 +318,10 @@ def files_services(
             vfs, run_blocking=run, max_pixels=config.get("fs", "thumbnail_max_pixels")
         )
         vfs.on_uploaded = thumbnails.after_upload
+        from cozyd.files.thumbs import image_metadata
+
+        max_pixels = config.get("fs", "thumbnail_max_pixels")
+        vfs.image_metadata = lambda path: image_metadata(path, max_pixels)
     service = FilesService(
         vfs,
         guard,

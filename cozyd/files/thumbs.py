@@ -102,3 +102,29 @@ def _make_all(store, key: str, max_pixels: int) -> None:
         tmp = target + ".part"
         thumb.save(tmp, "JPEG", quality=82)
         os.replace(tmp, target)
+
+
+def image_metadata(path: str, max_pixels: int = 50_000_000) -> dict[str, Any]:
+    """What cozy-stack records of an image: ``width``, ``height``, and
+    ``datetime`` (EXIF DateTimeOriginal, as RFC 3339) when it has one.
+    Blocks (the VFS runs it in its pool); nothing for what is no image."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with Image.open(path) as image:
+            found: dict[str, Any] = {"width": image.width, "height": image.height}
+            exif = image.getexif()
+            raw = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return {}
+    if isinstance(raw, str):
+        import datetime
+
+        try:
+            moment = datetime.datetime.strptime(raw.strip(), "%Y:%m:%d %H:%M:%S")
+        except ValueError:
+            moment = None
+        if moment is not None:
+            found["datetime"] = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return found

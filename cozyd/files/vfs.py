@@ -168,6 +168,7 @@ class VFS:
         max_file_size: int = 2**40,
         on_uploaded: Callable[[Any, Doc], Any] | None = None,
         on_removed: Callable[[Any, str], Any] | None = None,
+        image_metadata: Callable[[str], Doc] | None = None,
     ):
         self.documents = documents
         self._files_dir = files_dir
@@ -177,6 +178,8 @@ class VFS:
         self.versions_min_delay = versions_min_delay
         self.max_file_size = max_file_size
         self.on_uploaded = on_uploaded
+        #: Reads an image's metadata (size, EXIF date) before the commit.
+        self.image_metadata = image_metadata
         self._locks: dict[str, defer.DeferredLock] = {}
         self._usage: dict[str, Usage] = {}
 
@@ -657,6 +660,7 @@ class VFS:
                 await self._run(temp.abort)
                 raise
             doc = self._file_doc(instance, upload, temp, None)
+            await self._add_image_metadata(doc, temp, upload)
             await self._run(store.commit, temp, doc["_id"])
             try:
                 result = await self.documents.put(instance, FILES, doc)
@@ -701,6 +705,7 @@ class VFS:
                 raise
             up = attrs.evolve(upload, name=base["name"], dir_id=base["dir_id"])
             doc = self._file_doc(instance, up, temp, base)
+            await self._add_image_metadata(doc, temp, upload)
             old_key = base.get("internal_vfs_id")
             await self._run(store.commit, temp, doc_id)
             if old_key:
@@ -729,6 +734,25 @@ class VFS:
         doc = await self._locked(instance, step)
         self._uploaded(instance, doc)
         return doc
+
+    async def _add_image_metadata(self, doc: Doc, temp: TempFile, upload: Upload) -> None:
+        """An image's width, height and EXIF date go to its ``metadata``;
+        the EXIF date is its ``created_at`` unless the client gave one
+        (cozy-stack's order: EXIF, CreatedAt, Date, now)."""
+        if self.image_metadata is None or doc.get("class") != "image":
+            return
+        try:
+            found = await self._run(self.image_metadata, temp.path)
+        except Exception:
+            log.failure("reading the metadata of an image")
+            return
+        if not found:
+            return
+        doc["metadata"] = {**found, **(doc.get("metadata") or {})}
+        if found.get("datetime"):
+            doc["created_at"] = found["datetime"]
+            if doc.get("updated_at", "") < doc["created_at"]:
+                doc["updated_at"] = doc["created_at"]
 
     def _uploaded(self, instance: Any, doc: Doc) -> None:
         if self.on_uploaded is not None:

@@ -173,3 +173,20 @@ def test_a_link_planted_in_the_storage_folder_is_not_followed(stack, alice, tmp_
     os.symlink(secret, path)
     reply = alice.download(doc_id)
     assert reply.status == 404 and b"root:" not in reply.body
+
+
+def test_an_image_gets_its_size_and_exif_date(alice):
+    from PIL import Image
+
+    image = Image.new("RGB", (320, 200), (0, 90, 0))
+    exif = Image.Exif()
+    exif[0x0132] = "2019:07:14 10:20:30"
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif)
+    up = alice.upload(
+        "summer.jpg", buffer.getvalue(), headers={"Content-Type": "image/jpeg"}
+    )
+    attrs = up.data["attributes"]
+    assert attrs["metadata"]["width"] == 320 and attrs["metadata"]["height"] == 200
+    assert attrs["metadata"]["datetime"] == "2019-07-14T10:20:30Z"
+    assert attrs["created_at"] == "2019-07-14T10:20:30Z"
