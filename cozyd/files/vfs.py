@@ -46,6 +46,10 @@ DIRECTORY = "directory"
 FILE = "file"
 #: Documents read per query when walking a whole tree.
 PAGE = 1000
+#: Seconds a directory's count of entries is kept at most.
+COUNT_TTL = 5.0
+#: The Mango index of (directory, name), made on first use.
+NAME_INDEX = "cozyd-dir-id-name"
 #: Bytes of an upload gathered before each write to disk.
 WRITE_BATCH = 1024 * 1024
 
@@ -182,6 +186,8 @@ class VFS:
         self.image_metadata = image_metadata
         self._locks: dict[str, defer.DeferredLock] = {}
         self._usage: dict[str, Usage] = {}
+        self._indexed: set[str] = set()
+        self._counts: dict[tuple[str, str], tuple[float, int]] = {}
 
     # -- plumbing ---------------------------------------------------------------
     def store_of(self, instance: Any) -> ContentStore:
@@ -205,9 +211,15 @@ class VFS:
         try:
             return await step()
         finally:
+            self._forget_counts(instance)
             lock.release()
             if not lock.locked and not lock.waiting:
                 self._locks.pop(instance.prefix, None)
+
+    def _forget_counts(self, instance: Any) -> None:
+        if self._counts:
+            for key in [k for k in self._counts if k[0] == instance.prefix]:
+                del self._counts[key]
 
     def now(self) -> str:
         moment = datetime.datetime.fromtimestamp(self._seconds(), datetime.UTC)
@@ -248,10 +260,22 @@ class VFS:
         return result.get("docs", [])
 
     async def child(self, instance: Any, dir_id: str, name: str) -> Doc | None:
+        await self._ensure_name_index(instance)
         docs = await self._find(
             instance, {"selector": {"dir_id": dir_id, "name": name}, "limit": 2}
         )
         return docs[0] if docs else None
+
+    async def _ensure_name_index(self, instance: Any) -> None:
+        """The index of names in a directory (once per instance and
+        process): a name lookup in a directory of 10,000 entries reads
+        one row, not all of them."""
+        if instance.prefix in self._indexed:
+            return
+        await self.documents.create_index(
+            instance, FILES, ["dir_id", "name"], ddoc=NAME_INDEX, name=NAME_INDEX
+        )
+        self._indexed.add(instance.prefix)
 
     async def dir_by_path(self, instance: Any, path: str) -> Doc | None:
         docs = await self._find(
@@ -331,6 +355,17 @@ class VFS:
         return page, (page[-1]["_id"] if more and page else None)
 
     async def count_children(self, instance: Any, dir_id: str) -> int:
+        """Entries of a directory (cached until the next tree change of the
+        instance by this process, ``COUNT_TTL`` seconds at most)."""
+        key = (instance.prefix, dir_id)
+        cached = self._counts.get(key)
+        if cached is not None and cached[0] > self._seconds():
+            return cached[1]
+        count = await self._count_children(instance, dir_id)
+        self._counts[key] = (self._seconds() + COUNT_TTL, count)
+        return count
+
+    async def _count_children(self, instance: Any, dir_id: str) -> int:
         count = 0
         async for _ in self._walk_children(instance, dir_id, fields=["_id"]):
             count += 1
