@@ -54,6 +54,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -231,6 +238,16 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
     },
     "fs": {
         "url": (_file_url, ""),
+        # Old versions kept per file on overwrite (0: none), and the least
+        # time between two of them (a newer overwrite replaces no version).
+        "versions_max_number": (_non_negative_int, "20"),
+        "versions_min_delay": (_non_negative_float, "900"),
+        # Largest file accepted by an upload (413 beyond).
+        "max_file_size": (_byte_size, "1000GB"),
+        # Thumbnails of images, made in the background after an upload.
+        "thumbnails": (_bool, "true"),
+        # Largest image (in pixels) a thumbnail is made of.
+        "thumbnail_max_pixels": (_positive_int, "50000000"),
     },
     "instances": {
         "cache_ttl": (_positive_float, "5"),

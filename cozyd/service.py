@@ -92,6 +92,9 @@ class Stack:
     passphrase_checker: PassphraseChecker | None = None
     #: Installs web apps and konnectors (cozyd.apps.installer).
     apps: Any = None
+    #: The virtual file system (``/files``), and its thumbnails.
+    vfs: Any = None
+    thumbnails: Any = None
 
 
 def thread_runner(reactor) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
@@ -209,7 +212,17 @@ def build_stack(
     apps_installer = build_installer(
         config, documents, resolver, clients, run_blocking, seconds, download
     )
+    vfs, thumbnails, files_service = files_services(
+        config,
+        documents,
+        instances,
+        guard,
+        run_blocking=run_blocking,
+        seconds=seconds,
+        pause=pause,
+    )
     services = {
+        "files": files_service,
         "permissions": PermissionsService(guard, shares).resource(),
         "auth/share-by-link": ShareLinkPasswordService(
             shares, RateLimiter(seconds=seconds), secure=scheme == "https"
@@ -219,6 +232,7 @@ def build_stack(
             guard,
             max_body_size=config.get("server", "max_body_size"),
             pause=pause,
+            files=vfs,
         ).resource(),
         **owner_services(
             config,
@@ -230,6 +244,7 @@ def build_stack(
             sessions=web_sessions,
             run_hashing=run_hashing,
             seconds=seconds,
+            vfs=vfs,
         ),
         **apps_services(config, apps_installer, guard, web_sessions),
         **oauth_services(
@@ -299,6 +314,7 @@ def build_stack(
         seconds=seconds,
         metrics=metrics,
         apps=apps_installer,
+        vfs=vfs,
     ).resource()
     return Stack(
         config,
@@ -312,6 +328,8 @@ def build_stack(
         metrics=metrics,
         passphrase_checker=checker,
         apps=apps_installer,
+        vfs=vfs,
+        thumbnails=thumbnails,
     )
 
 
@@ -360,6 +378,54 @@ def apps_services(config: Config, installer, guard: Guard, sessions) -> dict[str
     }
 
 
+def files_services(
+    config: Config,
+    documents: Documents,
+    instances: InstanceManager,
+    guard: Guard,
+    *,
+    run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]],
+    seconds: Callable[[], float],
+    pause: Callable[[], Awaitable[Any]] | None,
+) -> tuple[Any, Any, Any]:
+    """The VFS, its thumbnails, and ``/files``."""
+    from cozyd.files.thumbs import Thumbnails
+    from cozyd.files.vfs import VFS
+    from cozyd.web.files import FilesService
+
+    def run(function, *args):
+        return run_blocking(lambda: function(*args))
+
+    vfs = VFS(
+        documents,
+        instances.files_dir,
+        run_blocking=run,
+        seconds=seconds,
+        versions_max=config.get("fs", "versions_max_number"),
+        versions_min_delay=config.get("fs", "versions_min_delay"),
+        max_file_size=config.get("fs", "max_file_size"),
+    )
+    thumbnails = None
+    if config.get("fs", "thumbnails"):
+        thumbnails = Thumbnails(
+            vfs, run_blocking=run, max_pixels=config.get("fs", "thumbnail_max_pixels")
+        )
+        vfs.on_uploaded = thumbnails.after_upload
+        from cozyd.files.thumbs import image_metadata
+
+        max_pixels = config.get("fs", "thumbnail_max_pixels")
+        vfs.image_metadata = lambda path: image_metadata(path, max_pixels)
+    service = FilesService(
+        vfs,
+        guard,
+        seconds=seconds,
+        scheme=config.get("server", "scheme"),
+        pause=pause,
+        thumbnails=thumbnails,
+    )
+    return vfs, thumbnails, service.resource()
+
+
 def owner_services(
     config: Config,
     documents: Documents,
@@ -371,6 +437,7 @@ def owner_services(
     sessions: WebSessions,
     run_hashing: Callable[[Callable[[], Any]], Awaitable[Any]],
     seconds: Callable[[], float],
+    vfs: Any = None,
 ) -> dict[str, Any]:
     """The owner's routes: ``/`` (home), ``/auth`` (login, logout,
     onboarding form) and ``/settings`` (passphrase, instance, sessions)."""
@@ -408,6 +475,7 @@ def owner_services(
         sessions=sessions,
         passphrases=passphrases,
         urls=urls,
+        vfs=vfs,
     )
     return {
         "": HomePage(pages=pages, sessions=sessions, urls=urls).resource(),
@@ -452,6 +520,26 @@ def access_log_line(timestamp: str, request) -> str:
     path = request.uri.split(b"?", 1)[0].decode("utf-8", "replace")
     method = request.method.decode("ascii", "replace")
     return f'"{method} {path}" {request.code} {request.sentLength or "-"}'
+
+
+async def recover_files(stack: Stack) -> None:
+    """What a crash left in the instances' folders (unfinished uploads,
+    contents no metadata references): cleaned before serving."""
+    if stack.vfs is None:
+        return
+    for instance in await stack.instances.list():
+        try:
+            found = await stack.vfs.recover(instance)
+        except Exception:
+            log.failure("recovering the files of {domain}", domain=instance.domain)
+            continue
+        if any(found.values()):
+            log.info(
+                "files of {domain}: {tmp} unfinished uploads and {deleted} "
+                "unreferenced contents removed",
+                domain=instance.domain,
+                **found,
+            )
 
 
 class OrderedMultiService(MultiService):
@@ -540,6 +628,7 @@ class StorageService(Service):
             download=downloader(reactor, timeout=config.get("apps", "fetch_timeout")),
         )
         await self.stack.instances.setup()
+        await recover_files(self.stack)
         log.info("storage ready: {engine} engine", engine=store.engine)
 
     def stopService(self) -> defer.Deferred:

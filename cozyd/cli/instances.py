@@ -458,6 +458,34 @@ def cmd_set_disk_quota(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def cmd_fsck(args: argparse.Namespace, ctx: Context) -> int:
+    """Mismatches between the files' metadata and the disk, one per line;
+    exit status 1 when there are some (repaired or not)."""
+    query = [
+        (name, "true")
+        for name, on in (
+            ("IndexIntegrity", args.index_integrity),
+            ("FilesConsistency", args.files_consistency),
+            ("FailFast", args.fail_fast),
+            ("Repair", args.repair),
+            ("CheckMD5", args.check_md5),
+        )
+        if on
+    ]
+    path = instance_path(check_domain(args.domain), "fsck")
+    result = ctx.admin.json("GET", path, query, min_timeout=600)
+    for mismatch in result["mismatches"]:
+        if args.json:
+            out(json.dumps(mismatch))
+        else:
+            out(
+                f"{mismatch['type']}: {mismatch['path'] or mismatch['id']} ({mismatch['detail']})"
+            )
+    if not result["mismatches"] and not args.json:
+        info("no mismatch")
+    return 1 if result["mismatches"] else 0
+
+
 def _public_request(
     ctx: Context, domain: str, method: str, path: str, token: str, body: Any = None
 ) -> tuple[int, bytes]:
@@ -719,6 +747,19 @@ def register(nouns: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     p.add_argument("domain")
     p.add_argument("disk_quota", type=parse_bytes, metavar="disk-quota")
+
+    p = command("fsck", cmd_fsck, "check (and repair) the files of an instance")
+    p.add_argument("domain")
+    p.add_argument("--index-integrity", action="store_true", help="check the index only")
+    p.add_argument(
+        "--files-consistency",
+        action="store_true",
+        help="check metadata against the disk only",
+    )
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first mismatch")
+    p.add_argument("--json", action="store_true", help="one JSON object per mismatch")
+    p.add_argument("--repair", action="store_true", help="repair what can be repaired")
+    p.add_argument("--check-md5", action="store_true", help="also compare every MD5")
 
     p = command(
         "set-passphrase",

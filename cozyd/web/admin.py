@@ -42,7 +42,15 @@ from cozyd.web.common import (
     query_list,
     query_text,
 )
-from cozyd.web.routing import ADMIN, NO_BODY, Service, maybe_await, route, shield
+from cozyd.web.routing import (
+    ADMIN,
+    NO_BODY,
+    Service,
+    maybe_await,
+    route,
+    shield,
+    streamed,
+)
 
 log = Logger()
 
@@ -89,10 +97,12 @@ class AdminService(Service):
         failure_period: float = FAILURE_PERIOD,
         metrics: Any = None,
         apps: Any = None,
+        vfs: Any = None,
     ):
         super().__init__()
         self._metrics = metrics
         self._apps = apps
+        self._vfs = vfs
         self._instances = instances
         self._check_passphrase = check_passphrase
         self._clients = clients
@@ -388,6 +398,30 @@ class AdminService(Service):
     @route("instances/{domain}/konnectors/{slug}", "DELETE", auth=ADMIN)
     async def uninstall_konnector(self, request: IRequest, domain: str, slug: str):
         return await self._one_app(request, domain, KONNECTOR, slug)
+
+    # -- files (cozyd.web.files.FilesAdmin does the work) -----------------------
+    def _files_admin(self):
+        if self._vfs is None:
+            raise NotFound("no file system here")
+        from cozyd.web.files import FilesAdmin
+
+        return FilesAdmin(self._vfs)
+
+    @route("instances/{domain}/fsck", "GET", auth=ADMIN)
+    async def fsck(self, request: IRequest, domain: str):
+        return await self._files_admin().fsck(request, await self._instances.get(domain))
+
+    @route("instances/{domain}/disk-usage", "GET", auth=ADMIN)
+    async def disk_usage(self, request: IRequest, domain: str):
+        return await self._files_admin().usage(request, await self._instances.get(domain))
+
+    @route("instances/{domain}/files/dir", "POST", auth=ADMIN)
+    async def files_mkdir(self, request: IRequest, domain: str):
+        return await self._files_admin().mkdir(request, await self._instances.get(domain))
+
+    @route("instances/{domain}/files/file", "POST", auth=ADMIN, body=streamed(2**50))
+    async def files_upload(self, request: IRequest, domain: str):
+        return await self._files_admin().upload(request, await self._instances.get(domain))
 
     # -- metrics ------------------------------------------------------------
     @route("metrics", "GET", auth=ADMIN)

@@ -73,6 +73,7 @@ from cozyd.web.routing import (
     MethodNotAllowed,
     Service,
     TokenAuth,
+    json_body,
     param,
     state_of,
     token,
@@ -183,6 +184,7 @@ def route(
     access: str | None = None,
     proxy: bool = False,
     auth: bool = True,
+    body: Any = None,
 ):
     """A /data route: ``access`` refuses reserved doctypes before the
     handler, ``proxy`` answers storage errors as CouchDB's own bodies
@@ -191,7 +193,9 @@ def route(
 
     def register(handler):
         policy = DataAccess(getattr(handler, "__data_permission__", None), access, auth)
-        return declare_route(pattern, *methods, auth=policy, proxy=proxy)(handler)
+        return declare_route(pattern, *methods, auth=policy, proxy=proxy, body=body)(
+            handler
+        )
 
     return register
 
@@ -364,10 +368,12 @@ class DataService(Service):
         *,
         max_body_size: int,
         pause: Callable[[], Awaitable[Any]] | None = None,
+        files: Any = None,
     ):
         """``pause()`` gives the reactor a turn between the pieces of a large
-        answer (``cozyd.web.streaming``)."""
+        answer (``cozyd.web.streaming``); ``files`` the VFS (references)."""
         super().__init__()
+        self.files = files
         self.store = documents.store  # reads
         #: The store's reads as JSON bytes, passed through (None: decode, encode).
         self.raw = self.store if isinstance(self.store, RawReads) else None
@@ -1151,6 +1157,36 @@ class DataService(Service):
             instance_of(request), doctype, {**body, "_id": f"_local/{docid}"}
         )
         return json_response(request, result, status=201)
+
+    # -- references to files (references-docs-in-vfs.md; the VFS does it) ---
+    @route("{doctype}/{docid}/relationships/references", "GET", access="readable")
+    @document()
+    async def list_references(self, request: IRequest, doctype: str, docid: str):
+        from cozyd.web.files import references_page
+
+        authorize_document(request, doctype, docid, verb="GET")
+        return await references_page(self.files, request, doctype, docid)
+
+    @route("{doctype}/{docid}/relationships/references", "POST", access="readable")
+    @document()
+    async def add_references(self, request: IRequest, doctype: str, docid: str):
+        from cozyd.web.files import change_references
+
+        authorize_document(request, doctype, docid, verb="PUT")
+        return await change_references(self.files, request, doctype, docid, add=True)
+
+    @route(
+        "{doctype}/{docid}/relationships/references",
+        "DELETE",
+        access="readable",
+        body=json_body(),
+    )
+    @document()
+    async def remove_references(self, request: IRequest, doctype: str, docid: str):
+        from cozyd.web.files import change_references
+
+        authorize_document(request, doctype, docid, verb="PUT")
+        return await change_references(self.files, request, doctype, docid, add=False)
 
 
 def _json_kind(value: Any) -> str:

@@ -104,6 +104,9 @@ def session_object(session: Session) -> dict[str, Any]:
     return jsonapi_doc(SESSIONS_DOCTYPE, session.id, session.attributes(), rev=session.rev)
 
 
+DISK_USAGE_ID = "io.cozy.settings.disk-usage"
+
+
 class SettingsService(Service):
     errors = jsonapi_errors
 
@@ -117,8 +120,10 @@ class SettingsService(Service):
         sessions: WebSessions,
         passphrases: Passphrases,
         urls: InstanceURLs,
+        vfs: Any = None,
     ):
         super().__init__()
+        self.vfs = vfs
         self.guard = guard
         self.documents = documents
         self.instances = instances
@@ -426,6 +431,37 @@ class SettingsService(Service):
         if not changes:
             return instance
         return await self.instances.modify(instance.domain, ModifyOptions(**changes))
+
+    @route("disk-usage", "GET", auth=token(collection=False))
+    async def disk_usage(self, request: IRequest):
+        """Bytes used by files (the trash included), by old versions, and
+        the quota when there is one (cozy-stack's strings)."""
+        authorize_document(request, SETTINGS_DOCTYPE, DISK_USAGE_ID, verb="GET")
+        instance = instance_of(request)
+        usage = await self.vfs.usage(instance)
+        attributes: dict[str, Any] = {
+            "used": str(usage.used),
+            "files": str(usage.files),
+            "versions": str(usage.versions),
+        }
+        if instance.disk_quota:
+            attributes["quota"] = str(instance.disk_quota)
+        include = request.args.get(b"include") or []
+        if b"trash" in b",".join(include).split(b","):
+            attributes["trash"] = str(usage.trash)
+        return json_response(
+            request,
+            {
+                "data": {
+                    "type": SETTINGS_DOCTYPE,
+                    "id": DISK_USAGE_ID,
+                    "attributes": attributes,
+                    "meta": {},
+                    "links": {"self": "/settings/disk-usage"},
+                }
+            },
+            content_type=JSONAPI,
+        )
 
     @route("capabilities", "GET", auth=token())
     async def capabilities(self, request: IRequest):

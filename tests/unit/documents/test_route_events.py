@@ -761,7 +761,357 @@ def settings_revoke_client(w):
     assert reply.status == 204, reply.body
 
 
+# /files ------------------------------------------------------------------------------
+FILES_EV = "io.cozy.files"
+VERSIONS_EV = "io.cozy.files.versions"
+
+
+class FilesWorld:
+    """An onboarded alice with a files token, and raw HTTP to /files."""
+
+    def __init__(self, w: World):
+        from cozyd.testing import MemoryClient
+
+        w.onboarded()
+        self.w = w
+        self.http = MemoryClient(w.stack.public)
+        self.token = w.cli("io.cozy.files")
+
+    def call(self, method, path, *, data=None, body=None, status=200, headers=None):
+        import json as _json
+
+        all_headers = {"Authorization": f"Bearer {self.token}", **(headers or {})}
+        if body is not None:
+            data = _json.dumps(body).encode()
+        reply = self.http.request(method, BASE + path, headers=all_headers, data=data)
+        assert reply.status == status, (method, path, reply.status, reply.body)
+        return reply.json() if reply.body else None
+
+    def mkdir(self, name="d", parent=""):
+        return self.call("POST", f"/files/{parent}?Type=directory&Name={name}", status=201)[
+            "data"
+        ]["id"]
+
+    def upload(self, name="f.txt", parent="io.cozy.files.root-dir", content=b"abc"):
+        return self.call(
+            "POST", f"/files/{parent}?Type=file&Name={name}", data=content, status=201
+        )["data"]["id"]
+
+    def version(self, doc_id):
+        self.call("PUT", f"/files/{doc_id}", data=b"second")
+        versions = self.call("GET", f"/files/{doc_id}/versions")["data"]
+        return versions[0]["id"].split("/", 1)[1]
+
+
+@case("public", "POST", "/files", (INST, FILES_EV, CREATED))
+def files_mkdir_root(w):
+    f = FilesWorld(w)
+    w.start()
+    f.mkdir()
+
+
+@case("public", "POST", "/files/{dir_id}", (INST, FILES_EV, CREATED))
+def files_upload(w):
+    f = FilesWorld(w)
+    w.start()
+    f.upload()
+
+
+@case(
+    "public",
+    "PUT",
+    "/files/{file_id}",
+    (INST, FILES_EV, UPDATED),
+    (INST, VERSIONS_EV, CREATED),
+)
+def files_overwrite(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    w.start()
+    f.call("PUT", f"/files/{doc}", data=b"new")
+
+
+def _patch_body(**attributes):
+    return {"data": {"type": "io.cozy.files", "attributes": attributes}}
+
+
+@case("public", "PATCH", "/files/metadata", (INST, FILES_EV, UPDATED))
+def files_patch_by_path(w):
+    f = FilesWorld(w)
+    f.upload()
+    w.start()
+    f.call("PATCH", "/files/metadata?Path=/f.txt", body=_patch_body(name="g.txt"))
+
+
+@case("public", "PATCH", "/files/{file_id}", (INST, FILES_EV, UPDATED))
+def files_patch(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    w.start()
+    f.call("PATCH", f"/files/{doc}", body=_patch_body(tags=["x"]))
+
+
+@case("public", "PATCH", "/files", (INST, FILES_EV, UPDATED))
+def files_patch_batch(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    w.start()
+    f.call(
+        "PATCH", "/files/", body={"data": [{"id": doc, "attributes": {"name": "n.txt"}}]}
+    )
+
+
+@case("public", "DELETE", "/files/{file_id}", (INST, FILES_EV, UPDATED))
+def files_trash(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    w.start()
+    f.call("DELETE", f"/files/{doc}")
+
+
+@case("public", "DELETE", "/files/trash", (INST, FILES_EV, DELETED))
+def files_empty_trash(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    f.call("DELETE", f"/files/{doc}")
+    w.start()
+    f.call("DELETE", "/files/trash", status=204)
+
+
+@case("public", "POST", "/files/trash/{file_id}", (INST, FILES_EV, UPDATED))
+def files_restore(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    f.call("DELETE", f"/files/{doc}")
+    w.start()
+    f.call("POST", f"/files/trash/{doc}")
+
+
+@case("public", "DELETE", "/files/trash/{file_id}", (INST, FILES_EV, DELETED))
+def files_destroy(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    f.call("DELETE", f"/files/{doc}")
+    w.start()
+    f.call("DELETE", f"/files/trash/{doc}", status=204)
+
+
+@case(
+    "public",
+    "POST",
+    "/files/revert/{file_id}/{version_id}",
+    (INST, VERSIONS_EV, DELETED),
+    (INST, FILES_EV, UPDATED),
+    (INST, VERSIONS_EV, CREATED),
+)
+def files_revert(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    version = f.version(doc)
+    w.start()
+    f.call("POST", f"/files/revert/{doc}/{version}")
+
+
+@case("public", "DELETE", "/files/{file_id}/{version_id}", (INST, VERSIONS_EV, DELETED))
+def files_delete_version(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    version = f.version(doc)
+    w.start()
+    f.call("DELETE", f"/files/{doc}/{version}", status=204)
+
+
+@case("public", "PATCH", "/files/{file_id}/{version_id}", (INST, VERSIONS_EV, UPDATED))
+def files_tag_version(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    version = f.version(doc)
+    w.start()
+    f.call("PATCH", f"/files/{doc}/{version}", body=_patch_body(tags=["old"]))
+
+
+@case("public", "DELETE", "/files/versions", (INST, VERSIONS_EV, DELETED))
+def files_clean_versions(w):
+    f = FilesWorld(w)
+    f.version(f.upload())
+    w.start()
+    f.call("DELETE", "/files/versions", status=204)
+
+
+@case("public", "POST", "/files/{file_id}/copy", (INST, FILES_EV, CREATED))
+def files_copy(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    w.start()
+    f.call("POST", f"/files/{doc}/copy", status=201)
+
+
+_REF = {"data": [{"type": "io.cozy.photos.albums", "id": "a1"}]}
+
+
+@case(
+    "public",
+    "POST",
+    "/files/{file_id}/relationships/referenced_by",
+    (INST, FILES_EV, UPDATED),
+)
+def files_add_references(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    w.start()
+    f.call("POST", f"/files/{doc}/relationships/referenced_by", body=_REF)
+
+
+@case(
+    "public",
+    "DELETE",
+    "/files/{file_id}/relationships/referenced_by",
+    (INST, FILES_EV, UPDATED),
+)
+def files_remove_references(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    f.call("POST", f"/files/{doc}/relationships/referenced_by", body=_REF)
+    w.start()
+    f.call("DELETE", f"/files/{doc}/relationships/referenced_by", body=_REF)
+
+
+@case("public", "POST", "/files/_find")
+def files_find(w):
+    f = FilesWorld(w)
+    w.start()
+    f.call("POST", "/files/_find", body={"selector": {"name": "x"}})
+
+
+@case("public", "POST", "/files/_all_docs")
+def files_all_docs(w):
+    f = FilesWorld(w)
+    w.start()
+    f.call("POST", "/files/_all_docs", body={"keys": ["io.cozy.files.root-dir"]})
+
+
+@case("public", "POST", "/files/downloads")
+def files_download_link(w):
+    f = FilesWorld(w)
+    f.upload()
+    w.start()
+    f.call("POST", "/files/downloads?Path=/f.txt")
+
+
+@case("public", "POST", "/files/archive")
+def files_archive_link(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    w.start()
+    f.call(
+        "POST",
+        "/files/archive",
+        body={"data": {"attributes": {"name": "a", "ids": [doc]}}},
+    )
+
+
+@case(
+    "public",
+    "POST",
+    "/data/{doctype}/{docid}/relationships/references",
+    (INST, FILES_EV, UPDATED),
+)
+def data_add_references(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    f.token = w.cli("io.cozy.files io.cozy.photos.albums")
+    w.start()
+    f.call(
+        "POST",
+        "/data/io.cozy.photos.albums/a1/relationships/references",
+        body={"data": [{"type": "io.cozy.files", "id": doc}]},
+        status=204,
+    )
+
+
+@case(
+    "public",
+    "DELETE",
+    "/data/{doctype}/{docid}/relationships/references",
+    (INST, FILES_EV, UPDATED),
+)
+def data_remove_references(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    f.token = w.cli("io.cozy.files io.cozy.photos.albums")
+    body = {"data": [{"type": "io.cozy.files", "id": doc}]}
+    f.call(
+        "POST",
+        "/data/io.cozy.photos.albums/a1/relationships/references",
+        body=body,
+        status=204,
+    )
+    w.start()
+    f.call(
+        "DELETE",
+        "/data/io.cozy.photos.albums/a1/relationships/references",
+        body=body,
+        status=204,
+    )
+
+
+@case("public", "POST", "/files/upload/metadata")
+def files_upload_metadata(w):
+    f = FilesWorld(w)
+    w.start()
+    f.call(
+        "POST",
+        "/files/upload/metadata",
+        body={"data": {"attributes": {"datetime": "2020-01-01T00:00:00Z"}}},
+        status=201,
+    )
+
+
+@case(
+    "public",
+    "POST",
+    "/files/{file_id}/versions",
+    (INST, FILES_EV, UPDATED),
+    (INST, VERSIONS_EV, CREATED),
+)
+def files_new_version(w):
+    f = FilesWorld(w)
+    doc = f.upload()
+    w.start()
+    f.call(
+        "POST",
+        f"/files/{doc}/versions",
+        body={"data": {"attributes": {"qualification": {"label": "x"}}}},
+    )
+
+
 # The admin API -----------------------------------------------------------------------
+@case("admin", "POST", "/instances/{domain}/files/dir", (INST, "io.cozy.files", CREATED))
+def admin_files_mkdir(w):
+    w.onboarded()
+    w.start()
+    admin_request(w, "POST", f"/instances/{DOMAIN}/files/dir", 201, Path="/imported")
+
+
+@case(
+    "admin",
+    "POST",
+    "/instances/{domain}/files/file",
+    (INST, "io.cozy.files", CREATED),
+    (INST, "io.cozy.files", CREATED),
+)
+def admin_files_upload(w):
+    w.onboarded()
+    w.start()
+    reply = w.admin.request(
+        "POST",
+        f"{ADMIN}/instances/{DOMAIN}/files/file?Path=/new/a.txt",
+        headers=basic_auth(),
+        body="some content",
+    )
+    assert reply.status == 201, reply.body
+
+
 TREE = ((INST, "io.cozy.files", CREATED),) * 6  # root, trash, and four directories
 
 
