@@ -46,6 +46,8 @@ from cozyd.config import Config
 from cozyd.documents import Documents
 from cozyd.instance.lifecycle import InstanceManager, ModifyOptions
 from cozyd.instance.registry import InstanceRegistry
+from cozyd.konnectors.accounts import Vault
+from cozyd.konnectors.worker import build_workers
 from cozyd.listeners import ListenerService, ServingSite, StartError
 from cozyd.metrics import Metrics, instrument_store
 from cozyd.permissions.resolver import PermissionResolver
@@ -83,6 +85,9 @@ class Stack:
     metrics: Metrics | None = None
     #: Re-reads the admin passphrase file (SIGHUP).
     passphrase_checker: PassphraseChecker | None = None
+    #: The konnector and service workers by name (``cozyd.konnectors``), for
+    #: the job system to register; built by the daemon (they need a reactor).
+    workers: dict[str, Any] = attrs.field(factory=dict)
 
 
 def thread_runner(reactor) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
@@ -183,6 +188,7 @@ def build_stack(
         SessionStore(documents, seconds=seconds), secure=scheme == "https"
     )
     guard = Guard(resolver, seconds=seconds, session_id_of=web_sessions.session_id_of)
+    vault = credentials_vault(config)
     services = {
         "permissions": PermissionsService(guard).resource(),
         "data": DataService(
@@ -190,6 +196,7 @@ def build_stack(
             guard,
             max_body_size=config.get("server", "max_body_size"),
             pause=pause,
+            vault=vault,
         ).resource(),
         **owner_services(
             config,
@@ -261,6 +268,15 @@ def build_stack(
         metrics=metrics,
         passphrase_checker=checker,
     )
+
+
+def credentials_vault(config: Config) -> Vault | None:
+    """The accounts' credentials keys, when ``cozyctl config gen-keys`` made
+    them (None: credentials are stored as given, as cozy-stack does)."""
+    vault = Vault.from_config(config)
+    if not vault.can_encrypt:
+        return None
+    return vault
 
 
 def owner_services(
@@ -440,6 +456,7 @@ class StorageService(Service):
             metrics=self.metrics,
         )
         await self.stack.instances.setup()
+        self.stack.workers.update(build_workers(config, reactor))
         log.info("storage ready: {engine} engine", engine=store.engine)
 
     def stopService(self) -> defer.Deferred:
