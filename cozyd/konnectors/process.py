@@ -84,6 +84,8 @@ def parse_line(line: bytes) -> Message | None:
 class KonnectorProtocol(protocol.ProcessProtocol):
     def __init__(self, on_message: Callable[[Message], None] | None = None):
         self.on_message = on_message
+        #: Called when the process itself has exited (its pipes may live on).
+        self.on_exit: Callable[[], None] | None = None
         self.ended: defer.Deferred = defer.Deferred()
         self.exited = False
         self._buffer = b""
@@ -142,6 +144,8 @@ class KonnectorProtocol(protocol.ProcessProtocol):
     # -- end --------------------------------------------------------------------
     def processExited(self, reason) -> None:
         self.exited = True
+        if self.on_exit is not None:
+            self.on_exit()
 
     def processEnded(self, reason) -> None:
         self.exited = True
@@ -169,20 +173,38 @@ class Run:
         self.stopped = False
         self.timed_out = False
         self._kill_call = None
+        self._close_call = None
+        proto.on_exit = self._after_exit
         proto.ended.addBoth(self._after_end)
 
-    def _after_end(self, result):
-        if self._kill_call is not None and self._kill_call.active():
-            self._kill_call.cancel()
-        # Whatever it left behind in its group goes too.
+    def _after_exit(self) -> None:
+        # Whatever it left behind in its group goes with it; a process that
+        # escaped the group and still holds the pipes is cut off from them.
         self._signal_group(signal.SIGKILL)
+        self._close_call = self._reactor.callLater(1.0, self._close_pipes)
+
+    def _close_pipes(self) -> None:
+        if not self.protocol.ended.called:
+            self.transport.loseConnection()
+
+    def _after_end(self, result):
+        for call in (self._kill_call, self._close_call):
+            if call is not None and call.active():
+                call.cancel()
         return result
 
     def _signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError, OSError):
-            pass
+        # The sandbox's command line starts with setsid: the run leads its
+        # own process group, and the group gets the signal; the process
+        # itself too (a command that is not a group leader).
+        kills = [(os.killpg, self.pid)]
+        if not self.protocol.exited:
+            kills.append((os.kill, self.pid))
+        for kill, target in kills:
+            try:
+                kill(target, sig)
+            except OSError:
+                pass
 
     def stop(self) -> None:
         """TERM to the whole group now, KILL after the grace delay."""

@@ -205,12 +205,10 @@ def bwrap_args(
         CODE_MOUNT,
         "--chdir",
         CODE_MOUNT,
+        # As nsjail's script; bubblewrap itself adds PWD.
         "--setenv",
         "HOME",
         CODE_MOUNT,
-        "--setenv",
-        "TMPDIR",
-        "/tmp",
         "--",
     ]
     return args
