@@ -60,7 +60,9 @@ def pick_trigger(triggers: list[dict[str, Any]], slug: str, account_id: str) -> 
             except ValueError:
                 message = {}
         if isinstance(message, dict) and message.get("konnector") == slug:
-            found.append((trigger.get("id") or attributes.get("_id", ""), message.get("account", "")))
+            found.append(
+                (trigger.get("id") or attributes.get("_id", ""), message.get("account", ""))
+            )
     if not found:
         raise CLIError(
             f"Could not find a konnector {slug!r}: "
@@ -95,7 +97,9 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def register_run(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register_run(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> None:
     """Add ``run`` to the ``konnectors`` noun's commands."""
     p = commands.add_parser(
         "run",

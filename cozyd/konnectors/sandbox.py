@@ -222,7 +222,8 @@ def command_line(settings: SandboxSettings, code_dir: str, entry: str = "") -> l
     if settings.mode == "none":
         target = os.path.join(code_dir, entry) if entry else code_dir
         return [*prefix, *run, target]
-    extra = [run[0]] if not _under(run[0], "/usr") else []
+    real = os.path.realpath(run[0])
+    extra = [real] if not _under(real, "/usr") else []
     target = f"{CODE_MOUNT}/{entry}" if entry else CODE_MOUNT
     return [*prefix, *bwrap_args(settings, code_dir, extra), *run, target]
 

@@ -106,7 +106,17 @@ def write_code(
 
 
 async def _install(
-    documents, instance, data_dir, kind, slug, files, *, version, permissions, state, manifest
+    documents,
+    instance,
+    data_dir,
+    kind,
+    slug,
+    files,
+    *,
+    version,
+    permissions,
+    state,
+    manifest,
 ):
     write_code(data_dir, instance.domain, kind, slug, version, files)
     doctype = layout.DOCTYPES[kind]
@@ -227,6 +237,56 @@ async def _child(reactor, config_path: str, spec: dict[str, Any]) -> dict[str, A
         await store.close()
 
 
+async def _process_child(reactor, spec: dict[str, Any]) -> dict[str, Any]:
+    """One ``run_process`` of ``spec["argv"]`` (``cancel_after``: cancel it)."""
+    import attrs
+    from twisted.internet import defer
+
+    from cozyd.konnectors import process
+
+    messages: list[dict[str, Any]] = []
+    started = time.monotonic()
+    d = defer.Deferred.fromCoroutine(
+        process.run_process(
+            reactor,
+            spec["argv"],
+            env=spec.get("env", {}),
+            cwd=spec.get("cwd", "/"),
+            time_limit=spec.get("time_limit", 20),
+            kill_grace=spec.get("kill_grace", 1.0),
+            on_message=lambda m: messages.append(attrs.asdict(m)),
+        )
+    )
+    if spec.get("cancel_after") is not None:
+        reactor.callLater(spec["cancel_after"], d.cancel)
+    try:
+        outcome = await d
+        result = attrs.asdict(outcome)
+        result["stderr"] = outcome.stderr.decode("utf-8", "replace")
+        result["process_error"] = outcome.process_error
+    except defer.CancelledError:
+        result = {"cancelled": True}
+    result["seconds"] = time.monotonic() - started
+    result["messages"] = messages
+    return result
+
+
+def run_process_child(spec: dict[str, Any], *, timeout: float = 60) -> dict[str, Any]:
+    """``run_process`` in a child Python process on the real reactor."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.support.konnectors", "--process"],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise AssertionError(f"process harness failed ({done.returncode}):\n{done.stderr}")
+    return json.loads(lines[-1])
+
+
 def main() -> None:
     from twisted.internet import defer, task
 
@@ -235,7 +295,10 @@ def main() -> None:
 
     def go(reactor):
         async def body():
-            result = await _child(reactor, config_path, spec)
+            if config_path == "--process":
+                result = await _process_child(reactor, spec)
+            else:
+                result = await _child(reactor, config_path, spec)
             print(json.dumps(result, default=repr), flush=True)
 
         return defer.Deferred.fromCoroutine(body())
