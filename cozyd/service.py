@@ -457,6 +457,11 @@ class StorageService(Service):
         )
         await self.stack.instances.setup()
         self.stack.workers.update(build_workers(config, reactor))
+        # Said at start too (the first konnector job fails with it anyway).
+        probe = defer.Deferred.fromCoroutine(
+            self.stack.workers["konnector"].check_sandbox()
+        )
+        probe.addErrback(lambda f: log.warn("{why}", why=f.getErrorMessage()))
         log.info("storage ready: {engine} engine", engine=store.engine)
 
     def stopService(self) -> defer.Deferred:

@@ -248,6 +248,7 @@ class KonnectorWorker(_ExecWorker):
             raise WorkerError(
                 "konnector files missing", f"no code for {slug} at its version", retry=False
             )
+        await ensure_folder_permission(documents, instance, slug)
         workdir = self._make_workdir(slug)
         try:
             copy_code(code_dir, workdir)
@@ -422,6 +423,51 @@ class ServiceWorker(_ExecWorker):
 
 
 # -- helpers ------------------------------------------------------------------------
+
+PERMISSIONS_DOCTYPE = "io.cozy.permissions"
+FOLDER_RULE = "referenced folders"
+
+
+async def ensure_folder_permission(documents, instance: Instance, slug: str) -> None:
+    """As cozy-stack's ``ensurePermissions``: the konnector may write in the
+    folders referenced by ``io.cozy.konnectors/<slug>`` (its folder to save)."""
+    source = layout.doc_id(layout.KONNECTOR, slug)
+    try:
+        found = await documents.find(
+            instance,
+            PERMISSIONS_DOCTYPE,
+            {
+                "selector": {"source_id": source, "type": "konnector"},
+                "use_index": "_design/by-source-and-type",
+                "limit": 1,
+            },
+        )
+    except DatabaseNotFound:
+        return
+    if not found.get("docs"):
+        return
+    doc_id = found["docs"][0]["_id"]
+
+    def change(doc: dict[str, Any]) -> None:
+        rules = doc.get("permissions")
+        if not isinstance(rules, dict):
+            rules = doc["permissions"] = {}
+        for rule in rules.values():
+            if (
+                isinstance(rule, dict)
+                and rule.get("type") == "io.cozy.files"
+                and rule.get("selector") == "referenced_by"
+                and source in (rule.get("values") or ())
+            ):
+                return
+        rules[FOLDER_RULE] = {
+            "type": "io.cozy.files",
+            "description": "folders referenced by the konnector",
+            "selector": "referenced_by",
+            "values": [source],
+        }
+
+    await documents.update(instance, PERMISSIONS_DOCTYPE, doc_id, change)
 
 
 async def _read(

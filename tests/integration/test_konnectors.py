@@ -45,9 +45,10 @@ const {request, log, fields} = require('./cozy')
   const env = Object.assign({}, process.env)
   const account = fields.account
     ? (await request('GET', '/data/io.cozy.accounts/' + fields.account)).json : null
+  const self = (await request('GET', '/permissions/self')).json
   const r = await request('POST', '/data/io.cozy.bills/', {
     vendor: 'demo', amount: 12.5, env, uid: process.getuid(),
-    auth: account && account.auth
+    auth: account && account.auth, permissions: self
   })
   if (r.status !== 201) { log('critical', 'VENDOR_DOWN ' + r.status + r.text); return }
   log('info', 'created ' + r.json.id)
@@ -160,6 +161,17 @@ def test_konnector_imports_documents(daemon):
     assert env["COZY_TRIGGER_ID"] == "trigger-1"
     assert env["COZY_PAYLOAD"] == ""
     assert bill["uid"] != 0  # never root, even inside its namespace
+    # Its token holds its manifest's permissions, and the folders it
+    # writes to (cozy-stack's ensurePermissions).
+    rules = bill["permissions"]["data"]["attributes"]["permissions"]
+    assert rules["bills"]["type"] == "io.cozy.bills"
+    assert rules["referenced folders"] == {
+        "type": "io.cozy.files",
+        "description": "folders referenced by the konnector",
+        "selector": "referenced_by",
+        "values": ["io.cozy.konnectors/demo"],
+        "verbs": ["ALL"],
+    }
     # The token is a konnector token of this instance only.
     other = add_instance(daemon, "bob")
     reply = daemon.public(
@@ -406,8 +418,6 @@ def test_network_can_be_turned_off(make_daemon):
 
 
 def test_refuses_to_run_without_namespaces_unless_told(make_daemon, request):
-    daemon = make_daemon()
-    domain = add_instance(daemon)
     # A bubblewrap that fails as it does in a container without user namespaces.
     shared = tempfile.mkdtemp(prefix="fake-bwrap-")
     request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
@@ -418,9 +428,12 @@ def test_refuses_to_run_without_namespaces_unless_told(make_daemon, request):
         "because the kernel does not allow non-privileged user namespaces.' >&2\nexit 1\n"
     )
     fake.chmod(0o755)
-    spec = spec_for(
-        daemon, domain, {"konnector": "demo"}, config={"konnectors.bwrap": str(fake)}
-    )
+    daemon = make_daemon(konnectors={"bwrap": str(fake)})
+    domain = add_instance(daemon)
+    # The daemon says it at start, and keeps serving.
+    assert "konnectors cannot run" in daemon.output
+    assert_serving(daemon, domain)
+    spec = spec_for(daemon, domain, {"konnector": "demo"})
     result = run_worker(daemon.config_path, spec)
     assert (result["error"], result["retry"]) == ("sandbox unavailable", False)
     assert "No permissions to creating new namespace" in result["message"]
@@ -428,7 +441,7 @@ def test_refuses_to_run_without_namespaces_unless_told(make_daemon, request):
     assert find_all(daemon, domain, "io.cozy.bills") == []
     # Chosen explicitly: no sandbox, the konnector runs (and still only
     # gets the reference environment).
-    spec["config"]["konnectors.sandbox"] = "none"
+    spec.setdefault("config", {})["konnectors.sandbox"] = "none"
     result = run_worker(daemon.config_path, spec)
     assert result["error"] is None, result
     (bill,) = find_all(daemon, domain, "io.cozy.bills")
@@ -563,3 +576,35 @@ def test_service_of_an_app(make_daemon):
     spec["message"]["name"] = "missing"
     result = run_worker(daemon.config_path, spec)
     assert (result["error"], result["retry"]) == ("bad trigger", False)
+
+
+# -- cozyctl konnectors run --------------------------------------------------------------
+
+
+def test_konnectors_run_against_the_daemon(make_daemon):
+    """Until the job routes are in, it gets its CLI token from the admin
+    API and reports the public API's answer as a clear error."""
+    import argparse
+
+    from cozyd.cli.client import Context
+    from cozyd.cli.konnectors_run import cmd_run
+    from cozyd.cli.output import CLIError
+    from cozyd.testing import TEST_ADMIN_PASSPHRASE
+
+    daemon = make_daemon()
+    domain = add_instance(daemon)
+    ctx = Context(
+        env={"COZY_ADMIN_PASSPHRASE": TEST_ADMIN_PASSPHRASE},
+        admin_host="127.0.0.1",
+        admin_port=daemon.ports["admin"],
+        host="127.0.0.1",
+        port=daemon.ports["public"],
+    )
+    args = argparse.Namespace(slug="demo", domain=domain, account_id=None)
+    try:
+        cmd_run(args, ctx)
+    except CLIError as exc:
+        assert exc.message and "Traceback" not in exc.message
+    args.domain = None
+    with pytest.raises(CLIError, match="missing --domain"):
+        cmd_run(args, ctx)
