@@ -251,7 +251,12 @@ class KonnectorWorker(_ExecWorker):
         await ensure_folder_permission(documents, instance, slug)
         workdir = self._make_workdir(slug)
         try:
-            copy_code(code_dir, workdir)
+            try:
+                copy_code(code_dir, workdir)
+            except (OSError, tarfile.TarError) as exc:
+                raise WorkerError(
+                    "konnector files unreadable", f"{slug}: {exc}", retry=False
+                ) from None
             if entry and not os.path.isfile(os.path.join(workdir, entry)):
                 raise WorkerError(
                     "bad trigger", f"{entry} is not in the konnector", retry=False

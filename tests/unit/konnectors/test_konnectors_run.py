@@ -13,7 +13,10 @@ from cozyd.cli.output import CLIError
 def trigger(id_, slug, account=""):
     return {
         "id": id_,
-        "attributes": {"worker": "konnector", "message": {"konnector": slug, "account": account}},
+        "attributes": {
+            "worker": "konnector",
+            "message": {"konnector": slug, "account": account},
+        },
     }
 
 
