@@ -608,3 +608,34 @@ def test_konnectors_run_against_the_daemon(make_daemon):
     args.domain = None
     with pytest.raises(CLIError, match="missing --domain"):
         cmd_run(args, ctx)
+
+
+def test_deleted_account_runs_on_delete_account(make_daemon):
+    daemon = make_daemon()
+    domain = add_instance(daemon)
+    files = {
+        "index.js": "require('./cozy').log('critical', 'the main file must not run')\n",
+        "delete.js": (
+            "const {log, fields} = require('./cozy')\n"
+            "log('info', 'cleaning ' + fields.account + ' ' + fields.account_deleted)\n"
+        ),
+    }
+    soft = ("io.cozy.accounts.soft_deleted", {"_id": "acc1", "account_type": "demo"})
+    message = {"konnector": "demo", "account": "acc1", "account_deleted": True}
+    spec = spec_for(
+        daemon,
+        domain,
+        message,
+        files=files,
+        manifest={"on_delete_account": "../delete.js"},
+        docs=[soft],
+        check_docs=[["io.cozy.accounts.soft_deleted", "acc1"]],
+    )
+    result = run_worker(daemon.config_path, spec)
+    assert result["error"] is None, result
+    assert [e["message"] for e in result["events"]] == ["cleaning acc1 true"]
+    assert result["docs"] == {"acc1": False}  # the soft-deleted copy is gone
+    # No on_delete_account: nothing runs, nothing fails.
+    spec["install"][0].pop("on_delete_account")
+    result = run_worker(daemon.config_path, spec)
+    assert result["error"] is None and result["events"] == []

@@ -124,6 +124,8 @@ async def _install(
     perms = permissions or {}
 
     def change(doc: dict[str, Any]) -> None:
+        for key in [k for k in doc if not k.startswith("_")]:
+            del doc[key]  # a new manifest replaces the old one
         doc.update(
             {
                 "slug": slug,
@@ -199,6 +201,8 @@ async def _child(reactor, config_path: str, spec: dict[str, Any]) -> dict[str, A
                 state=install_spec.pop("state", "ready"),
                 manifest=install_spec,
             )
+        for doctype, doc in spec.get("docs", ()):
+            await documents.put(instance, doctype, doc, create_db=True)
         workers = konnector_worker.build_workers(config, reactor)
         events: list[dict[str, Any]] = []
         documents.hub.subscribe(instance, "io.cozy.jobs.events", events.append)
@@ -232,6 +236,15 @@ async def _child(reactor, config_path: str, spec: dict[str, Any]) -> dict[str, A
                 result = {"error": "cancelled", "retry": None}
             result["seconds"] = time.monotonic() - started
         result["events"] = [e["doc"] for e in events]
+        from cozyd.storage.interface import DatabaseNotFound, DocNotFound
+
+        result["docs"] = {}
+        for doctype, doc_id in spec.get("check_docs", ()):
+            try:
+                await documents.get(instance, doctype, doc_id)
+                result["docs"][doc_id] = True
+            except (DocNotFound, DatabaseNotFound):
+                result["docs"][doc_id] = False
         return result
     finally:
         await store.close()
