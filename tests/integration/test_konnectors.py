@@ -524,7 +524,10 @@ def test_credentials_encrypted_at_rest_and_clear_for_their_konnector(
 SERVICE = r"""
 const {request, log} = require('./cozy')
 ;(async () => {
-  const r = await request('POST', '/data/io.cozy.bills/', {from: 'service', env: Object.keys(process.env).sort(), fields: process.env.COZY_FIELDS})
+  const r = await request('POST', '/data/io.cozy.bills/', {
+    from: 'service', env: Object.keys(process.env).sort(),
+    fields: process.env.COZY_FIELDS, couch_doc: process.env.COZY_COUCH_DOC
+  })
   if (r.status !== 201) { log('error', r.text); process.exit(4) }
 })()
 """
@@ -557,10 +560,12 @@ def test_service_of_an_app(make_daemon):
         + "; return module.exports })()\n"
         + SERVICE.replace("require('./cozy')", "cozyLib")
     )
+    spec["context"] = {"event": {"verb": "CREATED", "doc": {"_id": "c1", "n": 2}}}
     result = run_worker(daemon.config_path, spec)
     assert result["error"] is None, result
     (bill,) = find_all(daemon, domain, "io.cozy.bills")
     assert bill["from"] == "service"
+    assert json.loads(bill["couch_doc"]) == {"_id": "c1", "n": 2}
     assert json.loads(bill["fields"]) == {"n": 1}
     assert set(bill["env"]) - SANDBOX_ENV == {
         "COZY_URL",
@@ -639,3 +644,30 @@ def test_deleted_account_runs_on_delete_account(make_daemon):
     spec["install"][0].pop("on_delete_account")
     result = run_worker(daemon.config_path, spec)
     assert result["error"] is None and result["events"] == []
+
+
+PAYLOAD_READER = r"""
+const fs = require('fs')
+const {log} = require('./cozy')
+let p = process.env.COZY_PAYLOAD
+const how = p.startsWith('@') ? 'file' : 'env'
+if (how === 'file') p = fs.readFileSync(p.slice(1), 'utf8')
+const value = JSON.parse(p)
+log('info', how + ' ' + value.size + ' ' + value.data.length)
+"""
+
+
+def test_webhook_payload_in_env_or_in_a_file(make_daemon):
+    daemon = make_daemon()
+    domain = add_instance(daemon)
+    for size, how in ((10, "env"), (150_000, "file")):
+        spec = spec_for(
+            daemon,
+            domain,
+            {"konnector": "demo"},
+            files={"index.js": PAYLOAD_READER},
+            context={"payload": {"size": size, "data": "x" * size}},
+        )
+        result = run_worker(daemon.config_path, spec)
+        assert result["error"] is None, result
+        assert [e["message"] for e in result["events"]] == [f"{how} {size} {size}"]
