@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -206,7 +207,7 @@ class KonnectorWorker(_ExecWorker):
         instance, documents = context.instance, context.documents
         message = context.message if isinstance(context.message, dict) else {}
         slug = message.get("konnector")
-        if not isinstance(slug, str) or not slug:
+        if not _is_slug(slug):
             raise WorkerError("bad trigger", "the message names no konnector", retry=False)
         account_id = message.get("account") or ""
         account_deleted = message.get("account_deleted") is True
@@ -242,7 +243,7 @@ class KonnectorWorker(_ExecWorker):
             instance.domain,
             layout.KONNECTOR,
             slug,
-            str(manifest.get("version", "")),
+            _version_of(manifest),
         )
         if not os.path.isdir(code_dir):
             raise WorkerError(
@@ -348,7 +349,7 @@ class ServiceWorker(_ExecWorker):
         if isinstance(options.get("message"), dict):
             options = options["message"]
         slug, name = options.get("slug"), options.get("name") or ""
-        if not isinstance(slug, str) or not slug:
+        if not _is_slug(slug):
             raise WorkerError("bad trigger", "the message names no app", retry=False)
         manifest = await _read(
             documents, instance, APPS_DOCTYPE, layout.doc_id(layout.WEBAPP, slug)
@@ -380,7 +381,7 @@ class ServiceWorker(_ExecWorker):
             instance.domain,
             layout.WEBAPP,
             slug,
-            str(manifest.get("version", "")),
+            _version_of(manifest),
         )
         source = _inside(code_dir, service["file"])
         if source is None or not os.path.isfile(source):
@@ -428,6 +429,23 @@ class ServiceWorker(_ExecWorker):
 
 
 # -- helpers ------------------------------------------------------------------------
+
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _is_slug(value: Any) -> bool:
+    """A slug as cozy-stack accepts it (it names folders: no ``/``, no ``..``)."""
+    return isinstance(value, str) and bool(_SLUG.fullmatch(value)) and ".." not in value
+
+
+def _version_of(manifest: dict[str, Any]) -> str:
+    version = str(manifest.get("version", ""))
+    if not _is_slug(version):
+        raise WorkerError(
+            "konnector files missing", f"bad version {version!r}", retry=False
+        )
+    return version
+
 
 PERMISSIONS_DOCTYPE = "io.cozy.permissions"
 FOLDER_RULE = "referenced folders"

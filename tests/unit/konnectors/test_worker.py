@@ -123,3 +123,12 @@ def test_copy_code(tmp_path):
     assert found == ["index.js", "lib/README.md", "lib/a.js", "packed/main.js"]
     for name in found:
         assert oct(os.stat(dst / name).st_mode & 0o777) == "0o644"
+
+
+def test_slugs_name_folders_safely():
+    from cozyd.konnectors.worker import _is_slug
+
+    for good in ("demo", "my-konnector", "orange_mobile", "1.2.3"):
+        assert _is_slug(good)
+    for bad in ("", "../x", "a/b", "..", ".hidden", None, 3, "a..b"):
+        assert not _is_slug(bad)
