@@ -613,6 +613,10 @@ def test_konnectors_run_against_the_daemon(make_daemon):
     args.domain = None
     with pytest.raises(CLIError, match="missing --domain"):
         cmd_run(args, ctx)
+    # The real command line: an error line, no traceback.
+    done = daemon.cozyctl("konnectors", "run", "demo", "--domain", domain)
+    assert done.returncode == 1, done
+    assert done.stderr.startswith("Error: ") and "Traceback" not in done.stderr
 
 
 def test_deleted_account_runs_on_delete_account(make_daemon):
