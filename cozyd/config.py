@@ -257,6 +257,32 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         # Failed logins an hour before an instance is blocked (LOGIN_FAILED).
         "login_failures_per_hour": (_positive_int, "1000"),
     },
+    "konnectors": {
+        # The command a konnector is run with, as `<cmd> <dir or file>`
+        # (empty: node, found on PATH at start).
+        "cmd": (_text, ""),
+        # bwrap (bubblewrap namespaces) or none (no sandbox, chosen explicitly).
+        "sandbox": (_choice("bwrap", "none"), "bwrap"),
+        "bwrap": (_text, "bwrap"),
+        # A command put before the whole sandbox command line (nice, ...).
+        "wrapper": (_text, ""),
+        "network": (_bool, "true"),
+        # Limits of a konnector's processes (rlimits).
+        "memory": (_byte_size, "1GiB"),
+        "cpu_time": (_positive_int, "1000"),
+        "processes": (_positive_int, "512"),
+        "file_size": (_byte_size, "1GiB"),
+        "open_files": (_positive_int, "128"),
+        "tmp_size": (_byte_size, "256MiB"),
+        # uid:gid konnectors run as when cozyd runs as root.
+        "run_as": (_text, "65534:65534"),
+        # Seconds between TERM and KILL when a konnector is stopped.
+        "kill_grace": (_non_negative_float, "5"),
+        # Key files of the accounts' credentials (`cozyctl config gen-keys`),
+        # relative to the configuration directory; missing: not encrypted.
+        "credentials_encryptor_key": (_text, "cozy-credentials.enc"),
+        "credentials_decryptor_key": (_text, "cozy-credentials.dec"),
+    },
     "apps": {
         # Apps registries asked in turn for registry:// sources.
         "registries": (_http_urls, ""),
@@ -363,6 +389,9 @@ def load_config(
     for key in ("data_dir",):
         if ("storage", key) in values:
             values[("storage", key)] = _resolve(base_dir, values[("storage", key)])
+    for key in ("credentials_encryptor_key", "credentials_decryptor_key"):
+        if values.get(("konnectors", key)):
+            values[("konnectors", key)] = _resolve(base_dir, values[("konnectors", key)])
     if values.get(("couchdb", "ca_file")):
         values[("couchdb", "ca_file")] = _resolve(base_dir, values[("couchdb", "ca_file")])
     for section in ("server", "admin"):

@@ -50,6 +50,8 @@ from cozyd.config import Config
 from cozyd.documents import Documents
 from cozyd.instance.lifecycle import InstanceManager, ModifyOptions
 from cozyd.instance.registry import InstanceRegistry
+from cozyd.konnectors.accounts import Vault
+from cozyd.konnectors.worker import build_workers
 from cozyd.listeners import ListenerService, ServingSite, StartError
 from cozyd.metrics import Metrics, instrument_store
 from cozyd.permissions.resolver import PermissionResolver
@@ -90,6 +92,9 @@ class Stack:
     metrics: Metrics | None = None
     #: Re-reads the admin passphrase file (SIGHUP).
     passphrase_checker: PassphraseChecker | None = None
+    #: The konnector and service workers by name (``cozyd.konnectors``), for
+    #: the job system to register; built by the daemon (they need a reactor).
+    workers: dict[str, Any] = attrs.field(factory=dict)
     #: Installs web apps and konnectors (cozyd.apps.installer).
     apps: Any = None
     #: The virtual file system (``/files``), and its thumbnails.
@@ -209,6 +214,7 @@ def build_stack(
         session_id_of=web_sessions.session_id_of,
         shares=shares,
     )
+    vault = credentials_vault(config)
     apps_installer = build_installer(
         config, documents, resolver, clients, run_blocking, seconds, download
     )
@@ -233,6 +239,7 @@ def build_stack(
             max_body_size=config.get("server", "max_body_size"),
             pause=pause,
             files=vfs,
+            vault=vault,
         ).resource(),
         **owner_services(
             config,
@@ -331,6 +338,15 @@ def build_stack(
         vfs=vfs,
         thumbnails=thumbnails,
     )
+
+
+def credentials_vault(config: Config) -> Vault | None:
+    """The accounts' credentials keys, when ``cozyctl config gen-keys`` made
+    them (None: credentials are stored as given, as cozy-stack does)."""
+    vault = Vault.from_config(config)
+    if not vault.can_encrypt:
+        return None
+    return vault
 
 
 def build_installer(config, documents, resolver, clients, run_blocking, seconds, download):
@@ -629,6 +645,12 @@ class StorageService(Service):
         )
         await self.stack.instances.setup()
         await recover_files(self.stack)
+        self.stack.workers.update(build_workers(config, reactor))
+        # Said at start too (the first konnector job fails with it anyway).
+        probe = defer.Deferred.fromCoroutine(
+            self.stack.workers["konnector"].check_sandbox()
+        )
+        probe.addErrback(lambda f: log.warn("{why}", why=f.getErrorMessage()))
         log.info("storage ready: {engine} engine", engine=store.engine)
 
     def stopService(self) -> defer.Deferred:

@@ -13,6 +13,8 @@ from cozyd.cli.output import CLIError, info, out
 
 # The name the daemon looks for in its configuration directory.
 ADMIN_PASSPHRASE_FILE = "cozy-admin-passphrase"
+# The key pair of the accounts' credentials: <name>.enc and <name>.dec.
+CREDENTIALS_KEY_FILE = "cozy-credentials"
 
 
 def _ask_passphrase() -> str:
@@ -50,6 +52,22 @@ def cmd_passwd(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def cmd_gen_keys(args: argparse.Namespace, ctx: Context) -> int:
+    from cozyd.konnectors.accounts import gen_keys
+
+    path = os.path.abspath(os.path.expanduser(args.filepath))
+    if os.path.isdir(path):
+        path = os.path.join(path, CREDENTIALS_KEY_FILE)
+    try:
+        enc, dec = gen_keys(path)
+    except FileExistsError as exc:
+        raise CLIError(f"{exc} already exists: not overwritten") from None
+    except OSError as exc:
+        raise CLIError(f"could not write {path}: {exc.strerror or exc}") from None
+    out(f"keyfiles written in:\n\t{enc}\n\t{dec}")
+    return 0
+
+
 def register(nouns: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add the ``config`` noun and its commands to cozyctl's parser."""
     noun = nouns.add_parser(
@@ -70,3 +88,15 @@ def register(nouns: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     p.add_argument("file", nargs="?", metavar="FILE")
     p.set_defaults(handler=cmd_passwd)
+    p = commands.add_parser(
+        "gen-keys",
+        parents=[common],
+        allow_abbrev=False,
+        help="generate a key pair for the encryption of credentials",
+        description="Generate the key pair of the accounts' credentials: "
+        "FILEPATH.enc (encryptor) and FILEPATH.dec (decryptor), mode 0400. "
+        "A directory: its cozy-credentials.enc/.dec, the names cozyd looks "
+        "for next to its configuration file.",
+    )
+    p.add_argument("filepath", metavar="FILEPATH")
+    p.set_defaults(handler=cmd_gen_keys)

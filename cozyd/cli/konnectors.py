@@ -2,14 +2,15 @@
 uninstall, list and show an instance's konnectors, as ``cozy-stack
 konnectors`` (reference/cozy-stack-docs/cli/cozy-stack_konnectors_*.md),
 through the admin API (``/instances/<domain>/konnectors/<slug>``); the
-same commands as ``cozyctl apps``, with ``--parameters``. ``run`` comes
-with the jobs work (``cozyd/cli/konnectors_run.py``).
+same commands as ``cozyctl apps``, with ``--parameters``, and ``run``
+(``cozyd/cli/konnectors_run.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from cozyd.cli import konnectors_run
 from cozyd.cli.apps import KONNECTORS, register_commands
 
 
@@ -23,4 +24,4 @@ def register(nouns: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     commands = noun.add_subparsers(dest="command", metavar="<command>", required=True)
     register_commands(KONNECTORS, commands, common, konnector=True)
-    # konnectors_run.register_run(commands, common)  # `run`: the jobs work adds it here
+    konnectors_run.register_run(commands, common)

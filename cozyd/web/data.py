@@ -57,6 +57,7 @@ from cozyd.documents import (
     protected_design_docs,
 )
 from cozyd.errors import CozyError, EchoError
+from cozyd.konnectors.accounts import ACCOUNTS_DOCTYPE, reads_in_clear
 from cozyd.web.bodies import LoneSurrogate
 from cozyd.web.common import (
     JSON,
@@ -369,6 +370,7 @@ class DataService(Service):
         max_body_size: int,
         pause: Callable[[], Awaitable[Any]] | None = None,
         files: Any = None,
+        vault: Any = None,
     ):
         """``pause()`` gives the reactor a turn between the pieces of a large
         answer (``cozyd.web.streaming``); ``files`` the VFS (references)."""
@@ -382,6 +384,8 @@ class DataService(Service):
         self.guard = guard
         self.max_body_size = max_body_size
         self.pause = pause
+        #: Accounts' credentials encrypted at rest (cozyd.konnectors.accounts).
+        self.vault = vault
 
     def errors(self, request: IRequest, error: BaseException) -> bytes:
         return self._error(request, error)
@@ -536,6 +540,7 @@ class DataService(Service):
         )
         if _has_text(given_id):
             raise couch_error(400, "defined_id", "document _id should be empty")
+        body = self._sealed(doctype, body)
         result = await self.documents.create(
             instance_of(request), doctype, body, create_db=True
         )
@@ -559,8 +564,10 @@ class DataService(Service):
             return await self._get_doc_revs(request, doctype, docid)
         if docid.startswith("_"):
             raise couch_error(400, "bad_id", f"Unsuported couchdb operation {docid}")
-        if self.raw is not None and permissions_of(request).allows_collection(
-            "GET", doctype
+        if (
+            self.raw is not None
+            and doctype != ACCOUNTS_DOCTYPE
+            and permissions_of(request).allows_collection("GET", doctype)
         ):
             # Nothing to check in the document: CouchDB's bytes go out as they
             # came, with the "_type" member added.
@@ -580,7 +587,16 @@ class DataService(Service):
             authorize_document(request, doctype, "", {}, verb="GET")
             raise
         authorize_document(request, doctype, docid, doc, verb="GET")
+        if doctype == ACCOUNTS_DOCTYPE and self.vault is not None:
+            held = permissions_of(request)
+            if reads_in_clear(held.type, held.subject, doc):
+                doc = self.vault.decrypt_account(doc)
         return json_response(request, _with_type(doc, doctype))
+
+    def _sealed(self, doctype: str, doc: Any) -> Any:
+        if doctype != ACCOUNTS_DOCTYPE or self.vault is None or not isinstance(doc, dict):
+            return doc
+        return self.vault.encrypt_account(doc)
 
     async def _get_doc_revs(self, request: IRequest, doctype: str, docid: str) -> bytes:
         """The replication read (``revs=true``, ``open_revs``, ``latest``…),
@@ -640,6 +656,7 @@ class DataService(Service):
         if has_id and body["_id"] != docid:
             raise jsonapi_error(400, "document _id doesnt match url")
         db = self._db(request, doctype)
+        body = self._sealed(doctype, body)
         if not has_id:
             doc = {**body, "_id": docid}
             authorize_document(request, doctype, docid, doc, verb="POST")
@@ -1121,6 +1138,8 @@ class DataService(Service):
                 400, "bad_request", "`new_edits` parameter must be a boolean."
             )
         docs = body["docs"]
+        if new_edits:
+            docs = [self._sealed(doctype, doc) for doc in docs]
         results = await self.documents.bulk(
             instance_of(request), doctype, docs, new_edits=new_edits, create_db=True
         )

@@ -1,0 +1,1 @@
+"""Konnectors: their runs in a sandbox, and their accounts' credentials."""
