@@ -172,6 +172,20 @@ def _http_url(text: str) -> str:
     return text
 
 
+def _realtime_url(text: str) -> str:
+    """Empty (one node), or the redis:// URL the nodes share events through."""
+    text = text.strip()
+    if not text:
+        return ""
+    from cozyd.redisurl import RedisAddress
+
+    try:
+        RedisAddress.parse(text)
+    except ValueError as exc:
+        raise ValueError(f"must be empty or a redis:// URL ({exc})") from None
+    return text
+
+
 def _file_url(text: str) -> str:
     text = text.strip()
     if text and not text.startswith("file://"):
@@ -235,6 +249,23 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         # Failed logins an hour before an instance is blocked (LOGIN_FAILED).
         "login_failures_per_hour": (_positive_int, "1000"),
     },
+    "realtime": {
+        # Empty: one node. redis://[:password@]host[:port][/db]: the nodes
+        # sharing it deliver each other's events (--realtime-url).
+        "url": (_realtime_url, ""),
+        # Largest message a client may send (closed with 1009 beyond).
+        "max_message_size": (_byte_size, "1024"),
+        "max_subscriptions": (_positive_int, "1000"),
+        # Events kept for a client that reads too slowly (closed beyond).
+        "max_queue": (_positive_int, "1000"),
+        "messages_per_second": (_positive_float, "50"),
+        "burst": (_positive_int, "200"),
+        "auth_timeout": (_positive_float, "60"),
+        "write_timeout": (_positive_float, "10"),
+        "ping_interval": (_non_negative_float, "54"),
+        "ping_timeout": (_positive_float, "6"),
+        "max_connections": (_positive_int, "50000"),
+    },
 }
 
 #: Command-line flags of ``twistd cozyd`` and the keys they set.
@@ -248,6 +279,7 @@ FLAG_KEYS = {
     "couchdb-url": ("couchdb", "url"),
     "fs-url": ("fs", "url"),
     "data-dir": ("storage", "data_dir"),
+    "realtime-url": ("realtime", "url"),
 }
 
 

@@ -50,7 +50,10 @@ from cozyd.listeners import ListenerService, ServingSite, StartError
 from cozyd.metrics import Metrics, instrument_store
 from cozyd.permissions.resolver import PermissionResolver
 from cozyd.pools import WorkerPools, daemon_pools
+from cozyd.realtime.fanout import Fanout
 from cozyd.realtime.hub import EventHub
+from cozyd.realtime.node import RealtimeNode, RealtimeParts
+from cozyd.realtime.websocket import Limits, RealtimeFactory
 from cozyd.storage.interface import DocumentStore
 from cozyd.web.admin import AdminService
 from cozyd.web.apphosts import AppHosts
@@ -61,6 +64,7 @@ from cozyd.web.guard import Guard
 from cozyd.web.oauth import ClientsSettingsService, OAuthService
 from cozyd.web.pages import Pages
 from cozyd.web.permissions import PermissionsService
+from cozyd.web.realtime import RealtimeService
 from cozyd.web.root import PublicRoot
 from cozyd.web.settings import SettingsService
 from cozyd.web.status import StatusService
@@ -83,6 +87,8 @@ class Stack:
     metrics: Metrics | None = None
     #: Re-reads the admin passphrase file (SIGHUP).
     passphrase_checker: PassphraseChecker | None = None
+    #: The websockets of /realtime/ and the fan-out of events to them.
+    realtime: RealtimeParts | None = None
 
 
 def thread_runner(reactor) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
@@ -148,6 +154,7 @@ def build_stack(
     pause: Callable[[], Awaitable[Any]] | None = None,
     sleep: Callable[[float], Awaitable[Any]] | None = None,
     metrics: Metrics | None = None,
+    clock: Any = None,
 ) -> Stack:
     """``run_hashing`` runs password hashing (the daemon's bounded pool;
     ``run_blocking`` when not given). ``pause()`` lets long answers give the
@@ -183,7 +190,9 @@ def build_stack(
         SessionStore(documents, seconds=seconds), secure=scheme == "https"
     )
     guard = Guard(resolver, seconds=seconds, session_id_of=web_sessions.session_id_of)
+    realtime = realtime_parts(config, hub, clock)
     services = {
+        "realtime": RealtimeService(guard, realtime.fanout, realtime.factory).resource(),
         "permissions": PermissionsService(guard).resource(),
         "data": DataService(
             documents,
@@ -260,7 +269,17 @@ def build_stack(
         documents,
         metrics=metrics,
         passphrase_checker=checker,
+        realtime=realtime,
     )
+
+
+def realtime_parts(config: Config, hub: EventHub, clock: Any) -> RealtimeParts:
+    """The fan-out of ``hub``'s events to the websockets, and their limits."""
+    fanout = Fanout(hub)
+    limits = Limits(
+        **{field: config.get("realtime", field) for field in attrs.fields_dict(Limits)}
+    )
+    return RealtimeParts(hub, fanout, RealtimeFactory(fanout, limits=limits, clock=clock))
 
 
 def owner_services(
@@ -438,6 +457,7 @@ class StorageService(Service):
             pause=next_turn(reactor),
             sleep=lambda s: task.deferLater(reactor, s, lambda: None),
             metrics=self.metrics,
+            clock=reactor,
         )
         await self.stack.instances.setup()
         log.info("storage ready: {engine} engine", engine=store.engine)
@@ -466,6 +486,11 @@ class CozydService(OrderedMultiService):
         self.storage = StorageService(config, reactor)
         self.storage.setServiceParent(self)
         # (jobs and realtime services go here, between storage and listeners)
+        RealtimeNode(
+            lambda: self.stack.realtime if self.stack is not None else None,
+            url=config.get("realtime", "url"),
+            reactor=reactor,
+        ).setServiceParent(self)
         self.listeners = OrderedMultiService()
         self.listeners.stop_together = True
         self.listeners.setName("listeners")
