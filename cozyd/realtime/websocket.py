@@ -391,6 +391,12 @@ class RealtimeProtocol(WebSocketServerProtocol):
         self._auth_call = None
 
     def _command(self, message: Any) -> None:
+        if isinstance(message, dict) and str(message.get("method")).upper() == "AUTH":
+            # A second AUTH: told it is not a method here (the connection
+            # keeps the permissions of its first token).
+            method = message["method"]
+            self._send_raw(unknown_method(method, {"method": method}))
+            return
         try:
             method, doctype, doc_id = parse_command(message)
         except BadCommand as exc:
