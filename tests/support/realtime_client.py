@@ -190,3 +190,80 @@ class RealtimeClients:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+
+
+# -- the Node client (npm's ``ws``) ------------------------------------------------------
+#: ``ws``, the websocket client of Node's ecosystem, as apps' tooling uses it.
+WS_PACKAGES = {"ws": "8.18.3"}
+NODE_SCRIPT = os.path.join(REPO, "tests", "support", "realtime_ws_client.js")
+
+
+def node_ws_modules() -> str:
+    from tests.support.couchdb_server import REPO_ROOT
+    from tests.support.node_packages import install_node_packages
+
+    return str(install_node_packages(WS_PACKAGES, REPO_ROOT / ".cache" / "node-ws"))
+
+
+class NodeClient:
+    """``realtime_ws_client.js`` running: what it printed, line by line."""
+
+    def __init__(
+        self,
+        node_modules: str,
+        workdir: str,
+        *,
+        url: str,
+        host: str,
+        token: str | None,
+        commands: list[dict[str, Any]],
+    ):
+        config_path = os.path.join(workdir, f"ws-client-{id(self)}.json")
+        with open(config_path, "w", encoding="utf-8") as f:
+            json.dump({"url": url, "host": host, "token": token, "commands": commands}, f)
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.process = subprocess.Popen(
+            ["node", NODE_SCRIPT, config_path],
+            env={**os.environ, "NODE_PATH": node_modules},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                self.lines.put(json.loads(line))
+            except ValueError:
+                self.lines.put({"output": line})
+
+    def next(self, timeout: float = 15.0) -> dict[str, Any]:
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise NoMessage(f"the Node client said nothing within {timeout}s") from None
+
+    def until(self, key: str, timeout: float = 15.0) -> dict[str, Any]:
+        while True:
+            line = self.next(timeout)
+            if key in line:
+                return line
+
+    def send(self, command: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                assert self.process.stdin is not None
+                self.process.stdin.close()
+                self.process.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()

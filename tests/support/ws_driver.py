@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import endpoints, reactor, stdio
 from twisted.protocols.basic import LineReceiver
 
 connections: dict[int, Client] = {}
+#: stdout, through the reactor (StandardIO makes the descriptor non-blocking:
+#: writing to it directly could lose what a full pipe does not take).
+out: list = []
 
 
 def say(**fields) -> None:
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
+    out[0].write(json.dumps(fields).encode() + b"\n")
 
 
 class Client(WebSocketClientProtocol):
@@ -120,7 +121,9 @@ class Commands(LineReceiver):
 
 
 def main() -> None:
-    stdio.StandardIO(Commands())
+    commands = Commands()
+    stdio.StandardIO(commands)
+    out.append(commands.transport)
     reactor.run()
 
 
