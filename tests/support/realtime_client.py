@@ -267,3 +267,41 @@ class NodeClient:
             except (OSError, subprocess.TimeoutExpired):
                 self.process.kill()
                 self.process.wait()
+
+
+# -- a bare Redis subscriber (what a node publishes) -----------------------------------
+class RedisListener:
+    """``SUBSCRIBE realtime:events`` on a raw socket; ``messages()`` gives
+    what was published since (each ``<doctype>,<json>``)."""
+
+    def __init__(self, url: str, channel: str = "realtime:events"):
+        import socket
+
+        parts = urlsplit(url)
+        self._socket = socket.create_connection((parts.hostname, parts.port), timeout=5)
+        self._socket.sendall(f"SUBSCRIBE {channel}\r\n".encode())
+        self._buffer = b""
+        self._socket.settimeout(0.2)
+
+    def messages(self, wait: float = 1.0) -> list[str]:
+        import time
+
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                data = self._socket.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                break
+            self._buffer += data
+        found = []
+        # RESP arrays: *3 $7 message $<n> channel $<n> payload
+        lines = self._buffer.split(b"\r\n")
+        for i, line in enumerate(lines):
+            if line == b"message" and i + 4 < len(lines):
+                found.append(lines[i + 4].decode("utf-8", "replace"))
+        return found
+
+    def close(self) -> None:
+        self._socket.close()
