@@ -275,7 +275,8 @@ def build_stack(
 
 def realtime_parts(config: Config, hub: EventHub, clock: Any) -> RealtimeParts:
     """The fan-out of ``hub``'s events to the websockets, and their limits."""
-    fanout = Fanout(hub)
+    schedule = (lambda f: clock.callLater(0, f)) if clock is not None else None
+    fanout = Fanout(hub, schedule=schedule)
     limits = Limits(
         **{field: config.get("realtime", field) for field in attrs.fields_dict(Limits)}
     )

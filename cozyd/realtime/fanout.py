@@ -18,7 +18,9 @@ Events reach a topic from three places:
 ``notify`` and the hub's firehose are what the bridge forwards to the other
 nodes (``forward_to``).
 
-An event is encoded once for all the subscribers it reaches: the topic
+Events are delivered in the order they come, on the reactor's next turn
+in the daemon (``schedule``). An event is encoded once for all the
+subscribers it reaches: the topic
 hands each subscriber the same ``Outgoing`` (the frame's JSON, built on
 first use). Each subscriber decides whether it may read the document
 (``Subscriber.push``); one that fails is logged and the others still get
@@ -89,8 +91,15 @@ class Topic:
 
 
 class Fanout:
-    def __init__(self, hub: EventHub):
+    def __init__(
+        self, hub: EventHub, *, schedule: Callable[[Callable[[], Any]], Any] | None = None
+    ):
+        """``schedule(f)`` runs ``f`` on a next turn of the reactor (the
+        daemon's ``callLater(0, f)``): a write then answers its client
+        before its event is written to thousands of websockets. None:
+        delivered at once, inside the publish."""
         self._hub = hub
+        self._schedule = schedule
         self._topics: dict[tuple[str, str], Topic] = {}
         self._forwarders: list[Callable[[str, Event], Any]] = []
         #: Events delivered, websocket messages pushed (for the metrics).
@@ -184,6 +193,12 @@ class Fanout:
             self._dispatch(topic, event)
 
     def _dispatch(self, topic: Topic, event: Event) -> None:
+        if self._schedule is not None:
+            self._schedule(lambda: self._dispatch_now(topic, event))
+        else:
+            self._dispatch_now(topic, event)
+
+    def _dispatch_now(self, topic: Topic, event: Event) -> None:
         self.events += 1
         outgoing = Outgoing(event)
         whole = topic.whole

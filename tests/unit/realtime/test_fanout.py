@@ -141,3 +141,15 @@ def test_outgoing_payload_is_the_reference_frame():
             "doc": {"_id": "e1", "_rev": "3-z"},
         },
     }
+
+
+def test_with_a_scheduler_events_go_out_on_a_next_turn_in_order(clock):
+    hub = EventHub()
+    fanout = Fanout(hub, schedule=lambda f: clock.callLater(0, f))
+    sub = Recorder()
+    fanout.subscribe("alice", "io.cozy.events", None, sub)
+    hub.publish("alice", make_event("CREATED", "io.cozy.events", {"_id": "1"}))
+    fanout.notify("alice", "io.cozy.events", "2", {"_id": "2"})
+    assert sub.got == []  # the writer's answer goes first
+    clock.advance(0)
+    assert [m["payload"]["id"] for m, _ in sub.got] == ["1", "2"]
