@@ -73,7 +73,7 @@ def test_an_app_token_of_the_owner_needs_the_session_cookie(world):
 
 
 def test_cli_tokens_of_the_instance_only(world):
-    stack, _clock, admin, _owner, instance, service = world
+    _stack, _clock, admin, _owner, instance, service = world
     token = admin_token(admin, Audience="cli", Scope="io.cozy.events")
     request = handshake(instance)
     access = sync(service._authenticate(request, token))
