@@ -261,6 +261,7 @@ class RealtimeProtocol(WebSocketServerProtocol):
             self.closed.callback(code)
 
     def _release(self) -> None:
+        self.authenticate = None
         for call in (self._auth_call, self._write_call):
             if call is not None and call.active():
                 call.cancel()
@@ -383,6 +384,8 @@ class RealtimeProtocol(WebSocketServerProtocol):
                 self._send_raw(unauthorized(source))
                 self.close_with(CLOSE_UNAUTHORIZED, "authentication failed")
             return
+        # The handshake request the authentication needed is not kept.
+        self.authenticate = None
         if self._closing:
             return
         self._access = access
