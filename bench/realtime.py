@@ -245,6 +245,10 @@ async def measure(
 ) -> None:
     bench = Bench()
     pid = subscribe_to.process.pid
+    loop = asyncio.get_running_loop()
+    idle = Writer(write_to, token)
+    baseline = [await loop.run_in_executor(None, idle.write, n, True) for n in range(20)]
+    idle.connection.close()
     before = rss_kib(pid)
     started = time.perf_counter()
     subscribers = await connect_all(subscribe_to.ports["public"], token, count, bench)
@@ -252,6 +256,10 @@ async def measure(
     after = rss_kib(pid)
     setup = time.perf_counter() - started
     print(f"\n== {label}: {count} subscribers")
+    print(
+        f"  baseline: POST /realtime with no subscriber answered in p50"
+        f" {statistics.median(baseline) * 1000:.1f} ms"
+    )
     print(
         f"  connected and subscribed in {setup:.1f}s; daemon RSS {before / 1024:.1f} MiB"
         f" -> {after / 1024:.1f} MiB: {(after - before) / count:.1f} KiB per connection"
@@ -374,7 +382,7 @@ def main() -> None:
         stops.append(stop_redis)
         couchdb_url = real_couchdb_url()
         if couchdb_url:
-            from tests.integration.test_data_engines import wipe_cozyd_databases
+            from tests.integration.conftest import wipe_cozyd_databases
 
             wipe_cozyd_databases(couchdb_url)
         else:

@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import attrs
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -461,7 +461,7 @@ class RealtimeProtocol(WebSocketServerProtocol):
             # What sendPreparedMessage ends in, without the debug log line
             # whose arguments autobahn formats on every call (a third of
             # the cost of a fan-out to 10,000 connections).
-            self.transport.write(prepared.payloadHybi)
+            write_now(self.transport, prepared.payloadHybi)
         else:
             self.sendPreparedMessage(prepared)
 
@@ -500,6 +500,30 @@ class RealtimeProtocol(WebSocketServerProtocol):
 
 
 _INVALID = object()
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """``transport.write(data)``, sent at once when a plain TCP transport has
+    nothing buffered (as asyncio's transports do): Twisted's ``write``
+    always buffers, then registers the socket for writing and sends on the
+    reactor's next turn — two ``epoll_ctl`` calls and a turn for every
+    websocket an event goes to. What the socket does not take is handed to
+    ``write`` as usual (buffered, in order, with its flow control)."""
+    if (
+        type(transport) is tcp.Server
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+        and transport.connected
+        and not transport.disconnecting
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0  # EAGAIN, or an error the transport will find itself
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 class RealtimeFactory(WebSocketServerFactory):
