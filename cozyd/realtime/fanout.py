@@ -18,8 +18,10 @@ Events reach a topic from three places:
 ``notify`` and the hub's firehose are what the bridge forwards to the other
 nodes (``forward_to``).
 
-Events are delivered in the order they come, on the reactor's next turn
-in the daemon (``schedule``). An event is encoded once for all the
+Events are delivered in the order they come, on the reactor's next turns
+in the daemon (``schedule``), ``CHUNK`` messages a turn: a write answers its
+client, and the other sockets are served, while its event goes out to
+thousands of websockets. An event is encoded once for all the
 subscribers it reaches: the topic
 hands each subscriber the same ``Outgoing`` (the frame's JSON, built on
 first use). Each subscriber decides whether it may read the document
@@ -29,6 +31,7 @@ the event.
 
 from __future__ import annotations
 
+import collections
 import json
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -40,6 +43,8 @@ from cozyd.realtime.hub import Event, EventHub, instance_key
 log = Logger()
 
 NOTIFIED = "NOTIFIED"
+#: Websocket messages written in one turn of the reactor, at most.
+CHUNK = 1000
 
 
 class Outgoing:
@@ -100,6 +105,8 @@ class Fanout:
         delivered at once, inside the publish."""
         self._hub = hub
         self._schedule = schedule
+        self._pending: collections.deque[list[Any]] = collections.deque()
+        self._pumping = False
         self._topics: dict[tuple[str, str], Topic] = {}
         self._forwarders: list[Callable[[str, Event], Any]] = []
         #: Events delivered, websocket messages pushed (for the metrics).
@@ -193,23 +200,46 @@ class Fanout:
             self._dispatch(topic, event)
 
     def _dispatch(self, topic: Topic, event: Event) -> None:
-        if self._schedule is not None:
-            self._schedule(lambda: self._dispatch_now(topic, event))
-        else:
-            self._dispatch_now(topic, event)
-
-    def _dispatch_now(self, topic: Topic, event: Event) -> None:
         self.events += 1
         outgoing = Outgoing(event)
         whole = topic.whole
-        for subscriber in list(whole):
-            self._push(subscriber, outgoing, False)
+        targets: list[tuple[Subscriber, bool]] = [(s, False) for s in whole]
         doc_id = event.get("id")
         watchers = topic.by_id.get(doc_id) if isinstance(doc_id, str) else None
         if watchers:
-            for subscriber in list(watchers):
-                if subscriber not in whole:  # one delivery per subscriber
-                    self._push(subscriber, outgoing, True)
+            # one delivery per subscriber
+            targets += [(s, True) for s in watchers if s not in whole]
+        if self._schedule is None:
+            for subscriber, watched in targets:
+                self._push(subscriber, outgoing, watched)
+            return
+        self._pending.append([outgoing, targets, 0])
+        if not self._pumping:
+            self._pumping = True
+            self._schedule(self._pump)
+
+    def _pump(self) -> None:
+        """Deliver up to ``CHUNK`` messages, then let the reactor do its
+        I/O (answers, other sockets) before the next ones. Events go out
+        one after the other, so each subscriber gets them in order."""
+        budget = CHUNK
+        pending = self._pending
+        while pending and budget > 0:
+            entry = pending[0]
+            outgoing, targets, start = entry
+            stop = min(len(targets), start + budget)
+            for subscriber, watched in targets[start:stop]:
+                self._push(subscriber, outgoing, watched)
+            budget -= stop - start
+            if stop == len(targets):
+                pending.popleft()
+            else:
+                entry[2] = stop
+        if pending:
+            assert self._schedule is not None
+            self._schedule(self._pump)
+        else:
+            self._pumping = False
 
     def _push(self, subscriber: Subscriber, outgoing: Outgoing, watched: bool) -> None:
         try:

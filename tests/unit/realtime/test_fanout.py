@@ -153,3 +153,24 @@ def test_with_a_scheduler_events_go_out_on_a_next_turn_in_order(clock):
     assert sub.got == []  # the writer's answer goes first
     clock.advance(0)
     assert [m["payload"]["id"] for m, _ in sub.got] == ["1", "2"]
+
+
+def test_large_fan_outs_go_in_chunks_and_keep_each_subscribers_order(monkeypatch):
+    from cozyd.realtime import fanout as module
+
+    monkeypatch.setattr(module, "CHUNK", 3)
+    turns = []  # what the reactor would run on its next turns
+    hub = EventHub()
+    fanout = Fanout(hub, schedule=turns.append)
+    subs = [Recorder() for _ in range(5)]
+    for sub in subs:
+        fanout.subscribe("alice", "io.cozy.events", None, sub)
+    hub.publish("alice", make_event("CREATED", "io.cozy.events", {"_id": "1"}))
+    hub.publish("alice", make_event("UPDATED", "io.cozy.events", {"_id": "1"}))
+    assert len(turns) == 1
+    turns.pop(0)()
+    assert sum(len(s.got) for s in subs) == 3  # one chunk a turn
+    while turns:
+        turns.pop(0)()
+    for sub in subs:
+        assert [m["event"] for m, _ in sub.got] == ["CREATED", "UPDATED"]
