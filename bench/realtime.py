@@ -178,10 +178,16 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
 
 
 def own_cpu() -> float:
@@ -300,6 +306,7 @@ async def rounds_of(
     writes: list[float] = []
     bench.latencies.clear()
     client_cpu, server_cpu = own_cpu(), cpu_seconds(pid)
+    server_sys = cpu_split(pid)[1]
     writer_cpu = cpu_seconds(write_to.process.pid)
     measure_started = time.perf_counter()
     missing = 0
@@ -317,6 +324,7 @@ async def rounds_of(
     elapsed = time.perf_counter() - measure_started
     client_cpu = own_cpu() - client_cpu
     server_cpu = cpu_seconds(pid) - server_cpu
+    server_sys = cpu_split(pid)[1] - server_sys
     lat = bench.latencies
     what = (
         "POST /realtime (no storage: the fan-out alone)"
@@ -335,6 +343,12 @@ async def rounds_of(
     )
     if missing:
         print(f"    !! {missing} deliveries missing")
+    print(
+        f"    per event: subscribers' daemon {server_cpu / rounds * 1000:.0f} ms CPU"
+        f" ({server_sys / max(server_cpu, 1e-9):.0%} in the kernel),"
+        f" {server_cpu / rounds / count * 1e6:.1f} µs a delivery;"
+        f" client {client_cpu / rounds * 1000:.0f} ms"
+    )
     print(
         f"    CPU over {elapsed:.1f}s: client {client_cpu:.2f}s ({client_cpu / elapsed:.0%}"
         f" of a core), subscribers' daemon {server_cpu:.2f}s ({server_cpu / elapsed:.0%})"
