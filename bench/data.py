@@ -47,27 +47,46 @@ ADMIN = {
 
 
 class BenchDaemon(Daemon):
-    """The test harness's daemon, its output drained in large reads once
-    it listens. Read line by line, the reader thread of this process (which
-    shares its interpreter with the load generator's threads) falls behind,
-    the pipe fills up and the daemon blocks writing its access log: py-spy
-    showed it 40 % of the time in that write, a limit of the harness, not
-    of cozyd."""
+    """The test harness's daemon, writing its output straight into its log
+    file (read back only until it listens). Through a pipe read by a thread
+    of this process, which shares its interpreter with the load generator's
+    threads, the reader falls behind, the pipe fills up and the daemon
+    blocks writing its access log: py-spy showed it 15 to 40 % of the time
+    in that write, a limit of the harness, not of cozyd."""
 
-    def _read(self, process: subprocess.Popen, log) -> None:
-        assert process.stdout is not None
-        while len(self.ports) < 2:
-            line = process.stdout.readline()
-            if not line:
-                break
-            log.write(line)
-            self._lines.append(line)
-            match = LISTENING.search(line)
-            if match:
-                self.ports[match.group(1)] = int(match.group(3))
-        for chunk in iter(lambda: process.stdout.read(1 << 16), ""):
-            log.write(chunk)
-        log.close()
+    def start(self, *, wait: bool = True, extra_env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, **self.extra_env, **(extra_env or {})}
+        env.pop("COZY_ADMIN_PASSPHRASE", None)
+        self._lines = []
+        self.ports = {}
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            offset = log.tell()
+            self.process = subprocess.Popen(
+                self.command(),
+                cwd=self.workdir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self._reader = threading.Thread(target=self._tail, args=(offset,), daemon=True)
+        self._reader.start()
+        if wait:
+            self.wait_for_ports()
+
+    def _tail(self, offset: int) -> None:
+        with open(self.log_path, encoding="utf-8") as log:
+            log.seek(offset)
+            while len(self.ports) < 2 and self.process.poll() is None:
+                line = log.readline()
+                if not line.endswith("\n"):
+                    time.sleep(0.05)
+                    log.seek(log.tell() - len(line.encode()))
+                    continue
+                self._lines.append(line)
+                match = LISTENING.search(line)
+                if match:
+                    self.ports[match.group(1)] = int(match.group(3))
+            self._lines.extend(log.readlines())
 
 
 def document(n: int) -> dict:

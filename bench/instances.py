@@ -2,11 +2,13 @@
 
 Run from the repository root (after ``scripts/venv``)::
 
-    .venv/bin/python bench/instances.py [--count 30] [--idle 1000]
+    .venv/bin/python bench/instances.py [--count 30] [--idle 10000]
+        [--couchdb-url http://admin:pw@127.0.0.1:5984]
 
 1. Creation: the real daemon is started twice in this process tree, once on
-   the embedded engine and once on the CouchDB engine (against
-   pouchdb-server, started here as the tests do); ``--count`` instances are
+   the embedded engine and once on the CouchDB engine (against the CouchDB
+   of ``--couchdb-url``, else a pouchdb-server started here as the tests
+   do; the report says which); ``--count`` instances are
    created one after the other through the admin API; instances/s and the
    ratio embedded / CouchDB are printed.
 2. Idle instances: an embedded daemon creates ``--idle`` instances, waits
@@ -28,6 +30,7 @@ from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.data import couch_server_name
 from cozyd.testing import TEST_ADMIN_PASSPHRASE
 from tests.support.couchdb_server import start_pouchdb_server
 from tests.support.daemon import Daemon, http
@@ -49,11 +52,14 @@ def create(daemon: Daemon, domain: str) -> None:
         raise RuntimeError(f"creating {domain}: {response.status} {response.body!r}")
 
 
+RUN = os.getpid()  # fresh domains on a reused CouchDB
+
+
 def creation_rate(daemon: Daemon, count: int, label: str) -> float:
-    create(daemon, f"warmup.{label}.bench")
+    create(daemon, f"warmup{RUN}.{label}.bench")
     start = time.perf_counter()
     for i in range(count):
-        create(daemon, f"i{i}.{label}.bench")
+        create(daemon, f"i{i}-{RUN}.{label}.bench")
     elapsed = time.perf_counter() - start
     return count / elapsed
 
@@ -72,8 +78,16 @@ def process_figures(pid: int, db_dir: str) -> tuple[int, int, int]:
     return rss_kb, len(fds), in_db
 
 
-def bench_creation(workdir: str, count: int) -> None:
-    url, stop_couch = start_pouchdb_server(os.path.join(workdir, "pouchdb"))
+def bench_creation(workdir: str, count: int, couchdb_url: str | None) -> None:
+    if couchdb_url:
+        url, stop_couch, server = (
+            couchdb_url,
+            (lambda: None),
+            couch_server_name(couchdb_url),
+        )
+    else:
+        url, stop_couch = start_pouchdb_server(os.path.join(workdir, "pouchdb"))
+        server = "pouchdb-server"
     embedded = Daemon(os.path.join(workdir, "embedded"))
     couch = Daemon(os.path.join(workdir, "couch"), couchdb_url=url)
     try:
@@ -87,7 +101,7 @@ def bench_creation(workdir: str, count: int) -> None:
         stop_couch()
     print(f"instance creation, {count} instances one after the other:")
     print(f"  embedded engine : {rate_embedded:8.2f} instances/s")
-    print(f"  couchdb engine  : {rate_couch:8.2f} instances/s (pouchdb-server)")
+    print(f"  couchdb engine  : {rate_couch:8.2f} instances/s ({server})")
     print(f"  ratio embedded/couchdb: {rate_embedded / rate_couch:.2f}")
 
 
@@ -122,11 +136,12 @@ def bench_idle(workdir: str, idle: int, idle_timeout: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=30)
-    parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument("--idle", type=int, default=10_000)
     parser.add_argument("--idle-timeout", type=float, default=2.0)
+    parser.add_argument("--couchdb-url", help="a real CouchDB for the CouchDB engine")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cozyd-bench-") as workdir:
-        bench_creation(workdir, args.count)
+        bench_creation(workdir, args.count, args.couchdb_url)
         bench_idle(workdir, args.idle, args.idle_timeout)
 
 

@@ -186,6 +186,11 @@ def _realtime_url(text: str) -> str:
     return text
 
 
+def _http_urls(text: str) -> tuple[str, ...]:
+    """Space- or comma-separated http(s):// URLs (the apps registries)."""
+    return tuple(_http_url(part) for part in text.replace(",", " ").split())
+
+
 def _file_url(text: str) -> str:
     text = text.strip()
     if text and not text.startswith("file://"):
@@ -265,6 +270,18 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "ping_interval": (_non_negative_float, "54"),
         "ping_timeout": (_positive_float, "6"),
         "max_connections": (_positive_int, "50000"),
+    },
+    "apps": {
+        # Apps registries asked in turn for registry:// sources.
+        "registries": (_http_urls, ""),
+        # App hosts: nested (<slug>.<domain>) or flat (<user>-<slug>.<parent>).
+        "subdomains": (_choice("nested", "flat"), "nested"),
+        # Bytes an app's code may expand to, and its download may weigh.
+        "max_app_size": (_byte_size, "200MB"),
+        # Seconds a download (tarball, registry answer) may take.
+        "fetch_timeout": (_positive_float, "60"),
+        # http:// sources and registries (tests only: no integrity on the way).
+        "allow_http_sources": (_bool, "false"),
     },
 }
 

@@ -36,6 +36,10 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from cozyd.adminpass import PassphraseChecker
+from cozyd.apps.http import downloader
+from cozyd.apps.installer import Installer
+from cozyd.apps.layout import KONNECTOR, WEBAPP
+from cozyd.apps.sources import Fetcher, Limits
 from cozyd.auth.clients import OAuthClients
 from cozyd.auth.limits import RateLimiter
 from cozyd.auth.login import LOGIN_FAILED, LoginFailures, Passphrases
@@ -53,10 +57,13 @@ from cozyd.pools import WorkerPools, daemon_pools
 from cozyd.realtime.fanout import Fanout
 from cozyd.realtime.hub import EventHub
 from cozyd.realtime.node import RealtimeNode, RealtimeParts
-from cozyd.realtime.websocket import Limits, RealtimeFactory
+from cozyd.realtime.websocket import Limits as RealtimeLimits
+from cozyd.realtime.websocket import RealtimeFactory
 from cozyd.storage.interface import DocumentStore
 from cozyd.web.admin import AdminService
 from cozyd.web.apphosts import AppHosts
+from cozyd.web.apps import AppsService
+from cozyd.web.appserver import AppServer
 from cozyd.web.auth import AuthService, HomeApp, HomePage, WebSessions
 from cozyd.web.data import DataService
 from cozyd.web.debug import DebugService
@@ -89,6 +96,8 @@ class Stack:
     passphrase_checker: PassphraseChecker | None = None
     #: The websockets of /realtime/ and the fan-out of events to them.
     realtime: RealtimeParts | None = None
+    #: Installs web apps and konnectors (cozyd.apps.installer).
+    apps: Any = None
 
 
 def thread_runner(reactor) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
@@ -155,6 +164,7 @@ def build_stack(
     sleep: Callable[[float], Awaitable[Any]] | None = None,
     metrics: Metrics | None = None,
     clock: Any = None,
+    download: Any = None,
 ) -> Stack:
     """``run_hashing`` runs password hashing (the daemon's bounded pool;
     ``run_blocking`` when not given). ``pause()`` lets long answers give the
@@ -191,6 +201,9 @@ def build_stack(
     )
     guard = Guard(resolver, seconds=seconds, session_id_of=web_sessions.session_id_of)
     realtime = realtime_parts(config, hub, clock)
+    apps_installer = build_installer(
+        config, documents, resolver, clients, run_blocking, seconds, download
+    )
     services = {
         "realtime": RealtimeService(guard, realtime.fanout, realtime.factory).resource(),
         "permissions": PermissionsService(guard).resource(),
@@ -211,6 +224,7 @@ def build_stack(
             run_hashing=run_hashing,
             seconds=seconds,
         ),
+        **apps_services(config, apps_installer, guard, web_sessions),
         **oauth_services(
             clients,
             access_codes,
@@ -218,6 +232,7 @@ def build_stack(
             pages=pages,
             session_of=web_sessions.session_id_of,
             seconds=seconds,
+            link_app=lambda instance, slug: ensure_webapp(apps_installer, instance, slug),
         ),
     }
     unscoped = (
@@ -246,8 +261,23 @@ def build_stack(
     home = HomeApp(
         pages=pages, sessions=web_sessions, urls=InstanceURLs(store, scheme=scheme)
     ).resource()
+    app_server = AppServer(
+        apps_installer,
+        sessions=web_sessions,
+        pages=pages,
+        settings_of=InstanceURLs(store, scheme=scheme).settings_document,
+        seconds=seconds,
+        scheme=scheme,
+        subdomains=config.get("apps", "subdomains"),
+    )
     public = AppHosts(
-        registry, public, {HOME_SLUG: home}, pages=pages, scheme=scheme
+        registry,
+        public,
+        {HOME_SLUG: home},
+        pages=pages,
+        scheme=scheme,
+        installed=app_server,
+        subdomains=config.get("apps", "subdomains"),
     ).resource()
     # scrypt in the hashing pool (off the reactor); wrong guesses rate-limited.
     checker = PassphraseChecker(
@@ -256,7 +286,12 @@ def build_stack(
         path=config.get("admin", "secret_filename") or None,
     )
     admin = AdminService(
-        instances, checker.check, clients=clients, seconds=seconds, metrics=metrics
+        instances,
+        checker.check,
+        clients=clients,
+        seconds=seconds,
+        metrics=metrics,
+        apps=apps_installer,
     ).resource()
     return Stack(
         config,
@@ -270,6 +305,7 @@ def build_stack(
         metrics=metrics,
         passphrase_checker=checker,
         realtime=realtime,
+        apps=apps_installer,
     )
 
 
@@ -277,10 +313,58 @@ def realtime_parts(config: Config, hub: EventHub, clock: Any) -> RealtimeParts:
     """The fan-out of ``hub``'s events to the websockets, and their limits."""
     schedule = (lambda f: clock.callLater(0, f)) if clock is not None else None
     fanout = Fanout(hub, schedule=schedule)
-    limits = Limits(
-        **{field: config.get("realtime", field) for field in attrs.fields_dict(Limits)}
+    limits = RealtimeLimits(
+        **{
+            field: config.get("realtime", field)
+            for field in attrs.fields_dict(RealtimeLimits)
+        }
     )
     return RealtimeParts(hub, fanout, RealtimeFactory(fanout, limits=limits, clock=clock))
+
+
+def build_installer(config, documents, resolver, clients, run_blocking, seconds, download):
+    """The installer of web apps and konnectors (``[apps]`` settings)."""
+    size = config.get("apps", "max_app_size")
+    fetcher = Fetcher(
+        download=download,
+        run_blocking=run_blocking,
+        registries=config.get("apps", "registries"),
+        allow_http=config.get("apps", "allow_http_sources"),
+        limits=Limits(max_size=size, max_download=size),
+    )
+
+    async def linked_client(instance, software_id):
+        return await clients.find_by_software_id(instance, software_id)
+
+    return Installer(
+        documents,
+        config.data_dir,
+        fetcher,
+        run_blocking=run_blocking,
+        seconds=seconds,
+        forget_permissions=resolver.forget_source,
+        linked_client=linked_client,
+    )
+
+
+async def ensure_webapp(installer, instance, slug: str) -> None:
+    """The webapp of a linked OAuth client, installed from the registry
+    when it is not there yet (as cozy-stack does at the consent)."""
+    if await installer.find(instance, WEBAPP, slug) is None:
+        await installer.install(instance, WEBAPP, slug, f"registry://{slug}/stable")
+
+
+def apps_services(config: Config, installer, guard: Guard, sessions) -> dict[str, Any]:
+    """``/apps`` and ``/konnectors``."""
+    options = {
+        "sessions": sessions,
+        "scheme": config.get("server", "scheme"),
+        "subdomains": config.get("apps", "subdomains"),
+    }
+    return {
+        "apps": AppsService(WEBAPP, installer, guard, **options).resource(),
+        "konnectors": AppsService(KONNECTOR, installer, guard, **options).resource(),
+    }
 
 
 def owner_services(
@@ -347,6 +431,7 @@ def oauth_services(
     pages: Pages,
     session_of: Any,
     seconds: Callable[[], float],
+    link_app: Any = None,
 ) -> dict[str, Any]:
     """The OAuth2 routes: registration, consent, tokens, clients settings."""
     oauth = OAuthService(
@@ -356,6 +441,7 @@ def oauth_services(
         pages=pages,
         session_of=session_of,
         seconds=seconds,
+        link_app=link_app,
     ).resource()
     clients_settings = ClientsSettingsService(clients, guard).resource()
     return {
@@ -459,6 +545,7 @@ class StorageService(Service):
             sleep=lambda s: task.deferLater(reactor, s, lambda: None),
             metrics=self.metrics,
             clock=reactor,
+            download=downloader(reactor, timeout=config.get("apps", "fetch_timeout")),
         )
         await self.stack.instances.setup()
         log.info("storage ready: {engine} engine", engine=store.engine)

@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 
 from cozyd.auth import tokens
-from cozyd.auth.clients import OAuthClients, iso_time, secrets_equal
+from cozyd.auth.clients import OAuthClients, iso_time, linked_app_slug, secrets_equal
 from cozyd.documents import DatabaseNotFound, DocConflict, DocNotFound, Documents
 from cozyd.errors import CozyError
 from cozyd.instance.model import Instance
@@ -247,9 +247,9 @@ class TokenEndpoint:
                 raise TokenRequestError("invalid refresh token") from None
             if not secrets_equal(claims.subject, client_id):
                 raise TokenRequestError("invalid refresh token")
-            # Linked apps (software_id registry://<slug>) would get their
-            # webapp's scope here; they need the apps registry first.
-            scope = claims.scope
+            # Linked apps (software_id registry://<slug>) get their webapp's.
+            linked = linked_app_slug(str(client.get("software_id") or ""))
+            scope = f"@io.cozy.apps/{linked}" if linked else claims.scope
         else:
             raise TokenRequestError("invalid grant type")
         access = tokens.issue(

@@ -669,6 +669,7 @@ class CouchDBStore:
         include_docs: bool = False,
         conflicts: bool = False,
         update_seq: bool = False,
+        _raw: bool = False,
     ) -> Doc:
         for _name, value in (("limit", limit), ("skip", skip)):
             if value is not None and (not isinstance(value, int) or value < 0):
@@ -698,10 +699,12 @@ class CouchDBStore:
         path = f"{couchdb_db_path(db)}/_all_docs"
         if keys is not None:
             result = await self._call(
-                "POST", path, query=query, body={"keys": keys}, db_call=True
+                "POST", path, query=query, body={"keys": keys}, db_call=True, raw=_raw
             )
         else:
-            result = await self._call("GET", path, query=query, db_call=True)
+            result = await self._call("GET", path, query=query, db_call=True, raw=_raw)
+        if _raw:
+            return result
         if not include_docs:
             for row in result.get("rows", []):
                 row.pop("doc", None)
@@ -760,6 +763,10 @@ class CouchDBStore:
         else:
             result = await self._call("GET", path, query=query, db_call=True, raw=_raw)
         return result
+
+    async def all_docs_json(self, db: str, **options: Any) -> bytes:
+        """``all_docs`` as CouchDB's JSON bytes (``RawReads``)."""
+        return await self.all_docs(db, **options, _raw=True)
 
     async def changes_json(
         self,

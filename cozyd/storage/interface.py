@@ -319,6 +319,9 @@ class RawReads(Protocol):
     async def get_doc_json(self, db: str, doc_id: str) -> bytes:
         """``get_doc(db, doc_id)`` (current revision, no option) as JSON."""
 
+    async def all_docs_json(self, db: str, **options: Any) -> bytes:
+        """``all_docs(db, **options)`` as JSON."""
+
     async def changes_json(
         self,
         db: str,

@@ -18,8 +18,10 @@ import binascii
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from cozyd.apps.layout import KONNECTOR, WEBAPP
 from cozyd.auth import tokens
 from cozyd.auth.clients import RegistrationError
 from cozyd.auth.limits import RateLimiter
@@ -40,11 +42,32 @@ from cozyd.web.common import (
     query_list,
     query_text,
 )
-from cozyd.web.routing import ADMIN, Service, maybe_await, route, shield
+from cozyd.web.routing import ADMIN, NO_BODY, Service, maybe_await, route, shield
+
+log = Logger()
 
 #: Wrong admin passphrases accepted in a window before requests get 429.
 MAX_FAILURES = 10
 FAILURE_PERIOD = 60.0
+
+
+async def install_default_apps(installer: Any, instance: Any, slugs) -> None:
+    """``instances add --apps a,b``: each from the registry's stable
+    channel; one that fails is logged and the others go on, as cozy-stack."""
+    for slug in slugs:
+        try:
+            await installer.install(instance, WEBAPP, slug, f"registry://{slug}/stable")
+        except CozyError as error:
+            log.warn(
+                "instance {domain}: {slug} not installed: {reason}",
+                domain=instance.domain,
+                slug=slug,
+                reason=error.detail,
+            )
+        except Exception:
+            log.failure(
+                "instance {domain}: installing {slug}", domain=instance.domain, slug=slug
+            )
 
 
 class TooManyFailures(CozyError):
@@ -65,9 +88,11 @@ class AdminService(Service):
         max_failures: int = MAX_FAILURES,
         failure_period: float = FAILURE_PERIOD,
         metrics: Any = None,
+        apps: Any = None,
     ):
         super().__init__()
         self._metrics = metrics
+        self._apps = apps
         self._instances = instances
         self._check_passphrase = check_passphrase
         self._clients = clients
@@ -122,10 +147,12 @@ class AdminService(Service):
             domain_aliases=query_list(request, "DomainAliases") or (),
             uuid=query_text(request, "UUID") or "",
             tos=query_text(request, "TOSSigned") or "",
-            apps=query_list(request, "Apps") or (),
         )
         # All the steps of a creation, even if the client hangs up.
         instance = await shield(self._instances.create(options))
+        apps = query_list(request, "Apps") or ()
+        if apps and self._apps is not None:
+            await shield(install_default_apps(self._apps, instance, apps))
         return json_response(
             request, {"data": instance.jsonapi()}, status=201, content_type=JSONAPI
         )
@@ -181,7 +208,15 @@ class AdminService(Service):
 
     @route("instances/{domain}", "DELETE", auth=ADMIN)
     async def destroy_instance(self, request: IRequest, domain: str):
+        instance = None
+        if self._apps is not None:
+            try:
+                instance = await self._instances.get(domain)
+            except CozyError:
+                instance = None  # half-created: destroy repairs it, no app yet
         await self._instances.destroy(domain)
+        if instance is not None:
+            await self._apps.remove_instance(instance)  # its apps' code
         request.setResponseCode(204)
         return b""
 
@@ -249,6 +284,110 @@ class AdminService(Service):
                 f"no OAuth client with software_id {software_id!r}", code="client_not_found"
             )
         return json_response(request, {**client, "client_id": client["_id"]})
+
+    # -- apps and konnectors (cozyctl apps|konnectors) ---------------------------
+    async def _app_instance(self, domain: str):
+        if self._apps is None:
+            raise NotFound("apps are not installable here")
+        return await self._instances.get(domain)
+
+    def _app_answer(self, request: IRequest, kind: str, doc: dict, domain: str):
+        from cozyd.web.apps import app_jsonapi
+
+        data = app_jsonapi(kind, doc, scheme="http", domain=domain, subdomains="nested")
+        body = {"data": data}
+        return json_response(request, body, content_type=JSONAPI)
+
+    async def _list_apps(self, request: IRequest, domain: str, kind: str):
+        instance = await self._app_instance(domain)
+        docs, _ = await self._apps.list(instance, kind, limit=10_000)
+        from cozyd.web.apps import app_jsonapi
+
+        body = {
+            "data": [
+                app_jsonapi(
+                    kind, d, scheme="http", domain=instance.domain, subdomains="nested"
+                )
+                for d in docs
+            ],
+            "meta": {"count": len(docs)},
+        }
+        return json_response(request, body, content_type=JSONAPI)
+
+    async def _one_app(self, request: IRequest, domain: str, kind: str, slug: str):
+        from cozyd.web.apps import parse_parameters
+
+        instance = await self._app_instance(domain)
+        method = request.method
+        if method in (b"GET", b"HEAD"):
+            doc = await self._apps.get(instance, kind, slug)
+        elif method == b"POST":
+            source = query_text(request, "Source") or f"registry://{slug}/stable"
+            doc = await shield(
+                self._apps.install(
+                    instance,
+                    kind,
+                    slug,
+                    source,
+                    deactivated=query_bool(request, "Deactivated") is True,
+                    parameters=parse_parameters(query_text(request, "Parameters")),
+                )
+            )
+        elif method == b"PUT":
+            acked = query_bool(request, "PermissionsAcked")
+            doc = await shield(
+                self._apps.update(
+                    instance,
+                    kind,
+                    slug,
+                    query_text(request, "Source") or None,
+                    permissions_acked=True if acked is None else acked,
+                    parameters=parse_parameters(query_text(request, "Parameters")),
+                )
+            )
+        else:
+            doc = await shield(self._apps.uninstall(instance, kind, slug))
+        return self._app_answer(request, kind, doc, instance.domain)
+
+    @route("instances/{domain}/apps", "GET", auth=ADMIN)
+    async def list_webapps(self, request: IRequest, domain: str):
+        return await self._list_apps(request, domain, WEBAPP)
+
+    @route("instances/{domain}/konnectors", "GET", auth=ADMIN)
+    async def list_konnectors(self, request: IRequest, domain: str):
+        return await self._list_apps(request, domain, KONNECTOR)
+
+    @route("instances/{domain}/apps/{slug}", "GET", auth=ADMIN)
+    async def show_webapp(self, request: IRequest, domain: str, slug: str):
+        return await self._one_app(request, domain, WEBAPP, slug)
+
+    @route("instances/{domain}/apps/{slug}", "POST", auth=ADMIN, body=NO_BODY)
+    async def install_webapp(self, request: IRequest, domain: str, slug: str):
+        return await self._one_app(request, domain, WEBAPP, slug)
+
+    @route("instances/{domain}/apps/{slug}", "PUT", auth=ADMIN, body=NO_BODY)
+    async def update_webapp(self, request: IRequest, domain: str, slug: str):
+        return await self._one_app(request, domain, WEBAPP, slug)
+
+    @route("instances/{domain}/apps/{slug}", "DELETE", auth=ADMIN)
+    async def uninstall_webapp(self, request: IRequest, domain: str, slug: str):
+        return await self._one_app(request, domain, WEBAPP, slug)
+
+    @route("instances/{domain}/konnectors/{slug}", "GET", auth=ADMIN)
+    async def show_konnector(self, request: IRequest, domain: str, slug: str):
+        return await self._one_app(request, domain, KONNECTOR, slug)
+
+    @route("instances/{domain}/konnectors/{slug}", "POST", auth=ADMIN, body=NO_BODY)
+    async def install_konnector(self, request: IRequest, domain: str, slug: str):
+        return await self._one_app(request, domain, KONNECTOR, slug)
+
+    @route("instances/{domain}/konnectors/{slug}", "PUT", auth=ADMIN, body=NO_BODY)
+    async def update_konnector(self, request: IRequest, domain: str, slug: str):
+        return await self._one_app(request, domain, KONNECTOR, slug)
+
+    @route("instances/{domain}/konnectors/{slug}", "DELETE", auth=ADMIN)
+    async def uninstall_konnector(self, request: IRequest, domain: str, slug: str):
+        return await self._one_app(request, domain, KONNECTOR, slug)
 
     # -- metrics ------------------------------------------------------------
     @route("metrics", "GET", auth=ADMIN)

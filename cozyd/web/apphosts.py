@@ -7,10 +7,12 @@ when the rest is an instance's domain (or alias), the request belongs to
 that instance's app ``slug`` — even if the whole host were an instance too:
 an instance owns its sub-domains, where its session cookie goes.
 
-Until apps can be installed, only the built-in ``home`` app is served
-(``cozyd.web.auth.HomeApp``); other slugs get the reference's answer for an
-app that is not installed (404). The apps service will replace the table
-of apps given here.
+Installed web apps are served by ``cozyd.web.appserver.AppServer``
+(given as ``installed``); a slug with no installed app falls back to the
+built-in apps given here (the ``home`` page, ``cozyd.web.auth.HomeApp``,
+until a ``home`` app is installed), else gets the reference's answer for
+an app that is not installed (404). With ``subdomains="flat"``, app hosts
+are ``<user>-<slug>.<parent>`` instead of ``<slug>.<domain>``.
 
 For an app host, in cozy-stack's order: instance being deleted → 404,
 blocked → its blocking error, method other than GET/HEAD → 405, onboarding
@@ -23,11 +25,13 @@ body to stream; the others are the public site's.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
+from cozyd.apps.hosts import FLAT, app_host, split_flat_host
 from cozyd.auth.urls import HOME_SLUG
 from cozyd.errors import NotFound
 from cozyd.i18n import N_
@@ -60,10 +64,15 @@ class AppHosts(Resource):
         *,
         pages: Pages,
         scheme: str,
+        installed: Any = None,
+        subdomains: str = "nested",
     ):
         """``site``: the resource serving the instances' own domains;
-        ``apps``: slug → resource of a built-in app."""
+        ``apps``: slug → resource of a built-in app; ``installed``: the
+        server of installed apps (``AppServer``)."""
         super().__init__()
+        self._installed = installed
+        self._subdomains = subdomains
         self._registry = registry
         self._site = site
         self._apps = dict(apps)
@@ -73,8 +82,14 @@ class AppHosts(Resource):
     def resource(self) -> IResource:
         return self
 
+    def _split(self, host: str) -> tuple[str, str]:
+        if self._subdomains == FLAT:
+            found = split_flat_host(host)
+            return found if found is not None else (host, "")
+        return split_app_host(host)
+
     def route_for_uri(self, method: bytes, uri: bytes, host: bytes = b"") -> Routed | None:
-        parent, slug = split_app_host(
+        parent, slug = self._split(
             normalize_host(host.decode("utf-8", "replace")) if host else ""
         )
         if slug:
@@ -86,11 +101,11 @@ class AppHosts(Resource):
 
     def render(self, request: IRequest):
         raw = request.getHeader(b"host")
-        parent, slug = split_app_host(
+        parent, slug = self._split(
             normalize_host(raw.decode("utf-8", "replace")) if raw else ""
         )
         if not slug:
-            return self._site.render(request)
+            return self._to_site(request)
         known, instance = self._registry.peek(parent)
         if known:
             return self._dispatch(request, instance, slug)
@@ -100,12 +115,47 @@ class AppHosts(Resource):
             lambda failure: self._failed(failure, request),
         )
 
+    def _cors(self, request: IRequest, host: str) -> bool:
+        """CORS for the instance's own apps calling its API (``/auth/``
+        aside, as cozy-stack): the app's origin is reflected, with
+        credentials; a preflight is answered here (True)."""
+        origin = (request.getHeader(b"origin") or b"").decode("latin-1")
+        scheme, sep, netloc = origin.partition("://")
+        if not sep or scheme not in ("http", "https") or request.path.startswith(b"/auth/"):
+            return False
+        origin_parent, origin_slug = self._split(normalize_host(netloc))
+        if not origin_slug or origin_parent != host:
+            return False
+        request.setHeader(b"Access-Control-Allow-Origin", origin.encode("latin-1"))
+        request.setHeader(b"Access-Control-Allow-Credentials", b"true")
+        request.setHeader(b"Vary", b"Origin")
+        if request.method == b"OPTIONS" and request.getHeader(
+            b"access-control-request-method"
+        ):
+            request.setResponseCode(204)
+            request.setHeader(
+                b"Access-Control-Allow-Methods", b"GET, HEAD, POST, PUT, PATCH, DELETE"
+            )
+            wanted = request.getHeader(b"access-control-request-headers")
+            if wanted:
+                request.setHeader(b"Access-Control-Allow-Headers", wanted)
+            request.setHeader(b"Access-Control-Max-Age", b"43200")
+            return True
+        return False
+
     async def _resolve(self, request: IRequest, parent: str, slug: str):
         return self._dispatch(request, await self._registry.resolve(parent), slug)
 
+    def _to_site(self, request: IRequest):
+        raw = request.getHeader(b"host")
+        host = normalize_host(raw.decode("utf-8", "replace")) if raw else ""
+        if self._cors(request, host):
+            return b""
+        return self._site.render(request)
+
     def _dispatch(self, request: IRequest, instance: Instance | None, slug: str):
         if instance is None:
-            return self._site.render(request)
+            return self._to_site(request)
         return self._serve_app(request, instance, slug)
 
     def _serve_app(self, request: IRequest, instance: Instance, slug: str):
@@ -128,6 +178,21 @@ class AppHosts(Resource):
             return self._pages.redirect(
                 request, f"{self._scheme}://{instance.domain}/", status=302
             )
+        if self._installed is not None:
+            return render_coroutine(
+                request,
+                self._serve_installed(request, instance, slug),
+                lambda failure: self._failed(failure, request),
+            )
+        return self._serve_builtin(request, slug)
+
+    async def _serve_installed(self, request: IRequest, instance: Instance, slug: str):
+        doc = await self._installed.find(instance, slug)
+        if doc is None:
+            return self._serve_builtin(request, slug)
+        return await self._installed.serve(request, instance, doc)
+
+    def _serve_builtin(self, request: IRequest, slug: str):
         app = self._apps.get(slug)
         if app is None:
             return self._app_error(
@@ -158,7 +223,7 @@ class AppHosts(Resource):
             return json_response(request, {"error": detail}, status=status)
         if "text/html" in accept:
             instance = state_of(request).instance
-            home = f"{self._scheme}://{HOME_SLUG}.{instance.domain}/"
+            home = f"{self._scheme}://{app_host(instance.domain, HOME_SLUG, self._subdomains)}/"
             return self._pages.error_page(
                 request,
                 status,

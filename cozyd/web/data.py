@@ -729,7 +729,12 @@ class DataService(Service):
             [*options.get("keys", ()), options.get("start_key"), options.get("end_key")]
         )
         if not fields_text and not design_docs:
-            result = await self.store.all_docs(self._db(request, doctype), **options)
+            db = self._db(request, doctype)
+            if self.raw is not None:
+                return _json_bytes_response(
+                    request, await self.raw.all_docs_json(db, **options)
+                )
+            result = await self.store.all_docs(db, **options)
             return await json_rows_response(request, result, pause=self.pause)
         # cozy-stack's filtered variant: documents always included, design
         # documents left out on request, documents cut down to the Fields.

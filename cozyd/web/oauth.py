@@ -18,7 +18,13 @@ import attrs
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from cozyd.auth.clients import LOGIN_SCOPE, OAuthClients, RegistrationError, public_view
+from cozyd.auth.clients import (
+    LOGIN_SCOPE,
+    OAuthClients,
+    RegistrationError,
+    linked_app_slug,
+    public_view,
+)
 from cozyd.auth.oauth import PKCE_METHOD, AccessCodes, TokenEndpoint, TokenRequestError
 from cozyd.errors import CozyError, EchoError
 from cozyd.i18n import N_
@@ -220,10 +226,14 @@ class OAuthService(Service):
         pages: Pages,
         session_of: SessionOf | None,
         seconds: Callable[[], float],
+        link_app: Callable[[Instance, str], Awaitable[Any]] | None = None,
     ):
         """``session_of(request, instance)`` gives the owner's session of the
-        request (its cookie), or None when nobody is logged in."""
+        request (its cookie), or None when nobody is logged in;
+        ``link_app(instance, slug)`` makes sure the webapp of a linked
+        client (``software_id`` ``registry://<slug>``) is installed."""
         super().__init__()
+        self._link_app = link_app
         self._clients = clients
         self._codes = codes
         self._token_endpoint = tokens_endpoint
@@ -412,7 +422,13 @@ class OAuthService(Service):
             # forbidden.
             raise PageError(403, "not_logged_in")
         scope = "" if params.scope == LOGIN_SCOPE else params.scope
-        if scope:
+        linked = linked_app_slug(str(client.get("software_id") or ""))
+        if linked and scope:
+            # A mobile app linked to a webapp gets the webapp's permissions.
+            if self._link_app is not None:
+                await self._link_app(instance, linked)
+            scope = f"@io.cozy.apps/{linked}"
+        elif scope:
             self._permissions(client, params)
         return await self._give_code(request, instance, client, params, scope=scope)
 

@@ -90,14 +90,16 @@ def test_add_refuses_invalid_domains(make_daemon, domain, rule):
     assert daemon.cozyctl("instances", "count").stdout.strip() == "0 instances"
 
 
-def test_add_existing_and_apps_are_refused(daemon):
+def test_add_existing_is_refused_and_missing_apps_do_not_stop_a_creation(daemon):
     assert add(daemon).returncode == 0
     again = add(daemon, DOMAIN.upper())
     assert again.returncode != 0 and "already exists" in again.stderr
+    # No registry is configured: the apps cannot be found, the instance is made.
     apps = add(daemon, "bob.cozy.test", "--apps", "drive,photos")
-    assert apps.returncode != 0
-    assert "apps are not installable yet" in apps.stderr
-    assert daemon.cozyctl("instances", "count").stdout.strip() == "1 instance"
+    assert apps.returncode == 0, apps.stderr
+    assert daemon.cozyctl("instances", "count").stdout.strip() == "2 instances"
+    listed = daemon.cozyctl("apps", "ls", "--domain", "bob.cozy.test")
+    assert listed.returncode == 0 and listed.stdout == ""
 
 
 def test_modify_blocks_and_unblocks(daemon):

@@ -10,7 +10,6 @@ only when ``COZYD_TEST_COUCHDB_URL`` points at a real CouchDB.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +17,7 @@ import pytest
 
 from cozyd.storage import mango
 from tests.support.couchdb_server import real_couchdb_url
+from tests.support.data import json_request
 
 pytestmark = pytest.mark.integration
 
@@ -62,16 +62,7 @@ class Client:
         url = "/data" + path
         if params:
             url += "?" + "&".join(f"{quote(k)}={quote(v)}" for k, v in params.items())
-        all_headers = {"Accept": "application/json", **(headers or {})}
-        if self.token:
-            all_headers["Authorization"] = f"Bearer {self.token}"
-        data = (
-            raw
-            if raw is not None
-            else (None if body is None else json.dumps(body).encode())
-        )
-        if data is not None:
-            all_headers.setdefault("Content-Type", "application/json")
+        all_headers, data = json_request(self.token, body, raw, headers)
         response = self.daemon.public(
             method, url, self.domain, headers=all_headers, data=data
         )

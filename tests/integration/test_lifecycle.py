@@ -16,7 +16,7 @@ import pytest
 
 from cozyd import adminpass
 from cozyd.testing import TEST_ADMIN_PASSPHRASE, TEST_SCRYPT_N
-from tests.support.daemon import BIN, Daemon, http
+from tests.support.daemon import Daemon, http
 
 pytestmark = pytest.mark.integration
 
@@ -191,19 +191,13 @@ def test_bad_tls_key(tmp_path):
     (tmp_path / "bad.key").write_text("-----BEGIN PRIVATE KEY-----\nnope\n")
     (tmp_path / "bad.crt").write_text("-----BEGIN CERTIFICATE-----\nnope\n")
     daemon = Daemon(str(tmp_path))
-    command = [
-        os.path.join(BIN, "twistd"),
-        "-n",
-        "--pidfile=",
-        "cozyd",
-        "-c",
-        daemon.config_path,
+    command = daemon.twistd(
         "--admin-port",
         "0",
         "--listen",
         f"ssl:0:interface=127.0.0.1:privateKey={tmp_path}/bad.key:"
         f"certKey={tmp_path}/bad.crt",
-    ]
+    )
     code, output, stderr = _run(daemon, command=command)
     _assert_refused(code, output, stderr, "public API: cannot use 'ssl:0:")
 
@@ -223,18 +217,12 @@ class _UnixHTTPConnection(http_client.HTTPConnection):
 def test_unix_socket_listener(make_daemon, tmp_path):
     path = str(tmp_path / "public.sock")
     daemon = make_daemon(start=False)
-    daemon.command = lambda: [
-        os.path.join(BIN, "twistd"),
-        "-n",
-        "--pidfile=",
-        "cozyd",
-        "-c",
-        daemon.config_path,
+    daemon.command = lambda: daemon.twistd(
         "--listen",
         f"unix:{path}",
         "--admin-listen",
         "tcp:0:interface=127.0.0.1",
-    ]
+    )
     daemon.start(wait=False)
     _wait_for(lambda: f"public API listening on unix:{path}" in daemon.output, 30)
     connection = _UnixHTTPConnection(path)
@@ -246,18 +234,12 @@ def test_unix_socket_listener(make_daemon, tmp_path):
 
 def test_admin_on_every_address_is_refused(tmp_path):
     daemon = Daemon(str(tmp_path))
-    command = [
-        os.path.join(BIN, "twistd"),
-        "-n",
-        "--pidfile=",
-        "cozyd",
-        "-c",
-        daemon.config_path,
+    command = daemon.twistd(
         "--port",
         "0",
         "--admin-listen",
         "tcp:0",
-    ]
+    )
     code, output, stderr = _run(daemon, command=command)
     _assert_refused(
         code, output, stderr, "[admin] listen: 'tcp:0' listens on every address"
@@ -266,16 +248,10 @@ def test_admin_on_every_address_is_refused(tmp_path):
 
 def test_admin_remote_allowed_explicitly(make_daemon):
     daemon = make_daemon(start=False, admin={"allow_remote": "true", "listen": "tcp:0"})
-    daemon.command = lambda: [
-        os.path.join(BIN, "twistd"),
-        "-n",
-        "--pidfile=",
-        "cozyd",
-        "-c",
-        daemon.config_path,
+    daemon.command = lambda: daemon.twistd(
         "--port",
         "0",
-    ]
+    )
     daemon.start()
     assert "admin API listening on http://0.0.0.0:" in daemon.output
     assert daemon.cozyctl("instances", "ls").returncode == 0
@@ -314,19 +290,9 @@ def test_new_admin_passphrase_works_at_once(make_daemon):
 def test_sighup_reopens_the_log_file(tmp_path):
     daemon = Daemon(str(tmp_path))
     logfile = tmp_path / "cozyd.log.file"
-    command = [
-        os.path.join(BIN, "twistd"),
-        "-n",
-        "--pidfile=",
-        f"--logfile={logfile}",
-        "cozyd",
-        "-c",
-        daemon.config_path,
-        "--port",
-        "0",
-        "--admin-port",
-        "0",
-    ]
+    command = daemon.twistd(
+        "--port", "0", "--admin-port", "0", twistd_flags=(f"--logfile={logfile}",)
+    )
     process = subprocess.Popen(
         command, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -400,18 +366,12 @@ def test_systemd_socket_activation(tmp_path):
     sock = socket.create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     daemon = Daemon(str(tmp_path))
-    twistd = [
-        os.path.join(BIN, "twistd"),
-        "-n",
-        "--pidfile=",
-        "cozyd",
-        "-c",
-        daemon.config_path,
+    twistd = daemon.twistd(
         "--listen",
         "systemd:domain=INET:index=0",
         "--admin-port",
         "0",
-    ]
+    )
     fd = sock.fileno()
     script = (
         f"exec 3<&{fd} {fd}<&-; "

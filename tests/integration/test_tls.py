@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import ssl
 import subprocess
@@ -15,24 +14,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.support.daemon import BIN, Daemon
+from tests.support.daemon import Daemon
 from tests.support.tls import TLSProxy, make_ca
 
 pytestmark = pytest.mark.integration
 
 
 def _command(daemon: Daemon, *args: str) -> list[str]:
-    return [
-        os.path.join(BIN, "twistd"),
-        "-n",
-        "--pidfile=",
-        "cozyd",
-        "-c",
-        daemon.config_path,
+    return daemon.twistd(
         "--admin-port",
         "0",
         *args,
-    ]
+    )
 
 
 def test_https_public_api_end_to_end(make_daemon, tmp_path):

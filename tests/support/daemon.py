@@ -93,19 +93,22 @@ class Daemon:
     def data_dir(self) -> str:
         return os.path.join(self.workdir, "data")
 
-    def command(self) -> list[str]:
-        command = [
+    def twistd(self, *flags: str, twistd_flags: tuple[str, ...] = ()) -> list[str]:
+        """``twistd -n cozyd -c <config>`` with ``flags`` after it (and
+        ``twistd_flags`` before ``cozyd``)."""
+        return [
             os.path.join(self.bin_dir, "twistd"),
             "-n",
             "--pidfile=",
+            *twistd_flags,
             "cozyd",
             "-c",
             self.config_path,
-            "--port",
-            "0",
-            "--admin-port",
-            "0",
+            *flags,
         ]
+
+    def command(self) -> list[str]:
+        command = self.twistd("--port", "0", "--admin-port", "0")
         if self.couchdb_url:
             command += ["--couchdb-url", self.couchdb_url]
         return command

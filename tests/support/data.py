@@ -57,6 +57,23 @@ def app_token(
     return token(admin, domain, Audience="app", Subject=slug)
 
 
+def json_request(
+    bearer: str | None,
+    body: Any = None,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[dict[str, str], bytes | None]:
+    """The headers and body of a JSON request: ``body`` encoded (or ``raw``
+    as it is), the bearer token, JSON asked for and declared."""
+    all_headers = {"Accept": "application/json", **(headers or {})}
+    if bearer:
+        all_headers["Authorization"] = f"Bearer {bearer}"
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    if data is not None:
+        all_headers.setdefault("Content-Type", "application/json")
+    return all_headers, data
+
+
 class Data:
     """JSON requests to ``/data`` with a bearer token."""
 
@@ -75,16 +92,7 @@ class Data:
         headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
     ):
-        all_headers = {"Accept": "application/json", **(headers or {})}
-        if self.bearer:
-            all_headers["Authorization"] = f"Bearer {self.bearer}"
-        data = (
-            raw
-            if raw is not None
-            else (None if body is None else json.dumps(body).encode())
-        )
-        if data is not None:
-            all_headers.setdefault("Content-Type", "application/json")
+        all_headers, data = json_request(self.bearer, body, raw, headers)
         return self.public.request(
             method, self.base + path, headers=all_headers, params=params, data=data
         )

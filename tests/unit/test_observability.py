@@ -1,15 +1,17 @@
 """Unit checks of the JSON log format, the store timing and the admin
 passphrase file watch (the daemon tests cover them end to end)."""
 
+import io
 import json
 import os
 
 from twisted.internet import defer
-from twisted.logger import LogLevel
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatTime
 from twisted.python.failure import Failure
 
 from cozyd import adminpass
-from cozyd.logs import event_as_json
+from cozyd.logs import CozydLogObserver, LogDestination, event_as_json
 from cozyd.metrics import Metrics, instrument_store
 from cozyd.testing import TEST_SCRYPT_N, result_of
 
@@ -81,3 +83,64 @@ def test_passphrase_file_is_re_read_when_it_changes(tmp_path):
     os.utime(path, ns=(1, 1))
     assert check("new")
     assert not checker.reload()
+
+
+class _Stream(io.StringIO):
+    def __init__(self):
+        super().__init__()
+        self.flushed = ""
+
+    def flush(self):
+        self.flushed = self.getvalue()
+
+
+class _ClockWithTriggers(Clock):
+    def __init__(self):
+        super().__init__()
+        self.triggers = []
+
+    def addSystemEventTrigger(self, phase, event, function):
+        self.triggers.append((phase, event, function))
+
+
+def _event(namespace, text, when=1_000_000.5):
+    return {
+        "log_format": text,
+        "log_level": LogLevel.info,
+        "log_namespace": namespace,
+        "log_time": when,
+        "log_system": "-",
+    }
+
+
+def test_access_lines_wait_a_moment_other_events_flush_at_once():
+    stream, clock = _Stream(), _ClockWithTriggers()
+    observer = CozydLogObserver(LogDestination(stream=stream), reactor=clock)
+    observer(_event("cozyd.access", "GET /a"))
+    observer(_event("cozyd.access", "GET /b"))
+    assert "GET /a" in stream.getvalue() and stream.flushed == ""
+    clock.advance(observer.flush_delay)
+    assert "GET /a" in stream.flushed and "GET /b" in stream.flushed
+    assert not clock.getDelayedCalls()
+    observer(_event("cozyd.access", "GET /c"))
+    observer(_event("cozyd.web", "something went wrong"))
+    assert "GET /c" in stream.flushed and "went wrong" in stream.flushed
+    assert not clock.getDelayedCalls()  # the flush took the pending one
+    observer(_event("cozyd.access", "GET /d"))
+    [(phase, event, flush)] = clock.triggers
+    assert (phase, event) == ("after", "shutdown")
+    flush()
+    assert "GET /d" in stream.flushed
+
+
+def test_text_lines_keep_twistds_time_prefix():
+    stream = _Stream()
+    observer = CozydLogObserver(LogDestination(stream=stream), reactor=_ClockWithTriggers())
+    observer(_event("cozyd.web", "one", when=0.2))
+    observer(_event("cozyd.web", "two", when=0.9))
+    observer(_event("cozyd.web", "three", when=61.0))
+    lines = stream.flushed.splitlines()
+    assert lines[0].startswith(formatTime(0.0)) and lines[0].endswith("one")
+    assert lines[1].startswith(formatTime(0.0)) and lines[1].endswith("two")
+    assert lines[2].startswith(formatTime(61.0)) and lines[2].endswith("three")
+    assert formatTime(0.0) != formatTime(61.0)

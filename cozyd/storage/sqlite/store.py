@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from cozyd.memory import release_freed_memory
 from cozyd.storage import mango
 from cozyd.storage.interface import (
     DatabaseNotFound,
@@ -109,7 +110,11 @@ class EmbeddedStore:
         # Every prefix met so far, least recently used first.
         self._files: OrderedDict[str, _PrefixFile] = OrderedDict()
         self._background: set[Deferred] = set()
+        self._trim_call: Any = None
         self._closed = False
+
+    #: Seconds between closing idle files and giving their memory back.
+    trim_delay = 10.0
 
     def __repr__(self) -> str:
         return f"<EmbeddedStore {self._directory or ':memory:'}>"
@@ -293,6 +298,7 @@ class EmbeddedStore:
             prefix_file.idle_call.cancel()
         prefix_file.idle_call = None
         d = self._queued(prefix_file, prefix_file.close)
+        d.addCallback(self._release_memory_soon)
         if not d.called:
             self._background.add(d)
             d.addBoth(self._forget_background, d)
@@ -301,6 +307,23 @@ class EmbeddedStore:
                 "closing storage file {prefix}", f, prefix=prefix_file.prefix
             )
         )
+
+    def _release_memory_soon(self, result: Any = None) -> Any:
+        """Once files were closed, give what their caches freed back to the
+        system (``cozyd.memory``), at most once per ``trim_delay``."""
+        if self._trim_call is None and self._reactor is not None and not self._closed:
+            self._trim_call = self._reactor.callLater(self.trim_delay, self._trim)
+        return result
+
+    def _trim(self) -> None:
+        self._trim_call = None
+        if self._pool is None and self._threadpool is None:
+            release_freed_memory()  # no thread to run it in: at once
+            return
+        d = self._in_thread(release_freed_memory)
+        self._background.add(d)
+        d.addBoth(self._forget_background, d)
+        d.addErrback(lambda f: log.failure("giving freed memory back", f))
 
     def _forget_background(self, result: Any, d: Deferred) -> Any:
         self._background.discard(d)
@@ -322,6 +345,9 @@ class EmbeddedStore:
         if self._closed:
             return
         self._closed = True
+        if self._trim_call is not None and self._trim_call.active():
+            self._trim_call.cancel()
+        self._trim_call = None
         files = list(self._files.values())
         for prefix_file in files:
             if prefix_file.idle_call is not None and prefix_file.idle_call.active():

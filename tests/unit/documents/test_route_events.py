@@ -869,6 +869,99 @@ def realtime_notify(w):
     assert reply.status == 204, reply.body
 
 
+# /apps, /konnectors and the admin API's apps routes ----------------------------------------
+APPS, KONNS, PERMS = "io.cozy.apps", "io.cozy.konnectors", "io.cozy.permissions"
+
+
+def app_source(version: str = "1.0.0", kind: str = "webapp", **fields: Any) -> str:
+    import tempfile
+
+    from tests.support.apps import app_files, manifest, write_folder
+
+    extra = {"type": "konnector", "routes": None} if kind == "konnector" else {}
+    files = app_files(manifest("notes", version, **extra, **fields), kind)
+    return "file://" + write_folder(tempfile.mkdtemp(prefix="cozyd-app-"), files)
+
+
+def apps_request(w: World, method: str, path: str, status: int, **params: str):
+    token = w.cli("io.cozy.apps io.cozy.konnectors")
+    reply = w.owner.request(
+        method,
+        f"{BASE}{path}?{urlencode(params)}",
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/vnd.api+json"},
+        cookies=False,
+    )
+    assert reply.status == status, reply.body
+    return reply
+
+
+def app_cases(service: str, kind: str, doctype: str) -> None:
+    base = "/apps" if kind == "webapp" else "/konnectors"
+    route = base if service == "public" else f"/instances/{{domain}}{base}"
+
+    def send(w: World, method: str, status: int, **params: str):
+        if service == "public":
+            return apps_request(w, method, f"{base}/notes", status, **params)
+        return admin_request(
+            w, method, f"/instances/{DOMAIN}{base}/notes", status, **params
+        )
+
+    created = 202 if service == "public" else 200
+
+    def install(w):
+        w.onboarded()
+        source = app_source(kind=kind)
+        w.start()
+        send(w, "POST", created, Source=source)
+
+    def update(w):
+        w.onboarded()
+        send(w, "POST", created, Source=app_source(kind=kind))
+        more = {"notes": {"type": "io.cozy.notes"}, "files": {"type": "io.cozy.files"}}
+        source = app_source("2.0.0", kind=kind, permissions=more)
+        w.start()
+        send(w, "PUT", created, Source=source, PermissionsAcked="true")
+
+    def uninstall(w):
+        w.onboarded()
+        send(w, "POST", created, Source=app_source(kind=kind))
+        w.start()
+        send(w, "DELETE", 200)
+
+    prefix = f"{service}_{kind}"
+    case(
+        service,
+        "POST",
+        f"{route}/{{slug}}",
+        (INST, doctype, CREATED),
+        (INST, PERMS, CREATED),
+        (INST, doctype, UPDATED),
+        name=f"{prefix}_install",
+    )(install)
+    case(
+        service,
+        "PUT",
+        f"{route}/{{slug}}",
+        (INST, doctype, UPDATED),
+        (INST, PERMS, UPDATED),
+        (INST, doctype, UPDATED),
+        name=f"{prefix}_update",
+    )(update)
+    case(
+        service,
+        "DELETE",
+        f"{route}/{{slug}}",
+        (INST, PERMS, DELETED),
+        (INST, doctype, DELETED),
+        name=f"{prefix}_uninstall",
+    )(uninstall)
+
+
+for _service in ("public", "admin"):
+    app_cases(_service, "webapp", APPS)
+    app_cases(_service, "konnector", KONNS)
+
+
 # -- the routes of the services ---------------------------------------------------------
 def _service_routes(resource) -> list[tuple[str, str]] | None:
     """A service's declared routes (``cozyd.web.routing``), as (method, path)."""

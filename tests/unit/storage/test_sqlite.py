@@ -146,6 +146,23 @@ def test_idle_files_are_closed(store, directory, clock):
     assert open_files(directory)
 
 
+def test_memory_is_given_back_once_after_idle_files_close(
+    store, directory, clock, monkeypatch
+):
+    calls = []
+    monkeypatch.setattr(
+        "cozyd.storage.sqlite.store.release_freed_memory", lambda: calls.append(1)
+    )
+    for prefix in ("cozyaa", "cozybb", "cozycc"):
+        done(store.create_db(f"{prefix}/io-cozy-files"))
+    clock.advance(31)  # all three close
+    assert open_files(directory) == [] and calls == []
+    clock.advance(store.trim_delay)
+    assert calls == [1]  # one trim for the three
+    clock.advance(store.trim_delay * 3)
+    assert calls == [1]  # and none while nothing closes
+
+
 @pytest_twisted.ensureDeferred
 async def test_idle_files_are_closed_with_a_thread_pool(directory):
     store = EmbeddedStore(

@@ -87,9 +87,11 @@ def test_bad_creations_change_nothing(admin):
     assert "must not contain '/'" in invalid.json()["errors"][0]["detail"]
     missing = admin.request("POST", ADMIN + "/instances", auth=AUTH)
     assert missing.status == 422
+    # No registry: the apps are not found, which does not stop the creation.
     apps = create(admin, "carol.cozy.test", Apps="drive,photos")
-    assert apps.status == 400
-    assert "apps are not installable yet" in apps.json()["errors"][0]["detail"]
+    assert apps.status == 201
+    listed = admin.request("GET", ADMIN + "/instances/carol.cozy.test/apps", auth=AUTH)
+    assert listed.json()["data"] == []
     bad_settings = create(admin, "dave.cozy.test", Settings="novalue")
     assert bad_settings.status == 400
     bad_quota = create(admin, "erin.cozy.test", DiskQuota="lots")
@@ -98,7 +100,7 @@ def test_bad_creations_change_nothing(admin):
         i["attributes"]["domain"]
         for i in admin.request("GET", ADMIN + "/instances", auth=AUTH).json()["data"]
     ]
-    assert domains == ["alice.cozy.test"]
+    assert domains == ["alice.cozy.test", "carol.cozy.test"]
 
 
 def test_modify_and_deleting_flag(admin):

@@ -68,6 +68,11 @@ class Uploads(Service):
     def read(self, request):
         return b"kept %d" % len(request.content.read())
 
+    @route("fields", "POST")
+    def fields(self, request):
+        args = {k.decode(): [v.decode() for v in vs] for k, vs in request.args.items()}
+        return json_response(request, args)
+
     @route("form", "POST")
     def form(self, request):
         return b"got %d" % len(request.content.read())
@@ -322,3 +327,23 @@ def test_the_public_root_tells_the_site_its_routes(stack, admin):
     )
     sync(stack.registry.resolve("alice.cozy.test"))
     assert root.route_for_uri(b"GET", b"/version", b"home.alice.cozy.test") is None
+
+
+@pytest.mark.parametrize(
+    ("content_type", "fields"),
+    [
+        ("application/x-www-form-urlencoded", {"q": ["1"], "a": ["2"]}),
+        ("Application/X-WWW-Form-Urlencoded; charset=utf-8", {"q": ["1"], "a": ["2"]}),
+        ("application/json", {"q": ["1"]}),
+        ("text/plain; boundary=x", {"q": ["1"]}),
+    ],
+)
+def test_only_form_bodies_become_arguments(served, content_type, fields):
+    _, _, _, connect = served
+    protocol, transport = connect()
+    protocol.dataReceived(
+        head("POST", "/fields?q=1", f"Content-Type: {content_type}", "Content-Length: 3")
+        + b"a=2"
+    )
+    status, _, body = parse(transport.value())
+    assert (status, json.loads(body)) == (200, fields)
