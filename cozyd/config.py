@@ -179,6 +179,20 @@ def _http_url(text: str) -> str:
     return text
 
 
+def _realtime_url(text: str) -> str:
+    """Empty (one node), or the redis:// URL the nodes share events through."""
+    text = text.strip()
+    if not text:
+        return ""
+    from cozyd.redisurl import RedisAddress
+
+    try:
+        RedisAddress.parse(text)
+    except ValueError as exc:
+        raise ValueError(f"must be empty or a redis:// URL ({exc})") from None
+    return text
+
+
 def _http_urls(text: str) -> tuple[str, ...]:
     """Space- or comma-separated http(s):// URLs (the apps registries)."""
     return tuple(_http_url(part) for part in text.replace(",", " ").split())
@@ -283,6 +297,23 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "credentials_encryptor_key": (_text, "cozy-credentials.enc"),
         "credentials_decryptor_key": (_text, "cozy-credentials.dec"),
     },
+    "realtime": {
+        # Empty: one node. redis://[:password@]host[:port][/db]: the nodes
+        # sharing it deliver each other's events (--realtime-url).
+        "url": (_realtime_url, ""),
+        # Largest message a client may send (closed with 1009 beyond).
+        "max_message_size": (_byte_size, "1024"),
+        "max_subscriptions": (_positive_int, "1000"),
+        # Events kept for a client that reads too slowly (closed beyond).
+        "max_queue": (_positive_int, "1000"),
+        "messages_per_second": (_positive_float, "50"),
+        "burst": (_positive_int, "200"),
+        "auth_timeout": (_positive_float, "60"),
+        "write_timeout": (_positive_float, "10"),
+        "ping_interval": (_non_negative_float, "54"),
+        "ping_timeout": (_positive_float, "6"),
+        "max_connections": (_positive_int, "50000"),
+    },
     "apps": {
         # Apps registries asked in turn for registry:// sources.
         "registries": (_http_urls, ""),
@@ -308,6 +339,7 @@ FLAG_KEYS = {
     "couchdb-url": ("couchdb", "url"),
     "fs-url": ("fs", "url"),
     "data-dir": ("storage", "data_dir"),
+    "realtime-url": ("realtime", "url"),
 }
 
 

@@ -57,7 +57,11 @@ from cozyd.metrics import Metrics, instrument_store
 from cozyd.permissions.resolver import PermissionResolver
 from cozyd.permissions.sharing import ShareLinks
 from cozyd.pools import WorkerPools, daemon_pools
+from cozyd.realtime.fanout import Fanout
 from cozyd.realtime.hub import EventHub
+from cozyd.realtime.node import RealtimeNode, RealtimeParts
+from cozyd.realtime.websocket import Limits as RealtimeLimits
+from cozyd.realtime.websocket import RealtimeFactory
 from cozyd.storage.interface import DocumentStore
 from cozyd.web.admin import AdminService
 from cozyd.web.apphosts import AppHosts
@@ -70,6 +74,7 @@ from cozyd.web.guard import Guard
 from cozyd.web.oauth import ClientsSettingsService, OAuthService
 from cozyd.web.pages import Pages
 from cozyd.web.permissions import PermissionsService, ShareLinkPasswordService
+from cozyd.web.realtime import RealtimeService
 from cozyd.web.root import PublicRoot
 from cozyd.web.settings import SettingsService
 from cozyd.web.status import StatusService
@@ -95,6 +100,8 @@ class Stack:
     #: The konnector and service workers by name (``cozyd.konnectors``), for
     #: the job system to register; built by the daemon (they need a reactor).
     workers: dict[str, Any] = attrs.field(factory=dict)
+    #: The websockets of /realtime/ and the fan-out of events to them.
+    realtime: RealtimeParts | None = None
     #: Installs web apps and konnectors (cozyd.apps.installer).
     apps: Any = None
     #: The virtual file system (``/files``), and its thumbnails.
@@ -165,6 +172,7 @@ def build_stack(
     pause: Callable[[], Awaitable[Any]] | None = None,
     sleep: Callable[[float], Awaitable[Any]] | None = None,
     metrics: Metrics | None = None,
+    clock: Any = None,
     download: Any = None,
 ) -> Stack:
     """``run_hashing`` runs password hashing (the daemon's bounded pool;
@@ -215,6 +223,7 @@ def build_stack(
         shares=shares,
     )
     vault = credentials_vault(config)
+    realtime = realtime_parts(config, hub, clock)
     apps_installer = build_installer(
         config, documents, resolver, clients, run_blocking, seconds, download
     )
@@ -228,6 +237,7 @@ def build_stack(
         pause=pause,
     )
     services = {
+        "realtime": RealtimeService(guard, realtime.fanout, realtime.factory).resource(),
         "files": files_service,
         "permissions": PermissionsService(guard, shares).resource(),
         "auth/share-by-link": ShareLinkPasswordService(
@@ -334,6 +344,7 @@ def build_stack(
         documents,
         metrics=metrics,
         passphrase_checker=checker,
+        realtime=realtime,
         apps=apps_installer,
         vfs=vfs,
         thumbnails=thumbnails,
@@ -347,6 +358,19 @@ def credentials_vault(config: Config) -> Vault | None:
     if not vault.can_encrypt:
         return None
     return vault
+
+
+def realtime_parts(config: Config, hub: EventHub, clock: Any) -> RealtimeParts:
+    """The fan-out of ``hub``'s events to the websockets, and their limits."""
+    schedule = (lambda f: clock.callLater(0, f)) if clock is not None else None
+    fanout = Fanout(hub, schedule=schedule)
+    limits = RealtimeLimits(
+        **{
+            field: config.get("realtime", field)
+            for field in attrs.fields_dict(RealtimeLimits)
+        }
+    )
+    return RealtimeParts(hub, fanout, RealtimeFactory(fanout, limits=limits, clock=clock))
 
 
 def build_installer(config, documents, resolver, clients, run_blocking, seconds, download):
@@ -641,6 +665,7 @@ class StorageService(Service):
             pause=next_turn(reactor),
             sleep=lambda s: task.deferLater(reactor, s, lambda: None),
             metrics=self.metrics,
+            clock=reactor,
             download=downloader(reactor, timeout=config.get("apps", "fetch_timeout")),
         )
         await self.stack.instances.setup()
@@ -677,6 +702,11 @@ class CozydService(OrderedMultiService):
         self.storage = StorageService(config, reactor)
         self.storage.setServiceParent(self)
         # (jobs and realtime services go here, between storage and listeners)
+        RealtimeNode(
+            lambda: self.stack.realtime if self.stack is not None else None,
+            url=config.get("realtime", "url"),
+            reactor=reactor,
+        ).setServiceParent(self)
         self.listeners = OrderedMultiService()
         self.listeners.stop_together = True
         self.listeners.setName("listeners")

@@ -53,6 +53,13 @@ class Options(usage.Options):
             None,
             "Data directory of the embedded engine ([storage] data_dir).",
         ],
+        [
+            "realtime-url",
+            None,
+            None,
+            "Share realtime events with the other nodes through this Redis, "
+            "redis://host:port/db ([realtime] url).",
+        ],
     ]
 
     def postOptions(self) -> None:

@@ -26,11 +26,19 @@ the background and a failure is logged.
 The hub holds no reference to documents after a publish: each event is
 delivered as a deep copy made once per publish, which subscribers must not
 modify (they share it).
+
+``subscribe_all(callback)`` listens to every instance at once (the
+"firehose": ``callback(key, event)``), for whoever forwards this node's
+events elsewhere (the Redis bridge of ``cozyd.realtime.redis``). The hub
+only ever carries this node's own writes: events coming from other nodes
+go straight to the websockets (``cozyd.realtime.fanout``), so that a
+trigger fires once, on the node that wrote.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -69,6 +77,8 @@ class EventHub:
     def __init__(self) -> None:
         # instance key -> doctype (or None for all) -> callbacks in order
         self._subscribers: dict[str, dict[str | None, list[Callback]]] = {}
+        # callbacks of every instance's events: callback(key, event)
+        self._firehose: list[Callable[[str, Event], Any]] = []
 
     def subscribe(
         self, instance: Any, doctype: str | None, callback: Callback
@@ -101,19 +111,40 @@ class EventHub:
 
         return unsubscribe
 
+    def subscribe_all(self, callback: Callable[[str, Event], Any]) -> Callable[[], None]:
+        """Call ``callback(key, event)`` for every event of every instance
+        (``key`` as ``instance_key`` gives it). Returns the unsubscribe."""
+        entry: list[Callable[[str, Event], Any]] = [callback]
+
+        def deliver(key: str, event: Event) -> Any:
+            return entry[0](key, event)
+
+        self._firehose.append(deliver)
+
+        def unsubscribe() -> None:
+            if deliver in self._firehose:
+                self._firehose.remove(deliver)
+
+        return unsubscribe
+
     def has_subscribers(self, instance: Any, doctype: str) -> bool:
         """Would an event of ``doctype`` reach anyone? (Publishers may skip
         building events nobody listens to.)"""
+        if self._firehose:
+            return True
         by_doctype = self._subscribers.get(instance_key(instance))
         return bool(by_doctype) and (doctype in by_doctype or None in by_doctype)
 
     def publish(self, instance: Any, event: Event) -> None:
         """Deliver ``event`` to the instance's subscribers of its doctype and
         to those of every doctype."""
-        by_doctype = self._subscribers.get(instance_key(instance))
-        if not by_doctype:
-            return
-        targets = [*by_doctype.get(event["doctype"], ()), *by_doctype.get(None, ())]
+        key = instance_key(instance)
+        by_doctype = self._subscribers.get(key)
+        targets: list[Callable[[Event], Any]] = []
+        if by_doctype:
+            targets = [*by_doctype.get(event["doctype"], ()), *by_doctype.get(None, ())]
+        if self._firehose:
+            targets += [functools.partial(deliver, key) for deliver in self._firehose]
         if not targets:
             return
         delivered = copy.deepcopy(event)

@@ -35,10 +35,11 @@ def _answers(port: int) -> bool:
         return False
 
 
-def start_redis(workdir: Path) -> tuple[str, Callable[[], None]]:
+def start_redis(workdir: Path, port: int | None = None) -> tuple[str, Callable[[], None]]:
+    """(``port``: that one, e.g. to start again a server that was stopped.)"""
     binary = ensure_command("redis-server", "redis-server")
     workdir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = port or _free_port()
     log_path = workdir / "redis.log"
     process = subprocess.Popen(
         [

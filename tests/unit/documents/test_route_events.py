@@ -1202,6 +1202,23 @@ def admin_oauth_client(w):
     )
 
 
+# /realtime ---------------------------------------------------------------------------------
+@case("public", "POST", "/realtime/{doctype}/{doc_id}")
+def realtime_notify(w):
+    # NOTIFIED goes to the websockets only: never through the hub (no trigger
+    # may fire on it), so no event here.
+    token = with_token(w)
+    w.start()
+    reply = w.owner.request(
+        "POST",
+        f"{BASE}/realtime/{EVENTS}/progress-1",
+        body={"subtype": "progress", "imported": 10},
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+        cookies=False,
+    )
+    assert reply.status == 204, reply.body
+
+
 # /apps, /konnectors and the admin API's apps routes ----------------------------------------
 APPS, KONNS, PERMS = "io.cozy.apps", "io.cozy.konnectors", "io.cozy.permissions"
 
