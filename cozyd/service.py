@@ -8,7 +8,7 @@ The daemon is an ``OrderedMultiService`` of children started one after
 the other, each once the previous one is ready, and stopped in reverse:
 
 1. ``StorageService``: the data directory, the storage engine, the stack;
-2. (later) jobs and realtime;
+2. ``JobsService``: the job system and the scheduler (realtime later);
 3. ``listeners``: the public and admin ``ListenerService`` (started in
    order, stopped together: both stop accepting at once, then their
    requests in flight get ``[server] shutdown_grace`` seconds).
@@ -83,6 +83,9 @@ class Stack:
     metrics: Metrics | None = None
     #: Re-reads the admin passphrase file (SIGHUP).
     passphrase_checker: PassphraseChecker | None = None
+    #: The job system and the scheduler of triggers (started by JobsService).
+    jobs: Any = None
+    scheduler: Any = None
 
 
 def thread_runner(reactor) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
@@ -148,6 +151,7 @@ def build_stack(
     pause: Callable[[], Awaitable[Any]] | None = None,
     sleep: Callable[[float], Awaitable[Any]] | None = None,
     metrics: Metrics | None = None,
+    reactor: Any = None,
 ) -> Stack:
     """``run_hashing`` runs password hashing (the daemon's bounded pool;
     ``run_blocking`` when not given). ``pause()`` lets long answers give the
@@ -183,7 +187,11 @@ def build_stack(
         SessionStore(documents, seconds=seconds), secure=scheme == "https"
     )
     guard = Guard(resolver, seconds=seconds, session_id_of=web_sessions.session_id_of)
+    jobs, scheduler, jobs_service = job_services(
+        config, documents, instances, hub, guard, reactor=reactor, seconds=seconds, node=node
+    )
     services = {
+        "jobs": jobs_service,
         "permissions": PermissionsService(guard).resource(),
         "data": DataService(
             documents,
@@ -247,7 +255,13 @@ def build_stack(
         path=config.get("admin", "secret_filename") or None,
     )
     admin = AdminService(
-        instances, checker.check, clients=clients, seconds=seconds, metrics=metrics
+        instances,
+        checker.check,
+        clients=clients,
+        seconds=seconds,
+        metrics=metrics,
+        jobs=jobs,
+        scheduler=scheduler,
     ).resource()
     return Stack(
         config,
@@ -260,7 +274,78 @@ def build_stack(
         documents,
         metrics=metrics,
         passphrase_checker=checker,
+        jobs=jobs,
+        scheduler=scheduler,
     )
+
+
+class InstanceLookup:
+    """What the job system needs of the instances: one by domain (None
+    when gone) and all of them."""
+
+    def __init__(self, instances: InstanceManager):
+        self._instances = instances
+
+    async def get(self, domain: str) -> Any:
+        from cozyd.errors import NotFound
+
+        try:
+            instance = await self._instances.get(domain)
+        except NotFound:
+            return None
+        return None if instance.deleting else instance
+
+    __call__ = get
+
+    async def list_all(self) -> list[Any]:
+        return [i for i in await self._instances.list() if not i.deleting]
+
+
+def job_services(
+    config: Config,
+    documents: Documents,
+    instances: InstanceManager,
+    hub: EventHub,
+    guard: Guard,
+    *,
+    reactor: Any,
+    seconds: Callable[[], float],
+    node: str,
+) -> tuple[Any, Any, Any]:
+    """The job system (with the stack's workers), the scheduler and /jobs."""
+    from cozyd.jobs.builtin import stack_workers
+    from cozyd.jobs.redis import make_backend
+    from cozyd.jobs.scheduler import Scheduler
+    from cozyd.jobs.system import JobSystem
+    from cozyd.mail.smtp import Mailer, MailSettings
+    from cozyd.web.jobs import JobsService
+
+    if reactor is None:
+        from twisted.internet import reactor  # type: ignore[no-redef]
+    lookup = InstanceLookup(instances)
+    backend = make_backend(
+        config.get("jobs", "url"), seconds=seconds, node=node, reactor=reactor
+    )
+    jobs = JobSystem(
+        documents,
+        lookup,
+        reactor=reactor,
+        seconds=seconds,
+        backend=backend,
+        concurrency=config.get("jobs", "concurrency"),
+    )
+    mailer = Mailer(MailSettings.from_config(config), reactor=reactor)
+    for worker in stack_workers(seconds=seconds, mailer=mailer):
+        jobs.register(worker)
+    scheduler = Scheduler(jobs, lookup, hub=hub, reactor=reactor, seconds=seconds)
+    service = JobsService(
+        guard,
+        jobs,
+        scheduler,
+        scheme=config.get("server", "scheme"),
+        limiter=RateLimiter(seconds=seconds),
+    ).resource()
+    return jobs, scheduler, service
 
 
 def owner_services(
@@ -438,6 +523,7 @@ class StorageService(Service):
             pause=next_turn(reactor),
             sleep=lambda s: task.deferLater(reactor, s, lambda: None),
             metrics=self.metrics,
+            reactor=reactor,
         )
         await self.stack.instances.setup()
         log.info("storage ready: {engine} engine", engine=store.engine)
@@ -450,6 +536,45 @@ class StorageService(Service):
         if self.stack is not None:
             await self.stack.store.close()
         self.pools.stop()
+
+
+class JobsService(Service):
+    """The job system and the scheduler of the stack (started once the
+    storage is ready, stopped before it: running jobs get a grace period)."""
+
+    name = "jobs"
+
+    def __init__(self, storage: StorageService):
+        self._storage = storage
+
+    def startService(self) -> defer.Deferred:
+        super().startService()
+        return defer.Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        stack = self._storage.stack
+        if stack is None or stack.jobs is None:
+            return
+        try:
+            await defer.maybeDeferred(stack.jobs.startService)
+        except Exception as exc:
+            raise StartError(
+                f"the job system cannot start: {' '.join(str(exc).split()) or type(exc).__name__}"
+            ) from None
+        await defer.maybeDeferred(stack.scheduler.startService)
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        stack = self._storage.stack
+        if stack is None or stack.jobs is None:
+            return
+        if stack.scheduler.running:
+            await defer.maybeDeferred(stack.scheduler.stopService)
+        if stack.jobs.running:
+            await defer.maybeDeferred(stack.jobs.stopService)
 
 
 class CozydService(OrderedMultiService):
@@ -465,7 +590,9 @@ class CozydService(OrderedMultiService):
         self._stderr = stderr if stderr is not None else sys.stderr
         self.storage = StorageService(config, reactor)
         self.storage.setServiceParent(self)
-        # (jobs and realtime services go here, between storage and listeners)
+        self.jobs = JobsService(self.storage)
+        self.jobs.setServiceParent(self)
+        # (realtime goes here, between storage and listeners)
         self.listeners = OrderedMultiService()
         self.listeners.stop_together = True
         self.listeners.setName("listeners")

@@ -41,6 +41,11 @@ class JobContext:
     timeout: float = 300.0
     #: This attempt's number, from 1.
     attempt: int = 1
+    #: The event that fired an ``@event`` trigger (``{"verb", "doctype",
+    #: "id", "doc"}``), if any.
+    event: dict[str, Any] | None = None
+    #: The body of a ``@webhook`` call (``COZY_PAYLOAD``), if any.
+    payload: Any = None
 
 
 class WorkerError(Exception):

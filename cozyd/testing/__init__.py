@@ -91,7 +91,9 @@ def memory_stack(
         clock.advance(1_800_000_000)
     store = EmbeddedStore(None, reactor=clock)
     sync(store.start())
-    stack = build_stack(config, store=store, run_blocking=run_now, seconds=clock.seconds)
+    stack = build_stack(
+        config, store=store, run_blocking=run_now, seconds=clock.seconds, reactor=clock
+    )
     sync(stack.instances.setup())
     return stack
 
