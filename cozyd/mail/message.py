@@ -52,7 +52,8 @@ class Mail:
     message: EmailMessage
 
     def as_bytes(self) -> bytes:
-        return self.message.as_bytes(policy=email.policy.SMTP)
+        # LF line ends: Twisted's SMTP client sends each line with CRLF.
+        return self.message.as_bytes(policy=email.policy.default)
 
 
 @attrs.frozen

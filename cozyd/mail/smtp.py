@@ -69,8 +69,8 @@ class Mailer:
         done: defer.Deferred = defer.Deferred()
         tls = self._tls_options() if settings.tls != "none" else None
         factory = ESMTPSenderFactory(
-            settings.username or None,
-            settings.password or None,
+            settings.username.encode() if settings.username else None,
+            settings.password.encode() if settings.password else None,
             mail.sender.email,
             [r.email for r in mail.recipients],
             io.BytesIO(mail.as_bytes()),
@@ -87,10 +87,16 @@ class Mailer:
         )
         if settings.tls == "ssl":
             endpoint = wrapClientTLS(tls, endpoint)
-        protocol = await endpoint.connect(factory)
+        connecting = endpoint.connect(factory)
+        connecting.addTimeout(settings.timeout, self._reactor)
+        protocol = await connecting
+        # One deadline for the whole exchange (a failed TLS handshake, for
+        # one, leaves Twisted's client waiting).
+        done.addTimeout(settings.timeout, self._reactor)
         try:
             await done
-        finally:
+        except BaseException:
             transport = getattr(protocol, "transport", None)
-            if transport is not None and done.called is False:
-                transport.loseConnection()
+            if transport is not None:
+                transport.abortConnection()
+            raise
