@@ -17,11 +17,11 @@ import sys
 from collections.abc import Sequence
 
 from cozyd import __version__
-from cozyd.cli import config, instances
+from cozyd.cli import config, instances, jobs, triggers
 from cozyd.cli.client import DEFAULT_PASSPHRASE_FILE, Context
 from cozyd.cli.output import CLIError, info
 
-NOUNS = (instances, config)
+NOUNS = (instances, config, jobs, triggers)
 
 
 def _common_flags() -> argparse.ArgumentParser:
