@@ -188,7 +188,14 @@ def build_stack(
     )
     guard = Guard(resolver, seconds=seconds, session_id_of=web_sessions.session_id_of)
     jobs, scheduler, jobs_service = job_services(
-        config, documents, instances, hub, guard, reactor=reactor, seconds=seconds, node=node
+        config,
+        documents,
+        instances,
+        hub,
+        guard,
+        reactor=reactor,
+        seconds=seconds,
+        node=node,
     )
     services = {
         "jobs": jobs_service,
@@ -318,6 +325,7 @@ def job_services(
     from cozyd.jobs.scheduler import Scheduler
     from cozyd.jobs.system import JobSystem
     from cozyd.mail.smtp import Mailer, MailSettings
+    from cozyd.mail.worker import SendmailWorker
     from cozyd.web.jobs import JobsService
 
     if reactor is None:
@@ -335,8 +343,9 @@ def job_services(
         concurrency=config.get("jobs", "concurrency"),
     )
     mailer = Mailer(MailSettings.from_config(config), reactor=reactor)
-    for worker in stack_workers(seconds=seconds, mailer=mailer):
+    for worker in stack_workers(seconds=seconds):
         jobs.register(worker)
+    jobs.register(SendmailWorker(mailer))
     scheduler = Scheduler(jobs, lookup, hub=hub, reactor=reactor, seconds=seconds)
     service = JobsService(
         guard,

@@ -57,7 +57,9 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         if state in ("done", "errored") or time.monotonic() > deadline:
             break
         time.sleep(POLL)
-        job = ctx.admin.json("GET", instance_path(args.domain, "jobs", pushed["id"]))["data"]
+        job = ctx.admin.json("GET", instance_path(args.domain, "jobs", pushed["id"]))[
+            "data"
+        ]
     out(dumps_indented(job_object(job)))
     if job["attributes"].get("state") == "errored":
         raise CLIError(f"the job failed: {job['attributes'].get('error', '')}")
@@ -69,8 +71,12 @@ def cmd_purge(args: argparse.Namespace, ctx: Context) -> int:
     if args.duration:
         query["duration"] = args.duration
     if args.workers:
-        query["workers"] = ",".join(w for item in args.workers for w in item.split(",") if w)
-    response = ctx.admin.request("DELETE", instance_path(args.domain, "jobs", "purge"), query)
+        query["workers"] = ",".join(
+            w for item in args.workers for w in item.split(",") if w
+        )
+    response = ctx.admin.request(
+        "DELETE", instance_path(args.domain, "jobs", "purge"), query
+    )
     out(response.text().strip())
     return 0
 

@@ -65,7 +65,11 @@ def register(nouns: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
     def command(name, handler, help, aliases=()):
         p = commands.add_parser(
-            name, aliases=list(aliases), parents=[common], allow_abbrev=False, help=help,
+            name,
+            aliases=list(aliases),
+            parents=[common],
+            allow_abbrev=False,
+            help=help,
             description=help,
         )
         p.add_argument("--domain", default="", help="the domain of the instance")

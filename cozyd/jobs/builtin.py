@@ -1,4 +1,5 @@
-"""The stack's own workers: ``log``, ``sendmail``, ``clean-clients``.
+"""The stack's own workers: ``log``, ``clean-clients`` (``sendmail`` is
+``cozyd.mail.worker``).
 
 ``stack_workers(...)`` lists the workers the daemon registers. The files
 work adds ``trash-files`` and ``thumbnail`` to it (see the place below);
@@ -69,31 +70,38 @@ class CleanClientsWorker:
                 except DocNotFound:
                     return {"deleted": 0}
             else:
-                rows = await documents.all_docs(context.instance, CLIENTS, include_docs=True)
-                docs = [r["doc"] for r in rows["rows"] if not r["id"].startswith("_design/")]
+                rows = await documents.all_docs(
+                    context.instance, CLIENTS, include_docs=True
+                )
+                docs = [
+                    r["doc"] for r in rows["rows"] if not r["id"].startswith("_design/")
+                ]
         except DatabaseNotFound:
             return {"deleted": 0}
         limit = self.seconds() - PENDING_CLIENT_TTL
         deleted = 0
         for doc in docs:
             metadata = doc.get("cozyMetadata") or {}
-            created = parse_time(metadata.get("createdAt")) if isinstance(metadata, dict) else None
+            created = (
+                parse_time(metadata.get("createdAt"))
+                if isinstance(metadata, dict)
+                else None
+            )
             if not doc.get("pending") or created is None or created > limit:
                 continue
             try:
-                await documents.delete(context.instance, CLIENTS, doc["_id"], doc["_rev"], doc=doc)
+                await documents.delete(
+                    context.instance, CLIENTS, doc["_id"], doc["_rev"], doc=doc
+                )
                 deleted += 1
             except (DocConflict, DocNotFound):
                 continue  # used or deleted meanwhile
         return {"deleted": deleted}
 
 
-def stack_workers(*, seconds: Callable[[], float], mailer: Any = None) -> list[Worker]:
-    """The workers of the stack itself, registered by the daemon."""
+def stack_workers(*, seconds: Callable[[], float]) -> list[Worker]:
+    """The workers of the stack itself, registered by the daemon (which
+    adds ``sendmail``: ``cozyd.mail.worker``, a package above this one)."""
     workers: list[Worker] = [LogWorker(), CleanClientsWorker(seconds)]
-    if mailer is not None:
-        from cozyd.mail.worker import SendmailWorker
-
-        workers.append(SendmailWorker(mailer))
     # The files work registers ``trash-files`` and ``thumbnail`` here.
     return workers

@@ -96,7 +96,7 @@ def job_options(max_exec_count: int | None, timeout: float | None) -> dict[str, 
         return None
     return {
         "max_exec_count": int(max_exec_count or 0),
-        "timeout": int(round((timeout or 0) * NANOSECONDS)),
+        "timeout": round((timeout or 0) * NANOSECONDS),
     }
 
 

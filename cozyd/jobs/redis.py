@@ -164,7 +164,9 @@ class RedisBackend:
     # -- the scheduler's timeline ---------------------------------------------------
     _KEYS = [PREFIX + "triggers", PREFIX + "scheduling", PREFIX + "slots"]
 
-    async def timeline_add(self, member: str, due: float, *, only_new: bool = False) -> None:
+    async def timeline_add(
+        self, member: str, due: float, *, only_new: bool = False
+    ) -> None:
         if only_new:
             # At start, every node plans every trigger: the first one wins,
             # and a trigger being fired elsewhere is left alone.
@@ -225,5 +227,3 @@ def make_backend(url: str, *, seconds: Callable[[], float], node: str = "", reac
 
         return MemoryBackend(seconds)
     return RedisBackend(url, node=node, reactor=reactor)
-
-

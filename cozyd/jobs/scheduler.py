@@ -48,7 +48,7 @@ from cozyd.documents import (
 )
 from cozyd.errors import BadRequest, NotFound, Unprocessable
 from cozyd.jobs import model
-from cozyd.jobs.system import JobSystem
+from cozyd.jobs.system import JobSystem, UnknownWorker
 from cozyd.jobs.triggers import Trigger, parse_trigger
 from cozyd.realtime.hub import EventHub
 
@@ -145,13 +145,10 @@ class Scheduler(Service):
             "message": request.get("message"),
             "cozyMetadata": metadata,
         }
-        trigger = parse_trigger(doc, now=now)
+        parse_trigger(doc, now=now)  # refuses bad arguments before anything is stored
         if not self.jobs.is_known(worker):
-            from cozyd.jobs.system import UnknownWorker
-
             raise UnknownWorker(worker)
-        if trigger.type == "@at" and trigger.at is not None and trigger.at < now - 1:
-            pass  # cozy-stack accepts a past @at: it fires at once
+        # (a past @at is accepted, as cozy-stack does: it fires at once)
         result = await self.documents.put(instance, model.TRIGGERS, doc, create_db=True)
         doc["_rev"] = result["rev"]
         await self._register(instance, parse_trigger(doc, now=now), fresh=True)
@@ -183,7 +180,9 @@ class Scheduler(Service):
 
     async def delete(self, instance: Any, trigger_id: str) -> None:
         doc = await self.get(instance, trigger_id)
-        await self.documents.delete(instance, model.TRIGGERS, trigger_id, doc["_rev"], doc=doc)
+        await self.documents.delete(
+            instance, model.TRIGGERS, trigger_id, doc["_rev"], doc=doc
+        )
         await self._unregister(instance, trigger_id)
         await self._broadcast("delete", instance, trigger_id)
 
@@ -235,7 +234,11 @@ class Scheduler(Service):
         doc = await self.get(instance, trigger_id)
         trigger = parse_trigger(doc, now=self._seconds())
         job = await self.jobs.push(
-            instance, trigger.worker, doc.get("message"), manual=True, **self._job_args(trigger)
+            instance,
+            trigger.worker,
+            doc.get("message"),
+            manual=True,
+            **self._job_args(trigger),
         )
         if trigger.worker == model.CLIENT_WORKER:
             job = await self.jobs.mark_running(instance, job)
@@ -290,7 +293,9 @@ class Scheduler(Service):
         except DocConflict:
             return None  # this slot made its job already (another node, a restart)
 
-    def _flush_debounced(self, instance: Any, trigger: Trigger, key: tuple[str, str]) -> None:
+    def _flush_debounced(
+        self, instance: Any, trigger: Trigger, key: tuple[str, str]
+    ) -> None:
         pending = self._debounced.pop(key, None)
         if pending is None:
             return
@@ -338,7 +343,9 @@ class Scheduler(Service):
             self._hub.subscribe(instance, doctype, on_event) for doctype in doctypes
         ]
 
-    async def _on_event(self, instance: Any, trigger: Trigger, event: dict[str, Any]) -> None:
+    async def _on_event(
+        self, instance: Any, trigger: Trigger, event: dict[str, Any]
+    ) -> None:
         old = None
         selectors = {r.selector for r in trigger.rules if r.needs_old_doc}
         doc = event.get("doc") or {}
@@ -354,7 +361,9 @@ class Scheduler(Service):
         if trigger.matches(event, old):
             await self._fire(instance, trigger, event=event)
 
-    def _remember(self, key: Any, doc: dict[str, Any], selectors: set[str], *, deleted: bool):
+    def _remember(
+        self, key: Any, doc: dict[str, Any], selectors: set[str], *, deleted: bool
+    ):
         self._seen.pop(key, None)
         if deleted:
             return
@@ -372,7 +381,9 @@ class Scheduler(Service):
         while len(self._seen) > SEEN_LIMIT:
             self._seen.pop(next(iter(self._seen)))
 
-    async def _previous(self, instance: Any, event: dict[str, Any]) -> dict[str, Any] | None:
+    async def _previous(
+        self, instance: Any, event: dict[str, Any]
+    ) -> dict[str, Any] | None:
         """The revision before the event's (for ``!=`` and selector rules)."""
         doc = event.get("doc") or {}
         try:
@@ -403,9 +414,13 @@ class Scheduler(Service):
             await self.backend.timeline_remove(_member(instance, trigger_id))
 
     # -- the timeline ------------------------------------------------------------------
-    async def _plan(self, instance: Any, trigger_id: str, due: float, *, fresh: bool) -> None:
+    async def _plan(
+        self, instance: Any, trigger_id: str, due: float, *, fresh: bool
+    ) -> None:
         if self.backend.shared:
-            await self.backend.timeline_add(_member(instance, trigger_id), due, only_new=not fresh)
+            await self.backend.timeline_add(
+                _member(instance, trigger_id), due, only_new=not fresh
+            )
             return
         key = (instance.prefix, trigger_id)
         self._due[key] = due
@@ -479,7 +494,9 @@ class Scheduler(Service):
             except Exception:
                 log.failure("trigger {member}", member=member)
 
-    async def _fire_claimed(self, member: str, domain: str, trigger_id: str, due: float) -> None:
+    async def _fire_claimed(
+        self, member: str, domain: str, trigger_id: str, due: float
+    ) -> None:
         instance = await self._instances.get(domain)
         trigger = None
         if instance is not None:
@@ -496,7 +513,9 @@ class Scheduler(Service):
             await self.backend.timeline_done(member, None)
             return
         self.lateness.append(self._seconds() - due)
-        following = None if trigger.one_shot else trigger.next_time(max(due, self._seconds()))
+        following = (
+            None if trigger.one_shot else trigger.next_time(max(due, self._seconds()))
+        )
         await self._fire(instance, trigger, due=due)
         await self.backend.timeline_done(member, following)
         if trigger.one_shot:
@@ -514,7 +533,8 @@ class Scheduler(Service):
     async def _broadcast(self, op: str, instance: Any, trigger_id: str) -> None:
         if self.backend.shared:
             await self.backend.broadcast(
-                BROADCAST, json.dumps({"op": op, "domain": instance.domain, "id": trigger_id})
+                BROADCAST,
+                json.dumps({"op": op, "domain": instance.domain, "id": trigger_id}),
             )
 
     def _on_broadcast(self, message: str) -> None:

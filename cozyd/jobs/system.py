@@ -397,9 +397,7 @@ class JobSystem(Service):
 
     def _done_one(self, result: Any, worker: str, d: defer.Deferred) -> None:
         self._running.get(worker, set()).discard(d)
-        if isinstance(result, Failure) and not result.check(
-            defer.CancelledError
-        ):
+        if isinstance(result, Failure) and not result.check(defer.CancelledError):
             log.failure("running a job of {worker}", result, worker=worker)
         self._wake(worker)
 
@@ -477,7 +475,9 @@ class JobSystem(Service):
             except CozyError as exc:
                 error = exc.detail
             except Exception as exc:
-                log.failure("job {job_id} of {worker}", job_id=doc["_id"], worker=doc["worker"])
+                log.failure(
+                    "job {job_id} of {worker}", job_id=doc["_id"], worker=doc["worker"]
+                )
                 error = str(exc) or type(exc).__name__
             log.info(
                 "job {job_id} of {worker} failed (run {attempt}/{max_exec}): {error}",

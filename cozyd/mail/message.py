@@ -139,7 +139,9 @@ def build_message(options: Any, *, sender: Address, owner: Owner) -> Mail:
         if not isinstance(values, dict):
             raise MailError("template_values must be an object")
         locale = options.get("locale") or owner.locale
-        subject, parts = render_template(str(template), values, attrs.evolve(owner, locale=locale))
+        subject, parts = render_template(
+            str(template), values, attrs.evolve(owner, locale=locale)
+        )
     else:
         subject = options.get("subject")
         if not isinstance(subject, str) or not subject.strip():

@@ -170,7 +170,9 @@ class JobsService(Service):
     async def get_job(self, request: IRequest, job_id: str):
         doc = await self.jobs.get(instance_of(request), job_id)
         self._allow(request, "GET", model.JOBS, _job_field(doc), job_id)
-        return json_response(request, {"data": model.job_jsonapi(doc)}, content_type=JSONAPI)
+        return json_response(
+            request, {"data": model.job_jsonapi(doc)}, content_type=JSONAPI
+        )
 
     @route("{job_id}", "PATCH", auth=token())
     async def patch_job(self, request: IRequest, job_id: str):
@@ -183,13 +185,16 @@ class JobsService(Service):
         state = attributes.get("state")
         if state not in (model.DONE, model.ERRORED):
             raise Unprocessable(
-                "State must be done or errored", source={"pointer": "/data/attributes/State"}
+                "State must be done or errored",
+                source={"pointer": "/data/attributes/State"},
             )
         error = attributes.get("error") or ""
         if not isinstance(error, str):
             raise BadRequest("error must be a string")
         doc = await self.jobs.complete(instance, job_id, state, error)
-        return json_response(request, {"data": model.job_jsonapi(doc)}, content_type=JSONAPI)
+        return json_response(
+            request, {"data": model.job_jsonapi(doc)}, content_type=JSONAPI
+        )
 
     # -- triggers ---------------------------------------------------------------------
     @route("triggers", "POST", auth=token())
@@ -317,7 +322,9 @@ class JobsService(Service):
             message=attributes.get("message"),
             has_message=has_message,
         )
-        return json_response(request, {"data": self._trigger(request, doc)}, content_type=JSONAPI)
+        return json_response(
+            request, {"data": self._trigger(request, doc)}, content_type=JSONAPI
+        )
 
     @route("triggers/{trigger_id}/launch", "POST", auth=token())
     async def launch_trigger(self, request: IRequest, trigger_id: str):

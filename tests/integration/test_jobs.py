@@ -63,7 +63,10 @@ def jobs_daemon(request, make_daemon, smtp_server):
 
 
 def call(daemon, method, path, body=None, status=None):
-    headers = {"Authorization": f"Bearer {daemon.token}", "Accept": "application/vnd.api+json"}
+    headers = {
+        "Authorization": f"Bearer {daemon.token}",
+        "Accept": "application/vnd.api+json",
+    }
     data = None
     if body is not None:
         data = json.dumps(body).encode()
@@ -85,7 +88,9 @@ def wait_for(predicate, timeout=20.0, what="the condition"):
 
 
 def test_jobs_run_and_http(jobs_daemon):
-    run = jobs_daemon.cozyctl("jobs", "run", "log", "--domain", DOMAIN, "--json", '{"a": 1}')
+    run = jobs_daemon.cozyctl(
+        "jobs", "run", "log", "--domain", DOMAIN, "--json", '{"a": 1}'
+    )
     assert run.returncode == 0, run.stderr
     job = json.loads(run.stdout)
     assert job["attributes"]["state"] == "done"
@@ -93,10 +98,20 @@ def test_jobs_run_and_http(jobs_daemon):
     shown = call(jobs_daemon, "GET", f"/{job['id']}", status=200)
     assert shown["data"]["attributes"]["state"] == "done"
 
-    pushed = call(jobs_daemon, "POST", "/queue/log",
-                  {"data": {"attributes": {"arguments": {"b": 2}}}}, status=202)["data"]
-    wait_for(lambda: call(jobs_daemon, "GET", f"/{pushed['id']}")["data"]["attributes"][
-        "state"] == "done", what="the pushed job")
+    pushed = call(
+        jobs_daemon,
+        "POST",
+        "/queue/log",
+        {"data": {"attributes": {"arguments": {"b": 2}}}},
+        status=202,
+    )["data"]
+    wait_for(
+        lambda: (
+            call(jobs_daemon, "GET", f"/{pushed['id']}")["data"]["attributes"]["state"]
+            == "done"
+        ),
+        what="the pushed job",
+    )
     bad = jobs_daemon.cozyctl("jobs", "run", "nope", "--domain", DOMAIN, "--json", "{}")
     assert bad.returncode == 1 and "unknown worker" in bad.stderr
     purged = jobs_daemon.cozyctl("jobs", "purge-old-jobs", DOMAIN, "--duration", "1D")
@@ -105,9 +120,22 @@ def test_jobs_run_and_http(jobs_daemon):
 
 
 def test_triggers_fire_and_cozyctl(jobs_daemon):
-    made = call(jobs_daemon, "POST", "/triggers", {"data": {"attributes": {
-        "type": "@every", "arguments": "1s", "worker": "log", "message": {"tick": True}}}},
-        status=201)["data"]
+    made = call(
+        jobs_daemon,
+        "POST",
+        "/triggers",
+        {
+            "data": {
+                "attributes": {
+                    "type": "@every",
+                    "arguments": "1s",
+                    "worker": "log",
+                    "message": {"tick": True},
+                }
+            }
+        },
+        status=201,
+    )["data"]
 
     def jobs_of_trigger():
         return call(jobs_daemon, "GET", f"/triggers/{made['id']}/jobs")["data"]
@@ -127,34 +155,60 @@ def test_triggers_fire_and_cozyctl(jobs_daemon):
 
 
 def test_a_one_shot_due_while_down_fires_once_at_start(jobs_daemon):
-    made = call(jobs_daemon, "POST", "/triggers", {"data": {"attributes": {
-        "type": "@in", "arguments": "3s", "worker": "log"}}}, status=201)["data"]
-    every = call(jobs_daemon, "POST", "/triggers", {"data": {"attributes": {
-        "type": "@every", "arguments": "1h", "worker": "log"}}}, status=201)["data"]
+    made = call(
+        jobs_daemon,
+        "POST",
+        "/triggers",
+        {"data": {"attributes": {"type": "@in", "arguments": "3s", "worker": "log"}}},
+        status=201,
+    )["data"]
+    every = call(
+        jobs_daemon,
+        "POST",
+        "/triggers",
+        {"data": {"attributes": {"type": "@every", "arguments": "1h", "worker": "log"}}},
+        status=201,
+    )["data"]
     jobs_daemon.stop()
     time.sleep(3.5)
     jobs_daemon.start()
-    wait_for(lambda: call(jobs_daemon, "GET", f"/triggers/{made['id']}").get("errors"),
-             what="the @in trigger to fire and vanish")
+    wait_for(
+        lambda: call(jobs_daemon, "GET", f"/triggers/{made['id']}").get("errors"),
+        what="the @in trigger to fire and vanish",
+    )
     jobs_daemon.stop()
     jobs_daemon.start()
     time.sleep(1)
     found = jobs_daemon.public(
-        "GET", "/data/io.cozy.jobs/_all_docs?include_docs=true", DOMAIN,
+        "GET",
+        "/data/io.cozy.jobs/_all_docs?include_docs=true",
+        DOMAIN,
         headers={"Authorization": f"Bearer {jobs_daemon.token}"},
     )
     assert found.status == 200, found.body
-    fired = [r for r in found.json()["rows"] if r.get("doc", {}).get("trigger_id") == made["id"]]
+    fired = [
+        r for r in found.json()["rows"] if r.get("doc", {}).get("trigger_id") == made["id"]
+    ]
     assert len(fired) == 1  # fired once, not at each start
     # The periodic trigger made no job for the time it was down.
-    assert call(jobs_daemon, "GET", f"/triggers/{every['id']}/jobs", status=200)["data"] == []
+    assert (
+        call(jobs_daemon, "GET", f"/triggers/{every['id']}/jobs", status=200)["data"] == []
+    )
 
 
 def test_sendmail_worker_sends_through_smtp(jobs_daemon):
-    body = {"data": {"attributes": {"arguments": {
-        "mode": "noreply", "subject": "Hello from cozyd",
-        "parts": [{"type": "text/plain", "body": "It works."}],
-        "attachments": [{"filename": "a.txt", "content": "aGVsbG8="}]}}}}
+    body = {
+        "data": {
+            "attributes": {
+                "arguments": {
+                    "mode": "noreply",
+                    "subject": "Hello from cozyd",
+                    "parts": [{"type": "text/plain", "body": "It works."}],
+                    "attachments": [{"filename": "a.txt", "content": "aGVsbG8="}],
+                }
+            }
+        }
+    }
     job = call(jobs_daemon, "POST", "/queue/sendmail", body, status=202)["data"]
     wait_for(lambda: jobs_daemon.inbox.received, what="the mail")
     envelope = jobs_daemon.inbox.received[0]
@@ -162,5 +216,10 @@ def test_sendmail_worker_sends_through_smtp(jobs_daemon):
     message = email.message_from_bytes(envelope.content, policy=email.policy.default)
     assert message["Subject"] == "Hello from cozyd"
     assert [a.get_content() for a in message.iter_attachments()] == ["hello"]
-    wait_for(lambda: call(jobs_daemon, "GET", f"/{job['id']}")["data"]["attributes"][
-        "state"] == "done", what="the sendmail job")
+    wait_for(
+        lambda: (
+            call(jobs_daemon, "GET", f"/{job['id']}")["data"]["attributes"]["state"]
+            == "done"
+        ),
+        what="the sendmail job",
+    )

@@ -24,8 +24,9 @@ LOG_LINE = re.compile(r"log job ([0-9a-f]+) of ")
 @pytest.fixture
 def two_nodes(tmp_path, make_daemon, redis_url):
     first = make_daemon("node1", couchdb=True, jobs={"url": redis_url})
-    second = Daemon(str(tmp_path / "node2"), couchdb_url=first.couchdb_url,
-                    jobs={"url": redis_url})
+    second = Daemon(
+        str(tmp_path / "node2"), couchdb_url=first.couchdb_url, jobs={"url": redis_url}
+    )
     second.start()
     try:
         added = first.cozyctl("instances", "add", DOMAIN)
@@ -68,8 +69,13 @@ def test_two_nodes_share_the_queue_and_the_scheduler(two_nodes):
     pushed = []
     for n in range(40):
         node = (first, second)[n % 2]
-        job = call(node, token, "POST", "/jobs/queue/log",
-                   {"data": {"attributes": {"arguments": {"n": n}}}})
+        job = call(
+            node,
+            token,
+            "POST",
+            "/jobs/queue/log",
+            {"data": {"attributes": {"arguments": {"n": n}}}},
+        )
         pushed.append(job["data"]["id"])
 
     def all_done():
@@ -85,13 +91,20 @@ def test_two_nodes_share_the_queue_and_the_scheduler(two_nodes):
     assert 0 < on_first < 40  # both nodes took jobs
 
     # A time trigger: every slot makes one job, whichever node fires it.
-    trigger = call(first, token, "POST", "/jobs/triggers", {"data": {"attributes": {
-        "type": "@every", "arguments": "1s", "worker": "log"}}})["data"]["id"]
+    trigger = call(
+        first,
+        token,
+        "POST",
+        "/jobs/triggers",
+        {"data": {"attributes": {"type": "@every", "arguments": "1s", "worker": "log"}}},
+    )["data"]["id"]
     time.sleep(4.5)
     call(second, token, "DELETE", f"/jobs/triggers/{trigger}")
     time.sleep(0.5)
     jobs = call(first, token, "GET", "/data/io.cozy.jobs/_all_docs?include_docs=true")
-    fired = [r["doc"] for r in jobs["rows"] if r.get("doc", {}).get("trigger_id") == trigger]
+    fired = [
+        r["doc"] for r in jobs["rows"] if r.get("doc", {}).get("trigger_id") == trigger
+    ]
     assert 3 <= len(fired) <= 5, len(fired)
     slots = Counter(doc["queued_at"][:19] for doc in fired)
     assert max(slots.values()) == 1, slots  # no second as two slots
@@ -99,15 +112,30 @@ def test_two_nodes_share_the_queue_and_the_scheduler(two_nodes):
     assert all(counted[doc["_id"]] <= 1 for doc in fired)
 
     # @event: created on the second node, the write made on the first.
-    call(second, token, "POST", "/jobs/triggers", {"data": {"attributes": {
-        "type": "@event", "arguments": "io.cozy.events:CREATED", "worker": "log",
-        "message": {"from": "event"}}}})
+    call(
+        second,
+        token,
+        "POST",
+        "/jobs/triggers",
+        {
+            "data": {
+                "attributes": {
+                    "type": "@event",
+                    "arguments": "io.cozy.events:CREATED",
+                    "worker": "log",
+                    "message": {"from": "event"},
+                }
+            }
+        },
+    )
     time.sleep(0.5)  # the broadcast reaches the first node
     call(first, token, "POST", "/data/io.cozy.events/", {"summary": "party"})
 
     def event_job():
         rows = call(first, token, "GET", "/data/io.cozy.jobs/_all_docs?include_docs=true")
-        return [r for r in rows["rows"] if r.get("doc", {}).get("message") == {"from": "event"}]
+        return [
+            r for r in rows["rows"] if r.get("doc", {}).get("message") == {"from": "event"}
+        ]
 
     wait_for(event_job, what="the @event job")
     time.sleep(0.5)

@@ -873,7 +873,9 @@ def jobs_call(w: World, method: str, path: str, body: Any = None, *, status: int
 
 def a_trigger(w: World, **attributes: Any) -> str:
     attributes = {"type": "@every", "arguments": "1h", "worker": "log", **attributes}
-    made = jobs_call(w, "POST", "/triggers", {"data": {"attributes": attributes}}, status=201)
+    made = jobs_call(
+        w, "POST", "/triggers", {"data": {"attributes": attributes}}, status=201
+    )
     return made["data"]["id"]
 
 
@@ -881,7 +883,9 @@ def a_trigger(w: World, **attributes: Any) -> str:
 def jobs_push(w):
     jobs_call(w, "GET", "/queue/log", status=200)
     w.start()
-    jobs_call(w, "POST", "/queue/log", {"data": {"attributes": {"arguments": {}}}}, status=202)
+    jobs_call(
+        w, "POST", "/queue/log", {"data": {"attributes": {"arguments": {}}}}, status=202
+    )
 
 
 @case("public", "DELETE", "/jobs/purge")
@@ -916,7 +920,9 @@ def jobs_patch_trigger(w):
     jobs_call(w, "PATCH", f"/triggers/{trigger}", body, status=200)
 
 
-@case("public", "POST", "/jobs/triggers/{trigger_id}/launch", (INST, "io.cozy.jobs", CREATED))
+@case(
+    "public", "POST", "/jobs/triggers/{trigger_id}/launch", (INST, "io.cozy.jobs", CREATED)
+)
 def jobs_launch_trigger(w):
     trigger = a_trigger(w)
     jobs_call(w, "GET", "/queue/log", status=200)
@@ -924,7 +930,9 @@ def jobs_launch_trigger(w):
     jobs_call(w, "POST", f"/triggers/{trigger}/launch", status=201)
 
 
-@case("public", "DELETE", "/jobs/triggers/{trigger_id}", (INST, "io.cozy.triggers", DELETED))
+@case(
+    "public", "DELETE", "/jobs/triggers/{trigger_id}", (INST, "io.cozy.triggers", DELETED)
+)
 def jobs_delete_trigger(w):
     trigger = a_trigger(w)
     w.start()

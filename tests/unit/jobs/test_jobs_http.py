@@ -67,7 +67,9 @@ class World:
 
     def call(self, method, path, body=None, *, token=None, status=None):
         headers = {"Authorization": f"Bearer {token or self.token}"}
-        reply = self.web.request(method, BASE + path, body=body, headers=headers, cookies=False)
+        reply = self.web.request(
+            method, BASE + path, body=body, headers=headers, cookies=False
+        )
         if status is not None:
             assert reply.status == status, (method, path, reply.status, reply.body)
         if not reply.body or "json" not in (reply.header("content-type") or ""):
@@ -121,7 +123,11 @@ def test_push_runs_the_job_and_records_done(world):
 
 
 def test_retries_with_back_off_then_errored(world):
-    world.worker.plan = [WorkerError("VENDOR_DOWN"), WorkerError("VENDOR_DOWN"), RuntimeError("x")]
+    world.worker.plan = [
+        WorkerError("VENDOR_DOWN"),
+        WorkerError("VENDOR_DOWN"),
+        RuntimeError("x"),
+    ]
     data = push(world)
     assert len(world.worker.runs) == 1
     world.clock.advance(0.05)
@@ -166,7 +172,11 @@ def test_concurrency_of_a_worker(world):
     ids = [push(world)["id"] for _ in range(3)]
     assert len(world.worker.runs) == 1  # concurrency 1
     queued = world.call("GET", "/jobs/queue/rec", status=200)["data"]
-    assert sorted(j["attributes"]["state"] for j in queued) == ["queued", "queued", "running"]
+    assert sorted(j["attributes"]["state"] for j in queued) == [
+        "queued",
+        "queued",
+        "running",
+    ]
     gates[0].callback(None)
     assert len(world.worker.runs) == 2
     gates[1].callback(None)
@@ -177,9 +187,11 @@ def test_concurrency_of_a_worker(world):
 
 def test_job_documents_are_published(world):
     seen = []
-    world.stack.hub.subscribe(world.instance, "io.cozy.jobs", lambda e: seen.append(
-        (e["verb"], e["doc"]["state"])
-    ))
+    world.stack.hub.subscribe(
+        world.instance,
+        "io.cozy.jobs",
+        lambda e: seen.append((e["verb"], e["doc"]["state"])),
+    )
     push(world)
     assert seen == [("CREATED", "queued"), ("UPDATED", "running"), ("UPDATED", "done")]
 
@@ -187,13 +199,21 @@ def test_job_documents_are_published(world):
 def test_unknown_reserved_and_forbidden(world):
     token = world.app_token(
         "mailer",
-        {"jobs": {"type": "io.cozy.jobs", "verbs": ["POST", "GET"], "selector": "worker",
-                  "values": ["rec", "clean-clients", "nope"]}},
+        {
+            "jobs": {
+                "type": "io.cozy.jobs",
+                "verbs": ["POST", "GET"],
+                "selector": "worker",
+                "values": ["rec", "clean-clients", "nope"],
+            }
+        },
     )
     body = {"data": {"attributes": {"arguments": {}}}}
     world.call("POST", "/jobs/queue/rec", body, token=token, status=202)
     world.call("POST", "/jobs/queue/log", body, token=token, status=403)  # not its worker
-    world.call("POST", "/jobs/queue/clean-clients", body, token=token, status=403)  # reserved
+    world.call(
+        "POST", "/jobs/queue/clean-clients", body, token=token, status=403
+    )  # reserved
     world.call("POST", "/jobs/queue/nope", body, token=token, status=404)
     forward = {"data": {"attributes": {"arguments": {}, "forward_logs": True}}}
     world.call("POST", "/jobs/queue/rec", forward, token=token, status=403)
@@ -201,10 +221,17 @@ def test_unknown_reserved_and_forbidden(world):
     world.call("POST", "/jobs/queue/clean-clients", body, status=202)
     world.call("POST", "/jobs/queue/nope", body, status=404)
     world.call("GET", "/jobs/nothing-here", status=404)
-    world.call("POST", "/jobs/queue/rec", {"data": {"attributes": {"options": 3}}}, status=400)
+    world.call(
+        "POST", "/jobs/queue/rec", {"data": {"attributes": {"options": 3}}}, status=400
+    )
     reply = world.web.request(
-        "POST", BASE + "/jobs/queue/rec", headers={"Authorization": f"Bearer {world.token}",
-        "Content-Type": "application/json"}, cookies=False
+        "POST",
+        BASE + "/jobs/queue/rec",
+        headers={
+            "Authorization": f"Bearer {world.token}",
+            "Content-Type": "application/json",
+        },
+        cookies=False,
     )
     assert reply.status == 202  # an empty body is an empty job
 
@@ -215,8 +242,9 @@ def create_trigger(world, status=201, **attributes):
 
 
 def test_every_trigger_fires_and_its_state(world):
-    made = create_trigger(world, type="@every", arguments="10s", worker="rec",
-                          message={"m": 1})["data"]
+    made = create_trigger(
+        world, type="@every", arguments="10s", worker="rec", message={"m": 1}
+    )["data"]
     assert made["attributes"]["type"] == "@every"
     assert made["attributes"]["cozyMetadata"]["doctypeVersion"] == "1"
     assert made["links"]["self"] == f"/jobs/triggers/{made['id']}"
@@ -228,7 +256,9 @@ def test_every_trigger_fires_and_its_state(world):
     assert world.worker.runs[0].message == {"m": 1}
     world.clock.advance(10)
     assert len(world.worker.runs) == 2
-    jobs = world.call("GET", f"/jobs/triggers/{made['id']}/jobs?Limit=1", status=200)["data"]
+    jobs = world.call("GET", f"/jobs/triggers/{made['id']}/jobs?Limit=1", status=200)[
+        "data"
+    ]
     assert len(jobs) == 1
     state = world.call("GET", f"/jobs/triggers/{made['id']}/state", status=200)["data"]
     assert state["type"] == "io.cozy.triggers.state"
@@ -267,8 +297,9 @@ def test_bad_triggers(world):
         create_trigger(world, status=400, worker="rec", **args)
     reply = create_trigger(world, status=422, type="@never", arguments="", worker="rec")
     assert reply["errors"][0]["source"] == {"pointer": "/data/attributes/Type"}
-    create_trigger(world, status=422, type="@every", arguments="1h", worker="rec",
-                   debounce="soon")
+    create_trigger(
+        world, status=422, type="@every", arguments="1h", worker="rec", debounce="soon"
+    )
     create_trigger(world, status=404, type="@every", arguments="1h", worker="nope")
 
 
@@ -277,17 +308,25 @@ def test_cron_and_periodic_triggers(world):
     world.clock.advance(15)
     assert len(world.worker.runs) == 1
     create_trigger(world, type="@hourly", worker="rec")
-    weekly = create_trigger(world, type="@weekly", arguments="on monday before 9am",
-                            worker="rec")["data"]
+    weekly = create_trigger(
+        world, type="@weekly", arguments="on monday before 9am", worker="rec"
+    )["data"]
     trigger = world.stack.scheduler._triggers[(world.instance.prefix, weekly["id"])][1]
     fields = trigger.cron.split()
     assert fields[5] == "1" and int(fields[2]) < 9
     # patch: only @cron triggers take new arguments
-    world.call("PATCH", f"/jobs/triggers/{weekly['id']}",
-               {"data": {"attributes": {"arguments": "0 0 0 * * *"}}}, status=422)
-    patched = world.call("PATCH", f"/jobs/triggers/{cron['data']['id']}",
-                         {"data": {"attributes": {"arguments": "0 0 * * * *",
-                                                  "message": {"x": 2}}}}, status=200)
+    world.call(
+        "PATCH",
+        f"/jobs/triggers/{weekly['id']}",
+        {"data": {"attributes": {"arguments": "0 0 0 * * *"}}},
+        status=422,
+    )
+    patched = world.call(
+        "PATCH",
+        f"/jobs/triggers/{cron['data']['id']}",
+        {"data": {"attributes": {"arguments": "0 0 * * * *", "message": {"x": 2}}}},
+        status=200,
+    )
     assert patched["data"]["attributes"]["arguments"] == "0 0 * * * *"
     before = len(world.worker.runs)
     world.clock.advance(30)
@@ -300,25 +339,41 @@ def test_listing_with_filters(world):
     create_trigger(world, type="@cron", arguments="0 0 0 * * *", worker="log")
     listed = world.call("GET", "/jobs/triggers?Worker=log", status=200)["data"]
     assert sorted(t["attributes"]["type"] for t in listed) == ["@cron", "@webhook"]
-    listed = world.call("GET", "/jobs/triggers?Worker=log,rec&Type=@every,@cron", status=200)
+    listed = world.call(
+        "GET", "/jobs/triggers?Worker=log,rec&Type=@every,@cron", status=200
+    )
     assert sorted(t["attributes"]["type"] for t in listed["data"]) == ["@cron", "@every"]
     assert all("current_state" in t["attributes"] for t in listed["data"])
-    token = world.app_token("lister", {"t": {"type": "io.cozy.triggers", "verbs": ["GET"],
-                                             "selector": "worker", "values": ["log"]}})
+    token = world.app_token(
+        "lister",
+        {
+            "t": {
+                "type": "io.cozy.triggers",
+                "verbs": ["GET"],
+                "selector": "worker",
+                "values": ["log"],
+            }
+        },
+    )
     world.call("GET", "/jobs/triggers?Worker=log", token=token, status=200)
     world.call("GET", "/jobs/triggers", token=token, status=403)
     world.call("GET", "/jobs/triggers?Worker=rec", token=token, status=403)
 
 
 def test_event_trigger_with_verbs_values_and_changes(world):
-    made = create_trigger(world, type="@event", worker="rec",
-                          arguments="io.cozy.events:CREATED io.cozy.events:UPDATED:!=:summary")
+    made = create_trigger(
+        world,
+        type="@event",
+        worker="rec",
+        arguments="io.cozy.events:CREATED io.cozy.events:UPDATED:!=:summary",
+    )
     assert made["data"]["attributes"]["arguments"].startswith("io.cozy.events")
     headers = {"Authorization": f"Bearer {world.token}"}
 
     def data(method, path, body):
-        reply = world.web.request(method, BASE + "/data" + path, body=body, headers=headers,
-                                  cookies=False)
+        reply = world.web.request(
+            method, BASE + "/data" + path, body=body, headers=headers, cookies=False
+        )
         assert reply.status in (200, 201), reply.body
         return reply.json()
 
@@ -337,12 +392,18 @@ def test_event_trigger_with_verbs_values_and_changes(world):
 
 
 def test_debounced_event_trigger(world):
-    create_trigger(world, type="@event", worker="rec", arguments="io.cozy.events",
-                   debounce="10s")
+    create_trigger(
+        world, type="@event", worker="rec", arguments="io.cozy.events", debounce="10s"
+    )
     headers = {"Authorization": f"Bearer {world.token}"}
     for n in range(3):
-        world.web.request("POST", BASE + "/data/io.cozy.events/", body={"n": n},
-                          headers=headers, cookies=False)
+        world.web.request(
+            "POST",
+            BASE + "/data/io.cozy.events/",
+            body={"n": n},
+            headers=headers,
+            cookies=False,
+        )
     assert world.worker.runs == []
     world.clock.advance(10)
     assert len(world.worker.runs) == 1
@@ -356,16 +417,22 @@ def test_webhook_trigger(world):
     assert reply.status == 204, reply.body
     assert world.worker.runs[0].payload == {"account_id": "0672e560"}
     other = create_trigger(world, type="@every", arguments="1h", worker="rec")["data"]
-    reply = world.web.request("POST", BASE + f"/jobs/webhooks/{other['id']}", body={},
-                              cookies=False)
+    reply = world.web.request(
+        "POST", BASE + f"/jobs/webhooks/{other['id']}", body={}, cookies=False
+    )
     assert reply.status == 422
-    assert world.web.request("POST", BASE + "/jobs/webhooks/nope", cookies=False).status == 404
-    bad = world.web.request("POST", url, headers={"Content-Type": "application/json"},
-                            cookies=False)
+    assert (
+        world.web.request("POST", BASE + "/jobs/webhooks/nope", cookies=False).status == 404
+    )
+    bad = world.web.request(
+        "POST", url, headers={"Content-Type": "application/json"}, cookies=False
+    )
     assert bad.status == 204  # no body: no payload
     debounced = create_trigger(world, type="@webhook", worker="rec", debounce="5s")["data"]
     for n in range(3):
-        world.web.request("POST", debounced["links"]["webhook"], body={"n": n}, cookies=False)
+        world.web.request(
+            "POST", debounced["links"]["webhook"], body={"n": n}, cookies=False
+        )
     before = len(world.worker.runs)
     world.clock.advance(5)
     assert world.worker.runs[before].payload == {"payloads": [{"n": 0}, {"n": 1}, {"n": 2}]}
@@ -384,18 +451,29 @@ def test_launch_and_client_jobs(world):
     job = world.call("POST", f"/jobs/triggers/{client['id']}/launch", status=201)["data"]
     assert job["attributes"]["state"] == "running"
     assert job["attributes"]["started_at"] != "0001-01-01T00:00:00Z"
-    world.call("PATCH", f"/jobs/{job['id']}",
-               {"data": {"attributes": {"state": "later"}}}, status=422)
-    done = world.call("PATCH", f"/jobs/{job['id']}",
-                      {"data": {"attributes": {"state": "errored", "error": "LOGIN_FAILED"}}},
-                      status=200)["data"]
+    world.call(
+        "PATCH",
+        f"/jobs/{job['id']}",
+        {"data": {"attributes": {"state": "later"}}},
+        status=422,
+    )
+    done = world.call(
+        "PATCH",
+        f"/jobs/{job['id']}",
+        {"data": {"attributes": {"state": "errored", "error": "LOGIN_FAILED"}}},
+        status=200,
+    )["data"]
     assert done["attributes"]["state"] == "errored"
     assert done["attributes"]["error"] == "LOGIN_FAILED"
     state = world.call("GET", f"/jobs/triggers/{client['id']}/state", status=200)["data"]
     assert state["attributes"]["last_error"] == "LOGIN_FAILED"
     other = push(world)
-    world.call("PATCH", f"/jobs/{other['id']}",
-               {"data": {"attributes": {"state": "done"}}}, status=403)
+    world.call(
+        "PATCH",
+        f"/jobs/{other['id']}",
+        {"data": {"attributes": {"state": "done"}}},
+        status=403,
+    )
 
 
 def test_purge_keeps_recent_and_the_last_of_each_state(world):
@@ -446,9 +524,17 @@ def test_jobs_queued_before_a_restart_run_after_it(world):
 def test_log_and_clean_clients_workers(world):
     job = push(world, worker="log", arguments={"hello": 1})
     assert world.job(job["id"])["state"] == "done"
-    reply = world.web.request("POST", BASE + "/auth/register", body={
-        "redirect_uris": ["https://app.example.org/cb"], "client_name": "C",
-        "software_id": "x"}, headers={"Accept": "application/json"}, cookies=False)
+    reply = world.web.request(
+        "POST",
+        BASE + "/auth/register",
+        body={
+            "redirect_uris": ["https://app.example.org/cb"],
+            "client_name": "C",
+            "software_id": "x",
+        },
+        headers={"Accept": "application/json"},
+        cookies=False,
+    )
     client_id = reply.json()["client_id"]
     job = push(world, worker="clean-clients", arguments={})
     assert world.job(job["id"])["result"] == {"deleted": 0}  # too young
@@ -464,11 +550,19 @@ def test_one_instance_never_sees_another_s_jobs(world):
     job = push(world)
     create_instance(world.admin, "bob.cozy.test")
     bob = admin_token(world.admin, "bob.cozy.test", Audience="cli", Scope=SCOPE)
-    reply = world.web.request("GET", "http://bob.cozy.test" + f"/jobs/{job['id']}",
-                              headers={"Authorization": f"Bearer {bob}"}, cookies=False)
+    reply = world.web.request(
+        "GET",
+        "http://bob.cozy.test" + f"/jobs/{job['id']}",
+        headers={"Authorization": f"Bearer {bob}"},
+        cookies=False,
+    )
     assert reply.status == 404
-    reply = world.web.request("GET", "http://bob.cozy.test/jobs/queue/rec",
-                              headers={"Authorization": f"Bearer {world.token}"}, cookies=False)
+    reply = world.web.request(
+        "GET",
+        "http://bob.cozy.test/jobs/queue/rec",
+        headers={"Authorization": f"Bearer {world.token}"},
+        cookies=False,
+    )
     assert reply.status in (400, 401)  # alice's token is no token of bob's
 
 
@@ -478,15 +572,21 @@ def test_admin_routes(world):
 
         from tests.support.auth import basic_auth
 
-        reply = world.admin.request(method, f"{ADMIN}{path}?{urlencode(params)}",
-                                    headers=basic_auth())
+        reply = world.admin.request(
+            method, f"{ADMIN}{path}?{urlencode(params)}", headers=basic_auth()
+        )
         assert reply.status == status, reply.body
         return reply.json() if reply.body else None
 
-    job = admin("POST", f"/instances/{DOMAIN}/jobs/queue/rec", 202,
-                Arguments=json.dumps({"a": 1}))["data"]
-    assert admin("GET", f"/instances/{DOMAIN}/jobs/{job['id']}", 200)["data"]["attributes"][
-        "state"] == "done"
+    job = admin(
+        "POST", f"/instances/{DOMAIN}/jobs/queue/rec", 202, Arguments=json.dumps({"a": 1})
+    )["data"]
+    assert (
+        admin("GET", f"/instances/{DOMAIN}/jobs/{job['id']}", 200)["data"]["attributes"][
+            "state"
+        ]
+        == "done"
+    )
     admin("POST", f"/instances/{DOMAIN}/jobs/queue/rec", 400, Arguments="{nope")
     made = create_trigger(world, type="@every", arguments="1h", worker="rec")["data"]
     listed = admin("GET", f"/instances/{DOMAIN}/triggers", 200)["data"]

@@ -117,7 +117,10 @@ def mailer(port: int, **settings: Any) -> Mailer:
 
 FROM_MODE = {
     "mode": "from",
-    "to": [{"name": "John Doe", "email": "john@doe.example"}, {"email": "jane@doe.example"}],
+    "to": [
+        {"name": "John Doe", "email": "john@doe.example"},
+        {"email": "jane@doe.example"},
+    ],
     "subject": "Hey !",
     "parts": [
         {"type": "text/html", "body": "<h1>Hey !</h1>"},
@@ -125,7 +128,10 @@ FROM_MODE = {
     ],
     "attachments": [
         {"filename": "notes.txt", "content": base64.b64encode(b"some notes\n").decode()},
-        {"filename": "../../x.bin", "content": base64.b64encode(bytes(range(256))).decode()},
+        {
+            "filename": "../../x.bin",
+            "content": base64.b64encode(bytes(range(256))).decode(),
+        },
     ],
 }
 
@@ -151,7 +157,11 @@ async def test_a_mail_with_attachments_over_plain_smtp(plain_server):
 @pytest_twisted.ensureDeferred
 async def test_starttls_with_auth(starttls_server):
     mail = build_message(
-        {"mode": "noreply", "subject": "Secure", "parts": [{"type": "text/plain", "body": "x"}]},
+        {
+            "mode": "noreply",
+            "subject": "Secure",
+            "parts": [{"type": "text/plain", "body": "x"}],
+        },
         sender=SENDER,
         owner=OWNER,
     )
@@ -175,16 +185,19 @@ async def test_starttls_with_auth(starttls_server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_starttls_is_required_and_the_certificate_checked(plain_server, starttls_server):
+async def test_starttls_is_required_and_the_certificate_checked(
+    plain_server, starttls_server
+):
     mail = build_message(FROM_MODE, sender=SENDER, owner=OWNER)
     # The plain server offers no STARTTLS: nothing is sent in clear.
-    with pytest.raises(Exception, match="(?i)tls"):
+    with pytest.raises(smtp.TLSRequiredError):
         await mailer(plain_server.port, tls="starttls").send(mail)
     assert plain_server.inbox.received == []
     # A certificate of an unknown authority is refused.
     with pytest.raises(Exception):  # noqa: B017 - OpenSSL's or the SMTP client's error
-        await mailer(starttls_server.port, tls="starttls", username="cozy",
-                     password="s3cret").send(mail)
+        await mailer(
+            starttls_server.port, tls="starttls", username="cozy", password="s3cret"
+        ).send(mail)
     assert starttls_server.inbox.received == []
 
 
@@ -215,7 +228,10 @@ async def test_the_sendmail_worker_renders_templates_in_french(plain_server):
         message={
             "mode": "noreply",
             "template_name": "new_registration",
-            "template_values": {"device_name": "Mon téléphone", "devices_link": "https://x/"},
+            "template_values": {
+                "device_name": "Mon téléphone",
+                "devices_link": "https://x/",
+            },
         },
         documents=Settings(),  # type: ignore[arg-type]
     )
@@ -227,8 +243,11 @@ async def test_the_sendmail_worker_renders_templates_in_french(plain_server):
     html = message.get_body(("html",)).get_content()
     assert '<a href="https://x/">Voir vos appareils connectés</a>' in html
     bad = JobContext(
-        instance=Instance(), job_id="j2", worker="sendmail",
-        message={"mode": "from", "subject": "x"}, documents=Settings(),  # type: ignore[arg-type]
+        instance=Instance(),
+        job_id="j2",
+        worker="sendmail",
+        message={"mode": "from", "subject": "x"},
+        documents=Settings(),  # type: ignore[arg-type]
     )
     with pytest.raises(WorkerError) as error:
         await worker.run(bad)
@@ -239,14 +258,30 @@ async def test_the_sendmail_worker_renders_templates_in_french(plain_server):
     "options",
     [
         {"mode": "support"},
-        {"mode": "from", "to": [], "subject": "x", "parts": [{"type": "text/plain", "body": ""}]},
-        {"mode": "from", "to": [{"email": "a@b\r\nBcc: c@d"}], "subject": "x",
-         "parts": [{"type": "text/plain", "body": ""}]},
-        {"mode": "noreply", "subject": "a\r\nBcc: x@y", "parts": [{"type": "text/plain",
-                                                                  "body": ""}]},
+        {
+            "mode": "from",
+            "to": [],
+            "subject": "x",
+            "parts": [{"type": "text/plain", "body": ""}],
+        },
+        {
+            "mode": "from",
+            "to": [{"email": "a@b\r\nBcc: c@d"}],
+            "subject": "x",
+            "parts": [{"type": "text/plain", "body": ""}],
+        },
+        {
+            "mode": "noreply",
+            "subject": "a\r\nBcc: x@y",
+            "parts": [{"type": "text/plain", "body": ""}],
+        },
         {"mode": "noreply", "subject": "x", "parts": [{"type": "image/png", "body": ""}]},
-        {"mode": "noreply", "subject": "x", "parts": [{"type": "text/plain", "body": ""}],
-         "attachments": [{"filename": "a", "content": "not base64!"}]},
+        {
+            "mode": "noreply",
+            "subject": "x",
+            "parts": [{"type": "text/plain", "body": ""}],
+            "attachments": [{"filename": "a", "content": "not base64!"}],
+        },
         {"mode": "noreply", "template_name": "nope"},
     ],
 )
