@@ -504,8 +504,19 @@ class JobSystem(Service):
             if result is not None:
                 current["result"] = result
 
+        final = dict(doc)
+        change(final)
         try:
-            final = await self.documents.update(instance, model.JOBS, doc["_id"], change)
+            # The revision this node wrote last: one write, no read…
+            result = await self.documents.put(instance, model.JOBS, final)
+            final["_rev"] = result["rev"]
+        except DocConflict:
+            try:  # …unless someone changed the document meanwhile.
+                final = await self.documents.update(
+                    instance, model.JOBS, doc["_id"], change
+                )
+            except (DatabaseNotFound, DocNotFound):
+                return
         except (DatabaseNotFound, DocNotFound):
             return  # purged or the instance destroyed meanwhile
         await self._notify(final)
