@@ -108,6 +108,7 @@ class Scheduler(Service):
         self._debounced: dict[tuple[str, str], dict[str, Any]] = {}
         #: Selected values of documents seen by @event rules (for ``!=``).
         self._seen: dict[Any, dict[str, Any]] = {}
+        self._inflight: set[defer.Deferred] = set()
         #: Lateness of each firing (seconds after its due time), for the bench.
         self.lateness: list[float] = []
         if hasattr(self.backend, "on_broadcast"):
@@ -462,7 +463,7 @@ class Scheduler(Service):
             entry = self._triggers.get((prefix, trigger_id))
             if entry is None:
                 continue
-            d = defer.ensureDeferred(self._fire_slot(entry[0], entry[1], due))
+            d = self._track(defer.ensureDeferred(self._fire_slot(entry[0], entry[1], due)))
             d.addErrback(lambda f, t=trigger_id: log.failure("trigger {id}", f, id=t))
         self._arm()
 
@@ -487,12 +488,28 @@ class Scheduler(Service):
 
     async def _poll_shared(self) -> None:
         now = self._seconds()
-        for member, due in await self.backend.timeline_claim(now, SCHEDULING_TTL):
-            domain, _, trigger_id = member.rpartition("/")
-            try:
-                await self._fire_claimed(member, domain, trigger_id, due)
-            except Exception:
-                log.failure("trigger {member}", member=member)
+        claimed = await self.backend.timeline_claim(now, SCHEDULING_TTL)
+        # All at once: a slot due with many others must not wait for them.
+        firings = [
+            self._track(defer.ensureDeferred(self._fire_member(member, due)))
+            for member, due in claimed
+        ]
+        if firings:
+            await defer.DeferredList(firings, consumeErrors=True)
+
+    async def _fire_member(self, member: str, due: float) -> None:
+        domain, _, trigger_id = member.rpartition("/")
+        self.lateness.append(self._seconds() - due)
+        try:
+            await self._fire_claimed(member, domain, trigger_id, due)
+        except Exception:
+            log.failure("trigger {member}", member=member)
+
+    def _track(self, d: defer.Deferred) -> defer.Deferred:
+        """Firings in flight, waited for by ``stopService``."""
+        self._inflight.add(d)
+        d.addBoth(lambda result: (self._inflight.discard(d), result)[1])
+        return d
 
     async def _fire_claimed(
         self, member: str, domain: str, trigger_id: str, due: float
@@ -512,7 +529,6 @@ class Scheduler(Service):
         if instance is None or trigger is None:
             await self.backend.timeline_done(member, None)
             return
-        self.lateness.append(self._seconds() - due)
         following = (
             None if trigger.one_shot else trigger.next_time(max(due, self._seconds()))
         )
@@ -579,7 +595,7 @@ class Scheduler(Service):
             from twisted.internet import task
 
             self._poller = task.LoopingCall(
-                lambda: defer.ensureDeferred(self._poll_shared()).addErrback(
+                lambda: self._track(defer.ensureDeferred(self._poll_shared())).addErrback(
                     lambda f: log.failure("polling the triggers", f)
                 )
             )
@@ -608,4 +624,7 @@ class Scheduler(Service):
         self._triggers.clear()
         self._heap.clear()
         self._due.clear()
-        return defer.succeed(None)
+        if not self._inflight:
+            return defer.succeed(None)
+        waiting = defer.DeferredList(list(self._inflight), consumeErrors=True)
+        return waiting.addCallback(lambda _: None)
