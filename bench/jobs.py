@@ -149,7 +149,9 @@ async def lateness(
 async def run(args) -> None:
     backends = [("memory", "", 0), ("memory", "", 32)]
     if args.redis_url:
-        backends += [("redis", args.redis_url, 0), ("redis", args.redis_url, 32)]
+        # A database of its own per run: no trigger of a run fires in the next.
+        base = args.redis_url.rsplit("/", 1)[0]
+        backends += [("redis", f"{base}/1", 0), ("redis", f"{base}/2", 32)]
     for name, url, concurrency in backends:
         with tempfile.TemporaryDirectory(prefix="cozyd-bench-jobs-") as workdir:
             stack, instance, pools = await make_stack(workdir, url, concurrency)
