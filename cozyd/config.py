@@ -205,6 +205,32 @@ def _file_url(text: str) -> str:
     return text
 
 
+def _redis_url(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return ""
+    from cozyd.redisurl import RedisAddress
+
+    RedisAddress.parse(text)  # ValueError with the reason
+    if not text.startswith(("redis://", "rediss://")):
+        raise ValueError("must be a redis:// URL")
+    return text
+
+
+def _worker_counts(text: str) -> dict[str, int]:
+    """``log=4, sendmail=2`` → {"log": 4, "sendmail": 2}."""
+    counts: dict[str, int] = {}
+    for item in text.replace(";", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip().isdigit() or int(value) <= 0:
+            raise ValueError("must be a list of worker=count (log=4, sendmail=2)")
+        counts[name.strip()] = int(value)
+    return counts
+
+
 # (section, key) -> (parser, default as text)
 SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
     "server": {
@@ -325,6 +351,23 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "fetch_timeout": (_positive_float, "60"),
         # http:// sources and registries (tests only: no integrity on the way).
         "allow_http_sources": (_bool, "false"),
+    },
+    "jobs": {
+        # Empty: one node, jobs queued in memory. redis://…: many nodes
+        # share the queue, the scheduler's locks and timeline.
+        "url": (_redis_url, ""),
+        # Jobs of a worker one node runs at once: log=4, sendmail=2, …
+        "concurrency": (_worker_counts, ""),
+    },
+    "mail": {
+        "host": (_text, "127.0.0.1"),
+        "port": (_port, "25"),
+        "tls": (_choice("none", "starttls", "ssl"), "starttls"),
+        "username": (_text, ""),
+        "password": (_text, ""),
+        "from": (_text, ""),
+        "ca_file": (_text, ""),
+        "timeout": (_positive_float, "30"),
     },
 }
 

@@ -8,7 +8,7 @@ The daemon is an ``OrderedMultiService`` of children started one after
 the other, each once the previous one is ready, and stopped in reverse:
 
 1. ``StorageService``: the data directory, the storage engine, the stack;
-2. (later) jobs and realtime;
+2. ``JobsService``: the job system and the scheduler (realtime later);
 3. ``listeners``: the public and admin ``ListenerService`` (started in
    order, stopped together: both stop accepting at once, then their
    requests in flight get ``[server] shutdown_grace`` seconds).
@@ -107,6 +107,9 @@ class Stack:
     #: The virtual file system (``/files``), and its thumbnails.
     vfs: Any = None
     thumbnails: Any = None
+    #: The job system and the scheduler of triggers (started by JobsService).
+    jobs: Any = None
+    scheduler: Any = None
 
 
 def thread_runner(reactor) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
@@ -174,6 +177,7 @@ def build_stack(
     metrics: Metrics | None = None,
     clock: Any = None,
     download: Any = None,
+    reactor: Any = None,
 ) -> Stack:
     """``run_hashing`` runs password hashing (the daemon's bounded pool;
     ``run_blocking`` when not given). ``pause()`` lets long answers give the
@@ -236,7 +240,18 @@ def build_stack(
         seconds=seconds,
         pause=pause,
     )
+    jobs, scheduler, jobs_service = job_services(
+        config,
+        documents,
+        instances,
+        hub,
+        guard,
+        reactor=reactor if reactor is not None else clock,
+        seconds=seconds,
+        node=node,
+    )
     services = {
+        "jobs": jobs_service,
         "realtime": RealtimeService(guard, realtime.fanout, realtime.factory).resource(),
         "files": files_service,
         "permissions": PermissionsService(guard, shares).resource(),
@@ -332,6 +347,8 @@ def build_stack(
         metrics=metrics,
         apps=apps_installer,
         vfs=vfs,
+        jobs=jobs,
+        scheduler=scheduler,
     ).resource()
     return Stack(
         config,
@@ -348,6 +365,8 @@ def build_stack(
         apps=apps_installer,
         vfs=vfs,
         thumbnails=thumbnails,
+        jobs=jobs,
+        scheduler=scheduler,
     )
 
 
@@ -464,6 +483,77 @@ def files_services(
         thumbnails=thumbnails,
     )
     return vfs, thumbnails, service.resource()
+
+
+class InstanceLookup:
+    """What the job system needs of the instances: one by domain (None
+    when gone) and all of them."""
+
+    def __init__(self, instances: InstanceManager):
+        self._instances = instances
+
+    async def get(self, domain: str) -> Any:
+        from cozyd.errors import NotFound
+
+        try:
+            instance = await self._instances.get(domain)
+        except NotFound:
+            return None
+        return None if instance.deleting else instance
+
+    __call__ = get
+
+    async def list_all(self) -> list[Any]:
+        return [i for i in await self._instances.list() if not i.deleting]
+
+
+def job_services(
+    config: Config,
+    documents: Documents,
+    instances: InstanceManager,
+    hub: EventHub,
+    guard: Guard,
+    *,
+    reactor: Any,
+    seconds: Callable[[], float],
+    node: str,
+) -> tuple[Any, Any, Any]:
+    """The job system (with the stack's workers), the scheduler and /jobs."""
+    from cozyd.jobs.builtin import stack_workers
+    from cozyd.jobs.redis import make_backend
+    from cozyd.jobs.scheduler import Scheduler
+    from cozyd.jobs.system import JobSystem
+    from cozyd.mail.smtp import Mailer, MailSettings
+    from cozyd.mail.worker import SendmailWorker
+    from cozyd.web.jobs import JobsService
+
+    if reactor is None:
+        from twisted.internet import reactor  # type: ignore[no-redef]
+    lookup = InstanceLookup(instances)
+    backend = make_backend(
+        config.get("jobs", "url"), seconds=seconds, node=node, reactor=reactor
+    )
+    jobs = JobSystem(
+        documents,
+        lookup,
+        reactor=reactor,
+        seconds=seconds,
+        backend=backend,
+        concurrency=config.get("jobs", "concurrency"),
+    )
+    mailer = Mailer(MailSettings.from_config(config), reactor=reactor)
+    for worker in stack_workers(seconds=seconds):
+        jobs.register(worker)
+    jobs.register(SendmailWorker(mailer))
+    scheduler = Scheduler(jobs, lookup, hub=hub, reactor=reactor, seconds=seconds)
+    service = JobsService(
+        guard,
+        jobs,
+        scheduler,
+        scheme=config.get("server", "scheme"),
+        limiter=RateLimiter(seconds=seconds),
+    ).resource()
+    return jobs, scheduler, service
 
 
 def owner_services(
@@ -667,10 +757,14 @@ class StorageService(Service):
             metrics=self.metrics,
             clock=reactor,
             download=downloader(reactor, timeout=config.get("apps", "fetch_timeout")),
+            reactor=reactor,
         )
         await self.stack.instances.setup()
         await recover_files(self.stack)
         self.stack.workers.update(build_workers(config, reactor))
+        if self.stack.jobs is not None:  # konnectors and apps' services run as jobs
+            for worker in self.stack.workers.values():
+                self.stack.jobs.register(worker)
         # Said at start too (the first konnector job fails with it anyway).
         probe = defer.Deferred.fromCoroutine(
             self.stack.workers["konnector"].check_sandbox()
@@ -688,6 +782,45 @@ class StorageService(Service):
         self.pools.stop()
 
 
+class JobsService(Service):
+    """The job system and the scheduler of the stack (started once the
+    storage is ready, stopped before it: running jobs get a grace period)."""
+
+    name = "jobs"
+
+    def __init__(self, storage: StorageService):
+        self._storage = storage
+
+    def startService(self) -> defer.Deferred:
+        super().startService()
+        return defer.Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        stack = self._storage.stack
+        if stack is None or stack.jobs is None:
+            return
+        try:
+            await defer.maybeDeferred(stack.jobs.startService)
+        except Exception as exc:
+            raise StartError(
+                f"the job system cannot start: {' '.join(str(exc).split()) or type(exc).__name__}"
+            ) from None
+        await defer.maybeDeferred(stack.scheduler.startService)
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        stack = self._storage.stack
+        if stack is None or stack.jobs is None:
+            return
+        if stack.scheduler.running:
+            await defer.maybeDeferred(stack.scheduler.stopService)
+        if stack.jobs.running:
+            await defer.maybeDeferred(stack.jobs.stopService)
+
+
 class CozydService(OrderedMultiService):
     """The daemon: storage, then the listeners (see the module docstring)."""
 
@@ -701,7 +834,9 @@ class CozydService(OrderedMultiService):
         self._stderr = stderr if stderr is not None else sys.stderr
         self.storage = StorageService(config, reactor)
         self.storage.setServiceParent(self)
-        # (jobs and realtime services go here, between storage and listeners)
+        # Between storage and the listeners: the jobs, then the realtime node.
+        self.jobs = JobsService(self.storage)
+        self.jobs.setServiceParent(self)
         RealtimeNode(
             lambda: self.stack.realtime if self.stack is not None else None,
             url=config.get("realtime", "url"),

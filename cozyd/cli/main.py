@@ -17,11 +17,11 @@ import sys
 from collections.abc import Sequence
 
 from cozyd import __version__
-from cozyd.cli import apps, config, files, instances, konnectors
+from cozyd.cli import apps, config, files, instances, jobs, konnectors, triggers
 from cozyd.cli.client import DEFAULT_PASSPHRASE_FILE, Context
 from cozyd.cli.output import CLIError, info
 
-NOUNS = (instances, config, files, apps, konnectors)
+NOUNS = (instances, config, files, apps, konnectors, jobs, triggers)
 
 
 def _common_flags() -> argparse.ArgumentParser:

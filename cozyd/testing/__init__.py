@@ -92,7 +92,12 @@ def memory_stack(
     store = EmbeddedStore(None, reactor=clock)
     sync(store.start())
     stack = build_stack(
-        config, store=store, run_blocking=run_now, seconds=clock.seconds, clock=clock
+        config,
+        store=store,
+        run_blocking=run_now,
+        seconds=clock.seconds,
+        clock=clock,
+        reactor=clock,
     )
     sync(stack.instances.setup())
     return stack

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -98,11 +99,15 @@ class AdminService(Service):
         metrics: Any = None,
         apps: Any = None,
         vfs: Any = None,
+        jobs: Any = None,
+        scheduler: Any = None,
     ):
         super().__init__()
         self._metrics = metrics
         self._apps = apps
         self._vfs = vfs
+        self._jobs = jobs
+        self._scheduler = scheduler
         self._instances = instances
         self._check_passphrase = check_passphrase
         self._clients = clients
@@ -422,6 +427,82 @@ class AdminService(Service):
     @route("instances/{domain}/files/file", "POST", auth=ADMIN, body=streamed(2**50))
     async def files_upload(self, request: IRequest, domain: str):
         return await self._files_admin().upload(request, await self._instances.get(domain))
+
+    # -- jobs and triggers (cozyctl jobs, cozyctl triggers) -----------------
+    def _job_system(self) -> Any:
+        if self._jobs is None or self._scheduler is None:
+            raise NotFound("this server runs no job system")
+        return self._jobs
+
+    @route("instances/{domain}/jobs/queue/{worker}", "POST", auth=ADMIN)
+    async def push_job(self, request: IRequest, domain: str, worker: str):
+        from cozyd.jobs.model import job_jsonapi
+
+        instance = await self._instances.get(domain)
+        text = query_text(request, "Arguments") or "{}"
+        try:
+            arguments = json.loads(text)
+        except ValueError:
+            raise BadRequest("Arguments must be JSON") from None
+        doc = await self._job_system().push(
+            instance, worker, arguments, manual=query_bool(request, "Manual") or False
+        )
+        return json_response(
+            request, {"data": job_jsonapi(doc)}, status=202, content_type=JSONAPI
+        )
+
+    @route("instances/{domain}/jobs/purge", "DELETE", auth=ADMIN)
+    async def purge_jobs(self, request: IRequest, domain: str):
+        from cozyd.web.jobs import big_duration
+
+        instance = await self._instances.get(domain)
+        text = query_text(request, "duration") or "2M"
+        try:
+            keep = big_duration(text)
+        except ValueError:
+            raise BadRequest(f"invalid duration {text!r}") from None
+        workers = [w for w in (query_text(request, "workers") or "").split(",") if w]
+        deleted = await self._job_system().purge(instance, keep, workers or None)
+        return json_response(request, {"deleted": deleted})
+
+    @route("instances/{domain}/jobs/{job_id}", "GET", auth=ADMIN)
+    async def show_job(self, request: IRequest, domain: str, job_id: str):
+        from cozyd.jobs.model import job_jsonapi
+
+        instance = await self._instances.get(domain)
+        doc = await self._job_system().get(instance, job_id)
+        return json_response(request, {"data": job_jsonapi(doc)}, content_type=JSONAPI)
+
+    @route("instances/{domain}/triggers", "GET", auth=ADMIN)
+    async def list_triggers(self, request: IRequest, domain: str):
+        from cozyd.jobs.model import trigger_jsonapi
+
+        instance = await self._instances.get(domain)
+        self._job_system()
+        data = []
+        for doc in await self._scheduler.all(instance):
+            state = await self._scheduler.state(instance, doc["_id"])
+            data.append(trigger_jsonapi(doc, state=state))
+        return json_response(request, {"data": data}, content_type=JSONAPI)
+
+    @route("instances/{domain}/triggers/{trigger_id}/launch", "POST", auth=ADMIN)
+    async def launch_trigger(self, request: IRequest, domain: str, trigger_id: str):
+        from cozyd.jobs.model import job_jsonapi
+
+        instance = await self._instances.get(domain)
+        self._job_system()
+        doc = await self._scheduler.launch(instance, trigger_id)
+        return json_response(
+            request, {"data": job_jsonapi(doc)}, status=201, content_type=JSONAPI
+        )
+
+    @route("instances/{domain}/triggers/{trigger_id}", "DELETE", auth=ADMIN)
+    async def delete_trigger(self, request: IRequest, domain: str, trigger_id: str):
+        instance = await self._instances.get(domain)
+        self._job_system()
+        await self._scheduler.delete(instance, trigger_id)
+        request.setResponseCode(204)
+        return b""
 
     # -- metrics ------------------------------------------------------------
     @route("metrics", "GET", auth=ADMIN)

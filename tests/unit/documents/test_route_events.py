@@ -1415,6 +1415,146 @@ def permissions_share_password(w):
     assert reply.json() == {"password": "ok"}
 
 
+# /jobs ------------------------------------------------------------------------------------
+JOBS_SCOPE = "io.cozy.jobs io.cozy.triggers"
+
+
+def jobs_call(w: World, method: str, path: str, body: Any = None, *, status: int):
+    if not hasattr(w, "jobs_token"):  # the first call: alice and a CLI token
+        w.onboarded()
+        w.jobs_token = w.cli(JOBS_SCOPE)
+    reply = w.owner.request(
+        method,
+        f"{BASE}/jobs{path}",
+        body=body,
+        headers={"Authorization": f"Bearer {w.jobs_token}"},
+        cookies=False,
+    )
+    assert reply.status == status, (method, path, reply.status, reply.body)
+    return reply.json() if reply.body else None
+
+
+def a_trigger(w: World, **attributes: Any) -> str:
+    attributes = {"type": "@every", "arguments": "1h", "worker": "log", **attributes}
+    made = jobs_call(
+        w, "POST", "/triggers", {"data": {"attributes": attributes}}, status=201
+    )
+    return made["data"]["id"]
+
+
+@case("public", "POST", "/jobs/queue/{worker}", (INST, "io.cozy.jobs", CREATED))
+def jobs_push(w):
+    jobs_call(w, "GET", "/queue/log", status=200)
+    w.start()
+    jobs_call(
+        w, "POST", "/queue/log", {"data": {"attributes": {"arguments": {}}}}, status=202
+    )
+
+
+@case("public", "DELETE", "/jobs/purge")
+def jobs_purge(w):
+    jobs_call(w, "POST", "/queue/log", {"data": {"attributes": {}}}, status=202)
+    w.start()
+    jobs_call(w, "DELETE", "/purge?duration=1D", status=200)
+
+
+@case("public", "PATCH", "/jobs/{job_id}", (INST, "io.cozy.jobs", UPDATED))
+def jobs_complete_client_job(w):
+    trigger = a_trigger(w, type="@client", arguments="")
+    job = jobs_call(w, "POST", f"/triggers/{trigger}/launch", status=201)["data"]
+    w.start()
+    jobs_call(
+        w, "PATCH", f"/{job['id']}", {"data": {"attributes": {"state": "done"}}}, status=200
+    )
+
+
+@case("public", "POST", "/jobs/triggers", (INST, "io.cozy.triggers", CREATED))
+def jobs_create_trigger(w):
+    jobs_call(w, "GET", "/triggers", status=200)
+    w.start()
+    a_trigger(w)
+
+
+@case("public", "PATCH", "/jobs/triggers/{trigger_id}", (INST, "io.cozy.triggers", UPDATED))
+def jobs_patch_trigger(w):
+    trigger = a_trigger(w, type="@cron", arguments="0 0 0 * * *")
+    w.start()
+    body = {"data": {"attributes": {"arguments": "0 0 1 * * *"}}}
+    jobs_call(w, "PATCH", f"/triggers/{trigger}", body, status=200)
+
+
+@case(
+    "public", "POST", "/jobs/triggers/{trigger_id}/launch", (INST, "io.cozy.jobs", CREATED)
+)
+def jobs_launch_trigger(w):
+    trigger = a_trigger(w)
+    jobs_call(w, "GET", "/queue/log", status=200)
+    w.start()
+    jobs_call(w, "POST", f"/triggers/{trigger}/launch", status=201)
+
+
+@case(
+    "public", "DELETE", "/jobs/triggers/{trigger_id}", (INST, "io.cozy.triggers", DELETED)
+)
+def jobs_delete_trigger(w):
+    trigger = a_trigger(w)
+    w.start()
+    jobs_call(w, "DELETE", f"/triggers/{trigger}", status=204)
+
+
+@case("public", "POST", "/jobs/webhooks/{trigger_id}", (INST, "io.cozy.jobs", CREATED))
+def jobs_fire_webhook(w):
+    trigger = a_trigger(w, type="@webhook", arguments="")
+    jobs_call(w, "GET", "/queue/log", status=200)
+    w.start()
+    reply = w.owner.request("POST", f"{BASE}/jobs/webhooks/{trigger}", body={"a": 1})
+    assert reply.status == 204, reply.body
+
+
+@case(
+    "admin",
+    "POST",
+    "/instances/{domain}/jobs/queue/{worker}",
+    (INST, "io.cozy.jobs", CREATED),
+)
+def admin_push_job(w):
+    jobs_call(w, "GET", "/queue/log", status=200)
+    w.start()
+    admin_request(w, "POST", f"/instances/{DOMAIN}/jobs/queue/log", 202, Arguments="{}")
+
+
+@case("admin", "DELETE", "/instances/{domain}/jobs/purge")
+def admin_purge_jobs(w):
+    jobs_call(w, "GET", "/queue/log", status=200)
+    w.start()
+    admin_request(w, "DELETE", f"/instances/{DOMAIN}/jobs/purge", 200, duration="1D")
+
+
+@case(
+    "admin",
+    "POST",
+    "/instances/{domain}/triggers/{trigger_id}/launch",
+    (INST, "io.cozy.jobs", CREATED),
+)
+def admin_launch_trigger(w):
+    trigger = a_trigger(w)
+    jobs_call(w, "GET", "/queue/log", status=200)
+    w.start()
+    admin_request(w, "POST", f"/instances/{DOMAIN}/triggers/{trigger}/launch", 201)
+
+
+@case(
+    "admin",
+    "DELETE",
+    "/instances/{domain}/triggers/{trigger_id}",
+    (INST, "io.cozy.triggers", DELETED),
+)
+def admin_delete_trigger(w):
+    trigger = a_trigger(w)
+    w.start()
+    admin_request(w, "DELETE", f"/instances/{DOMAIN}/triggers/{trigger}", 204)
+
+
 # -- the routes of the services ---------------------------------------------------------
 def _service_routes(resource) -> list[tuple[str, str]] | None:
     """A service's declared routes (``cozyd.web.routing``), as (method, path)."""
