@@ -80,7 +80,7 @@ FILES = "io.cozy.files"
 #: Who may create shares (cozy-stack's ``CheckSetPermissions``)...
 CREATORS = frozenset({"app", "konnector", "oauth", "cli"})
 #: ... and who may change or revoke them (``CanUpdateShareByLink``).
-UPDATERS = frozenset({"app", "oauth"})
+UPDATERS = CREATORS  # who made a share may change or revoke it
 
 #: A shortcode where a token is expected: 6 digits or 12 word characters,
 #: and a final "." tolerated (links pasted at the end of a sentence).
