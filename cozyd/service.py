@@ -210,7 +210,9 @@ def build_stack(
     scheme = config.get("server", "scheme")
     pages = Pages(secure=scheme == "https", scheme=scheme)
     web_sessions = WebSessions(
-        SessionStore(documents, seconds=seconds), secure=scheme == "https"
+        SessionStore(documents, seconds=seconds),
+        secure=scheme == "https",
+        flat=config.get("apps", "subdomains") == "flat",
     )
     # Shares by link (/permissions, share codes and shortcodes as tokens).
     shares = ShareLinks(
