@@ -37,7 +37,7 @@ from twisted.logger import Logger
 
 from cozyd.adminpass import PassphraseChecker
 from cozyd.apps.http import downloader
-from cozyd.apps.installer import Installer
+from cozyd.apps.installer import Installer, ServiceTriggers
 from cozyd.apps.layout import KONNECTOR, WEBAPP
 from cozyd.apps.sources import Fetcher, Limits
 from cozyd.auth.clients import OAuthClients
@@ -210,7 +210,9 @@ def build_stack(
     scheme = config.get("server", "scheme")
     pages = Pages(secure=scheme == "https", scheme=scheme)
     web_sessions = WebSessions(
-        SessionStore(documents, seconds=seconds), secure=scheme == "https"
+        SessionStore(documents, seconds=seconds),
+        secure=scheme == "https",
+        flat=config.get("apps", "subdomains") == "flat",
     )
     # Shares by link (/permissions, share codes and shortcodes as tokens).
     shares = ShareLinks(
@@ -250,6 +252,7 @@ def build_stack(
         seconds=seconds,
         node=node,
     )
+    apps_installer.triggers = service_triggers(scheduler)
     services = {
         "jobs": jobs_service,
         "realtime": RealtimeService(guard, realtime.fanout, realtime.factory).resource(),
@@ -415,6 +418,22 @@ def build_installer(config, documents, resolver, clients, run_blocking, seconds,
         forget_permissions=resolver.forget_source,
         linked_client=linked_client,
     )
+
+
+def service_triggers(scheduler) -> ServiceTriggers:
+    """The installer's way to the scheduler, for the apps' services."""
+    from cozyd.jobs.scheduler import TriggerNotFound
+
+    async def create(instance, request, slug):
+        return (await scheduler.add(instance, request, created_by=slug))["_id"]
+
+    async def delete(instance, trigger_id):
+        try:
+            await scheduler.delete(instance, trigger_id)
+        except TriggerNotFound:
+            pass
+
+    return ServiceTriggers(create, delete)
 
 
 async def ensure_webapp(installer, instance, slug: str) -> None:

@@ -19,6 +19,15 @@ document records ``available_version`` and the app stays as it was, as
 cozy-stack does. A failed update puts the document back as it was: the
 previous version is still the one served.
 
+The ``services`` of a web app's manifest run as jobs: each service with a
+``trigger`` gets a trigger of worker ``service`` and message ``{"slug",
+"name"}`` (as cozy-stack's ``Service.CreateTrigger``), its id kept in the
+service as ``trigger_id``. They are created at install, replaced at update
+(the new ones first, the old ones removed once the update is done) and
+removed at uninstall. The installer reaches the scheduler only through the
+``triggers`` given to it (``ServiceTriggers``: two callbacks), so this
+package does not import the job system.
+
 ``on_state(doc)`` is told of each state the document goes through (the
 ``text/event-stream`` answer of the routes, and the 202 of the others).
 """
@@ -58,6 +67,40 @@ RunBlocking = Callable[[Callable[[], Any]], Awaitable[Any]]
 #: An operation that died (the daemon stopped) leaves its state behind;
 #: past this many seconds another one may go on.
 STALE_AFTER = 15 * 60
+
+
+class ServiceTriggers:
+    """How the installer creates and removes the triggers of app services:
+    ``create(instance, request, slug)`` returns the new trigger's id
+    (``request`` as for ``POST /jobs/triggers``), ``delete(instance, id)``
+    removes one (a missing one is not an error)."""
+
+    def __init__(
+        self,
+        create: Callable[[Instance, dict[str, Any], str], Awaitable[str]],
+        delete: Callable[[Instance, str], Awaitable[None]],
+    ):
+        self.create = create
+        self.delete = delete
+
+
+def service_trigger_request(
+    slug: str, name: str, service: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The trigger of a service (None for a service with no trigger)."""
+    text = str(service.get("trigger") or "").strip()
+    if not text:
+        return None
+    kind, _, arguments = text.partition(" ")
+    request: dict[str, Any] = {
+        "type": kind,
+        "arguments": arguments.strip(),
+        "worker": "service",
+        "message": {"slug": slug, "name": name},
+    }
+    if service.get("debounce"):
+        request["debounce"] = service["debounce"]
+    return request
 
 
 class AlreadyInstalled(Conflict):
@@ -113,6 +156,7 @@ class Installer:
         seconds: Callable[[], float],
         forget_permissions: Callable[[Instance, str], None] = lambda i, s: None,
         linked_client: Callable[[Instance, str], Awaitable[Any]] | None = None,
+        triggers: ServiceTriggers | None = None,
     ):
         self._documents = documents
         self._data_dir = data_dir
@@ -124,6 +168,8 @@ class Installer:
         )
         self._linked_client = linked_client
         self._busy: set[tuple[str, str, str]] = set()
+        #: Set by the stack once its scheduler exists (cozyd.service).
+        self.triggers = triggers
 
     # -- reads -------------------------------------------------------------------
     async def get(self, instance: Instance, kind: str, slug: str) -> dict[str, Any]:
@@ -213,6 +259,7 @@ class Installer:
             raise AlreadyInstalled() from None
         claim["_rev"] = result["rev"]
         staging = self._staging(instance, kind, slug)
+        doc: dict[str, Any] | None = None
         try:
             await self._run_blocking(lambda: os.makedirs(staging, mode=0o755))
             fetched = await self.fetcher.fetch(source, kind, staging)
@@ -242,6 +289,7 @@ class Installer:
             await self.permissions.write(
                 instance, kind, slug, doc.get("permissions"), doc["version"]
             )
+            await self._create_triggers(instance, kind, doc)
             doc["state"] = INSTALLED if deactivated else READY
             doc["updated_at"] = iso_time(self._seconds())
             result = await self._documents.put(instance, doctype, doc)
@@ -252,6 +300,7 @@ class Installer:
                     "installing {slug} on {domain}", slug=slug, domain=instance.domain
                 )
             await self._run_blocking(lambda: _remove(staging))
+            await self._delete_triggers(instance, doc_services(doc))
             await self._undo_install(instance, kind, slug)
             raise
         log.info(
@@ -373,6 +422,7 @@ class Installer:
             await self.permissions.write(
                 instance, kind, slug, new.get("permissions"), new["version"]
             )
+            await self._create_triggers(instance, kind, new)
             new["state"] = end_state
             new["updated_at"] = iso_time(self._seconds())
             new["_rev"] = upgrading["_rev"]
@@ -387,8 +437,10 @@ class Installer:
             await self._run_blocking(lambda: _remove(staging))
             if new_dir != old_dir:
                 await self._run_blocking(lambda: _remove(new_dir))
+            await self._delete_triggers(instance, doc_services(new))
             await self._restore(instance, kind, old)
             raise
+        await self._delete_triggers(instance, doc_services(old))
         if old_dir and old_dir != new_dir:
             await self._run_blocking(lambda: _remove(old_dir))
         log.info(
@@ -461,6 +513,7 @@ class Installer:
         return doc
 
     async def _drop(self, instance: Instance, kind: str, doc: Mapping[str, Any]) -> None:
+        await self._delete_triggers(instance, doc_services(doc))
         await self.permissions.delete(instance, kind, doc["slug"])
         await self._documents.delete(
             instance, layout.DOCTYPES[kind], doc["_id"], doc["_rev"], doc=dict(doc)
@@ -475,6 +528,49 @@ class Installer:
         """Every app's code of an instance being destroyed."""
         root = os.path.join(layout.apps_root(self._data_dir), instance.domain)
         await self._run_blocking(lambda: _remove(root))
+
+    # -- services ----------------------------------------------------------------
+    async def _create_triggers(
+        self, instance: Instance, kind: str, doc: dict[str, Any]
+    ) -> None:
+        """The triggers of the services of ``doc`` (a web app), their ids
+        written in ``doc["services"]``; on a failure, none is left."""
+        services = doc.get("services")
+        if kind != layout.WEBAPP or self.triggers is None or not services:
+            return
+        fresh = {name: dict(service) for name, service in services.items()}
+        doc["services"] = fresh
+        for name, service in fresh.items():
+            service.pop("trigger_id", None)
+            request = service_trigger_request(doc["slug"], name, service)
+            if request is None:
+                continue
+            try:
+                service["trigger_id"] = await self.triggers.create(
+                    instance, request, doc["slug"]
+                )
+            except CozyError as exc:
+                await self._delete_triggers(instance, fresh)
+                raise BadRequest(
+                    f"the trigger of the service {name!r} is refused: {exc.detail}"
+                ) from None
+            except BaseException:
+                await self._delete_triggers(instance, fresh)
+                raise
+
+    async def _delete_triggers(
+        self, instance: Instance, services: Mapping[str, Any]
+    ) -> None:
+        if self.triggers is None:
+            return
+        for service in services.values():
+            trigger_id = service.get("trigger_id") if isinstance(service, dict) else None
+            if not trigger_id:
+                continue
+            try:
+                await self.triggers.delete(instance, trigger_id)
+            except Exception:
+                log.failure("removing the trigger {id} of a service", id=trigger_id)
 
     # -- helpers -----------------------------------------------------------------
     def _stale(self, doc: Mapping[str, Any], states: tuple[str, ...]) -> bool:
@@ -503,6 +599,11 @@ class Installer:
                 on_state(dict(doc))
             except Exception:
                 log.failure("telling an installer's listener")
+
+
+def doc_services(doc: Mapping[str, Any] | None) -> dict[str, Any]:
+    services = doc.get("services") if isinstance(doc, Mapping) else None
+    return services if isinstance(services, dict) else {}
 
 
 def _swap(staging: str, final: str) -> None:

@@ -146,19 +146,27 @@ class Session:
 # -- the cookie ---------------------------------------------------------------
 
 
-def cookie_name(instance: Instance) -> str:
-    # Nested sub-domains (the only mode cozyd serves): one name for all.
+def cookie_name(instance: Instance, *, flat: bool = False) -> str:
+    """``cozysessid`` with nested app sub-domains; with flat ones the
+    cookie is on the parent domain, shared by its instances, so each has
+    its own name, ``sess-<db prefix>`` (as cozy-stack's SessionCookieName)."""
+    if flat:
+        return f"sess-{instance.prefix}"
     return COOKIE_NAME
 
 
-def cookie_domain(instance: Instance) -> str:
+def cookie_domain(instance: Instance, *, flat: bool = False) -> str:
     """The cookie's Domain: the instance and all its app sub-domains
-    (``.alice.example.com``), without port, in ASCII."""
+    (``.alice.example.com``), without port, in ASCII. With flat app
+    sub-domains (``alice-notes.example.com``), the parent domain
+    (``.example.com``), as cozy-stack's CookieDomain."""
     host = instance.domain.rsplit(":", 1)[0] if ":" in instance.domain else instance.domain
     try:
         host = idna.encode(host, uts46=True).decode("ascii")
     except idna.IDNAError:
         pass
+    if flat and "." in host:
+        host = host.split(".", 1)[1]
     return "." + host
 
 

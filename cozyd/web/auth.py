@@ -86,9 +86,11 @@ def client_ip(request: IRequest) -> str:
 class WebSessions:
     """The owner's browser session: read from, and written to, the cookie."""
 
-    def __init__(self, sessions: SessionStore, *, secure: bool):
+    def __init__(self, sessions: SessionStore, *, secure: bool, flat: bool = False):
         self.store = sessions
         self._secure = secure
+        #: Flat app sub-domains: the cookie is on the parent domain.
+        self.flat = flat
 
     async def current(self, request: IRequest) -> Session | None:
         """The request's live session (kept in the request's state)."""
@@ -97,7 +99,7 @@ class WebSessions:
             return state.session
         instance = state.instance
         session = None
-        raw = request.getCookie(cookie_name(instance).encode("ascii"))
+        raw = request.getCookie(cookie_name(instance, flat=self.flat).encode("ascii"))
         if raw:
             session_id = decode_cookie(instance, raw.decode("latin-1"))
             if session_id is not None:
@@ -152,9 +154,9 @@ class WebSessions:
         # browser-session cookie), HttpOnly, Secure (https), SameSite=Lax.
         max_age = session.cookie_max_age()
         parts = [
-            f"{cookie_name(instance)}={encode_cookie(instance, session.id)}",
+            f"{cookie_name(instance, flat=self.flat)}={encode_cookie(instance, session.id)}",
             "Path=/",
-            f"Domain={cookie_domain(instance).lstrip('.')}",
+            f"Domain={cookie_domain(instance, flat=self.flat).lstrip('.')}",
         ]
         if max_age:
             parts.append(f"Max-Age={max_age}")
@@ -168,8 +170,8 @@ class WebSessions:
         # As cozy-stack's Session.Delete: MaxAge -1, which Go writes Max-Age=0.
         request.cookies.append(
             (
-                f"{cookie_name(instance)}=; Path=/; "
-                f"Domain={cookie_domain(instance).lstrip('.')}; "
+                f"{cookie_name(instance, flat=self.flat)}=; Path=/; "
+                f"Domain={cookie_domain(instance, flat=self.flat).lstrip('.')}; "
                 "Max-Age=0"
             ).encode()
         )
