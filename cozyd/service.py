@@ -250,6 +250,11 @@ def build_stack(
         seconds=seconds,
         node=node,
     )
+    if jobs is not None and vfs is not None:  # trash-files, thumbnail
+        from cozyd.files.workers import files_workers
+
+        for worker in files_workers(vfs, thumbnails):
+            jobs.register(worker)
     services = {
         "jobs": jobs_service,
         "realtime": RealtimeService(guard, realtime.fanout, realtime.factory).resource(),
