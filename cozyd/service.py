@@ -551,6 +551,9 @@ def job_services(
         jobs.register(worker)
     jobs.register(SendmailWorker(mailer))
     scheduler = Scheduler(jobs, lookup, hub=hub, reactor=reactor, seconds=seconds)
+    from cozyd.konnectors.worker import should_queue
+
+    scheduler.before_queue("konnector", should_queue)
     service = JobsService(
         guard,
         jobs,
