@@ -253,6 +253,11 @@ def build_stack(
         node=node,
     )
     apps_installer.triggers = service_triggers(scheduler)
+    if jobs is not None and vfs is not None:  # trash-files, thumbnail
+        from cozyd.files.workers import files_workers
+
+        for worker in files_workers(vfs, thumbnails):
+            jobs.register(worker)
     services = {
         "jobs": jobs_service,
         "realtime": RealtimeService(guard, realtime.fanout, realtime.factory).resource(),
@@ -565,6 +570,9 @@ def job_services(
         jobs.register(worker)
     jobs.register(SendmailWorker(mailer))
     scheduler = Scheduler(jobs, lookup, hub=hub, reactor=reactor, seconds=seconds)
+    from cozyd.konnectors.worker import should_queue
+
+    scheduler.before_queue("konnector", should_queue)
     service = JobsService(
         guard,
         jobs,

@@ -2,7 +2,8 @@
 ``cozyd.mail.worker``).
 
 ``stack_workers(...)`` lists the workers the daemon registers. The files
-work adds ``trash-files`` and ``thumbnail`` to it (see the place below);
+work's ``trash-files`` and ``thumbnail`` (``cozyd.files.workers``) need
+the VFS: the daemon registers them beside (``cozyd.service``);
 konnectors and services register theirs the same way
 (``JobSystem.register``).
 """
@@ -103,5 +104,4 @@ def stack_workers(*, seconds: Callable[[], float]) -> list[Worker]:
     """The workers of the stack itself, registered by the daemon (which
     adds ``sendmail``: ``cozyd.mail.worker``, a package above this one)."""
     workers: list[Worker] = [LogWorker(), CleanClientsWorker(seconds)]
-    # The files work registers ``trash-files`` and ``thumbnail`` here.
     return workers

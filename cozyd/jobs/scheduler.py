@@ -109,6 +109,9 @@ class Scheduler(Service):
         #: Selected values of documents seen by @event rules (for ``!=``).
         self._seen: dict[Any, dict[str, Any]] = {}
         self._inflight: set[defer.Deferred] = set()
+        #: Worker name -> ``hook(manual=, trigger_state=) -> bool``: asked
+        #: before a trigger queues a job of that worker (False: not queued).
+        self._before_queue: dict[str, Callable[..., bool]] = {}
         #: Lateness of each firing (seconds after its due time), for the bench.
         self.lateness: list[float] = []
         if hasattr(self.backend, "on_broadcast"):
@@ -222,6 +225,36 @@ class Scheduler(Service):
         return doc
 
     # -- firing ------------------------------------------------------------------------
+    def before_queue(self, worker: str, hook: Callable[..., bool]) -> None:
+        """cozy-stack's BeforeHook: ``hook(manual=, trigger_state=)`` says
+        whether a trigger's job for ``worker`` is queued (the konnectors':
+        ``cozyd.konnectors.worker.should_queue``)."""
+        self._before_queue[worker] = hook
+
+    async def _queue(
+        self, instance: Any, trigger: Trigger, *, manual: bool, **options: Any
+    ) -> dict[str, Any] | None:
+        """Push the trigger's job, unless its worker's hook says no."""
+        hook = self._before_queue.get(trigger.worker)
+        if hook is not None:
+            state = await self.state(instance, trigger.id)
+            if not hook(manual=manual, trigger_state=state):
+                log.info(
+                    "trigger {id} of {domain}: job not queued (last error {error})",
+                    id=trigger.id,
+                    domain=instance.domain,
+                    error=state.get("last_error", ""),
+                )
+                return None
+        return await self.jobs.push(
+            instance,
+            trigger.worker,
+            trigger.doc.get("message"),
+            manual=manual,
+            **options,
+            **self._job_args(trigger),
+        )
+
     def _job_args(self, trigger: Trigger) -> dict[str, Any]:
         options = trigger.doc.get("options")
         return {
@@ -281,15 +314,13 @@ class Scheduler(Service):
             return None
         job_id = slot_job_id(trigger.id, due) if due is not None else None
         try:
-            return await self.jobs.push(
+            return await self._queue(
                 instance,
-                trigger.worker,
-                trigger.doc.get("message"),
+                trigger,
                 event=event,
                 payload=payload,
                 manual=manual,
                 job_id=job_id,
-                **self._job_args(trigger),
             )
         except DocConflict:
             return None  # this slot made its job already (another node, a restart)
@@ -303,15 +334,13 @@ class Scheduler(Service):
         payloads = [p for p in pending["payloads"] if p is not None]
         payload = {"payloads": payloads} if trigger.type == "@webhook" else None
         d = defer.ensureDeferred(
-            self.jobs.push(
+            self._queue(
                 instance,
-                trigger.worker,
-                trigger.doc.get("message"),
+                trigger,
                 event=pending["event"],
                 payload=payload,
                 manual=pending["manual"],
                 debounced=True,
-                **self._job_args(trigger),
             )
         )
         d.addErrback(lambda f: log.failure("debounced job of {id}", f, id=trigger.id))
