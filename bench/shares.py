@@ -14,32 +14,16 @@ a code is resolved from the node's cache).
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
 import tempfile
-from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.auth import AUTH, DOCTYPE, DOMAIN, admin_token
 from bench.loadgen import median_of, run_load
-from cozyd.testing import TEST_ADMIN_PASSPHRASE
 from tests.support.daemon import Daemon, http
-
-DOMAIN = "bench.cozy.localhost"
-DOCTYPE = "io.cozy.bench"
-AUTH = {
-    "Authorization": "Basic "
-    + base64.b64encode(f"admin:{TEST_ADMIN_PASSPHRASE}".encode()).decode()
-}
-
-
-def admin_token(daemon: Daemon, **params: str) -> str:
-    query = "&".join(f"{k}={quote(v)}" for k, v in {"Domain": DOMAIN, **params}.items())
-    response = http("POST", f"{daemon.admin_url}/instances/token?{query}", headers=AUTH)
-    assert response.status == 200, response.body
-    return response.body.decode()
 
 
 def create_share(daemon: Daemon, token: str, doc_id: str) -> dict:
