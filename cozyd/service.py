@@ -175,7 +175,6 @@ def build_stack(
     pause: Callable[[], Awaitable[Any]] | None = None,
     sleep: Callable[[float], Awaitable[Any]] | None = None,
     metrics: Metrics | None = None,
-    clock: Any = None,
     download: Any = None,
     reactor: Any = None,
 ) -> Stack:
@@ -229,7 +228,7 @@ def build_stack(
         shares=shares,
     )
     vault = credentials_vault(config)
-    realtime = realtime_parts(config, hub, clock)
+    realtime = realtime_parts(config, hub, reactor)
     apps_installer = build_installer(
         config, documents, resolver, clients, run_blocking, seconds, download
     )
@@ -248,7 +247,7 @@ def build_stack(
         instances,
         hub,
         guard,
-        reactor=reactor if reactor is not None else clock,
+        reactor=reactor,
         seconds=seconds,
         node=node,
     )
@@ -782,7 +781,6 @@ class StorageService(Service):
             pause=next_turn(reactor),
             sleep=lambda s: task.deferLater(reactor, s, lambda: None),
             metrics=self.metrics,
-            clock=reactor,
             download=downloader(reactor, timeout=config.get("apps", "fetch_timeout")),
             reactor=reactor,
         )

@@ -96,7 +96,6 @@ def memory_stack(
         store=store,
         run_blocking=run_now,
         seconds=clock.seconds,
-        clock=clock,
         reactor=clock,
     )
     sync(stack.instances.setup())
