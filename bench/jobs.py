@@ -14,7 +14,10 @@ embedded engine on disk (the daemon's graph, ``build_stack``):
         [--redis-url redis://127.0.0.1:6379/0]
 
 With ``--redis-url`` the figures are measured again with the Redis backend.
-(The sandbox's cost is measured by the konnector work.)
+
+3. the sandbox's cost, from ``bench/konnector_sandbox.py``'s ``measure``
+   (an empty konnector's start-to-exit time with bubblewrap and without,
+   ``--sandbox-runs`` times each; 0 skips it).
 """
 
 from __future__ import annotations
@@ -192,6 +195,7 @@ def main() -> None:
     # 1,000 triggers every 10 s: 100 jobs/s, within what the log worker takes.
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--redis-url", default="")
+    parser.add_argument("--sandbox-runs", type=int, default=30)
     args = parser.parse_args()
     outcome: list = []
 
@@ -204,6 +208,32 @@ def main() -> None:
     reactor.run()
     if outcome and hasattr(outcome[0], "raiseException"):
         outcome[0].raiseException()
+    if args.sandbox_runs > 0:
+        sandbox_figures(args.sandbox_runs)
+
+
+def sandbox_figures(runs: int) -> None:
+    """The konnector sandbox's cost (a child process: it runs its reactor)."""
+    import subprocess
+
+    from bench.konnector_sandbox import measure
+
+    print(f"== konnector sandbox, empty konnector, {runs} runs each")
+    try:
+        figures = measure(runs)
+    except subprocess.CalledProcessError as exc:
+        reason = (exc.stderr or "").strip().splitlines()[-1:] or [str(exc)]
+        print(f"  not measured: {reason[0]}")
+        return
+    for name in ("bwrap", "none"):
+        print(
+            f"  {name:5}  p50 {figures[name + '_p50'] * 1000:7.1f} ms"
+            f"   p90 {figures[name + '_p90'] * 1000:7.1f} ms"
+        )
+    print(
+        f"  sandbox cost: x{figures['ratio']:.2f} (bwrap p50 / none p50), "
+        f"+{(figures['bwrap_p50'] - figures['none_p50']) * 1000:.1f} ms a run"
+    )
 
 
 if __name__ == "__main__":
