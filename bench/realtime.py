@@ -15,158 +15,47 @@ until every subscriber has the event.
    pouchdb-server) and one Redis (Debian's redis-server): the subscribers
    on node B, the writes on node A.
 
-The subscribers are bare websocket clients on asyncio in this process (a
-handshake, two masked frames, then frame parsing only), so that the client
-costs little; its CPU time is printed, with the daemon's: if the client
-used close to a whole core, the client was the limit. The machine's cores
-are shared with whatever else runs: compare figures of one run.
+3. The floor of this machine, in the same run: a bare Python server
+   (plain sockets, no websocket library, no daemon) that writes one frame
+   to each of as many sockets, from one thread and then from as many
+   threads as the daemon's ``[realtime] send_threads``, read by the same
+   client. The daemon's figures divided by these say how far cozyd is
+   from what the kernel allows here.
+
+The subscribers are bare websocket clients on plain sockets in this
+process, read by one epoll loop (``tests.support.ws_crowd``: a handshake,
+two masked frames, then frame parsing only), so that the client costs
+little; its CPU time is printed, with the daemon's: if the client used
+close to a whole core, the client was the limit. The machine's cores are
+shared with whatever else runs: compare figures of one run.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
 import http.client
 import json
 import os
 import resource
+import selectors
 import shutil
+import socket
 import statistics
-import struct
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests.support.daemon import Daemon
+from tests.support.ws_crowd import Crowd
 
 DOMAIN = "alice.cozy.localhost"
 DOCTYPE = "io.cozy.events"
-BATCH = 40  # handshakes in flight at once (the listen backlog is 50)
-
-
-# -- a bare websocket subscriber -------------------------------------------------------
-def client_frame(payload: bytes, opcode: int = 1) -> bytes:
-    mask = os.urandom(4)
-    header = bytes([0x80 | opcode])
-    n = len(payload)
-    if n < 126:
-        header += bytes([0x80 | n])
-    elif n < 65536:
-        header += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        header += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return header + mask + masked
-
-
-class Subscriber(asyncio.Protocol):
-    def __init__(self, bench: Bench, token: str):
-        self.bench = bench
-        self.token = token
-        self.buffer = b""
-        self.upgraded = False
-        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        key = base64.b64encode(os.urandom(16)).decode()
-        transport.write(
-            (
-                "GET /realtime/ HTTP/1.1\r\n"
-                f"Host: {DOMAIN}\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                "Sec-WebSocket-Protocol: io.cozy.websocket\r\n\r\n"
-            ).encode()
-        )
-
-    def data_received(self, data: bytes) -> None:
-        now = time.perf_counter()
-        self.buffer += data
-        if not self.upgraded:
-            head, sep, rest = self.buffer.partition(b"\r\n\r\n")
-            if not sep:
-                return
-            if not head.startswith(b"HTTP/1.1 101"):
-                self.ready.set_exception(ConnectionError(head[:100].decode()))
-                return
-            self.upgraded = True
-            self.buffer = rest
-            auth = json.dumps({"method": "AUTH", "payload": self.token}).encode()
-            sub = json.dumps({"method": "SUBSCRIBE", "payload": {"type": DOCTYPE}}).encode()
-            self.transport.write(client_frame(auth) + client_frame(sub))
-            self.ready.set_result(None)
-        buffer = self.buffer
-        while len(buffer) >= 2:
-            opcode = buffer[0] & 0x0F
-            n = buffer[1] & 0x7F
-            start = 2
-            if n == 126:
-                if len(buffer) < 4:
-                    break
-                n = struct.unpack("!H", buffer[2:4])[0]
-                start = 4
-            elif n == 127:
-                if len(buffer) < 10:
-                    break
-                n = struct.unpack("!Q", buffer[2:10])[0]
-                start = 10
-            if len(buffer) < start + n:
-                break
-            payload = buffer[start : start + n]
-            buffer = buffer[start + n :]
-            if opcode == 9:  # ping
-                self.transport.write(client_frame(payload, opcode=10))
-            elif opcode == 1:
-                self.bench.delivered(now, payload)
-            elif opcode == 8:
-                self.bench.closed += 1
-        self.buffer = buffer
-
-    def connection_lost(self, exc) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError("lost"))
-
-
-class Bench:
-    def __init__(self) -> None:
-        self.round_started = 0.0
-        self.latencies: list[float] = []
-        self.received = 0
-        self.errors = 0
-        self.closed = 0
-        self.expected = 0
-        self.done: asyncio.Event | None = None
-
-    def delivered(self, now: float, payload: bytes) -> None:
-        if payload.startswith(b'{"event":"error"'):
-            self.errors += 1
-            return
-        self.latencies.append(now - self.round_started)
-        self.received += 1
-        if self.received >= self.expected and self.done is not None:
-            self.done.set()
-
-
-async def connect_all(port: int, token: str, count: int, bench: Bench) -> list[Subscriber]:
-    loop = asyncio.get_running_loop()
-    subscribers: list[Subscriber] = []
-    for first in range(0, count, BATCH):
-        batch = []
-        for _ in range(min(BATCH, count - first)):
-            batch.append(
-                loop.create_connection(lambda: Subscriber(bench, token), "127.0.0.1", port)
-            )
-        made = await asyncio.gather(*batch)
-        protocols = [protocol for _transport, protocol in made]
-        await asyncio.gather(*(p.ready for p in protocols))
-        subscribers.extend(protocols)
-    return subscribers
 
 
 # -- the daemons ---------------------------------------------------------------------------
@@ -240,7 +129,32 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
 
 
-async def measure(
+class Deliveries:
+    """What the crowd received in the current round."""
+
+    def __init__(self) -> None:
+        self.round_started = 0.0
+        self.latencies: list[float] = []
+        self.received = 0
+        self.errors = 0
+
+    def on_text(self, _index: int, now: float, payload: bytes) -> None:
+        if payload.startswith(b'{"event":"error"'):
+            self.errors += 1
+            return
+        self.latencies.append(now - self.round_started)
+        self.received += 1
+
+
+def connect_crowd(daemon: Daemon, token: str, count: int, deliveries: Deliveries) -> Crowd:
+    crowd = Crowd(
+        daemon.ports["public"], DOMAIN, token, DOCTYPE, on_text=deliveries.on_text
+    )
+    crowd.connect(count)
+    return crowd
+
+
+def measure(
     label: str,
     *,
     subscribe_to: Daemon,
@@ -248,17 +162,17 @@ async def measure(
     token: str,
     count: int,
     rounds: int,
-) -> None:
-    bench = Bench()
+) -> list[float]:
+    """The daemons' rounds; returns the p99 of each kind of round."""
+    deliveries = Deliveries()
     pid = subscribe_to.process.pid
-    loop = asyncio.get_running_loop()
     idle = Writer(write_to, token)
-    baseline = [await loop.run_in_executor(None, idle.write, n, True) for n in range(20)]
+    baseline = [idle.write(n, True) for n in range(20)]
     idle.connection.close()
     before = rss_kib(pid)
     started = time.perf_counter()
-    subscribers = await connect_all(subscribe_to.ports["public"], token, count, bench)
-    await asyncio.sleep(1.0)  # the SUBSCRIBEs are in
+    crowd = connect_crowd(subscribe_to, token, count, deliveries)
+    crowd.pump(lambda: False, 1.0)  # the SUBSCRIBEs are in
     after = rss_kib(pid)
     setup = time.perf_counter() - started
     print(f"\n== {label}: {count} subscribers")
@@ -270,29 +184,40 @@ async def measure(
         f"  connected and subscribed in {setup:.1f}s; daemon RSS {before / 1024:.1f} MiB"
         f" -> {after / 1024:.1f} MiB: {(after - before) / count:.1f} KiB per connection"
     )
-    if bench.errors:
-        print(f"  !! {bench.errors} error frames")
+    if deliveries.errors:
+        print(f"  !! {deliveries.errors} error frames")
     writer = Writer(write_to, token)
-    loop = asyncio.get_running_loop()
-    bench.done = asyncio.Event()
-    bench.expected = count
-    await loop.run_in_executor(None, writer.write, -1)  # warm up the path
-    try:
-        await asyncio.wait_for(bench.done.wait(), 30)
-    except TimeoutError:
-        print(f"  !! warm-up: {bench.received}/{count} delivered, {bench.closed} closed")
-        print(subscribe_to.output[-3000:])
-        raise
-    bench.latencies.clear()
-    for notify in (False, True):
-        await rounds_of(bench, writer, subscribe_to, write_to, count, rounds, notify=notify)
-    for subscriber in subscribers:
-        subscriber.transport.close()
-    await asyncio.sleep(1.0)
+    with ThreadPoolExecutor(1) as pool:
+        writing = pool.submit(writer.write, -1)  # warm up the path
+        if not crowd.pump(lambda: deliveries.received >= count, 30):
+            print(f"  !! warm-up: {deliveries.received}/{count} delivered")
+            print(subscribe_to.output[-3000:])
+            raise SystemExit(1)
+        writing.result()
+        p99s = []
+        for notify in (False, True):
+            p99s.append(
+                rounds_of(
+                    crowd,
+                    deliveries,
+                    pool,
+                    writer,
+                    subscribe_to,
+                    write_to,
+                    count,
+                    rounds,
+                    notify=notify,
+                )
+            )
+    crowd.close()
+    time.sleep(1.0)
+    return p99s
 
 
-async def rounds_of(
-    bench: Bench,
+def rounds_of(
+    crowd: Crowd,
+    deliveries: Deliveries,
+    pool: ThreadPoolExecutor,
     writer: Writer,
     subscribe_to: Daemon,
     write_to: Daemon,
@@ -300,46 +225,42 @@ async def rounds_of(
     rounds: int,
     *,
     notify: bool,
-) -> None:
-    loop = asyncio.get_running_loop()
+) -> float:
     pid = subscribe_to.process.pid
     writes: list[float] = []
-    bench.latencies.clear()
+    deliveries.latencies.clear()
     client_cpu, server_cpu = own_cpu(), cpu_seconds(pid)
     server_sys = cpu_split(pid)[1]
     writer_cpu = cpu_seconds(write_to.process.pid)
     measure_started = time.perf_counter()
     missing = 0
     for n in range(rounds):
-        bench.received = 0
-        bench.expected = count
-        bench.done = asyncio.Event()
-        bench.round_started = time.perf_counter()
-        writes.append(await loop.run_in_executor(None, writer.write, n, notify))
-        try:
-            await asyncio.wait_for(bench.done.wait(), 30)
-        except TimeoutError:
-            missing += count - bench.received
-        await asyncio.sleep(0.05)
+        deliveries.received = 0
+        deliveries.round_started = time.perf_counter()
+        writing = pool.submit(writer.write, n, notify)
+        if not crowd.pump(lambda: deliveries.received >= count, 30):
+            missing += count - deliveries.received
+        writes.append(writing.result())
+        crowd.pump(lambda: False, 0.05)
     elapsed = time.perf_counter() - measure_started
     client_cpu = own_cpu() - client_cpu
     server_cpu = cpu_seconds(pid) - server_cpu
     server_sys = cpu_split(pid)[1] - server_sys
-    lat = bench.latencies
+    lat = deliveries.latencies
     what = (
         "POST /realtime (no storage: the fan-out alone)"
         if notify
         else "POST /data (stored, then published)"
     )
+    p99 = percentile(lat, 99)
     print(f"  {what}, {rounds} rounds, {len(lat)} deliveries:")
     print(
         f"    request -> event at a subscriber: p50 {percentile(lat, 50) * 1000:.1f} ms,"
-        f" p99 {percentile(lat, 99) * 1000:.1f} ms, max {max(lat) * 1000:.1f} ms"
+        f" p99 {p99 * 1000:.1f} ms, max {max(lat) * 1000:.1f} ms"
     )
     print(
         f"    the request alone (answered): p50 {statistics.median(writes) * 1000:.1f} ms"
-        f" -> p99 delivery / p50 request = "
-        f"{percentile(lat, 99) / statistics.median(writes):.1f}x"
+        f" -> p99 delivery / p50 request = {p99 / statistics.median(writes):.1f}x"
     )
     if missing:
         print(f"    !! {missing} deliveries missing")
@@ -358,70 +279,209 @@ async def rounds_of(
             else ""
         )
     )
+    return p99
+
+
+# -- the floor: a bare server writing one frame to every socket --------------------------
+def serve_floor() -> None:
+    """``--serve-floor``: accept websocket handshakes on a port (printed),
+    answer 101 and read nothing more; on each ``send THREADS`` line of
+    stdin, write one text frame to every socket (``THREADS`` threads, the
+    sockets split between them), then print ``sent``."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    listener.setblocking(False)
+    print(listener.getsockname()[1], flush=True)
+    clients: list[socket.socket] = []
+    pending: dict[socket.socket, bytes] = {}
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    selector.register(sys.stdin, selectors.EVENT_READ)
+    frame_body = json.dumps(
+        {"event": "CREATED", "payload": {"type": DOCTYPE, "id": "x" * 32, "doc": {"n": 1}}}
+    ).encode()
+    frame = bytes([0x81, len(frame_body)]) + frame_body
+
+    def send_part(part: list[socket.socket]) -> None:
+        for sock in part:
+            sock.send(frame)
+
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is listener:
+                try:
+                    sock, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                pending[sock] = b""
+                selector.register(sock, selectors.EVENT_READ)
+            elif key.fileobj is sys.stdin:
+                line = sys.stdin.readline()
+                if not line:
+                    return
+                threads = int(line.split()[1])
+                if threads == 1:
+                    send_part(clients)
+                else:
+                    parts = [clients[i::threads] for i in range(threads)]
+                    helpers = [
+                        threading.Thread(target=send_part, args=(p,)) for p in parts[1:]
+                    ]
+                    for helper in helpers:
+                        helper.start()
+                    send_part(parts[0])
+                    for helper in helpers:
+                        helper.join()
+                print("sent", flush=True)
+            else:
+                sock = key.fileobj
+                data = sock.recv(65536)
+                if sock in pending:
+                    pending[sock] += data
+                    if b"\r\n\r\n" in pending[sock]:
+                        del pending[sock]
+                        sock.send(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+                        clients.append(sock)
+                if not data:
+                    selector.unregister(sock)
+
+
+def measure_floor(count: int, rounds: int, thread_counts: list[int]) -> dict[int, float]:
+    """The bare server's p99 for each number of threads."""
+    server = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--serve-floor"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    p99s = {}
+    try:
+        port = int(server.stdout.readline())
+        deliveries = Deliveries()
+        crowd = Crowd(port, DOMAIN, "-", DOCTYPE, on_text=deliveries.on_text)
+        crowd.connect(count)
+        crowd.pump(lambda: False, 0.5)
+        print(f"\n== the floor: a bare Python server, one frame to each of {count} sockets")
+        for threads in thread_counts:
+            deliveries.latencies.clear()
+            client_cpu = own_cpu()
+            for _ in range(rounds):
+                deliveries.received = 0
+                deliveries.round_started = time.perf_counter()
+                server.stdin.write(f"send {threads}\n")
+                server.stdin.flush()
+                crowd.pump(lambda: deliveries.received >= count, 30)
+                assert server.stdout.readline().strip() == "sent"
+                crowd.pump(lambda: False, 0.05)
+            lat = deliveries.latencies
+            p99s[threads] = percentile(lat, 99)
+            print(
+                f"  {threads} thread{'s' if threads > 1 else ''}:"
+                f" p50 {percentile(lat, 50) * 1000:.1f} ms,"
+                f" p99 {p99s[threads] * 1000:.1f} ms; client"
+                f" {(own_cpu() - client_cpu) / rounds * 1000:.0f} ms CPU an event"
+            )
+        crowd.close()
+    finally:
+        server.stdin.close()
+        server.wait(10)
+    return p99s
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--subscribers", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument(
+        "--send-threads",
+        default="1,2",
+        help="[realtime] send_threads of the one-node runs, one run each (1,2)",
+    )
     parser.add_argument("--skip-redis", action="store_true")
+    parser.add_argument("--skip-floor", action="store_true")
+    parser.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_floor:
+        serve_floor()
+        return
+    threads = [int(n) for n in args.send_threads.split(",")]
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.subscribers + 200 > hard:
         sys.exit(f"{args.subscribers} subscribers need more file descriptors than {hard}")
     work = tempfile.mkdtemp(prefix="cozyd-bench-realtime-")
     stops = []
+    results: dict[str, float] = {}
     try:
-        one = start_daemon(os.path.join(work, "one"), realtime=REALTIME)
-        stops.append(one.stop)
-        token = setup_instance(one)
-        asyncio.run(
-            measure(
-                "one node",
+        for n in threads:
+            one = start_daemon(
+                os.path.join(work, f"one-{n}"),
+                realtime={**REALTIME, "send_threads": str(n)},
+            )
+            stops.append(one.stop)
+            token = setup_instance(one)
+            data, notified = measure(
+                f"one node, send_threads = {n}",
                 subscribe_to=one,
                 write_to=one,
                 token=token,
                 count=args.subscribers,
                 rounds=args.rounds,
             )
-        )
-        one.stop()
-        if args.skip_redis:
-            return
-        from tests.support.couchdb_server import real_couchdb_url, start_pouchdb_server
-        from tests.support.redis_server import start_redis
+            results[f"one node, {n} send thread(s), POST /data"] = data
+            results[f"one node, {n} send thread(s), POST /realtime"] = notified
+            one.stop()
+        if not args.skip_redis:
+            from tests.support.couchdb_server import real_couchdb_url, start_pouchdb_server
+            from tests.support.redis_server import start_redis
 
-        redis_url, stop_redis = start_redis(Path(work) / "redis")
-        stops.append(stop_redis)
-        couchdb_url = real_couchdb_url()
-        if couchdb_url:
-            from tests.integration.conftest import wipe_cozyd_databases
+            redis_url, stop_redis = start_redis(Path(work) / "redis")
+            stops.append(stop_redis)
+            couchdb_url = real_couchdb_url()
+            if couchdb_url:
+                from tests.integration.conftest import wipe_cozyd_databases
 
-            wipe_cozyd_databases(couchdb_url)
-        else:
-            couchdb_url, stop_couchdb = start_pouchdb_server(Path(work) / "pouchdb")
-            stops.append(stop_couchdb)
-        settings = {**REALTIME, "url": redis_url}
-        a = start_daemon(
-            os.path.join(work, "a"), couchdb_url=couchdb_url, realtime=settings
-        )
-        stops.append(a.stop)
-        b = start_daemon(
-            os.path.join(work, "b"), couchdb_url=couchdb_url, realtime=settings
-        )
-        stops.append(b.stop)
-        token = setup_instance(a)
-        asyncio.run(
-            measure(
-                "two nodes through Redis (subscribers on B, writes on A)",
+                wipe_cozyd_databases(couchdb_url)
+            else:
+                couchdb_url, stop_couchdb = start_pouchdb_server(Path(work) / "pouchdb")
+                stops.append(stop_couchdb)
+            settings = {**REALTIME, "url": redis_url, "send_threads": str(max(threads))}
+            a = start_daemon(
+                os.path.join(work, "a"), couchdb_url=couchdb_url, realtime=settings
+            )
+            stops.append(a.stop)
+            b = start_daemon(
+                os.path.join(work, "b"), couchdb_url=couchdb_url, realtime=settings
+            )
+            stops.append(b.stop)
+            token = setup_instance(a)
+            data, notified = measure(
+                f"two nodes through Redis (subscribers on B, writes on A),"
+                f" send_threads = {max(threads)}",
                 subscribe_to=b,
                 write_to=a,
                 token=token,
                 count=args.subscribers,
                 rounds=args.rounds,
             )
+            results["two nodes through Redis, POST /data"] = data
+            results["two nodes through Redis, POST /realtime"] = notified
+            for stop in (b.stop, a.stop):
+                stop()
+        floor = (
+            {} if args.skip_floor else measure_floor(args.subscribers, args.rounds, threads)
         )
+        print(
+            f"\n== p99 from the write to the last subscribers ({args.subscribers}), goal 100 ms"
+        )
+        for label, p99 in results.items():
+            against = "; ".join(
+                f"{p99 / f:.2f}x the bare {n}-thread floor" for n, f in floor.items()
+            )
+            print(f"  {label}: {p99 * 1000:.1f} ms" + (f" ({against})" if against else ""))
     finally:
         for stop in reversed(stops):
             try:

@@ -20,6 +20,7 @@ passphrase file and reopens the log file.
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import signal
@@ -396,7 +397,13 @@ def realtime_parts(config: Config, hub: EventHub, clock: Any) -> RealtimeParts:
             for field in attrs.fields_dict(RealtimeLimits)
         }
     )
-    return RealtimeParts(hub, fanout, RealtimeFactory(fanout, limits=limits, clock=clock))
+    factory = RealtimeFactory(
+        fanout,
+        limits=limits,
+        clock=clock,
+        send_threads=config.get("realtime", "send_threads"),
+    )
+    return RealtimeParts(hub, fanout, factory)
 
 
 def build_installer(config, documents, resolver, clients, run_blocking, seconds, download):
@@ -850,9 +857,20 @@ class CozydService(OrderedMultiService):
     """The daemon: storage, then the listeners (see the module docstring)."""
 
     def __init__(
-        self, config: Config, reactor, *, log_observer: Any = None, stderr: Any = None
+        self,
+        config: Config,
+        reactor,
+        *,
+        log_observer: Any = None,
+        stderr: Any = None,
+        freeze_gc: bool = False,
     ):
+        """``freeze_gc``: once started, move every object made so far out of
+        the garbage collector's sight (``gc.freeze``), as long-running
+        servers do; the daemon's (a process that starts once), never a
+        test's."""
         super().__init__()
+        self._freeze_gc = freeze_gc
         self._config = config
         self._reactor = reactor
         self._log_observer = log_observer
@@ -919,6 +937,12 @@ class CozydService(OrderedMultiService):
 
     def _started(self, _) -> None:
         self._install_sighup()
+        if self._freeze_gc:
+            # The modules, the configuration and the stack live as long as
+            # the process: a full collection need not go through them
+            # again each time (it would, hundreds of thousands of objects,
+            # in the middle of a fan-out or a request).
+            gc.freeze()
 
     def _failed(self, failure) -> None:
         if failure.check(StartError):

@@ -89,7 +89,9 @@ def makeService(options: Options):
     # twistd's own options (--logfile, --syslog, -n) tell where logs go.
     observer = make_observer(config.get("log", "format"), getattr(options, "parent", None))
     # stderr as it is now: twistd sends it into the log once logging starts.
-    return CozydService(config, reactor, log_observer=observer, stderr=sys.stderr)
+    return CozydService(
+        config, reactor, log_observer=observer, stderr=sys.stderr, freeze_gc=True
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -409,3 +409,74 @@ def test_stopping_the_daemon_closes_websockets_with_1001(make_daemon, clients):
     daemon.stop()
     assert ws.closed()[0] == 1001
     assert time.monotonic() - started < 8
+
+
+def test_a_crowd_gets_every_event_once_and_in_order_a_stalled_reader_too(daemon):
+    """Past ``MIN_PARALLEL`` subscribers, an event's frames go out from the
+    daemon's send threads (``[realtime] send_threads``, 2 by default): 300
+    bare subscribers on plain sockets each get every event of a burst of
+    writes, once, whole, in order. One more stops reading; once the others
+    are gone, documents large enough to fill its socket follow (what the
+    kernel does not take is buffered by its transport): it gets them all,
+    in order, when it reads again. Another instance's subscriber gets
+    none."""
+    from tests.support.ws_crowd import Crowd
+
+    alice, bob = Instance(daemon, ALICE), Instance(daemon, BOB)
+    got: dict[int, list[dict[str, Any]]] = {}
+    stalled: list[dict[str, Any]] = []
+    bobs: list[dict[str, Any]] = []
+
+    def on_text(index: int, _now: float, payload: bytes) -> None:
+        got.setdefault(index, []).append(json.loads(payload))
+
+    port = daemon.ports["public"]
+    with (
+        Crowd(port, ALICE, alice.token, EVENTS, on_text=on_text) as crowd,
+        Crowd(
+            port,
+            ALICE,
+            alice.token,
+            EVENTS,
+            on_text=lambda _i, _t, p: stalled.append(json.loads(p)),
+            receive_buffer=4096,
+        ) as slow,
+        Crowd(
+            port,
+            BOB,
+            bob.token,
+            EVENTS,
+            on_text=lambda _i, _t, p: bobs.append(json.loads(p)),
+        ) as other,
+    ):
+        crowd.connect(300)
+        slow.connect(1)
+        other.connect(1)
+        # The SUBSCRIBEs are in once a first event reaches everybody.
+        alice.create(EVENTS, {"warm": True})
+        assert crowd.pump(lambda: len(got) == 300, 30), f"{len(got)}/300 subscribed"
+        assert slow.pump(lambda: len(stalled) == 1, 30)
+        got.clear()
+        stalled.clear()
+        padding = "x" * 32_000
+        # The stalled one is not read while these go out.
+        ids = [alice.create(EVENTS, {"n": n, "padding": padding})["id"] for n in range(20)]
+        assert crowd.pump(lambda: all(len(got.get(i, [])) >= 20 for i in range(300)), 60)
+        crowd.pump(lambda: False, 0.3)  # nothing more comes
+        for index in range(300):
+            events = got[index]
+            assert [e["event"] for e in events] == ["CREATED"] * 20, index
+            assert [e["payload"]["id"] for e in events] == ids, index
+            assert all(e["payload"]["doc"]["padding"] == padding for e in events)
+        crowd.close()
+        time.sleep(0.5)  # the daemon sees them go
+        big = "y" * 600_000  # 8 of them: more than a socket's buffers take
+        ids += [alice.create(EVENTS, {"n": n, "padding": big})["id"] for n in range(8)]
+        assert slow.pump(lambda: len(stalled) >= 28, 60), f"{len(stalled)}/28"
+        slow.pump(lambda: False, 0.3)
+        assert [e["payload"]["id"] for e in stalled] == ids
+        paddings = [e["payload"]["doc"]["padding"] for e in stalled]
+        assert paddings == [padding] * 20 + [big] * 8
+        assert not slow.closed
+        other.pump(lambda: False, 0.3)
+        assert bobs == []
