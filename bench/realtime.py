@@ -17,10 +17,10 @@ until every subscriber has the event.
 
 3. The floor of this machine, in the same run: a bare Python server
    (plain sockets, no websocket library, no daemon) that writes one frame
-   to each of as many sockets, from one thread and then from as many
-   threads as the daemon's ``[realtime] send_threads``, read by the same
-   client. The daemon's figures divided by these say how far cozyd is
-   from what the kernel allows here.
+   to each of as many sockets, from one thread (as the daemon does), then
+   from two (the sockets split between them), read by the same client.
+   The daemon's figures divided by these say how far cozyd is from what
+   the kernel allows here.
 
 The subscribers are bare websocket clients on plain sockets in this
 process, read by one epoll loop (``tests.support.ws_crowd``: a handshake,
@@ -395,11 +395,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--subscribers", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument(
-        "--send-threads",
-        default="1,2",
-        help="[realtime] send_threads of the one-node runs, one run each (1,2)",
-    )
     parser.add_argument("--skip-redis", action="store_true")
     parser.add_argument("--skip-floor", action="store_true")
     parser.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
@@ -407,7 +402,6 @@ def main() -> None:
     if args.serve_floor:
         serve_floor()
         return
-    threads = [int(n) for n in args.send_threads.split(",")]
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.subscribers + 200 > hard:
@@ -416,24 +410,20 @@ def main() -> None:
     stops = []
     results: dict[str, float] = {}
     try:
-        for n in threads:
-            one = start_daemon(
-                os.path.join(work, f"one-{n}"),
-                realtime={**REALTIME, "send_threads": str(n)},
-            )
-            stops.append(one.stop)
-            token = setup_instance(one)
-            data, notified = measure(
-                f"one node, send_threads = {n}",
-                subscribe_to=one,
-                write_to=one,
-                token=token,
-                count=args.subscribers,
-                rounds=args.rounds,
-            )
-            results[f"one node, {n} send thread(s), POST /data"] = data
-            results[f"one node, {n} send thread(s), POST /realtime"] = notified
-            one.stop()
+        one = start_daemon(os.path.join(work, "one"), realtime=REALTIME)
+        stops.append(one.stop)
+        token = setup_instance(one)
+        data, notified = measure(
+            "one node",
+            subscribe_to=one,
+            write_to=one,
+            token=token,
+            count=args.subscribers,
+            rounds=args.rounds,
+        )
+        results["one node, POST /data"] = data
+        results["one node, POST /realtime"] = notified
+        one.stop()
         if not args.skip_redis:
             from tests.support.couchdb_server import real_couchdb_url, start_pouchdb_server
             from tests.support.redis_server import start_redis
@@ -448,7 +438,7 @@ def main() -> None:
             else:
                 couchdb_url, stop_couchdb = start_pouchdb_server(Path(work) / "pouchdb")
                 stops.append(stop_couchdb)
-            settings = {**REALTIME, "url": redis_url, "send_threads": str(max(threads))}
+            settings = {**REALTIME, "url": redis_url}
             a = start_daemon(
                 os.path.join(work, "a"), couchdb_url=couchdb_url, realtime=settings
             )
@@ -459,8 +449,7 @@ def main() -> None:
             stops.append(b.stop)
             token = setup_instance(a)
             data, notified = measure(
-                f"two nodes through Redis (subscribers on B, writes on A),"
-                f" send_threads = {max(threads)}",
+                "two nodes through Redis (subscribers on B, writes on A)",
                 subscribe_to=b,
                 write_to=a,
                 token=token,
@@ -472,7 +461,7 @@ def main() -> None:
             for stop in (b.stop, a.stop):
                 stop()
         floor = (
-            {} if args.skip_floor else measure_floor(args.subscribers, args.rounds, threads)
+            {} if args.skip_floor else measure_floor(args.subscribers, args.rounds, [1, 2])
         )
         print(
             f"\n== p99 from the write to the last subscribers ({args.subscribers}), goal 100 ms"

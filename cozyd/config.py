@@ -339,9 +339,6 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "ping_interval": (_non_negative_float, "54"),
         "ping_timeout": (_positive_float, "6"),
         "max_connections": (_positive_int, "50000"),
-        # Threads an event's frames are written from when it goes to many
-        # websockets (the reactor's thread included; 1: that one alone).
-        "send_threads": (_positive_int, "2"),
     },
     "apps": {
         # Apps registries asked in turn for registry:// sources.

@@ -397,13 +397,7 @@ def realtime_parts(config: Config, hub: EventHub, clock: Any) -> RealtimeParts:
             for field in attrs.fields_dict(RealtimeLimits)
         }
     )
-    factory = RealtimeFactory(
-        fanout,
-        limits=limits,
-        clock=clock,
-        send_threads=config.get("realtime", "send_threads"),
-    )
-    return RealtimeParts(hub, fanout, factory)
+    return RealtimeParts(hub, fanout, RealtimeFactory(fanout, limits=limits, clock=clock))
 
 
 def build_installer(config, documents, resolver, clients, run_blocking, seconds, download):

@@ -80,15 +80,6 @@ class Subscriber(Protocol):
         subscription (rather than one on the whole doctype)."""
 
 
-class Round(Protocol):
-    """Told when a round of deliveries begins and ends (the websockets'
-    ``FrameBatch`` sends a round's frames together at its end)."""
-
-    def begin(self) -> None: ...
-
-    def end(self) -> None: ...
-
-
 class Topic:
     __slots__ = ("by_id", "detach", "doctype", "key", "whole")
 
@@ -118,14 +109,9 @@ class Fanout:
         self._pumping = False
         self._topics: dict[tuple[str, str], Topic] = {}
         self._forwarders: list[Callable[[str, Event], Any]] = []
-        self._rounds: list[Round] = []
         #: Events delivered, websocket messages pushed (for the metrics).
         self.events = 0
         self.pushed = 0
-
-    def add_round(self, round_: Round) -> None:
-        """``round_`` frames every round of deliveries from now on."""
-        self._rounds.append(round_)
 
     # -- subscriptions ----------------------------------------------------------
     def subscribe(
@@ -228,11 +214,7 @@ class Fanout:
         if watchers:
             targets += [s for s in watchers if s not in whole]
         if self._schedule is None:
-            self._begin()
-            try:
-                self._push_range(outgoing, targets, split, 0, len(targets))
-            finally:
-                self._end()
+            self._push_range(outgoing, targets, split, 0, len(targets))
             return
         self._pending.append([outgoing, targets, split, 0])
         if not self._pumping:
@@ -247,20 +229,16 @@ class Fanout:
         one after the other, so each subscriber gets them in order."""
         budget = CHUNK
         pending = self._pending
-        self._begin()
-        try:
-            while pending and budget > 0:
-                entry = pending[0]
-                outgoing, targets, split, start = entry
-                stop = min(len(targets), start + budget)
-                self._push_range(outgoing, targets, split, start, stop)
-                budget -= stop - start
-                if stop == len(targets):
-                    pending.popleft()
-                else:
-                    entry[3] = stop
-        finally:
-            self._end()
+        while pending and budget > 0:
+            entry = pending[0]
+            outgoing, targets, split, start = entry
+            stop = min(len(targets), start + budget)
+            self._push_range(outgoing, targets, split, start, stop)
+            budget -= stop - start
+            if stop == len(targets):
+                pending.popleft()
+            else:
+                entry[3] = stop
         if pending:
             assert self._schedule is not None
             self._schedule(self._pump)
@@ -288,14 +266,3 @@ class Fanout:
                     doctype=outgoing.event.get("doctype"),
                 )
         self.pushed += stop - start
-
-    def _begin(self) -> None:
-        for round_ in self._rounds:
-            round_.begin()
-
-    def _end(self) -> None:
-        for round_ in self._rounds:
-            try:
-                round_.end()
-            except Exception:
-                log.failure("ending a round of realtime deliveries")

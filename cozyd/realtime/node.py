@@ -80,6 +80,4 @@ class RealtimeNode(MultiService):
             except defer.TimeoutError:
                 for connection in list(parts.factory.connections):
                     connection.dropConnection(abort=True)
-        if parts is not None:
-            parts.factory.batch.close()
         await defer.maybeDeferred(super().stopService)

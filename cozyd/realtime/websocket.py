@@ -45,13 +45,12 @@ from typing import Any, Protocol
 import attrs
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from cozyd.realtime.fanout import Fanout, Outgoing
-from cozyd.realtime.sending import FrameBatch, direct, write_now
 
 log = Logger()
 
@@ -462,12 +461,7 @@ class RealtimeProtocol(WebSocketServerProtocol):
             # What sendPreparedMessage ends in, without the debug log line
             # whose arguments autobahn formats on every call (a third of
             # the cost of a fan-out to 10,000 connections).
-            transport = self.transport
-            batch = self.rt.batch
-            if batch.collecting and direct(transport):
-                batch.add(transport, prepared.payloadHybi)
-            else:
-                write_now(transport, prepared.payloadHybi)
+            write_now(self.transport, prepared.payloadHybi)
         else:
             self.sendPreparedMessage(prepared)
 
@@ -508,27 +502,40 @@ class RealtimeProtocol(WebSocketServerProtocol):
 _INVALID = object()
 
 
+def write_now(transport: Any, data: bytes) -> None:
+    """``transport.write(data)``, sent at once when a plain TCP transport has
+    nothing buffered (as asyncio's transports do): Twisted's ``write``
+    always buffers, then registers the socket for writing and sends on the
+    reactor's next turn — two ``epoll_ctl`` calls and a turn for every
+    websocket an event goes to. What the socket does not take is handed to
+    ``write`` as usual (buffered, in order, with its flow control)."""
+    if (
+        type(transport) is tcp.Server
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+        and transport.connected
+        and not transport.disconnecting
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0  # EAGAIN, or an error the transport will find itself
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
 class RealtimeFactory(WebSocketServerFactory):
     """The ``/realtime/`` connections of this node (all instances)."""
 
     protocol = RealtimeProtocol
 
-    def __init__(
-        self,
-        fanout: Fanout,
-        *,
-        limits: Limits | None = None,
-        clock: Any = None,
-        send_threads: int = 1,
-    ):
-        """``send_threads``: the threads a fan-out round's frames are
-        written from (``cozyd.realtime.sending``), the reactor's included."""
+    def __init__(self, fanout: Fanout, *, limits: Limits | None = None, clock: Any = None):
         if clock is None:
             from twisted.internet import reactor as clock
         super().__init__(protocols=[SUBPROTOCOL], reactor=clock)
         self.fanout = fanout
-        self.batch = FrameBatch(send_threads)
-        fanout.add_round(self.batch)
         self.limits = limits or Limits()
         self.clock = clock
         self.connections: set[RealtimeProtocol] = set()

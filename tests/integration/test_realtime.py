@@ -412,10 +412,10 @@ def test_stopping_the_daemon_closes_websockets_with_1001(make_daemon, clients):
 
 
 def test_a_crowd_gets_every_event_once_and_in_order_a_stalled_reader_too(daemon):
-    """Past ``MIN_PARALLEL`` subscribers, an event's frames go out from the
-    daemon's send threads (``[realtime] send_threads``, 2 by default): 300
-    bare subscribers on plain sockets each get every event of a burst of
-    writes, once, whole, in order. One more stops reading; once the others
+    """300 bare subscribers on plain sockets (the frames written straight
+    to the sockets) each get every event of a burst of writes, once, whole,
+    in order. One more stops
+    reading; once the others
     are gone, documents large enough to fill its socket follow (what the
     kernel does not take is buffered by its transport): it gets them all,
     in order, when it reads again. Another instance's subscriber gets
