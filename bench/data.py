@@ -338,6 +338,41 @@ def update_load(target: Target, headers, concurrency: int, requests: int):
     )
 
 
+PROXY = "bare Twisted proxy to CouchDB"
+
+
+def start_bare_proxy(couch_url: str) -> tuple[Target, subprocess.Popen]:
+    """``bench/bare_proxy.py`` in front of the CouchDB: the same CouchDB
+    database paths and credentials as the direct target, one Python hop
+    (twisted.web + treq) in between."""
+    parts = urlsplit(couch_url)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(os.path.dirname(__file__), "bare_proxy.py"),
+            f"http://{parts.hostname}:{parts.port}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    port = next(
+        int(line.split()[-1]) for line in process.stdout if line.startswith("listening on")
+    )
+    threading.Thread(
+        target=lambda: [None for _ in iter(lambda: process.stdout.read(1 << 16), "")],
+        daemon=True,
+    ).start()
+    token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
+    target = Target(
+        PROXY,
+        f"http://127.0.0.1:{port}",
+        {"Authorization": f"Basic {token}"},
+        f"/benchproxy{os.getpid()}",
+    )
+    http("PUT", target.url(), headers=target.headers)
+    return target, process
+
+
 def bare_klein(requests: int) -> dict[int, object]:
     process = subprocess.Popen(
         [sys.executable, os.path.join(os.path.dirname(__file__), "bare_klein.py")],
@@ -481,6 +516,28 @@ def report(
             f"  _changes: {engine_changes / direct_changes:.2f}x CouchDB's time "
             "(goal <= 1.2)"
         )
+    proxy = all_figures.get(PROXY)
+    if engine_figures and proxy and couch:
+        print(
+            "\n== the CouchDB engine against the bare Twisted proxy (the same hop with"
+            " nothing of cozyd's)"
+        )
+        get1 = engine_figures["GET one document"][1].percentile(50)
+        bare1 = proxy["GET one document"][1].percentile(50)
+        direct1 = couch["GET one document"][1].percentile(50)
+        print(
+            f"  GET c=1 p50: engine {get1 * 1000:.2f} ms, bare proxy {bare1 * 1000:.2f} ms"
+            f" (itself +{bare1 / direct1 - 1:.0%} over direct): engine"
+            f" +{get1 / bare1 - 1:.0%} over the bare proxy"
+        )
+        for name in ("GET one document", "create", "update"):
+            for c in (1, 32):
+                engine_rps, bare_rps = engine_figures[name][c].rps, proxy[name][c].rps
+                print(
+                    f"  {name} c={c}: engine {engine_rps:.0f}/s, bare proxy {bare_rps:.0f}/s"
+                    f" ({bare_rps / couch[name][c].rps:.2f}x direct): engine"
+                    f" {engine_rps / bare_rps:.2f}x the bare proxy"
+                )
     if embedded and couch:
         print("\n== goals")
         for c in (1, 32):
@@ -514,8 +571,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--targets",
-        default="embedded,couchdb,direct",
-        help="comma-separated subset of embedded,couchdb,direct",
+        default="embedded,couchdb,direct,proxy",
+        help="comma-separated subset of embedded,couchdb,direct,proxy (proxy: a bare"
+        " twisted.web + treq proxy to the CouchDB, the ceiling of a Twisted engine)",
     )
     args = parser.parse_args()
     wanted = set(args.targets.split(","))
@@ -549,6 +607,10 @@ def main() -> None:
                     )
             if "direct" in wanted:
                 targets.append(couch_target(couch_url))
+            if "proxy" in wanted:
+                proxy_target, proxy = start_bare_proxy(couch_url)
+                daemons.append(proxy)
+                targets.append(proxy_target)
             for target in targets:
                 target.call(
                     "POST",
@@ -571,7 +633,11 @@ def main() -> None:
                     round_trips = count_round_trips(target, CouchCounter(couch_url), ids)
         finally:
             for daemon in daemons:
-                daemon.stop()
+                if isinstance(daemon, subprocess.Popen):
+                    daemon.kill()
+                    daemon.wait()
+                else:
+                    daemon.stop()
             stop_couch()
         engine = engine_find(args.docs, workdir) if "embedded" in wanted else {}
     report(all_figures, bare_klein(args.requests), engine, server, round_trips)

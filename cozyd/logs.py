@@ -38,7 +38,11 @@ from zope.interface import implementer
 
 
 class LogDestination:
-    """Where log lines go: a stream (stdout), or a file that can be reopened."""
+    """Where log lines go: a stream (stdout), or a file that can be reopened.
+
+    Lines wait in memory until ``flush``, which writes them in one call: a
+    stream may write through on every call (``PYTHONUNBUFFERED``, or
+    stdout on a terminal), a syscall a line otherwise."""
 
     def __init__(self, path: str | None = None, stream: IO[str] | None = None):
         self.path = path
@@ -47,18 +51,23 @@ class LogDestination:
             # No rotation of its own: logrotate moves the file, SIGHUP reopens it.
             self._file = LogFile.fromFullPath(path, rotateLength=None)
         self._stream = stream if stream is not None else sys.stdout
+        self._lines: list[str] = []
+        self._lock = threading.Lock()  # lines come from other threads too
 
     def write(self, text: str) -> None:
-        if self._file is not None:
-            self._file.write(text)
-        else:
-            self._stream.write(text)
+        with self._lock:
+            self._lines.append(text)
 
     def flush(self) -> None:
-        target = self._file if self._file is not None else self._stream
-        target.flush()
+        with self._lock:
+            lines, self._lines = self._lines, []
+            target = self._file if self._file is not None else self._stream
+            if lines:
+                target.write("".join(lines))
+            target.flush()
 
     def reopen(self) -> None:
+        self.flush()
         if self._file is not None:
             self._file.reopen()
 
