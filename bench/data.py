@@ -144,15 +144,35 @@ DIRECT = "CouchDB (direct)"
 
 def couch_target(url: str) -> Target:
     parts = urlsplit(url)
+    return basic_target(DIRECT, f"http://{parts.hostname}:{parts.port}", url, "benchdb")
+
+
+def basic_target(label: str, base: str, couch_url: str, db: str) -> Target:
+    """A fresh CouchDB database ``db<pid>`` reached at ``base`` with the
+    credentials of ``couch_url``."""
+    parts = urlsplit(couch_url)
     token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
-    target = Target(
-        DIRECT,
-        f"http://{parts.hostname}:{parts.port}",
-        {"Authorization": f"Basic {token}"},
-        f"/benchdb{os.getpid()}",
-    )
+    target = Target(label, base, {"Authorization": f"Basic {token}"}, f"/{db}{os.getpid()}")
     http("PUT", target.url(), headers=target.headers)
     return target
+
+
+def start_listening(script: str, *args: str) -> tuple[int, subprocess.Popen]:
+    """``python bench/<script> args``, once it printed ``listening on PORT``;
+    its access log is drained as the daemon harness drains the daemon's."""
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(os.path.dirname(__file__), script), *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    port = next(
+        int(line.split()[-1]) for line in process.stdout if line.startswith("listening on")
+    )
+    threading.Thread(
+        target=lambda: [None for _ in iter(lambda: process.stdout.read(1 << 16), "")],
+        daemon=True,
+    ).start()
+    return port, process
 
 
 def couch_server_name(url: str) -> str:
@@ -346,50 +366,15 @@ def start_bare_proxy(couch_url: str) -> tuple[Target, subprocess.Popen]:
     database paths and credentials as the direct target, one Python hop
     (twisted.web + treq) in between."""
     parts = urlsplit(couch_url)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            os.path.join(os.path.dirname(__file__), "bare_proxy.py"),
-            f"http://{parts.hostname}:{parts.port}",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    port, process = start_listening(
+        "bare_proxy.py", f"http://{parts.hostname}:{parts.port}"
     )
-    port = next(
-        int(line.split()[-1]) for line in process.stdout if line.startswith("listening on")
-    )
-    threading.Thread(
-        target=lambda: [None for _ in iter(lambda: process.stdout.read(1 << 16), "")],
-        daemon=True,
-    ).start()
-    token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
-    target = Target(
-        PROXY,
-        f"http://127.0.0.1:{port}",
-        {"Authorization": f"Basic {token}"},
-        f"/benchproxy{os.getpid()}",
-    )
-    http("PUT", target.url(), headers=target.headers)
-    return target, process
+    return basic_target(PROXY, f"http://127.0.0.1:{port}", couch_url, "benchproxy"), process
 
 
 def bare_klein(requests: int) -> dict[int, object]:
-    process = subprocess.Popen(
-        [sys.executable, os.path.join(os.path.dirname(__file__), "bare_klein.py")],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    port, process = start_listening("bare_klein.py")
     try:
-        port = next(
-            int(line.split()[-1])
-            for line in process.stdout
-            if line.startswith("listening on")
-        )
-        # Drain its access log as the daemon harness drains the daemon's.
-        threading.Thread(
-            target=lambda: [None for _ in iter(lambda: process.stdout.read(1 << 16), "")],
-            daemon=True,
-        ).start()
         url = f"http://127.0.0.1:{port}/data/{DOCTYPE}/doc-00000"
         return {c: run_load(url, concurrency=c, requests=requests) for c in (1, 32)}
     finally:
@@ -503,7 +488,7 @@ def report(
         added = get1.percentile(50) / direct1.percentile(50) - 1
         print(
             f"  GET c=1: p50 {get1.percentile(50) * 1000:.2f} ms vs "
-            f"{direct1.percentile(50) * 1000:.2f} ms: +{added:.0%} (goal <= +30%)"
+            f"{direct1.percentile(50) * 1000:.2f} ms: {added:+.0%} (goal <= +30%)"
         )
         for name, goal in (("GET one document", 0.8), ("create", 0.7), ("update", 0.7)):
             ratio = engine_figures[name][32].rps / couch[name][32].rps
@@ -527,8 +512,8 @@ def report(
         direct1 = couch["GET one document"][1].percentile(50)
         print(
             f"  GET c=1 p50: engine {get1 * 1000:.2f} ms, bare proxy {bare1 * 1000:.2f} ms"
-            f" (itself +{bare1 / direct1 - 1:.0%} over direct): engine"
-            f" +{get1 / bare1 - 1:.0%} over the bare proxy"
+            f" (itself {bare1 / direct1 - 1:+.0%} over direct): engine"
+            f" {get1 / bare1 - 1:+.0%} over the bare proxy"
         )
         for name in ("GET one document", "create", "update"):
             for c in (1, 32):
