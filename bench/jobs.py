@@ -216,7 +216,7 @@ def sandbox_figures(runs: int) -> None:
     """The konnector sandbox's cost (a child process: it runs its reactor)."""
     import subprocess
 
-    from bench.konnector_sandbox import measure
+    from bench.konnector_sandbox import measure, print_figures
 
     print(f"== konnector sandbox, empty konnector, {runs} runs each")
     try:
@@ -225,15 +225,7 @@ def sandbox_figures(runs: int) -> None:
         reason = (exc.stderr or "").strip().splitlines()[-1:] or [str(exc)]
         print(f"  not measured: {reason[0]}")
         return
-    for name in ("bwrap", "none"):
-        print(
-            f"  {name:5}  p50 {figures[name + '_p50'] * 1000:7.1f} ms"
-            f"   p90 {figures[name + '_p90'] * 1000:7.1f} ms"
-        )
-    print(
-        f"  sandbox cost: x{figures['ratio']:.2f} (bwrap p50 / none p50), "
-        f"+{(figures['bwrap_p50'] - figures['none_p50']) * 1000:.1f} ms a run"
-    )
+    print_figures(figures)
 
 
 if __name__ == "__main__":

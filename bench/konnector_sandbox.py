@@ -63,6 +63,19 @@ async def _measure(reactor, runs: int) -> dict[str, list[float]]:
     return times
 
 
+def print_figures(figures: dict) -> None:
+    """What ``measure`` returned, as both benchmarks print it."""
+    for name in ("bwrap", "none"):
+        print(
+            f"  {name:5}  p50 {figures[name + '_p50'] * 1000:7.1f} ms"
+            f"   p90 {figures[name + '_p90'] * 1000:7.1f} ms"
+        )
+    print(
+        f"  sandbox cost: x{figures['ratio']:.2f} (bwrap p50 / none p50), "
+        f"+{(figures['bwrap_p50'] - figures['none_p50']) * 1000:.1f} ms a run"
+    )
+
+
 def measure(runs: int = 30) -> dict[str, float]:
     """Median and p90 seconds of each mode and the ratio of the medians
     (in a child process: it runs its own reactor)."""
@@ -106,15 +119,7 @@ def main() -> None:
             print(
                 f"empty konnector, start to exit, {args.runs} runs each (node {_node()}):"
             )
-            for name in ("bwrap", "none"):
-                print(
-                    f"  {name:5}  p50 {figures[name + '_p50'] * 1000:7.1f} ms"
-                    f"   p90 {figures[name + '_p90'] * 1000:7.1f} ms"
-                )
-            print(
-                f"  sandbox cost: x{figures['ratio']:.2f} (bwrap p50 / none p50), "
-                f"+{(figures['bwrap_p50'] - figures['none_p50']) * 1000:.1f} ms a run"
-            )
+            print_figures(figures)
 
         return defer.Deferred.fromCoroutine(body())
 
