@@ -9,6 +9,14 @@ import pytest
 from cozyd.config import ConfigError, load_config
 from cozyd.konnectors import sandbox
 from cozyd.testing import write_config
+from tests.support.system_tools import ensure_command
+
+
+@pytest.fixture(autouse=True)
+def bwrap():
+    # The command lines name bubblewrap's path: the tests need it installed
+    # (installed here when missing, as the integration tests do).
+    return ensure_command("bwrap", "bubblewrap")
 
 
 def settings_of(tmp_path, **keys) -> sandbox.SandboxSettings:
