@@ -90,13 +90,23 @@ def event_as_json(event: dict) -> str:
         k: _json_safe(v)
         for k, v in event.items()
         if not k.startswith("log_")
-        and k not in ("message", "format", "time", "system", "isError", "failure", "why")
+        and k
+        not in (
+            "message",
+            "format",
+            "time",
+            "system",
+            "isError",
+            "failure",
+            "why",
+            "cozyd_line",
+        )
     }
     record: dict[str, Any] = {
         "time": when.isoformat(),
         "level": getattr(level, "name", "info"),
         "namespace": event.get("log_namespace", "-"),
-        "message": formatEvent(event),
+        "message": event.get("cozyd_line") or formatEvent(event),
         "fields": fields,
     }
     failure = event.get("log_failure")
@@ -123,6 +133,15 @@ class ClassicText:
         return self._time
 
     def __call__(self, event: dict) -> str | None:
+        line = event.get("cozyd_line")
+        if line is not None and "log_system" not in event and "log_failure" not in event:
+            # An access-log line, made by the site (``ServingSite.log``).
+            level = event.get("log_level")
+            return (
+                f"{self.format_time(event.get('log_time'))} "
+                f"[{event.get('log_namespace', '-')}#{level.name if level else '-'}]"
+                f" {line}\n"
+            )
         return formatEventAsClassicLogText(event, formatTime=self.format_time)
 
 

@@ -150,3 +150,40 @@ def test_text_lines_keep_twistds_time_prefix():
     assert lines[1].startswith(formatTime(0.0)) and lines[1].endswith("two")
     assert lines[2].startswith(formatTime(61.0)) and lines[2].endswith("three")
     assert formatTime(0.0) != formatTime(61.0)
+
+
+def _access_event(monkeypatch, uri: bytes, host: bytes) -> dict:
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from cozyd import listeners
+
+    events: list[dict] = []
+    monkeypatch.setattr(listeners.access_log, "observer", events.append)
+    site = listeners.ServingSite(None, listener="public", max_body_size=1)
+    request = DummyRequest([b""])
+    request.uri, request.method, request.code = uri, b"PUT", 201
+    request.requestHeaders.setRawHeaders(b"host", [host])
+    request.sentLength = 42
+    site.log(request)
+    [event] = events
+    return event
+
+
+def test_the_access_line_made_by_the_site_is_the_line_of_its_event(monkeypatch):
+    from twisted.logger import formatEventAsClassicLogText
+
+    from cozyd.logs import ClassicText
+
+    for uri, host in (
+        (b"/data/io.cozy.x/1?token=secret", b"alice.cozy.test"),
+        (b'/files/a"b\x01\xc3\xa9?x=1', b'bad"host'),
+    ):
+        event = _access_event(monkeypatch, uri, host)
+        generic = {k: v for k, v in event.items() if k != "cozyd_line"}
+        text = ClassicText()
+        assert text(event) == formatEventAsClassicLogText(generic, text.format_time)
+        assert "secret" not in text(event) and "x=1" not in text(event)
+        record = json.loads(event_as_json(event))
+        assert record["message"] == json.loads(event_as_json(generic))["message"]
+        assert "cozyd_line" not in record["fields"]
+        assert record["fields"]["status"] == 201 and record["fields"]["bytes"] == 42
