@@ -1,6 +1,7 @@
 """The ceiling of any CouchDB engine on Twisted: a bare twisted.web server
 that forwards every request (method, path, query, body) to CouchDB with
-treq over a persistent pool sized as the CouchDB engine's, and answers
+treq over a persistent pool sized as the CouchDB engine's (and used as the
+engine uses it: ``cozyd.storage.http_client``), and answers
 CouchDB's status and bytes. No routing, no token, no permission, no
 rewriting: one more HTTP hop in Python, nothing else. Run as its own
 process like the daemon (``python bare_proxy.py COUCHDB_URL``); it prints
@@ -23,6 +24,7 @@ from twisted.web.http_headers import Headers
 
 from cozyd.service import access_log_line
 from cozyd.storage.couchdb import CouchDBStore
+from cozyd.storage.http_client import URI, lean_client
 
 
 class Forward(resource.Resource):
@@ -46,7 +48,7 @@ class Forward(resource.Resource):
         body = request.content.read() or None
         response = await self.http.request(
             request.method.decode(),
-            self.couchdb + request.uri.decode(),
+            URI(self.couchdb + request.uri.decode("ascii")),
             headers=headers,
             data=body,
             allow_redirects=False,
@@ -65,7 +67,7 @@ def main() -> None:
     pool = web_client.HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = CouchDBStore.max_persistent_per_host
     pool.cachedConnectionTimeout = CouchDBStore.idle_connection_timeout
-    http = treq_client.HTTPClient(web_client.Agent(reactor, pool=pool))
+    http = lean_client(web_client.Agent(reactor, pool=pool))
     endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
 
     def started(listening):

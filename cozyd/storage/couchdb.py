@@ -30,17 +30,15 @@ import json
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit, urlunsplit
 
-from treq import client as treq_client
 from twisted.internet import defer
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock
 from twisted.logger import Logger
 from twisted.web import client as web_client
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
 
 from cozyd.storage import mango, names
+from cozyd.storage.http_client import URI, lean_client
 from cozyd.storage.interface import (
     DatabaseExists,
     DatabaseNotFound,
@@ -223,17 +221,15 @@ class CouchDBStore:
                 pool.cachedConnectionTimeout = self.idle_connection_timeout
                 pool.retryAutomatically = True
                 self._own_pool = True
-            # treq over Twisted's Agent and the tuned pool (treq's cookie jar
-            # costs a little per request; it is the client the stack uses).
+            # treq over Twisted's Agent and the tuned pool, without its
+            # per-request cookie and URL work (``http_client``).
             agent = web_client.Agent(
                 reactor,
                 pool=pool,
                 connectTimeout=self._timeout,
                 contextFactory=tls_policy(ca_file),
             )
-            http_client = treq_client.HTTPClient(
-                agent, data_to_body_producer=_BytesProducer
-            )
+            http_client = lean_client(agent)
         self._pool = pool
         self._http = http_client  # treq (or an injected StubTreq in tests)
         self._registry_locks: dict[str, DeferredLock] = {}
@@ -293,7 +289,9 @@ class CouchDBStore:
         self.requests_sent += 1
         response = await self._http.request(
             method,
-            url,
+            # (made here, escaped: sent as it is, unless a configured host
+            # is not ASCII, which treq then encodes)
+            URI(url) if url.isascii() else url,
             headers=self._headers(data is not None),
             data=data,
             allow_redirects=False,
@@ -851,29 +849,6 @@ _NO_INDEX_WARNING = "No matching index found"
 
 
 # -- helpers -------------------------------------------------------------------
-@implementer(IBodyProducer)
-class _BytesProducer:
-    """A request body already in memory, written at once (Twisted's
-    ``FileBodyProducer`` would go through a cooperator, a reactor turn)."""
-
-    def __init__(self, data: bytes):
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer):
-        consumer.write(self._data)
-        return defer.succeed(None)
-
-    def pauseProducing(self):
-        pass
-
-    def resumeProducing(self):
-        pass
-
-    def stopProducing(self):
-        pass
-
-
 def _describe(e: BaseException) -> str:
     if isinstance(
         e,
