@@ -24,9 +24,9 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.data import couch_target, cozyd_target, document, update_load
+from bench.data import BenchDaemon, couch_target, cozyd_target, document, update_load
 from bench.loadgen import run_load
-from tests.support.daemon import BIN, Daemon
+from tests.support.daemon import BIN
 
 
 def top_frames(raw_path: str, n: int = 15) -> None:
@@ -62,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     figures: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory(prefix="cozyd-writes-") as workdir:
-        daemon = Daemon(workdir, bin_dir=args.bin)
+        daemon = BenchDaemon(workdir, bin_dir=args.bin)
         daemon.start()
         try:
             print("== cozyd embedded")
