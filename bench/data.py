@@ -34,6 +34,7 @@ from urllib.parse import quote, urlsplit
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.loadgen import run_load
+from bench.procstat import listening_pid
 from cozyd.testing import TEST_ADMIN_PASSPHRASE
 from tests.support.couchdb_server import start_pouchdb_server
 from tests.support.daemon import LISTENING, Daemon, http
@@ -101,6 +102,8 @@ class Target:
         self.base = base
         self.headers = headers
         self.db_path = db_path  # e.g. /data/io.cozy.bench or /benchdb
+        #: ``{name: pid}`` of the processes that serve it (their CPU is measured).
+        self.servers: dict[str, int] = {}
 
     def url(self, suffix: str = "") -> str:
         return self.base + self.db_path + suffix
@@ -275,7 +278,11 @@ def measure(target: Target, args, ids: list[str]) -> dict[str, dict[int, object]
     for concurrency in (1, 32):
         n = args.requests
         figures.setdefault("GET one document", {})[concurrency] = run_load(
-            target.url(f"/{one}"), headers=headers, concurrency=concurrency, requests=n
+            target.url(f"/{one}"),
+            headers=headers,
+            concurrency=concurrency,
+            requests=n,
+            servers=target.servers,
         )
         body = json.dumps(document(1)).encode()
         if target.db_path.startswith("/data"):
@@ -286,6 +293,7 @@ def measure(target: Target, args, ids: list[str]) -> dict[str, dict[int, object]
                 body=body,
                 concurrency=concurrency,
                 requests=n,
+                servers=target.servers,
             )
         else:
             create = run_load(
@@ -295,6 +303,7 @@ def measure(target: Target, args, ids: list[str]) -> dict[str, dict[int, object]
                 body=body,
                 concurrency=concurrency,
                 requests=n,
+                servers=target.servers,
             )
         figures.setdefault("create", {})[concurrency] = create
         # update: each worker keeps its own document and rev chain
@@ -309,6 +318,7 @@ def measure(target: Target, args, ids: list[str]) -> dict[str, dict[int, object]
             body=json.dumps({**selector, "use_index": "by-group"}).encode(),
             concurrency=concurrency,
             requests=max(20, n // 20),
+            servers=target.servers,
         )
         figures.setdefault("_find without index", {})[concurrency] = run_load(
             target.url("/_find"),
@@ -319,6 +329,7 @@ def measure(target: Target, args, ids: list[str]) -> dict[str, dict[int, object]
             ).encode(),
             concurrency=concurrency,
             requests=max(4, n // 500),
+            servers=target.servers,
         )
     start = time.perf_counter()
     docs = [{"_id": f"bulk-{n:06d}", **document(n)} for n in range(10_000)]
@@ -355,6 +366,7 @@ def update_load(target: Target, headers, concurrency: int, requests: int):
         concurrency=concurrency,
         requests=per_worker * concurrency,
         chains=chain,
+        servers=target.servers,
     )
 
 
@@ -429,6 +441,26 @@ def engine_find(count: int, workdir: str, rounds: int = 20) -> dict[str, object]
     return figures
 
 
+def cpu_report(all_figures: dict[str, dict]) -> None:
+    """The servers' CPU per request at c=32: what a request costs each
+    process, whoever got the cores."""
+    print("\n== server CPU per request at c=32 (µs; from /proc, whole processes)")
+    for name in ("GET one document", "create", "update"):
+        for label, figures in all_figures.items():
+            result = figures.get(name, {}).get(32)
+            if result is None or not result.server_cpu:
+                continue
+            parts = [
+                f"{server} {result.cpu_per_request(server):5.0f}"
+                for server in result.server_cpu
+            ]
+            total = sum(result.server_cpu.values()) / result.requests * 1e6
+            print(
+                f"  {name:<17} {label:<30} {' + '.join(parts)}"
+                + (f" = {total:.0f}" if len(parts) > 1 else "")
+            )
+
+
 def report(
     all_figures: dict[str, dict],
     klein: dict[int, object],
@@ -466,6 +498,7 @@ def report(
                 f"  {label:<28} busiest run: {busiest.cpu / busiest.seconds:4.0%} of a "
                 f"core at {busiest.rps:.0f} req/s"
             )
+    cpu_report(all_figures)
     if round_trips:
         print("\n== requests to CouchDB per cozyd request (CouchDB engine)")
         for name, value in round_trips.items():
@@ -571,6 +604,8 @@ def main() -> None:
             couch_url, stop_couch = start_pouchdb_server(os.path.join(workdir, "pouchdb"))
         server = couch_server_name(couch_url)
         print(f"CouchDB: {server}", flush=True)
+        couch_pid = listening_pid(urlsplit(couch_url).port or 5984)
+        couch_cpu = {"CouchDB": couch_pid} if couch_pid is not None else {}
         daemons = []
         try:
             targets = []
@@ -579,6 +614,7 @@ def main() -> None:
                 embedded.start()
                 daemons.append(embedded)
                 targets.append(cozyd_target(embedded, "cozyd embedded"))
+                targets[-1].servers = {"cozyd": embedded.process.pid}
             if "couchdb" in wanted:
                 couch_daemon = BenchDaemon(
                     os.path.join(workdir, "couch"), couchdb_url=couch_url
@@ -586,16 +622,19 @@ def main() -> None:
                 couch_daemon.start()
                 daemons.append(couch_daemon)
                 targets.append(cozyd_target(couch_daemon, "cozyd couchdb engine"))
+                targets[-1].servers = {"cozyd": couch_daemon.process.pid, **couch_cpu}
                 if os.environ.get("BENCH_PRINT_PID"):
                     print(
                         f"couchdb-engine daemon pid {couch_daemon.process.pid}", flush=True
                     )
             if "direct" in wanted:
                 targets.append(couch_target(couch_url))
+                targets[-1].servers = dict(couch_cpu)
             if "proxy" in wanted:
                 proxy_target, proxy = start_bare_proxy(couch_url)
                 daemons.append(proxy)
                 targets.append(proxy_target)
+                proxy_target.servers = {"proxy": proxy.pid, **couch_cpu}
             for target in targets:
                 target.call(
                     "POST",

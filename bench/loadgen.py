@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from bench.procstat import ServersCPU
+
 
 @attrs.frozen
 class LoadResult:
@@ -29,6 +31,8 @@ class LoadResult:
     latencies: list[float] = attrs.field(repr=False)
     #: CPU seconds the generator's process spent during the run.
     cpu: float | None = None
+    #: CPU seconds each server process spent during the run, by name.
+    server_cpu: dict[str, float] = attrs.field(factory=dict)
 
     @property
     def rps(self) -> float:
@@ -38,11 +42,20 @@ class LoadResult:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
 
+    def cpu_per_request(self, server: str) -> float | None:
+        """Microseconds of ``server``'s CPU per request in this run."""
+        spent = self.server_cpu.get(server)
+        return None if spent is None else spent / self.requests * 1e6
+
     def line(self, label: str) -> str:
         cpu = "" if self.cpu is None else f"   client cpu {self.cpu / self.seconds:4.0%}"
+        servers = "".join(
+            f"   {name} {self.cpu_per_request(name):.0f} µs/req" for name in self.server_cpu
+        )
         return (
             f"{label:<44} {self.rps:9.1f} req/s   p50 {self.percentile(50) * 1000:7.2f} ms"
-            f"   p99 {self.percentile(99) * 1000:7.2f} ms{cpu}   {dict(self.statuses)}"
+            f"   p99 {self.percentile(99) * 1000:7.2f} ms{cpu}{servers}"
+            f"   {dict(self.statuses)}"
         )
 
 
@@ -56,6 +69,7 @@ def run_load(
     requests: int = 1000,
     bodies=None,
     chains=None,
+    servers: Mapping[str, int] | None = None,
 ) -> LoadResult:
     """Send ``requests`` requests over ``concurrency`` connections.
 
@@ -63,6 +77,8 @@ def run_load(
     ``chains``, if given, is a callable ``worker -> generator``: the
     generator yields ``(method, path, body)`` and is sent each response's
     body (a worker's chain of updates, each with the previous revision).
+    ``servers``: ``{name: pid}`` of the processes serving the requests, whose
+    CPU during the run the result carries (``server_cpu``).
     """
     parts = urlsplit(url)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -108,6 +124,8 @@ def run_load(
         connection.close()
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    serving = ServersCPU(servers)
+    serving.start()
     cpu = time.process_time()
     start = time.perf_counter()
     for thread in threads:
@@ -116,6 +134,7 @@ def run_load(
         thread.join()
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu
+    server_cpu = serving.stop()
     merged: dict[int, int] = {}
     for status in statuses:
         for code, count in status.items():
@@ -126,6 +145,7 @@ def run_load(
         statuses=merged,
         latencies=[x for chunk in latencies for x in chunk],
         cpu=cpu,
+        server_cpu=server_cpu,
     )
 
 
