@@ -135,6 +135,13 @@ class RevTree:
 
     parents: dict[str, str | None] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
+    # What the queries below work out, kept: a tree is not changed once it
+    # was asked (``merge_path`` changes its own copy, and works out its
+    # copy's from the tree's).
+    # A document edited a thousand times has a thousand revisions, and an
+    # edit asks for its leaves half a dozen times.
+    _inner: set[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _leaves: list[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     # -- serialisation: {"p": {rev: parent}, "d": [deleted revs]}
     def to_json(self) -> dict[str, Any]:
@@ -158,14 +165,18 @@ class RevTree:
         return rev in self.parents and rev not in self._inner_revs()
 
     def _inner_revs(self) -> set[str]:
-        return {p for p in self.parents.values() if p is not None}
+        if self._inner is None:
+            self._inner = {p for p in self.parents.values() if p is not None}
+        return self._inner
 
     def leaves(self) -> list[str]:
         """All leaves, the winner first then in decreasing priority."""
-        inner = self._inner_revs()
-        leaves = [rev for rev in self.parents if rev not in inner]
-        leaves.sort(key=self._leaf_priority, reverse=True)
-        return leaves
+        if self._leaves is None:
+            inner = self._inner_revs()
+            leaves = [rev for rev in self.parents if rev not in inner]
+            leaves.sort(key=self._leaf_priority, reverse=True)
+            self._leaves = leaves
+        return list(self._leaves)
 
     def _leaf_priority(self, rev: str) -> tuple[bool, int, bytes]:
         return (rev not in self.deleted, *rev_sort_key(rev))
@@ -227,22 +238,32 @@ def merge_path(
     _check_consecutive(path)
     merged = tree.copy()
     leaf_is_new = path[0] not in merged
-    changed = False
+    added: list[tuple[str, str | None]] = []
     for child, parent in zip(path, [*path[1:], None], strict=True):
         if child not in merged.parents:
             merged.parents[child] = parent
-            changed = True
+            added.append((child, parent))
         elif merged.parents[child] is None and parent is not None:
             # A root that lost its ancestors to stemming learns them again.
             merged.parents[child] = parent
-            changed = True
+            added.append((child, parent))
         else:
             break  # the rest of the path is already known
+    if leaf_is_new and deleted:
+        merged.deleted.add(path[0])
+    if tree._inner is not None:
+        # Revisions are only added and roots only learn parents: the inner
+        # ones only grow, and the leaves are the old ones and the new
+        # revisions, less those that became inner.
+        inner = tree._inner | {p for _, p in added if p is not None}
+        merged._inner = inner
+        if tree._leaves is not None:
+            leaves = [r for r in (*tree._leaves, *(c for c, _ in added)) if r not in inner]
+            leaves.sort(key=merged._leaf_priority, reverse=True)
+            merged._leaves = leaves
     if leaf_is_new:
-        if deleted:
-            merged.deleted.add(path[0])
         return merged, MergeOutcome.NEW_LEAF
-    return merged, MergeOutcome.ANCESTRY if changed else MergeOutcome.EXISTS
+    return merged, MergeOutcome.ANCESTRY if added else MergeOutcome.EXISTS
 
 
 def _check_consecutive(path: list[str]) -> None:
@@ -266,6 +287,8 @@ def stem(tree: RevTree, revs_limit: int = DEFAULT_REVS_LIMIT) -> RevTree:
     """Keep the last ``revs_limit`` revisions of every branch."""
     if revs_limit < 1:
         raise ValueError("revs_limit must be at least 1")
+    if len(tree.parents) <= revs_limit:
+        return tree  # no branch can be longer than the whole tree
     keep: set[str] = set()
     for leaf in tree.leaves():
         keep.update(tree.history(leaf)[:revs_limit])
@@ -276,7 +299,9 @@ def stem(tree: RevTree, revs_limit: int = DEFAULT_REVS_LIMIT) -> RevTree:
         for rev, parent in tree.parents.items()
         if rev in keep
     }
-    return RevTree(parents, tree.deleted & keep)
+    stemmed = RevTree(parents, tree.deleted & keep)
+    stemmed._leaves = tree.leaves()  # stemming keeps every leaf
+    return stemmed
 
 
 def missing_revs(tree: RevTree | None, revs: Iterable[str]) -> tuple[list[str], list[str]]:

@@ -203,7 +203,17 @@ class _StoredDoc:
     seq: int
     body_json: str
     conflicts_json: str | None
-    tree: RevTree
+    #: The revision tree as stored, parsed on first use (``tree``): reading
+    #: the winner needs none of it, and a document edited a thousand times
+    #: has a thousand revisions in it.
+    tree_json: str
+    _tree: RevTree | None = field(default=None, repr=False)
+
+    @property
+    def tree(self) -> RevTree:
+        if self._tree is None:
+            self._tree = RevTree.from_json(json.loads(self.tree_json))
+        return self._tree
 
     def body(self) -> Doc:
         return json.loads(self.body_json)
@@ -227,15 +237,7 @@ _DOC_COLUMNS = "id, rev, deleted, seq, body, conflicts, tree"
 
 def _stored_doc(row: tuple[Any, ...]) -> _StoredDoc:
     doc_id, rev, deleted, seq, body, conflicts, tree = row
-    return _StoredDoc(
-        doc_id,
-        rev,
-        bool(deleted),
-        seq,
-        body,
-        conflicts,
-        RevTree.from_json(json.loads(tree)),
-    )
+    return _StoredDoc(doc_id, rev, bool(deleted), seq, body, conflicts, tree)
 
 
 @dataclass
@@ -331,9 +333,8 @@ class _Database:
                 if rev == stored.rev
                 else self.leaf_bodies(stored)
             )
-        doc = _doc_json(
-            stored.id, rev, stored.tree.is_deleted(rev), json.loads(bodies[rev])
-        )
+        deleted = stored.deleted if rev == stored.rev else stored.tree.is_deleted(rev)
+        doc = _doc_json(stored.id, rev, deleted, json.loads(bodies[rev]))
         if revs:
             doc["_revisions"] = stored.tree.revisions(rev)
         return doc
@@ -539,7 +540,7 @@ def _read_leaf(database: _Database, stored: _StoredDoc, rev: str | None, revs: b
 
 def _add_meta(
     doc: Doc,
-    tree: RevTree,
+    stored: _StoredDoc,
     rev: str,
     *,
     revs_info: bool,
@@ -547,10 +548,10 @@ def _add_meta(
     deleted_conflicts: bool,
 ) -> None:
     if revs_info:
-        doc["_revs_info"] = tree.revs_info(rev)
-    if conflicts and (found := tree.conflicts()):
+        doc["_revs_info"] = stored.tree.revs_info(rev)
+    if conflicts and (found := stored.tree.conflicts()):
         doc["_conflicts"] = found
-    if deleted_conflicts and (found := tree.deleted_conflicts()):
+    if deleted_conflicts and (found := stored.tree.deleted_conflicts()):
         doc["_deleted_conflicts"] = found
 
 

@@ -444,7 +444,7 @@ class EmbeddedStore:
                 doc = database.leaf_doc(stored, stored.rev, revs=revs)
                 _add_meta(
                     doc,
-                    stored.tree,
+                    stored,
                     stored.rev,
                     revs_info=revs_info,
                     conflicts=conflicts,

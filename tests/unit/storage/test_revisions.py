@@ -234,3 +234,44 @@ def test_missing_revs():
     assert missing_revs(None, ["2-" + B, "1-" + A]) == (["2-" + B, "1-" + A], [])
     with pytest.raises(InvalidRevision):
         missing_revs(tree, ["nope"])
+
+
+# -- the queries a tree keeps --------------------------------------------------
+_HASHES = [c * 32 for c in "0123456789abcdef"]
+
+
+@st.composite
+def _paths(draw) -> list[tuple[list[str], bool]]:
+    """Revision paths as replication brings them: a line of generations,
+    newest first, each with a tombstone flag."""
+    paths = []
+    for _ in range(draw(st.integers(1, 12))):
+        top = draw(st.integers(1, 8))
+        length = draw(st.integers(1, top))
+        path = [
+            f"{g}-{draw(st.sampled_from(_HASHES[:4]))}"
+            for g in range(top, top - length, -1)
+        ]
+        paths.append((path, draw(st.booleans())))
+    return paths
+
+
+@given(_paths(), st.integers(1, 6))
+def test_kept_leaves_are_those_of_the_tree_as_it_is(paths, limit):
+    # Each step asks the tree (so that it keeps its answers), then merges
+    # into a copy or stems: the copy's kept answers must be what a tree
+    # built fresh from the same revisions answers.
+    tree = RevTree()
+    for path, deleted in paths:
+        tree.leaves()
+        tree.is_leaf(path[0])
+        tree, _ = merge_path(tree, path, deleted)
+        fresh = RevTree(dict(tree.parents), set(tree.deleted))
+        assert tree.leaves() == fresh.leaves()
+        assert {r: tree.is_leaf(r) for r in tree.parents} == {
+            r: fresh.is_leaf(r) for r in fresh.parents
+        }
+        stemmed = stem(tree, limit)
+        fresh = RevTree(dict(stemmed.parents), set(stemmed.deleted))
+        assert stemmed.leaves() == fresh.leaves()
+        assert stemmed.conflicts() == fresh.conflicts()
