@@ -1,5 +1,7 @@
 """The framework's ceiling: a bare Klein handler answering a fixed JSON
-document, run as its own process like the daemon (``python bare_klein.py PORT``).
+document (GET), or parsing a JSON body and answering a made-up revision
+(POST, a create without storage), run as its own process like the daemon
+(``python bare_klein.py PORT``).
 It prints ``listening on PORT`` once ready, then one access-log line per
 request to stdout, as twistd does for the daemon, so both pay for logging."""
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,6 +38,17 @@ app = Klein()
 def get_doc(request, doctype, doc_id):
     request.setHeader(b"Content-Type", b"application/json")
     return DOC
+
+
+@app.route("/data/<doctype>/", methods=["POST"])
+def create_doc(request, doctype):
+    body = json.loads(request.content.read())
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setResponseCode(201)
+    doc_id = uuid.uuid4().hex
+    return json.dumps(
+        {"ok": True, "id": doc_id, "rev": "1-" + doc_id, "type": doctype, "data": body}
+    ).encode()
 
 
 def main() -> None:

@@ -384,11 +384,33 @@ def start_bare_proxy(couch_url: str) -> tuple[Target, subprocess.Popen]:
     return basic_target(PROXY, f"http://127.0.0.1:{port}", couch_url, "benchproxy"), process
 
 
-def bare_klein(requests: int) -> dict[int, object]:
+def bare_klein(requests: int) -> dict[str, dict[int, object]]:
     port, process = start_listening("bare_klein.py")
+    servers = {"bare Klein": process.pid}
     try:
-        url = f"http://127.0.0.1:{port}/data/{DOCTYPE}/doc-00000"
-        return {c: run_load(url, concurrency=c, requests=requests) for c in (1, 32)}
+        url = f"http://127.0.0.1:{port}/data/{DOCTYPE}/"
+        body = json.dumps(document(1)).encode()
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        return {
+            "GET fixed JSON": {
+                c: run_load(
+                    url + "doc-00000", concurrency=c, requests=requests, servers=servers
+                )
+                for c in (1, 32)
+            },
+            "POST a body, no storage": {
+                c: run_load(
+                    url,
+                    method="POST",
+                    headers=headers,
+                    body=body,
+                    concurrency=c,
+                    requests=requests,
+                    servers=servers,
+                )
+                for c in (1, 32)
+            },
+        }
     finally:
         process.kill()
         process.wait()
@@ -463,7 +485,7 @@ def cpu_report(all_figures: dict[str, dict]) -> None:
 
 def report(
     all_figures: dict[str, dict],
-    klein: dict[int, object],
+    klein: dict[str, dict[int, object]],
     engine: dict[str, object],
     server: str = "",
     round_trips: dict | None = None,
@@ -479,10 +501,11 @@ def report(
                 else:
                     print("  " + result.line(f"{name} (c={concurrency})"))
     print("\n== bare Klein handler (ceiling)")
-    for concurrency, result in klein.items():
-        print("  " + result.line(f"GET fixed JSON (c={concurrency})"))
+    for name, per_concurrency in klein.items():
+        for concurrency, result in per_concurrency.items():
+            print("  " + result.line(f"{name} (c={concurrency})"))
     print("\n== load generator: its own CPU (one core is the ceiling of its threads)")
-    for label, figures in [*all_figures.items(), ("bare Klein", {"GET": klein})]:
+    for label, figures in [*all_figures.items(), ("bare Klein", klein)]:
         busiest = max(
             (
                 r
@@ -498,7 +521,15 @@ def report(
                 f"  {label:<28} busiest run: {busiest.cpu / busiest.seconds:4.0%} of a "
                 f"core at {busiest.rps:.0f} req/s"
             )
-    cpu_report(all_figures)
+    cpu_report(
+        {
+            **all_figures,
+            "bare Klein (no storage)": {
+                "GET one document": klein["GET fixed JSON"],
+                "create": klein["POST a body, no storage"],
+            },
+        }
+    )
     if round_trips:
         print("\n== requests to CouchDB per cozyd request (CouchDB engine)")
         for name, value in round_trips.items():
@@ -561,7 +592,8 @@ def report(
         for c in (1, 32):
             get = embedded["GET one document"][c].rps
             print(
-                f"  c={c}: embedded GET / bare Klein = {get / klein[c].rps:.2f} (goal >= 0.70);"
+                f"  c={c}: embedded GET / bare Klein = "
+                f"{get / klein['GET fixed JSON'][c].rps:.2f} (goal >= 0.70);"
                 f" embedded GET / CouchDB GET = "
                 f"{get / couch['GET one document'][c].rps:.2f} (goal > 1)"
             )
