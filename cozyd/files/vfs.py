@@ -1345,6 +1345,10 @@ class VFS:
         return {"tmp": removed_tmp, "deleted": deleted, "kept": kept}
 
     async def key_referenced(self, instance: Any, key: str, owner: str) -> bool:
+        if not owner:
+            # A marker whose write a crash cut: the upload it marks died
+            # before its document could be written.
+            return False
         try:
             doc = await self.documents.get(instance, FILES, owner)
             if doc.get("internal_vfs_id") == key:

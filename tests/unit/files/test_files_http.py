@@ -190,3 +190,14 @@ def test_an_image_gets_its_size_and_exif_date(alice):
     assert attrs["metadata"]["width"] == 320 and attrs["metadata"]["height"] == 200
     assert attrs["metadata"]["datetime"] == "2019-07-14T10:20:30Z"
     assert attrs["created_at"] == "2019-07-14T10:20:30Z"
+
+
+def test_recover_resolves_a_marker_cut_before_its_owner_was_written(stack, alice):
+    # kill -9 between the marker's open and its write: an empty marker.
+    inst = instance(stack, "alice.cozy.test")
+    vfs = stack.vfs
+    store = vfs.store_of(inst)
+    torn = store.commit(store.start(), "")
+    found = sync(vfs.recover(inst))
+    assert found == {"tmp": 0, "deleted": 1, "kept": 0}
+    assert store.pending() == [] and store.stat(torn) is None
