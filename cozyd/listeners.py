@@ -94,22 +94,22 @@ class ServingSite(CozySite):
         duration = time.monotonic() - started if started is not None else 0.0
         status = request.code
         size = request.sentLength or 0
-        host = _text(request.getHeader(b"host"))
-        method = _text(request.method, 20)
-        path_text = _text(path, 1000)
-        duration_ms = round(duration * 1000, 1)
+        fields = {
+            "host": _text(request.getHeader(b"host")),
+            "method": _text(request.method, 20),
+            "path": _text(path, 1000),
+            "status": status,
+            "bytes": size,
+            "duration_ms": round(duration * 1000, 1),
+        }
         access_log.info(
             ACCESS_FORMAT,
-            host=host,
-            method=method,
-            path=path_text,
-            status=status,
-            bytes=size,
             duration=round(duration, 6),
-            duration_ms=duration_ms,
-            # The line already made, for the text log (formatting the
-            # event again cost as much as the rest of the access log).
-            cozyd_line=f'{host} "{method} {path_text}" {status} {size} {duration_ms}ms',
+            # The line already made (``str.format``, one template), for the
+            # text log: twisted.logger formatting the event again cost as
+            # much as the rest of the access log.
+            cozyd_line=ACCESS_FORMAT.format(**fields),
+            **fields,
         )
         if self.metrics is not None:
             self.metrics.request_done(self.listener, path, status, duration)
