@@ -258,7 +258,9 @@ def merge_path(
         inner = tree._inner | {p for _, p in added if p is not None}
         merged._inner = inner
         if tree._leaves is not None:
-            leaves = [r for r in (*tree._leaves, *(c for c, _ in added)) if r not in inner]
+            # (A root that learned its parent was a leaf already: once.)
+            candidates = dict.fromkeys((*tree._leaves, *(c for c, _ in added)))
+            leaves = [r for r in candidates if r not in inner]
             leaves.sort(key=merged._leaf_priority, reverse=True)
             merged._leaves = leaves
     if leaf_is_new:

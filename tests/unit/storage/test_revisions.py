@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cozyd.storage.interface import InvalidRequest
@@ -257,6 +257,14 @@ def _paths(draw) -> list[tuple[list[str], bool]]:
 
 
 @given(_paths(), st.integers(1, 6))
+@example(  # a root that learns its parent was already a leaf (once, not twice)
+    [
+        ([f"1-{_HASHES[0]}"], False),
+        ([f"2-{_HASHES[0]}"], False),
+        ([f"2-{_HASHES[0]}", f"1-{_HASHES[0]}"], False),
+    ],
+    1,
+)
 def test_kept_leaves_are_those_of_the_tree_as_it_is(paths, limit):
     # Each step asks the tree (so that it keeps its answers), then merges
     # into a copy or stems: the copy's kept answers must be what a tree
