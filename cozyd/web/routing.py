@@ -81,7 +81,7 @@ from twisted.logger import Logger
 from twisted.python import reflect
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter, Map
@@ -437,6 +437,7 @@ class Router:
                 )
         self.app = app
         self._by_endpoint = {f"r{i}": one for i, one in enumerate(self.routes)}
+        self._endpoint_of = {id(one): f"r{i}" for i, one in enumerate(self.routes)}
         for one in self.routes:
             one.shadows[:] = sorted(
                 (other for other in self.routes if other.may_shadow(one)),
@@ -458,6 +459,10 @@ class Router:
 
     def route_of(self, endpoint: str) -> Route:
         return self._by_endpoint[endpoint]
+
+    def endpoint_of(self, one: Route) -> str:
+        """The name of a route's endpoint in the Klein app."""
+        return self._endpoint_of[id(one)]
 
     def match_raw(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
         """The route of a raw path (``/a/b%2Fc``, below the prefix) and its
@@ -542,16 +547,23 @@ def render_coroutine(request: IRequest, coroutine, on_error) -> object:
     handler (multi-step writes protect themselves with ``shield``).
     ``on_error(failure)`` returns the body for an unexpected failure.
     """
-    d = defer.Deferred.fromCoroutine(coroutine)
+    return render_deferred(request, defer.Deferred.fromCoroutine(coroutine), on_error)
+
+
+def render_deferred(request: IRequest, d: defer.Deferred, on_error) -> object:
+    """``render_coroutine`` for the Deferred of a handler's result."""
     if d.called:
         results: list = []
         d.addBoth(results.append)
         if isinstance(results[0], Failure):
             return on_error(results[0])
-        return results[0]
+        return _rendered(request, results[0], on_error)
 
     def write(body) -> None:
-        if body is NOT_DONE_YET or request.finished or request._disconnected:
+        if request.finished or request._disconnected:
+            return
+        body = _rendered(request, body, on_error)
+        if body is NOT_DONE_YET:
             return
         request.write(body)
         request.finish()
@@ -563,6 +575,27 @@ def render_coroutine(request: IRequest, coroutine, on_error) -> object:
     request.notifyFinish().addErrback(lambda _: d.cancel())
     d.addCallbacks(write, failed)
     return NOT_DONE_YET
+
+
+def _rendered(request: IRequest, result: Any, on_error) -> Any:
+    """A handler's result as the bytes of its body, or ``NOT_DONE_YET``
+    when there is nothing more to write (as Klein renders them: a resource
+    is rendered, ``None`` is an empty body; anything else is an error)."""
+    if isinstance(result, bytes) or result is NOT_DONE_YET:
+        return result
+    if result is _WRITTEN:
+        return NOT_DONE_YET
+    if isinstance(result, str):
+        return result.encode("utf-8")
+    if result is None:
+        return b""
+    if IResource.providedBy(result):
+        request.render(getChildForRequest(result, request))  # type: ignore[attr-defined]
+        return NOT_DONE_YET
+    try:
+        raise TypeError(f"a handler returned {type(result).__name__}")
+    except TypeError:
+        return on_error(Failure())
 
 
 def shield(awaitable) -> defer.Deferred:
@@ -606,6 +639,49 @@ class _Written(Resource):
 _WRITTEN = _Written()
 
 
+class ServiceResource(KleinResource):
+    """The Klein resource of a service, matching each request once.
+
+    Klein's own ``render`` binds a werkzeug adapter to the request's URL on
+    every request and matches it there, and the site has matched a request
+    with a body already, for its body policy (``RequestState.routed``).
+    This one takes the site's match, else matches once on the adapter the
+    router binds once, then runs the route's endpoint through the app
+    (``execute_endpoint``, the service bound to it). A path with no route,
+    or a segment that is not UTF-8, goes to Klein's own ``render``, whose
+    error handlers (``Service.__init_subclass__``) answer it."""
+
+    def __init__(self, app: Klein, service: Service):
+        super().__init__(app)
+        self._service = service
+        self._router = type(service).router
+
+    def render(self, request: IRequest) -> Any:
+        service = self._service
+        routed = state_of(request).routed
+        if routed is not None and routed.service is service:
+            found, params = routed.route, routed.params
+        else:
+            try:
+                found, params = self._router.match_raw(
+                    request.method.decode("ascii", "replace"),
+                    "/" + b"/".join(request.postpath).decode("ascii"),
+                )
+            except (CozyError, BadPath, UnicodeDecodeError):
+                return super().render(request)
+        # As Klein does: the segments its rule matched move to the prepath.
+        count = len(found.pattern)
+        request.prepath.extend(request.postpath[:count])
+        request.postpath = request.postpath[count:]
+        endpoint = self._router.endpoint_of(found)
+        result = self._app.execute_endpoint(endpoint, request, **params)
+        if not isinstance(result, defer.Deferred):
+            result = defer.succeed(result)
+        return render_deferred(
+            request, result, lambda failure: _unexpected(service, request, failure)
+        )
+
+
 class Service(Resource):
     """A set of routes under one URL prefix, rendered in one error style,
     through its own Klein app (``app``, one per class, built from the
@@ -647,7 +723,7 @@ class Service(Resource):
             return self.__dict__["_klein"]
         except KeyError:
             # Kept: Klein's binding of the app to the service is a weak one.
-            resource = self.__dict__["_klein"] = KleinResource(self.app)
+            resource = self.__dict__["_klein"] = ServiceResource(self.app, self)
             return resource
 
     # -- the site's question, before the body is read ---------------------------

@@ -11,6 +11,7 @@ from klein import Klein
 from klein.resource import KleinResource
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from werkzeug.routing import MapAdapter
 
 from cozyd.web import routing
 from cozyd.web.common import json_response, jsonapi_errors
@@ -112,13 +113,13 @@ def test_every_service_is_a_klein_app_the_root_reaches(stack, admin, public, mon
     assert all(isinstance(sub.__dict__["app"], Klein) for sub in subclasses)
     token = cli_token(admin)
     rendered = []
-    render = KleinResource.render
+    execute = Klein.execute_endpoint
 
-    def spy(self, request):
-        rendered.append(self._app._instance)
-        return render(self, request)
+    def spy(self, endpoint, request, *args, **kwargs):
+        rendered.append(self._instance)
+        return execute(self, endpoint, request, *args, **kwargs)
 
-    monkeypatch.setattr(KleinResource, "render", spy)
+    monkeypatch.setattr(Klein, "execute_endpoint", spy)
     for path in (
         "/data/io.cozy.notes/_all_docs",
         "/permissions/self",
@@ -212,3 +213,50 @@ def test_a_subclass_has_its_own_app_and_routes():
     # The base knows nothing of the subclass's fixed name.
     assert base.request("GET", "http://x/ids/_more").json() == {"name": "_more"}
     assert more.request("GET", "http://x/ids/_fixed").status == 405
+
+
+def test_a_request_is_matched_once(stack, admin, monkeypatch):
+    """The site matches a request with a body for its body policy; the
+    service takes that match instead of matching again. A request without
+    a body is matched once, by the service; a path with no route is left
+    to Klein's own rendering (its error handlers answer)."""
+    new_instance(admin)
+    token = cli_token(admin)
+    site = CozySite(stack.public, max_body_size=1 << 20)
+    site.logFile = io.StringIO()
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4321))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    matches = []
+    match = MapAdapter.match
+
+    def spy(self, *args, **kwargs):
+        matches.append(self.path_info)
+        return match(self, *args, **kwargs)
+
+    monkeypatch.setattr(MapAdapter, "match", spy)
+
+    def send(method: str, path: str, body: bytes = b"") -> tuple[bytes, bytes]:
+        transport.clear()
+        matches.clear()
+        protocol.dataReceived(
+            f"{method} {path} HTTP/1.1\r\nHost: {DOMAIN}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head, _, answer = transport.value().partition(b"\r\n\r\n")
+        return head.split(b"\r\n", 1)[0], answer
+
+    status, body = send("PUT", "/data/io.cozy.notes/one", b'{"a": 1}')
+    assert status == b"HTTP/1.1 200 OK", body
+    assert len(matches) == 1, matches
+    status, body = send("POST", "/data/io.cozy.notes/", b'{"b": 2}')
+    assert status == b"HTTP/1.1 201 Created", body
+    assert len(matches) == 1, matches
+    status, body = send("GET", "/data/io.cozy.notes/one")
+    assert status == b"HTTP/1.1 200 OK" and b'"a":1' in body, body
+    assert len(matches) == 1, matches
+    status, body = send("GET", "/data/io.cozy.notes/one/two/three")
+    assert status == b"HTTP/1.1 404 Not Found", body
+    assert len(matches) == 2, matches  # the router's, then Klein's own
