@@ -20,7 +20,6 @@ never put into events.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -35,6 +34,8 @@ from twisted.logger import (
 )
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
+
+from cozyd import jsontext
 
 
 class LogDestination:
@@ -113,7 +114,7 @@ def event_as_json(event: dict) -> str:
     if failure is not None:
         record["level"] = "critical" if record["level"] == "critical" else "error"
         record["traceback"] = failure.getTraceback()
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+    return jsontext.compact(record) + "\n"
 
 
 class ClassicText:

@@ -60,6 +60,9 @@ class Metrics:
     def __init__(self, services: Iterable[str] = ()):
         self.registry = CollectorRegistry(auto_describe=True)
         self.services = frozenset(services)
+        #: ``(listener, service, status)`` -> the counter's ``inc`` and the
+        #: histogram's ``observe`` of those labels.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.requests = Counter(
             "cozyd_http_requests",
             "HTTP requests answered.",
@@ -105,8 +108,17 @@ class Metrics:
         self, listener: str, path: bytes, status: int, duration: float
     ) -> None:
         service = "admin" if listener == "admin" else self.service_of(path)
-        self.requests.labels(listener, service, str(status)).inc()
-        self.latency.labels(listener, service).observe(duration)
+        key = (listener, service, status)
+        try:
+            count, observe = self._children[key]
+        except KeyError:
+            # (``labels`` looks its child up under a lock on every call:
+            # the children of a label set are kept here once found.)
+            count = self.requests.labels(listener, service, str(status)).inc
+            observe = self.latency.labels(listener, service).observe
+            self._children[key] = (count, observe)
+        count()
+        observe(duration)
 
     # -- gauges read at scrape time -----------------------------------------
     def watch_cache(self, size: Callable[[], int]) -> None:

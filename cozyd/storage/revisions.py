@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cozyd import jsontext
 from cozyd.storage.interface import InvalidRequest
 
 DEFAULT_REVS_LIMIT = 1000
@@ -84,12 +84,7 @@ def new_rev(parent: str | None, body: Mapping[str, Any], deleted: bool) -> str:
     """The id of a new revision, deterministic as CouchDB's is: the same
     edit (same parent, same content, same deletion flag) made on two
     servers gets the same id. ``body`` holds no ``_`` fields."""
-    canonical = json.dumps(
-        [deleted, parent, body],
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    canonical = jsontext.canonical([deleted, parent, body])
     digest = hashlib.md5(canonical.encode("utf-8")).hexdigest()
     return format_rev(generation(parent) + 1 if parent else 1, digest)
 

@@ -35,6 +35,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
+from cozyd import jsontext
 from cozyd.errors import BadRequest, CozyError, PayloadTooLarge
 from cozyd.web.routing import state_of
 
@@ -76,8 +77,8 @@ def read_body(request: IRequest, max_size: int | None = None) -> bytes:
     return data
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+#: ``empty`` of ``json_of``: an empty body is an error, not a value.
+_REQUIRED: Any = object()
 
 
 def parse_json(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
@@ -88,7 +89,7 @@ def parse_json(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     except UnicodeDecodeError:
         raise ValueError("the body is not valid UTF-8") from None
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = jsontext.decode_strict(text)
     except RecursionError:
         raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
     except json.JSONDecodeError as e:
@@ -154,14 +155,14 @@ def read_json(
     max_size: int | None = None,
     *,
     max_depth: int = MAX_JSON_DEPTH,
-    empty: Any = _refuse_constant,
+    empty: Any = _REQUIRED,
     bad: Callable[[str], Exception] | None = None,
 ) -> Any:
     """``read_body`` then ``parse_json``; ``bad(reason)`` (by default a
     ``BadRequest``) for what is not JSON. ``empty``: the value of an empty
     body, if it is not an error."""
     data = read_body(request, max_size)
-    if not data and empty is not _refuse_constant:
+    if not data and empty is not _REQUIRED:
         return empty
     try:
         return parse_json(data, max_depth=max_depth)

@@ -14,7 +14,6 @@ here for the modules that import them from this one).
 from __future__ import annotations
 
 import html
-import json
 from typing import Any
 
 from klein import Klein
@@ -23,9 +22,10 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
+from cozyd import jsontext
 from cozyd.errors import CozyError, EchoError, NotFound
 from cozyd.instance.model import Instance
-from cozyd.web.routing import IRequestState, state_of
+from cozyd.web.routing import state_if_any, state_of
 
 JSONAPI = "application/vnd.api+json"
 JSON = "application/json"
@@ -40,7 +40,7 @@ def instance_of(request: IRequest) -> Instance:
 
 def current_instance(request: IRequest) -> Instance | None:
     """The request's instance, or None outside an instance (admin API…)."""
-    state = request.getComponent(IRequestState)
+    state = state_if_any(request)
     return None if state is None else state.instance
 
 
@@ -49,7 +49,7 @@ def json_response(
 ) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", content_type.encode("ascii"))
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return jsontext.compact(body).encode("utf-8")
 
 
 def error_response(request: IRequest, error: CozyError, style: str = "jsonapi") -> bytes:

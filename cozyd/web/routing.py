@@ -78,14 +78,12 @@ from klein import Klein
 from klein.resource import KleinResource
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python import reflect
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter, Map
-from zope.interface import Interface
 
 from cozyd.errors import CozyError, Forbidden, NotFound, PermissionDenied
 
@@ -95,10 +93,6 @@ log = Logger()
 # =============================================================================
 # Per-request state
 # =============================================================================
-class IRequestState(Interface):
-    """The key under which a request's ``RequestState`` is its component."""
-
-
 _UNSET: Any = object()
 
 
@@ -133,22 +127,19 @@ class RequestState:
         return self.session is not _UNSET
 
 
-_STATE_KEY = reflect.qual(IRequestState)
-
-
 def state_of(request: IRequest) -> RequestState:
-    """The request's state (created empty on first use)."""
+    """The request's state (created empty on first use), an attribute of
+    the request (``cozyd_state``)."""
     try:
-        # ``getComponent``'s own cache, read directly: this is called
-        # several times per request.
-        return request._adapterCache[_STATE_KEY]  # type: ignore[attr-defined]
-    except (KeyError, AttributeError):
-        pass
-    state = request.getComponent(IRequestState)
-    if state is None:
-        state = RequestState()
-        request.setComponent(IRequestState, state)
-    return state
+        return request.cozyd_state  # type: ignore[attr-defined]
+    except AttributeError:
+        state = request.cozyd_state = RequestState()  # type: ignore[attr-defined]
+        return state
+
+
+def state_if_any(request: IRequest) -> RequestState | None:
+    """The request's state if something made it, else None."""
+    return getattr(request, "cozyd_state", None)
 
 
 # =============================================================================

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cozyd import jsontext
 from cozyd.storage import mango
 from cozyd.storage.interface import (
     DatabaseExists,
@@ -108,7 +109,7 @@ def _local_id(doc_id: Any) -> str:
 def _dump_body(body: Mapping[str, Any]) -> str:
     """The stored JSON of a body (``InvalidRequest`` if it is not JSON)."""
     try:
-        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = jsontext.strict(body)
         text.encode("utf-8")  # lone surrogates cannot be stored
     except (TypeError, ValueError, RecursionError) as e:
         raise InvalidRequest(f"Document is not valid JSON: {e}") from None
@@ -381,7 +382,7 @@ class _Database:
                 meta.update_seq,
                 bodies[winner],
                 json.dumps(conflicts) if conflicts else None,
-                json.dumps(tree.to_json(), separators=(",", ":")),
+                jsontext.compact(tree.to_json()),
             ),
         )
         if (old and len(old.tree.leaves()) > 1) or len(leaves) > 1:
