@@ -54,14 +54,15 @@ What a route declares:
   ``access=`` and ``proxy=``), read back from ``state_of(request).route``.
 
 Klein's endpoint of a route runs ``Service.dispatch``: the auth policy,
-then the handler, its errors rendered in the route's style. Klein cancels
-the handler when the client goes away; multi-step writes protect
+then the handler, its errors rendered in the route's style. The handler
+is cancelled when the client goes away; multi-step writes protect
 themselves with ``shield``.
 
 The site (``cozyd.web.site``) resolves the route of a request that carries
 a body as soon as its headers are in (``route_for_uri``, through the same
 werkzeug map: ``Router`` is a view of it), to apply the body policy before
-a byte of the body is read. Per-request state (instance, permissions,
+a byte of the body is read; the service takes that match
+(``ServiceResource``) rather than matching again. Per-request state (instance, permissions,
 session, the route and its parameters…) lives in one ``RequestState``.
 """
 
