@@ -150,16 +150,22 @@ def test_nothing_renders_a_werkzeug_page(echo):
         assert b"<" not in response.body and "errors" in response.json()
 
 
-def test_escapes_through_the_site(stack, admin):
-    """Through the HTTP site on a transport: escaped UTF-8 and an escaped
-    slash reach the handler, with the request's state and a length."""
-    new_instance(admin)
-    stack.public._site._services["echo"] = Echo()
+def _connected(stack):
+    """A connection to the public site, on a transport kept in memory."""
     site = CozySite(stack.public, max_body_size=1 << 20)
     site.logFile = io.StringIO()
     protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4321))
     transport = StringTransport()
     protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_escapes_through_the_site(stack, admin):
+    """Through the HTTP site on a transport: escaped UTF-8 and an escaped
+    slash reach the handler, with the request's state and a length."""
+    new_instance(admin)
+    stack.public._site._services["echo"] = Echo()
+    protocol, transport = _connected(stack)
     seen = []
     serve = Service.serve
 
@@ -188,11 +194,7 @@ def test_escapes_through_the_site(stack, admin):
 
 
 def test_a_host_that_is_not_utf8_gets_a_json_400(stack):
-    site = CozySite(stack.public, max_body_size=1 << 20)
-    site.logFile = io.StringIO()
-    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4321))
-    transport = StringTransport()
-    protocol.makeConnection(transport)
+    protocol, transport = _connected(stack)
     protocol.dataReceived(b"GET /version HTTP/1.1\r\nHost: \xff.test\r\n\r\n")
     head, _, body = transport.value().partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400"), transport.value()
@@ -222,11 +224,7 @@ def test_a_request_is_matched_once(stack, admin, monkeypatch):
     to Klein's own rendering (its error handlers answer)."""
     new_instance(admin)
     token = cli_token(admin)
-    site = CozySite(stack.public, max_body_size=1 << 20)
-    site.logFile = io.StringIO()
-    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4321))
-    transport = StringTransport()
-    protocol.makeConnection(transport)
+    protocol, transport = _connected(stack)
     matches = []
     match = MapAdapter.match
 
