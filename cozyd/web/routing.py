@@ -62,8 +62,9 @@ The site (``cozyd.web.site``) resolves the route of a request that carries
 a body as soon as its headers are in (``route_for_uri``, through the same
 werkzeug map: ``Router`` is a view of it), to apply the body policy before
 a byte of the body is read; the service takes that match
-(``ServiceResource``) rather than matching again. Per-request state (instance, permissions,
-session, the route and its parameters…) lives in one ``RequestState``.
+(``ServiceResource``) rather than matching again. Per-request state
+(instance, permissions, session, the route and its parameters…) lives in
+one ``RequestState``.
 """
 
 from __future__ import annotations
@@ -254,6 +255,8 @@ class Route:
     body: Body = BUFFERED
     errors: ErrorStyle | None = None
     options: Mapping[str, Any] = attrs.field(factory=dict)
+    #: Its endpoint's name in its service's Klein app (set by the ``Router``).
+    endpoint: str = ""
     #: How many fixed names the pattern has (they win over parameters).
     literals: int = attrs.field(init=False)
     #: Parameter positions, and fixed names by position.
@@ -419,17 +422,16 @@ class Router:
 
     def __init__(self, routes: list[Route], app: Klein | None = None):
         # Its own copies: what a route's shadows are depends on its service.
-        self.routes = [attrs.evolve(one) for one in routes]
+        self.routes = [attrs.evolve(one, endpoint=f"r{i}") for i, one in enumerate(routes)]
         if app is None:
             app = Klein()
             app._url_map = url_map()  # before any rule is added
-            for i, one in enumerate(self.routes):
-                app.route(one.rule, methods=sorted(one.methods), endpoint=f"r{i}")(
+            for one in self.routes:
+                app.route(one.rule, methods=sorted(one.methods), endpoint=one.endpoint)(
                     _endpoint(one)
                 )
         self.app = app
-        self._by_endpoint = {f"r{i}": one for i, one in enumerate(self.routes)}
-        self._endpoint_of = {id(one): f"r{i}" for i, one in enumerate(self.routes)}
+        self._by_endpoint = {one.endpoint: one for one in self.routes}
         for one in self.routes:
             one.shadows[:] = sorted(
                 (other for other in self.routes if other.may_shadow(one)),
@@ -451,10 +453,6 @@ class Router:
 
     def route_of(self, endpoint: str) -> Route:
         return self._by_endpoint[endpoint]
-
-    def endpoint_of(self, one: Route) -> str:
-        """The name of a route's endpoint in the Klein app."""
-        return self._endpoint_of[id(one)]
 
     def match_raw(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
         """The route of a raw path (``/a/b%2Fc``, below the prefix) and its
@@ -584,10 +582,7 @@ def _rendered(request: IRequest, result: Any, on_error) -> Any:
     if IResource.providedBy(result):
         request.render(getChildForRequest(result, request))  # type: ignore[attr-defined]
         return NOT_DONE_YET
-    try:
-        raise TypeError(f"a handler returned {type(result).__name__}")
-    except TypeError:
-        return on_error(Failure())
+    return on_error(Failure(TypeError(f"a handler returned {type(result).__name__}")))
 
 
 def shield(awaitable) -> defer.Deferred:
@@ -665,8 +660,7 @@ class ServiceResource(KleinResource):
         count = len(found.pattern)
         request.prepath.extend(request.postpath[:count])
         request.postpath = request.postpath[count:]
-        endpoint = self._router.endpoint_of(found)
-        result = self._app.execute_endpoint(endpoint, request, **params)
+        result = self._app.execute_endpoint(found.endpoint, request, **params)
         if not isinstance(result, defer.Deferred):
             result = defer.succeed(result)
         return render_deferred(
